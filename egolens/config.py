@@ -1,0 +1,219 @@
+"""Typed models of params.yaml; `load_params` validates and fails fast naming the bad key.
+
+Every stage calls `load_params()` before any heavy work, so a typo in params.yaml costs
+seconds, not a training run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+KINEMATICS_FEATURES = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "heading", "cos_d", "sin_d",
+                       "long_off", "lat_off", "ang_off")
+"""Features highway-env's Kinematics observation can produce."""
+
+REFERENCE_FEATURES = ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h"]
+
+# Episode indices are offset by seed * SEED_STRIDE to get each training episode's env seed,
+# so training env seeds of agent seed s lie in [s * SEED_STRIDE, (s + 1) * SEED_STRIDE).
+SEED_STRIDE = 1_000_000
+
+
+class ParamsError(ValueError):
+    """params.yaml is malformed; the message names the key, the value and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FeaturesRange(_Strict):
+    x: list[float] = Field(default_factory=lambda: [-100.0, 100.0], min_length=2, max_length=2)
+    y: list[float] = Field(default_factory=lambda: [-100.0, 100.0], min_length=2, max_length=2)
+    vx: list[float] = Field(default_factory=lambda: [-20.0, 20.0], min_length=2, max_length=2)
+    vy: list[float] = Field(default_factory=lambda: [-20.0, 20.0], min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeaturesRange:
+        for name in ("x", "y", "vx", "vy"):
+            low, high = getattr(self, name)
+            if not low < high:
+                raise ValueError(f"env.features_range.{name} = [{low}, {high}]: low must be < high")
+        return self
+
+
+class EnvConfig(_Strict):
+    """intersection-v0 as the reference used it (REFERENCE.md, 'Environment')."""
+
+    id: Literal["intersection-v0"] = "intersection-v0"
+    vehicles_count: int = Field(15, ge=2, le=50)
+    features: list[Literal[KINEMATICS_FEATURES]] = Field(default_factory=lambda: list(REFERENCE_FEATURES))  # type: ignore[valid-type]
+    features_range: FeaturesRange = FeaturesRange()
+    absolute: bool = True
+    order: Literal["shuffled", "sorted"] = "shuffled"
+    target_speeds: list[float] = Field(default_factory=lambda: [0.0, 4.5, 9.0], min_length=2)
+    duration: int = Field(13, gt=0)
+    policy_frequency: int = Field(1, gt=0)
+    simulation_frequency: int = Field(15, gt=0)
+    destination: Literal["o0", "o1", "o2", "o3"] = "o1"
+    initial_vehicle_count: int = Field(10, ge=0)
+    spawn_probability: float = Field(0.6, ge=0.0, le=1.0)
+    collision_reward: float = -5.0
+    high_speed_reward: float = 1.0
+    arrived_reward: float = 1.0
+    reward_speed_range: list[float] = Field(default_factory=lambda: [7.0, 9.0], min_length=2, max_length=2)
+    normalize_reward: bool = False
+
+    @field_validator("features")
+    @classmethod
+    def _presence_first(cls, features: list[str]) -> list[str]:
+        if not features or features[0] != "presence":
+            raise ValueError("the first feature must be 'presence' (the network masks absent vehicles by it)")
+        if len(set(features)) != len(features):
+            raise ValueError("features must not repeat")
+        return features
+
+
+class EpsilonConfig(_Strict):
+    """epsilon(t) = final + (start - final) * exp(-t / tau), t = action steps taken."""
+
+    start: float = Field(1.0, ge=0.0, le=1.0)
+    final: float = Field(0.05, ge=0.0, le=1.0)
+    tau: float = Field(15000.0, gt=0.0)
+
+
+class AgentConfig(_Strict):
+    """The EgoAttentionNetwork and DQN of REFERENCE.md ('Network', 'DQN')."""
+
+    heads: int = Field(2, gt=0)
+    feature_size: int = Field(64, gt=0)
+    embedding_layers: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    output_layers: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    gamma: float = Field(0.95, gt=0.0, le=1.0)
+    batch_size: int = Field(64, gt=0)
+    memory_capacity: int = Field(15000, gt=0)
+    target_update: int = Field(512, gt=0)
+    lr: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    epsilon: EpsilonConfig = EpsilonConfig()
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> AgentConfig:
+        if self.feature_size % self.heads:
+            divisors = [h for h in range(1, self.feature_size + 1) if self.feature_size % h == 0]
+            raise ValueError(f"agent.heads = {self.heads} must divide agent.feature_size = {self.feature_size}; "
+                             f"allowed heads: {divisors}")
+        if self.embedding_layers[-1] != self.feature_size:
+            raise ValueError(f"agent.embedding_layers = {self.embedding_layers} must end with "
+                             f"agent.feature_size = {self.feature_size}")
+        if any(n <= 0 for n in self.embedding_layers + self.output_layers):
+            raise ValueError("agent.embedding_layers / agent.output_layers: layer sizes must be positive")
+        if self.memory_capacity < self.batch_size:
+            raise ValueError(f"agent.memory_capacity = {self.memory_capacity} must be >= agent.batch_size = {self.batch_size}")
+        return self
+
+
+class TrainConfig(_Strict):
+    episodes: int = Field(3000, gt=0, lt=1_000_000)
+    num_envs: int = Field(2, gt=0, le=16)
+    checkpoint_every: int = Field(50, gt=0)
+    """Write the resume state every this many finished episodes."""
+
+
+class EvaluateConfig(_Strict):
+    episodes: int = Field(100, gt=0)
+    env_seed: int = Field(900_000_000, ge=0)
+    """Held-out env seeds are env_seed, env_seed + 1, ...; disjoint from every training seed."""
+    num_envs: int = Field(2, gt=0, le=16)
+    bootstrap_resamples: int = Field(2000, ge=100)
+
+
+class Params(_Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    env: EnvConfig = EnvConfig()
+    agent: AgentConfig = AgentConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_valid(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must not repeat")
+        if any(not 0 <= s < 800 for s in seeds):
+            raise ValueError("seeds must lie in [0, 800) so training env seeds stay below evaluate.env_seed")
+        return seeds
+
+    @model_validator(mode="after")
+    def _held_out(self) -> Params:
+        train_top = (max(self.seeds) + 1) * SEED_STRIDE
+        if self.evaluate.env_seed < train_top:
+            raise ValueError(f"evaluate.env_seed = {self.evaluate.env_seed} overlaps the training env seeds "
+                             f"[0, {train_top}); allowed: >= {train_top}")
+        return self
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (value {error['input']!r}); check its spelling against params.yaml's documented keys"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error" and isinstance(error["input"], dict):
+        return message  # a check across keys of a section: the message names them
+    return f"{key} = {error['input']!r}: {message}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def validate_params(raw: Any) -> Params:
+    """Validate a parsed params mapping; raise ParamsError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for error in err.errors():
+            line = _describe(error)
+            if error["type"] == "extra_forbidden":
+                line += f"; allowed keys here: {', '.join(_allowed_keys(Params, error['loc']))}"
+            lines.append(line)
+        raise ParamsError("invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError (with the key named) if it is malformed."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return validate_params(raw)
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from None
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (used to match a resume state to its run)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,99 @@
+"""intersection-v0 built exactly as the reference configured it (REFERENCE.md, 'Environment')."""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import highway_env  # noqa: F401  (registers the highway-env ids with gymnasium)
+import numpy as np
+
+from egolens.config import EnvConfig
+
+ACTIONS = ("SLOWER", "IDLE", "FASTER")
+
+
+def env_config(cfg: EnvConfig) -> dict[str, Any]:
+    """The highway-env config dict for `cfg`.
+
+    Every key of the observation block is given (a partial block replaces the whole default
+    one), and `target_speeds` is explicit (without it the action falls back to [20, 25, 30]).
+    """
+    return {
+        "observation": {
+            "type": "Kinematics",
+            "vehicles_count": cfg.vehicles_count,
+            "features": list(cfg.features),
+            "features_range": {k: list(v) for k, v in cfg.features_range.model_dump().items()},
+            "absolute": cfg.absolute,
+            "normalize": True,
+            "clip": True,
+            "see_behind": False,
+            "observe_intentions": False,
+            "order": cfg.order,
+        },
+        "action": {
+            "type": "DiscreteMetaAction",
+            "longitudinal": True,
+            "lateral": False,
+            "target_speeds": list(cfg.target_speeds),
+        },
+        "duration": cfg.duration,
+        "policy_frequency": cfg.policy_frequency,
+        "simulation_frequency": cfg.simulation_frequency,
+        "destination": cfg.destination,
+        "initial_vehicle_count": cfg.initial_vehicle_count,
+        "spawn_probability": cfg.spawn_probability,
+        "collision_reward": cfg.collision_reward,
+        "high_speed_reward": cfg.high_speed_reward,
+        "arrived_reward": cfg.arrived_reward,
+        "reward_speed_range": list(cfg.reward_speed_range),
+        "normalize_reward": cfg.normalize_reward,
+    }
+
+
+def make_env(cfg: EnvConfig, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    """Build the env; if `seed` is given, reset it once with that seed.
+
+    Observations are float32 `[vehicles_count, len(features)]`, row 0 the ego vehicle.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*out of date.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        env = gym.make(cfg.id, config=env_config(cfg), render_mode=render_mode)
+    if seed is not None:
+        env.reset(seed=seed)
+    return env
+
+
+def outcome(terminated: bool, truncated: bool, crashed: bool) -> str:
+    """'collision', 'arrived' or 'timeout' for an episode's last step.
+
+    highway-env has no `arrived` key in info: arrival is a termination without a crash.
+    """
+    if crashed:
+        return "collision"
+    if terminated:
+        return "arrived"
+    if truncated:
+        return "timeout"
+    raise ValueError("the episode has not ended")
+
+
+def as_obs(obs: np.ndarray) -> np.ndarray:
+    """A float32 copy of an observation or a batch of them."""
+    return np.asarray(obs, dtype=np.float32).copy()
+
+
+def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
+    """`num_envs` envs stepped in lock-step, one worker process each when more than one.
+
+    Autoreset is disabled: the caller resets each finished env with its next episode's seed.
+    """
+    fns = [partial(make_env, cfg) for _ in range(num_envs)]
+    mode = gym.vector.AutoresetMode.DISABLED
+    if num_envs == 1:
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+    return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="fork")
