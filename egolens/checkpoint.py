@@ -9,8 +9,10 @@ arbitrary objects or run code is refused before anything runs.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -47,9 +49,27 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def save(path: str | Path, obj: dict[str, Any]) -> None:
-    """torch.save `obj` atomically (write to a temporary file, then rename)."""
+    """torch.save `obj` atomically (write to a temporary file, then rename).
+
+    Serialised through a buffer: torch.save names the zip's root folder after the file, and
+    the temporary file's random name would make identical checkpoints differ in bytes.
+    """
+    buffer = io.BytesIO()
+    torch.save(_canonical(obj), buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
+
+
+def _canonical(obj: Any) -> Any:
+    """`obj` with every string interned, so pickle's memo (which shares equal objects by
+    identity) writes the same bytes whether a string came from code or from a loaded file."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
 
 
 def load_safe(path: str | Path) -> Any:

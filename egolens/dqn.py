@@ -77,8 +77,8 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """A uniform batch (with replacement) of `batch_size` stored transitions."""
-        idx = torch.as_tensor(rng.integers(0, self.size, size=batch_size))
+        """A uniform batch of `batch_size` distinct stored transitions (as rl-agents' random.sample)."""
+        idx = torch.as_tensor(rng.choice(self.size, size=batch_size, replace=False))
         return {"obs": self.obs[idx], "action": self.action[idx], "reward": self.reward[idx],
                 "next_obs": self.next_obs[idx], "terminal": self.terminal[idx]}
 

@@ -1,0 +1,46 @@
+"""evaluate@seed: greedy episodes of the trained and the untrained network on held-out env
+seeds; success/collision/timeout rates, mean return and length with 95% bootstrap CIs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+
+from egolens import checkpoint
+from egolens.env import make_vector_env
+from egolens.model import EgoAttentionNetwork
+from egolens.rollout import play_greedy, summarize_episodes
+from stages import MODELS, RESULTS, seed_args
+
+MODELS_EVALUATED = ("trained", "untrained")
+FILES = {"trained": "agent.pt", "untrained": "untrained.pt"}
+
+
+def main() -> None:
+    params, seed = seed_args(__doc__)
+    torch.set_num_threads(1)
+    env_seeds = [params.evaluate.env_seed + i for i in range(params.evaluate.episodes)]
+    envs = make_vector_env(params.env, min(params.evaluate.num_envs, len(env_seeds)))
+    metrics, rows = {}, []
+    try:
+        for name in MODELS_EVALUATED:
+            net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
+            checkpoint.load_network(MODELS / f"seed{seed}" / FILES[name], net)
+            net.eval()
+            results = play_greedy(net, envs, env_seeds)
+            metrics[name] = summarize_episodes(results, params.evaluate.bootstrap_resamples, seed)
+            rows += [{"model": name, "episode": i, "env_seed": r.env_seed, "return": round(r.ret, 6),
+                      "length": r.length, "outcome": r.outcome} for i, r in enumerate(results)]
+            print(f"seed {seed} {name}: " + ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                                                      for k, v in metrics[name].items()))
+    finally:
+        envs.close()
+    out = RESULTS / f"seed{seed}"
+    checkpoint.atomic_write_text(out / "evaluate.json", json.dumps(metrics, indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "evaluate_episodes.csv", pd.DataFrame(rows).to_csv(index=False))
+
+
+if __name__ == "__main__":
+    main()
