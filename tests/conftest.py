@@ -1,0 +1,130 @@
+"""Shared fixtures: tiny configs, a toy vector env, an independent reference forward pass."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from egolens.config import AgentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+
+def tiny_agent(**overrides) -> AgentConfig:
+    """A small network and DQN that learn on toy data in milliseconds."""
+    cfg = dict(heads=2, feature_size=8, embedding_layers=[8, 8], output_layers=[8], batch_size=4,
+               memory_capacity=50, target_update=3)
+    cfg.update(overrides)
+    return AgentConfig(**cfg)
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params(seeds=(0,), episodes=8, eval_episodes=4) -> dict:
+    """params.yaml with every section present (DVC needs them) and tiny run lengths."""
+    params = default_params()
+    params["seeds"] = list(seeds)
+    params["train"].update(episodes=episodes, checkpoint_every=3)
+    params["agent"].update(batch_size=8, target_update=5)
+    params["evaluate"].update(episodes=eval_episodes)
+    return params
+
+
+class ToyVectorEnv:
+    """N toy episodic envs with the vector API the trainer uses (reset_mask, no autoreset).
+
+    Episode of seed s lasts 2 + s % 4 steps and ends by termination (a crash when s % 3 == 0)
+    if s is even, by truncation if s is odd. Observations and rewards depend on (s, t, action).
+    """
+
+    def __init__(self, num_envs: int, entities: int = 4, features: int = 7) -> None:
+        self.num_envs = num_envs
+        self.shape = (entities, features)
+        self.seed = [0] * num_envs
+        self.t = [0] * num_envs
+
+    def _obs(self, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed[i], self.t[i]])
+        obs = rng.uniform(-1, 1, self.shape).astype(np.float32)
+        obs[:, 0] = (rng.uniform(size=self.shape[0]) > 0.3).astype(np.float32)
+        obs[0, 0] = 1.0
+        return obs
+
+    def reset(self, seed, options):
+        mask = options["reset_mask"]
+        for i in range(self.num_envs):
+            if mask[i]:
+                self.seed[i], self.t[i] = seed[i], 0
+        return np.stack([self._obs(i) for i in range(self.num_envs)]), {}
+
+    def step(self, actions):
+        rewards, terminated, truncated, crashed = [], [], [], []
+        for i, a in enumerate(actions):
+            self.t[i] += 1
+            s = self.seed[i]
+            ended = self.t[i] >= 2 + s % 4
+            rewards.append(float(a) * 0.5 - 0.1 * self.t[i] + (s % 5) * 0.01)
+            terminated.append(ended and s % 2 == 0)
+            truncated.append(ended and s % 2 == 1)
+            crashed.append(ended and s % 2 == 0 and s % 3 == 0)
+        obs = np.stack([self._obs(i) for i in range(self.num_envs)])
+        return obs, np.array(rewards), np.array(terminated), np.array(truncated), {"crashed": np.array(crashed)}
+
+
+def reference_q(state_dict: dict[str, torch.Tensor], obs: torch.Tensor, heads: int) -> torch.Tensor:
+    """Q-values from an rl-agents state_dict, computed loop by loop (independent of egolens.model).
+
+    obs: [B, E, F] -> [B, 3].
+    """
+    sd = state_dict
+
+    def mlp(prefix: str, x: torch.Tensor, n_hidden: int) -> torch.Tensor:
+        for i in range(n_hidden):
+            x = torch.relu(x @ sd[f"{prefix}.layers.{i}.weight"].T + sd[f"{prefix}.layers.{i}.bias"])
+        return x
+
+    out = []
+    for b in range(obs.shape[0]):
+        ego = mlp("ego_embedding", obs[b, 0], 2)
+        entities = [ego] + [mlp("others_embedding", obs[b, j], 2) for j in range(1, obs.shape[1])]
+        size = ego.shape[0]
+        d = size // heads
+        q = sd["attention_layer.query_ego.weight"] @ ego
+        concat = []
+        for h in range(heads):
+            rows = slice(h * d, (h + 1) * d)
+            scores = []
+            for j, e in enumerate(entities):
+                k = sd["attention_layer.key_all.weight"][rows] @ e
+                present = j == 0 or obs[b, j, 0] >= 0.5
+                scores.append(float(q[rows] @ k) / math.sqrt(d) if present else -math.inf)
+            weights = torch.softmax(torch.tensor(scores), dim=0)
+            concat.append(sum(w * (sd["attention_layer.value_all.weight"][rows] @ e)
+                              for w, e in zip(weights, entities)))
+        combined = sd["attention_layer.attention_combine.weight"] @ torch.cat(concat)
+        x = mlp("output_layer", (combined + ego) / 2, 2)
+        out.append(x @ sd["output_layer.predict.weight"].T + sd["output_layer.predict.bias"])
+    return torch.stack(out)
+
+
+def random_obs(batch: int, entities: int = 15, seed: int = 0, absent_fraction: float = 0.4) -> torch.Tensor:
+    """Observation-like tensors [batch, entities, 7] with some absent (all-zero) vehicles."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.rand(batch, entities, 7, generator=g) * 2 - 1
+    present = torch.rand(batch, entities, generator=g) > absent_fraction
+    present[:, 0] = True
+    obs[..., 0] = present.float()
+    return obs * present[..., None]

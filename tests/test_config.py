@@ -1,0 +1,91 @@
+"""params.yaml validation: malformed files are refused with the bad key named."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from egolens.config import ParamsError, load_params, validate_params
+from tests.conftest import ROOT, default_params
+
+
+def test_the_default_params_file_is_valid_and_matches_the_reference():
+    params = load_params(ROOT / "params.yaml")
+    assert params.env.features == ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h"]
+    assert params.env.target_speeds == [0, 4.5, 9]
+    assert (params.agent.heads, params.agent.gamma, params.agent.target_update) == (2, 0.95, 512)
+    assert len(params.seeds) == 3 and params.evaluate.episodes == 100
+
+
+def edit(path: str, value=None, delete: bool = False) -> dict:
+    params = copy.deepcopy(default_params())
+    *parents, last = path.split(".")
+    node = params
+    for key in parents:
+        node = node.setdefault(key, {})
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+    return params
+
+
+MALFORMED = [
+    # (what is wrong, the params, text the message must contain)
+    ("zero episodes", edit("train.episodes", 0), "train.episodes = 0"),
+    ("negative episodes", edit("evaluate.episodes", -5), "evaluate.episodes = -5"),
+    ("gamma above 1", edit("agent.gamma", 1.5), "agent.gamma = 1.5"),
+    ("gamma zero", edit("agent.gamma", 0.0), "agent.gamma = 0.0"),
+    ("heads not dividing feature_size", edit("agent.heads", 3), "agent.heads = 3 must divide agent.feature_size"),
+    ("unknown feature", edit("env.features", ["presence", "x", "speed"]), "env.features.2 = 'speed'"),
+    ("presence not first", edit("env.features", ["x", "presence"]), "env.features"),
+    ("unknown top-level key", edit("trian", {"episodes": 3}), "trian: unknown key"),
+    ("misspelt nested key", edit("train.epsiodes", 3), "train.epsiodes: unknown key"),
+    ("string for a number", edit("agent.lr", "5e-4"), "agent.lr = '5e-4'"),
+    ("float for an int", edit("agent.batch_size", 64.5), "agent.batch_size = 64.5"),
+    ("string for a bool", edit("env.absolute", "yes"), "env.absolute = 'yes'"),
+    ("unknown env id", edit("env.id", "intersection-v1"), "env.id = 'intersection-v1'"),
+    ("repeated seeds", edit("seeds", [0, 0]), "seeds = [0, 0]"),
+    ("epsilon above 1", edit("agent.epsilon.start", 2.0), "agent.epsilon.start = 2.0"),
+    ("inverted features range", edit("env.features_range.x", [100, -100]), "env.features_range.x"),
+    ("held-out seeds overlap training", edit("evaluate.env_seed", 5), "evaluate.env_seed = 5 overlaps"),
+    ("spawn probability above 1", edit("env.spawn_probability", 1.2), "env.spawn_probability = 1.2"),
+    ("too many envs", edit("train.num_envs", 0), "train.num_envs = 0"),
+]
+
+
+@pytest.mark.parametrize("what, params, needle", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_params_are_refused_naming_the_key(what, params, needle):
+    with pytest.raises(ParamsError) as err:
+        validate_params(params)
+    assert needle in str(err.value)
+
+
+def test_unknown_key_message_lists_the_allowed_keys():
+    with pytest.raises(ParamsError, match="allowed keys here: episodes, num_envs, checkpoint_every"):
+        validate_params(edit("train.epsiodes", 3))
+
+
+def test_a_non_mapping_or_missing_file_is_refused(tmp_path):
+    with pytest.raises(ParamsError, match="mapping"):
+        validate_params([1, 2])
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_stages_refuse_bad_params_before_any_work(tmp_path, stage):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(edit("agent.heads", 3)))
+    run = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--seed", "0", "--params", str(bad)],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert run.returncode == 2
+    assert "agent.heads = 3 must divide agent.feature_size" in run.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()

@@ -1,0 +1,173 @@
+"""DQN pieces against hand computations, and the trainer's bookkeeping on a toy env."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from egolens.config import EpsilonConfig
+from egolens.dqn import DQNAgent, ReplayBuffer, Trainer, clamp_gradients, double_dqn_target, epsilon
+from tests.conftest import ToyVectorEnv, tiny_agent
+
+
+class TableQ(nn.Module):
+    """Q(s, ·) read from a table; the state index is obs[:, 0]."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.tensor(table)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.table[obs[:, 0].long()]
+
+
+def test_double_dqn_target_lets_the_online_net_choose_and_the_target_net_evaluate():
+    online = TableQ([[1.0, 5.0, 2.0], [3.0, 0.0, 4.0]])    # argmax: s0 -> 1, s1 -> 2
+    target = TableQ([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
+    next_obs = torch.tensor([[0.0], [1.0]])
+    reward = torch.tensor([1.0, -1.0])
+    y = double_dqn_target(online, target, reward, next_obs, torch.zeros(2), gamma=0.5)
+    torch.testing.assert_close(y, torch.tensor([1.0 + 0.5 * 20.0, -1.0 + 0.5 * 60.0]))
+    # Not max_a Q_target (30, 60) and not Q_online's own value (5, 4).
+
+
+def test_terminal_next_states_do_not_bootstrap_but_truncated_ones_do():
+    online = TableQ([[0.0, 1.0, 0.0]])
+    target = TableQ([[0.0, 8.0, 0.0]])
+    next_obs = torch.zeros(2, 1)
+    y = double_dqn_target(online, target, torch.tensor([2.0, 2.0]), next_obs, torch.tensor([1.0, 0.0]), gamma=0.95)
+    torch.testing.assert_close(y, torch.tensor([2.0, 2.0 + 0.95 * 8.0]))
+
+
+def test_trainer_stores_termination_not_truncation_as_terminal():
+    cfg = tiny_agent(memory_capacity=500)
+    trainer = Trainer(cfg, seed=0, episodes=12, num_envs=1, in_features=7, n_entities=4)
+    trainer.run(ToyVectorEnv(1))
+    replay = trainer.agent.replay
+    ends = {r.env_seed: r for r in trainer.records}
+    # Episode seeds 0..11 run back to back; find each episode's last transition.
+    position = 0
+    for seed in range(12):
+        length = 2 + seed % 4
+        position += length
+        assert ends[seed].length == length
+        assert replay.terminal[position - 1].item() == float(seed % 2 == 0)
+        assert replay.terminal[position - length:position - 1].sum().item() == 0.0
+        expected = "collision" if seed % 6 == 0 else ("arrived" if seed % 2 == 0 else "timeout")
+        assert ends[seed].outcome == expected
+
+
+@pytest.mark.parametrize("t, value", [(0, 1.0), (15000, 0.05 + 0.95 * math.exp(-1)), (45000, 0.05 + 0.95 * math.exp(-3)),
+                                      (10**7, 0.05)])
+def test_epsilon_schedule_matches_the_reference(t, value):
+    assert epsilon(t, EpsilonConfig()) == pytest.approx(value, abs=1e-12)
+
+
+def test_target_network_is_copied_every_target_update_gradient_steps():
+    agent = DQNAgent(tiny_agent(target_update=3), seed=0, in_features=7, n_entities=4)
+    env = ToyVectorEnv(1)
+    obs, _ = env.reset([1], {"reset_mask": np.array([True])})
+    for i in range(8):
+        agent.replay.add(obs[0], i % 3, 1.0, obs[0], False)
+
+    def same() -> bool:
+        return all(torch.equal(a, b) for a, b in zip(agent.value_net.state_dict().values(),
+                                                       agent.target_net.state_dict().values()))
+    history = []
+    for _ in range(6):
+        agent.update()
+        history.append(same())
+    assert history == [False, False, True, False, False, True]
+
+
+def test_gradient_elements_are_clamped_not_rescaled():
+    layer = nn.Linear(2, 2)
+    layer.weight.grad = torch.tensor([[5.0, -0.3], [-7.0, 0.9]])
+    layer.bias.grad = torch.tensor([1.5, -1.5])
+    clamp_gradients(layer, 1.0)
+    torch.testing.assert_close(layer.weight.grad, torch.tensor([[1.0, -0.3], [-1.0, 0.9]]))
+    torch.testing.assert_close(layer.bias.grad, torch.tensor([1.0, -1.0]))
+
+
+def test_update_applies_the_clamp(monkeypatch):
+    agent = DQNAgent(tiny_agent(), seed=0, in_features=7, n_entities=4)
+    obs = np.ones((4, 7), dtype=np.float32)
+    for _ in range(4):
+        agent.replay.add(obs, 0, 1e6, obs, True)                  # a huge TD error
+    seen = []
+    monkeypatch.setattr(agent.optimizer, "step", lambda: seen.append(
+        max(p.grad.abs().max().item() for p in agent.value_net.parameters())))
+    agent.update()
+    assert seen and seen[0] <= agent.cfg.grad_clip
+
+
+def test_learning_waits_for_a_full_batch():
+    agent = DQNAgent(tiny_agent(batch_size=4), seed=0, in_features=7, n_entities=4)
+    obs = np.ones((4, 7), dtype=np.float32)
+    for i in range(3):
+        agent.replay.add(obs, 0, 0.0, obs, False)
+        assert agent.update() is None
+    agent.replay.add(obs, 0, 0.0, obs, False)
+    assert agent.update() is not None
+
+
+def test_replay_is_a_ring_and_samples_distinct_stored_transitions():
+    replay = ReplayBuffer(5, (1, 1))
+    for i in range(8):
+        replay.add(np.full((1, 1), i), i % 3, float(i), np.full((1, 1), i), False)
+    assert len(replay) == 5
+    assert sorted(replay.reward.tolist()) == [3.0, 4.0, 5.0, 6.0, 7.0]
+    batch = replay.sample(5, np.random.default_rng(0))
+    assert sorted(batch["reward"].tolist()) == [3.0, 4.0, 5.0, 6.0, 7.0]
+
+
+def final_state(trainer: Trainer) -> dict:
+    return {k: v.clone() for k, v in trainer.agent.value_net.state_dict().items()}
+
+
+@pytest.mark.parametrize("num_envs", [1, 2, 3])
+def test_training_is_deterministic_and_resumes_to_the_same_result(num_envs):
+    cfg = tiny_agent()
+
+    def trainer() -> Trainer:
+        return Trainer(cfg, seed=3, episodes=30, num_envs=num_envs, in_features=7, n_entities=4)
+
+    full = trainer()
+    full.run(ToyVectorEnv(num_envs))
+    again = trainer()
+    again.run(ToyVectorEnv(num_envs))
+    assert repr(again.records) == repr(full.records)
+
+    saved = []
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_second_checkpoint(state: dict) -> None:
+        saved.append(state)
+        if len(saved) == 2:
+            raise Killed
+
+    cut = trainer()
+    with pytest.raises(Killed):
+        cut.run(ToyVectorEnv(num_envs), kill_after_second_checkpoint, checkpoint_every=7)
+    resumed = trainer()
+    resumed.load_state_dict(saved[-1])
+    assert 14 <= len(resumed.records) < 30
+    resumed.run(ToyVectorEnv(num_envs), checkpoint_every=7)
+    assert repr(resumed.records) == repr(full.records)
+    for k, v in final_state(full).items():
+        assert torch.equal(final_state(resumed)[k], v), k
+    assert resumed.agent.steps == full.agent.steps and resumed.agent.updates == full.agent.updates
+
+
+def test_episode_env_seeds_are_disjoint_across_agent_seeds():
+    a = Trainer(tiny_agent(), seed=0, episodes=5, num_envs=2, in_features=7, n_entities=4)
+    b = Trainer(tiny_agent(), seed=1, episodes=5, num_envs=2, in_features=7, n_entities=4)
+    a.run(ToyVectorEnv(2))
+    b.run(ToyVectorEnv(2))
+    assert not {r.env_seed for r in a.records} & {r.env_seed for r in b.records}
