@@ -14,7 +14,6 @@ import os
 import pickle
 import sys
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,10 +79,11 @@ def load_safe(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused: the file holds objects other than tensors and plain "
-                              f"types (it could run code when unpickled), nothing was executed: {err}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint: {err}") from None
+        raise CheckpointError(f"{path}: refused by the safe loader: it holds objects other than tensors and "
+                              f"plain types (which could run code when unpickled) or is not a checkpoint at all; "
+                              f"nothing was executed: {err}") from None
+    except Exception as err:  # noqa: BLE001  any other failure of the safe unpickler means damaged bytes
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint: {type(err).__name__}: {err}") from None
 
 
 def load(path: str | Path) -> dict[str, Any]:

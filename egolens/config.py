@@ -116,7 +116,8 @@ class AgentConfig(_Strict):
         if any(n <= 0 for n in self.embedding_layers + self.output_layers):
             raise ValueError("agent.embedding_layers / agent.output_layers: layer sizes must be positive")
         if self.memory_capacity < self.batch_size:
-            raise ValueError(f"agent.memory_capacity = {self.memory_capacity} must be >= agent.batch_size = {self.batch_size}")
+            raise ValueError(f"agent.memory_capacity = {self.memory_capacity} must be >= "
+                             f"agent.batch_size = {self.batch_size}")
         return self
 
 
@@ -164,7 +165,7 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{key}: unknown key (value {error['input']!r}); check its spelling against params.yaml's documented keys"
+        return f"{key}: unknown key (value {error['input']!r}); check its spelling"
     if kind == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")

@@ -10,8 +10,8 @@ import torch
 
 from egolens import checkpoint
 from egolens.env import make_vector_env
+from egolens.evaluation import play_greedy, summarize_episodes
 from egolens.model import EgoAttentionNetwork
-from egolens.rollout import play_greedy, summarize_episodes
 from stages import MODELS, RESULTS, seed_args
 
 MODELS_EVALUATED = ("trained", "untrained")

@@ -61,8 +61,8 @@ def test_trainer_stores_termination_not_truncation_as_terminal():
         assert ends[seed].outcome == expected
 
 
-@pytest.mark.parametrize("t, value", [(0, 1.0), (15000, 0.05 + 0.95 * math.exp(-1)), (45000, 0.05 + 0.95 * math.exp(-3)),
-                                      (10**7, 0.05)])
+@pytest.mark.parametrize("t, value", [(0, 1.0), (15000, 0.05 + 0.95 * math.exp(-1)),
+                                      (45000, 0.05 + 0.95 * math.exp(-3)), (10**7, 0.05)])
 def test_epsilon_schedule_matches_the_reference(t, value):
     assert epsilon(t, EpsilonConfig()) == pytest.approx(value, abs=1e-12)
 
@@ -108,7 +108,7 @@ def test_update_applies_the_clamp(monkeypatch):
 def test_learning_waits_for_a_full_batch():
     agent = DQNAgent(tiny_agent(batch_size=4), seed=0, in_features=7, n_entities=4)
     obs = np.ones((4, 7), dtype=np.float32)
-    for i in range(3):
+    for _ in range(3):
         agent.replay.add(obs, 0, 0.0, obs, False)
         assert agent.update() is None
     agent.replay.add(obs, 0, 0.0, obs, False)
@@ -144,16 +144,16 @@ def test_training_is_deterministic_and_resumes_to_the_same_result(num_envs):
 
     saved = []
 
-    class Killed(Exception):
+    class KilledError(Exception):
         pass
 
     def kill_after_second_checkpoint(state: dict) -> None:
         saved.append(state)
         if len(saved) == 2:
-            raise Killed
+            raise KilledError
 
     cut = trainer()
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         cut.run(ToyVectorEnv(num_envs), kill_after_second_checkpoint, checkpoint_every=7)
     resumed = trainer()
     resumed.load_state_dict(saved[-1])

@@ -94,7 +94,8 @@ def hook_point_names(net: torch.nn.Module) -> list[str]:
 
 def test_hook_points_cover_attention_internals_and_every_relu():
     names = hook_point_names(EgoAttentionNetwork())
-    assert {f"attention_layer.hook_{n}" for n in ("q", "k", "v", "scores", "pattern", "z", "combined", "resid")} <= set(names)
+    inside = ("q", "k", "v", "scores", "pattern", "z", "combined", "resid")
+    assert {f"attention_layer.hook_{n}" for n in inside} <= set(names)
     assert {"ego_embedding.hook_post.0", "ego_embedding.hook_post.1", "others_embedding.hook_post.0",
             "others_embedding.hook_post.1", "output_layer.hook_post.0", "output_layer.hook_post.1"} <= set(names)
 

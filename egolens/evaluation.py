@@ -1,4 +1,4 @@
-"""Play episodes with a Q-network: greedy evaluation over a list of env seeds."""
+"""Greedy evaluation: play one episode per env seed and summarise outcomes with bootstrap CIs."""
 
 from __future__ import annotations
 

@@ -1,0 +1,105 @@
+"""The real stages on tiny runs: byte-identical reruns, kill/resume, and `dvc repro` end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def project_copy(tmp_path: Path, params: dict) -> Path:
+    """The repository's code and pipeline in a fresh git + DVC repo, with `params`."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("egolens", "stages"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "init", "-q")
+    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
+    run(repo, str(BIN / "dvc"), "init", "-q")
+    run(repo, str(BIN / "dvc"), "config", "core.analytics", "false")
+    return repo
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = ""
+    return env
+
+
+def run(repo: Path, *cmd: str) -> str:
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=environment())
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def digests(repo: Path, *dirs: str) -> dict[str, str]:
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in dirs for p in sorted((repo / d).rglob("*")) if p.is_file()}
+
+
+def train(repo: Path) -> str:
+    return run(repo, sys.executable, "-m", "stages.train", "--seed", "0")
+
+
+def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(tmp_path):
+    repo = project_copy(tmp_path, tiny_params(episodes=30))
+    train(repo)
+    reference = digests(repo, "models", "results")
+    assert {"models/seed0/agent.pt", "models/seed0/untrained.pt", "results/seed0/train/metrics.json"} <= set(reference)
+    shutil.rmtree(repo / "models")
+    shutil.rmtree(repo / "results")
+    train(repo)
+    assert digests(repo, "models", "results") == reference
+
+    shutil.rmtree(repo / "models")
+    shutil.rmtree(repo / "results")
+    resume = repo / ".resume" / "train_seed0.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--seed", "0"], cwd=repo, env=environment(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before its first resume state; make the run longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (repo / "models" / "seed0" / "agent.pt").exists()
+    assert "resuming seed 0 at episode" in train(repo)
+    assert digests(repo, "models", "results") == reference
+    assert not resume.exists()
+
+
+def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
+    repo = project_copy(tmp_path, tiny_params(seeds=(0, 1), episodes=6, eval_episodes=3))
+    first = run(repo, str(BIN / "dvc"), "repro")
+    for stage in ("train@0", "train@1", "evaluate@0", "evaluate@1"):
+        assert f"Running stage '{stage}'" in first
+    for seed in (0, 1):
+        evaluation = yaml.safe_load((repo / f"results/seed{seed}/evaluate.json").read_text())
+        assert set(evaluation) == {"trained", "untrained"}
+        assert set(evaluation["trained"]) == {"success_rate", "collision_rate", "timeout_rate", "mean_return",
+                                              "mean_length"}
+        rates = [evaluation["trained"][k]["mean"] for k in ("success_rate", "collision_rate", "timeout_rate")]
+        assert sum(rates) == pytest.approx(1.0)
+    second = run(repo, str(BIN / "dvc"), "repro")
+    assert "Running stage" not in second
+    assert "up to date" in second
+    metrics = run(repo, str(BIN / "dvc"), "metrics", "show", "--json")
+    assert "success_rate" in metrics and "return_last100" in metrics
+    assert "return.tsv" in run(repo, str(BIN / "dvc"), "plots", "show", "--json")
