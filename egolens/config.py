@@ -136,12 +136,34 @@ class EvaluateConfig(_Strict):
     bootstrap_resamples: int = Field(2000, ge=100)
 
 
+class RolloutConfig(_Strict):
+    episodes: int = Field(50, gt=0)
+    env_seed: int = Field(950_000_000, ge=0)
+    """Held-out env seeds env_seed, env_seed + 1, ... (disjoint from every training seed)."""
+    render_episodes: int = Field(2, ge=0)
+    """Render (and make an attention video of) the first this many episodes."""
+    seconds_per_frame: float = Field(1.0, gt=0.0)
+
+
+class SceneConfig(_Strict):
+    """How scene facts are computed from observations (egolens.scene)."""
+
+    horizon: float = Field(5.0, gt=0.0)
+    """s: look-ahead of the constant-velocity paths for 'crossing'."""
+    collision_radius: float = Field(5.0, gt=0.0)
+    """m: the gap below which two vehicles count as colliding for time-to-collision."""
+    min_ego_speed: float = Field(4.5, ge=0.0)
+    """m/s: the ego's path is drawn at least this fast (it can always speed up to IDLE's target)."""
+
+
 class Params(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     env: EnvConfig = EnvConfig()
     agent: AgentConfig = AgentConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    scene: SceneConfig = SceneConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -155,9 +177,13 @@ class Params(_Strict):
     @model_validator(mode="after")
     def _held_out(self) -> Params:
         train_top = (max(self.seeds) + 1) * SEED_STRIDE
-        if self.evaluate.env_seed < train_top:
-            raise ValueError(f"evaluate.env_seed = {self.evaluate.env_seed} overlaps the training env seeds "
-                             f"[0, {train_top}); allowed: >= {train_top}")
+        for key, start in (("evaluate.env_seed", self.evaluate.env_seed), ("rollout.env_seed", self.rollout.env_seed)):
+            if start < train_top:
+                raise ValueError(f"{key} = {start} overlaps the training env seeds [0, {train_top}); "
+                                 f"allowed: >= {train_top}")
+        if self.rollout.render_episodes > self.rollout.episodes:
+            raise ValueError(f"rollout.render_episodes = {self.rollout.render_episodes} must be <= "
+                             f"rollout.episodes = {self.rollout.episodes}")
         return self
 
 

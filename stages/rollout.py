@@ -1,0 +1,84 @@
+"""rollout@seed: greedy episodes of the trained and the untrained network on held-out env
+seeds, with every activation, the scene facts per vehicle, frames and attention videos."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from tqdm import tqdm
+
+from egolens import checkpoint
+from egolens.artifacts import npz_bytes, png_bytes
+from egolens.config import Params
+from egolens.env import make_env
+from egolens.model import EgoAttentionNetwork
+from egolens.rollout import Episode, VehicleTracker, play_episode, rollout_arrays, steps_table, vehicles_table
+from egolens.video import episode_images, gif_bytes
+from stages import DATA, MODELS, seed_args
+
+NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}
+
+
+def write_bytes(path, data: bytes) -> None:
+    with checkpoint.atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def play(params: Params, net: EgoAttentionNetwork, label: str) -> list[Episode]:
+    """Unrendered and rendered episodes run on separate envs: once rendered, an env draws
+    every intermediate frame of every later step."""
+    plain, rendered = make_env(params.env), make_env(params.env, render_mode="rgb_array")
+    trackers = {id(plain): VehicleTracker(plain), id(rendered): VehicleTracker(rendered)}
+    episodes = []
+    try:
+        for i in tqdm(range(params.rollout.episodes), desc=label, unit="ep"):
+            render = i < params.rollout.render_episodes
+            env = rendered if render else plain
+            episodes.append(play_episode(net, env, trackers[id(env)], params.rollout.env_seed + i, render))
+    finally:
+        plain.close()
+        rendered.close()
+    return episodes
+
+
+def write_videos(out, label: str, episodes: list[Episode], arrays: dict, params: Params) -> None:
+    start = 0
+    for k, episode in enumerate(episodes):
+        steps = slice(start, start + len(episode.action))
+        start = steps.stop
+        if not episode.frames:
+            continue
+        for t, frame in enumerate(episode.frames):
+            write_bytes(out / "frames" / label / f"episode{k:03d}" / f"step{t:02d}.png", png_bytes(frame))
+        images = episode_images(episode.frames, episode.pixels, episode.positions, episode.obs[..., 0] >= 0.5,
+                                arrays["q"][steps], arrays["action"][steps], arrays["attention"][steps],
+                                f"{label}, episode {k}", episode.outcome)
+        write_bytes(out / "videos" / f"{label}_episode{k:03d}.gif",
+                    gif_bytes(images, params.rollout.seconds_per_frame))
+
+
+def main() -> None:
+    params, seed = seed_args(__doc__)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    out = DATA / f"seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    scene = params.scene
+    for label, file in NETWORKS.items():
+        net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
+        checkpoint.load_network(MODELS / f"seed{seed}" / file, net)
+        net.eval()
+        episodes = play(params, net, f"rollout seed {seed} {label}")
+        arrays = rollout_arrays(episodes, net)
+        write_bytes(out / f"rollouts_{label}.npz", npz_bytes(arrays))
+        checkpoint.atomic_write_text(out / f"steps_{label}.csv",
+                                     steps_table(episodes, arrays, params.env).to_csv(index=False))
+        vehicles = vehicles_table(arrays, params.env, scene.horizon, scene.collision_radius, scene.min_ego_speed)
+        checkpoint.atomic_write_text(out / f"vehicles_{label}.csv", vehicles.to_csv(index=False))
+        write_videos(out, label, episodes, arrays, params)
+        print(f"seed {seed} {label}: {len(arrays['action'])} steps in {len(episodes)} episodes")
+
+
+if __name__ == "__main__":
+    main()
