@@ -66,7 +66,8 @@ def time_to_collision(rel: np.ndarray, rel_v: np.ndarray, radius: float) -> np.n
 def segments_cross(p: np.ndarray, p_end: np.ndarray, q: np.ndarray, q_end: np.ndarray) -> np.ndarray:
     """Whether segments p→p_end and q→q_end intersect (proper or touching); inputs [..., 2]."""
     def orient(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
+        ab, ac = b - a, c - a
+        return np.sign(ab[..., 0] * ac[..., 1] - ab[..., 1] * ac[..., 0])
 
     d1, d2 = orient(q, q_end, p), orient(q, q_end, p_end)
     d3, d4 = orient(p, p_end, q), orient(p, p_end, q_end)
@@ -88,7 +89,11 @@ def scene_facts(obs: np.ndarray, cfg: EnvConfig, horizon: float = 5.0, radius: f
     Entries of absent vehicles and of the ego itself are NaN (floats) or False.
     """
     k = denormalize(obs, cfg)
-    ego = lambda a: a[:, :1]  # noqa: E731  the ego's value, broadcast over entities
+
+    def ego(values: np.ndarray) -> np.ndarray:
+        """The ego's entry of [N, E] values as [N, 1], to broadcast over entities."""
+        return values[:, :1]
+
     rel = np.stack([k.x - ego(k.x), k.y - ego(k.y)], axis=-1)                   # [N, E, 2]
     rel_v = np.stack([k.vx - ego(k.vx), k.vy - ego(k.vy)], axis=-1)
     heading = np.stack([ego(k.cos_h), ego(k.sin_h)], axis=-1)                   # [N, 1, 2]
