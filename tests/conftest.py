@@ -40,6 +40,7 @@ def tiny_params(seeds=(0,), episodes=8, eval_episodes=4) -> dict:
     params["train"].update(episodes=episodes, checkpoint_every=3)
     params["agent"].update(batch_size=8, target_update=5)
     params["evaluate"].update(episodes=eval_episodes)
+    params["rollout"].update(episodes=3, render_episodes=1)
     return params
 
 

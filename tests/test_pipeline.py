@@ -88,8 +88,9 @@ def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(t
 def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     repo = project_copy(tmp_path, tiny_params(seeds=(0, 1), episodes=6, eval_episodes=3))
     first = run(repo, str(BIN / "dvc"), "repro")
-    for stage in ("train@0", "train@1", "evaluate@0", "evaluate@1"):
-        assert f"Running stage '{stage}'" in first
+    for stage in ("train", "evaluate", "rollout"):
+        for seed in (0, 1):
+            assert f"Running stage '{stage}@{seed}'" in first
     for seed in (0, 1):
         evaluation = yaml.safe_load((repo / f"results/seed{seed}/evaluate.json").read_text())
         assert set(evaluation) == {"trained", "untrained"}
@@ -97,9 +98,15 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
                                               "mean_length"}
         rates = [evaluation["trained"][k]["mean"] for k in ("success_rate", "collision_rate", "timeout_rate")]
         assert sum(rates) == pytest.approx(1.0)
+    rollouts = digests(repo, "data")
+    assert {"data/seed0/rollouts_trained.npz", "data/seed0/steps_untrained.csv", "data/seed0/vehicles_trained.csv",
+            "data/seed0/videos/trained_episode000.gif"} <= set(rollouts)
     second = run(repo, str(BIN / "dvc"), "repro")
     assert "Running stage" not in second
     assert "up to date" in second
+    run(repo, str(BIN / "dvc"), "repro", "--force", "--single-item", "rollout@0")
+    assert digests(repo, "data") == rollouts                     # a rerun writes the same bytes
+    assert "up to date" in run(repo, str(BIN / "dvc"), "status")
     metrics = run(repo, str(BIN / "dvc"), "metrics", "show", "--json")
     assert "success_rate" in metrics and "return_last100" in metrics
     assert "return.tsv" in run(repo, str(BIN / "dvc"), "plots", "show", "--json")
