@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import shutil
 import signal
@@ -11,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -110,3 +113,19 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     metrics = run(repo, str(BIN / "dvc"), "metrics", "show", "--json")
     assert "success_rate" in metrics and "return_last100" in metrics
     assert "return.tsv" in run(repo, str(BIN / "dvc"), "plots", "show", "--json")
+
+
+def test_experiments_change_a_param_and_compare_with_the_baseline(tmp_path):
+    repo = project_copy(tmp_path, tiny_params(episodes=5, eval_episodes=2))
+    dvc = str(BIN / "dvc")
+    run(repo, dvc, "repro")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline")
+    assert "Ran experiment" in run(repo, dvc, "exp", "run", "-S", "train.episodes=7")
+    shown = pd.read_csv(io.StringIO(run(repo, dvc, "exp", "show", "--csv")))
+    assert set(shown["episodes"]) == {5, 7}
+    diff = json.loads(run(repo, dvc, "metrics", "diff", "--json"))
+    assert diff["results/seed0/train/metrics.json"]["episodes"] == {"old": 5, "new": 7, "diff": 2}
+    run(repo, dvc, "plots", "diff", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").exists()
+
