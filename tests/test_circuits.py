@@ -20,11 +20,11 @@ from egolens.analysis.circuits import (
     feature_circuits,
     head_weights,
     head_writes,
+    output_bias_path,
+    output_composite,
     ov_actions,
     ov_circuit,
     ov_features,
-    output_bias_path,
-    output_composite,
     qk_circuit,
     qk_features,
     scores_by_fact,
@@ -255,7 +255,8 @@ def test_feature_projections_reproduce_scores_and_q_values_when_no_relu_is_inact
         scores = np.einsum("bf,fg,beg->be", x1[:, 0], qk_features(net, h, bias=True), x1[:, 1:]) / math.sqrt(d)
         np.testing.assert_allclose(scores, cache["attention_layer.hook_scores"][:, h, 0, 1:].numpy(), rtol=1e-5)
         expected_q = expected_q + pattern[:, h, :1] * (ego @ (u @ ov_circuit(net, h)).T)
-        expected_q = expected_q + np.einsum("be,af,bef->ba", pattern[:, h, 1:], ov_actions(net, h, bias=True), x1[:, 1:])
+        vehicles = np.einsum("be,af,bef->ba", pattern[:, h, 1:], ov_actions(net, h, bias=True), x1[:, 1:])
+        expected_q = expected_q + vehicles
     np.testing.assert_allclose(expected_q, q.numpy(), rtol=1e-5)
 
     table = feature_circuits(net, run="positive")
