@@ -1,0 +1,605 @@
+"""Attribution of Q-values to vehicles and features, and checks that the attributions mean something.
+
+Everything here is a pure function of a network and observations: tensors in, tensors or tidy
+DataFrames (one row per observation of a quantity) out; no file I/O. The network is any
+`nn.Module` with `forward(obs, mask=None) -> Q [B, A]` (`EgoAttentionNetwork` or a hand-made
+test net); activations are only reached through captum's layer hooks on named modules (a Linear
+or a `hook_*` point, see `egolens.hooks.activation_names`), never by re-implementing the forward.
+
+Shapes: B steps, E entities (15, row 0 the ego), F features (7: presence, x, y, vx, vy, cos_h,
+sin_h), A actions (3: SLOWER, IDLE, FASTER), H heads.
+
+Removing a vehicle = zeroing its row (presence 0), so the network masks it. The ego row is never
+removed. Two families of methods, two conventions for the absent mask:
+- Path methods (integrated gradients, conductance) move along baseline -> obs; the mask of the
+  real observation is held fixed along the path (`fix_mask=True`), because a mask recomputed
+  from an interpolated presence flips at presence 0.5 and breaks completeness.
+- Removal methods (Shapley values, deletion/insertion) only evaluate real states (each row is
+  either the observed one or zero), so the network recomputes the mask: a zeroed row is absent.
+
+Baselines (all [B, E, F], keep presence and the ego row unless said otherwise; name the one
+used in every table, `baseline_name`):
+- `others_zeroed`: others' kinematics 0, presence kept. Every present vehicle becomes a vehicle
+  at (0, 0) in the normalised absolute frame (the middle of the map), at rest, with the
+  impossible heading (0, 0). Attributions to presence and to the ego row are exactly 0.
+- `typical_scene`: others' kinematics replaced by the pooled mean over recorded present
+  vehicles (heading renormalised to a unit vector), presence and ego kept (or the ego replaced
+  too with `replace_ego=True`). "Which departures from an average vehicle matter".
+- `ego_alone`: every other row zeroed, presence included. With the fixed mask the path keeps
+  the vehicles attended (a zero row that is still "present"): f(baseline) is then NOT
+  Q(ego alone). It is the removal baseline of `shapley_vehicles` (mask recomputed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from captum.attr import IntegratedGradients, LayerConductance, NeuronConductance, ShapleyValueSampling
+from torch import nn
+
+from egolens.config import REFERENCE_FEATURES
+from egolens.hooks import activation_names
+from egolens.model import PRESENCE, EgoAttentionNetwork
+
+FEATURES = tuple(REFERENCE_FEATURES)
+"""Feature names of the observation's last axis."""
+ACTIONS = ("SLOWER", "IDLE", "FASTER")
+"""Action names of the Q-network's output axis."""
+KINEMATICS = slice(1, None)
+"""Features x, y, vx, vy, cos_h, sin_h (everything but presence)."""
+HEADING = slice(5, 7)
+"""Features cos_h, sin_h."""
+
+Target = int | torch.Tensor
+"""An action index for every step, or a [B] tensor of action indices (one per step)."""
+
+
+# --------------------------------------------------------------------------- forward functions
+
+def _forward_fn(net: nn.Module, advantage: bool) -> Callable[..., torch.Tensor]:
+    """f(x, mask=None) -> Q [N, A], or the advantage Q − mean_a Q [N, A] if `advantage`."""
+
+    def forward(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q = net(x, mask)
+        return q - q.mean(dim=-1, keepdim=True) if advantage else q
+
+    return forward
+
+
+def absent_mask(obs: torch.Tensor) -> torch.Tensor:
+    """obs [B, E, F] -> [B, E] bool, True = absent (presence < 0.5); the ego is never absent."""
+    return EgoAttentionNetwork.absent_mask(obs)
+
+
+def present_others(obs: torch.Tensor) -> torch.Tensor:
+    """obs [B, E, F] -> [B, E] bool, True for present vehicles other than the ego."""
+    present = ~absent_mask(obs)
+    present[:, 0] = False
+    return present
+
+
+def _target_tensor(target: Target, batch: int) -> torch.Tensor:
+    """int or [B] -> [B] long."""
+    if isinstance(target, torch.Tensor):
+        target = target.reshape(-1).long()
+        if target.numel() != batch:
+            raise ValueError(f"target has {target.numel()} entries for {batch} steps")
+        return target
+    return torch.full((batch,), int(target), dtype=torch.long)
+
+
+def _captum_target(target: Target, batch: int) -> int | torch.Tensor:
+    return int(target) if not isinstance(target, torch.Tensor) else _target_tensor(target, batch)
+
+
+def target_output(net: nn.Module, obs: torch.Tensor, target: Target, *, advantage: bool = False,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Q(s, a) (or the advantage) of action `target` for each step: obs [B, E, F] -> [B].
+
+    mask: [B, E] bool True = absent, or None to recompute it from `obs`.
+    """
+    with torch.no_grad():
+        out = _forward_fn(net, advantage)(obs, mask)
+    return out.gather(1, _target_tensor(target, obs.shape[0])[:, None]).squeeze(1)
+
+
+def completeness_error(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, attr: torch.Tensor,
+                       target: Target, *, advantage: bool = False, fix_mask: bool = True) -> torch.Tensor:
+    """|Σ attr − (f(obs) − f(baseline))| / |f(obs) − f(baseline)| per step: -> [B].
+
+    attr: [B, ...] (input attributions [B, E, F], layer conductances [B, D], Shapley values
+    [B, E]); summed over all but the batch axis. f is evaluated as the attribution saw it:
+    with obs's mask for both ends if `fix_mask`, else each end with its own recomputed mask
+    (use that for `shapley_vehicles` with baseline `ego_alone(obs)`: the efficiency check).
+    0/0 gives NaN and x/0 gives inf (no change of f to explain).
+    """
+    mask = absent_mask(obs) if fix_mask else None
+    delta_f = (target_output(net, obs, target, advantage=advantage, mask=mask)
+               - target_output(net, baseline, target, advantage=advantage, mask=mask))
+    total = attr.detach().reshape(attr.shape[0], -1).sum(dim=1).to(delta_f.dtype)
+    return (total - delta_f).abs() / delta_f.abs()
+
+
+# --------------------------------------------------------------------------------- baselines
+
+def others_zeroed(obs: torch.Tensor) -> torch.Tensor:
+    """Baseline [B, E, F]: other vehicles' kinematics (x, y, vx, vy, cos_h, sin_h) set to 0.
+
+    Presence and the ego row are kept, so the mask is the observation's own and only the
+    others' kinematics receive attribution.
+    """
+    baseline = obs.detach().clone()
+    baseline[:, 1:, KINEMATICS] = 0.0
+    return baseline
+
+
+def ego_alone(obs: torch.Tensor) -> torch.Tensor:
+    """Baseline [B, E, F]: every other row zeroed (presence too), the ego row kept."""
+    baseline = torch.zeros_like(obs.detach())
+    baseline[:, 0] = obs.detach()[:, 0]
+    return baseline
+
+
+def _typical_kinematics(rows: torch.Tensor, unit_heading: bool) -> torch.Tensor:
+    """rows [N, F] -> [F - 1] mean kinematics; heading renormalised to a unit vector if asked."""
+    if rows.shape[0] == 0:
+        raise ValueError("no present rows in reference_obs to average")
+    mean = rows[:, KINEMATICS].mean(dim=0)
+    if unit_heading:
+        heading = mean[HEADING.start - 1:HEADING.stop - 1]
+        norm = heading.norm()
+        if norm > 1e-6:
+            mean[HEADING.start - 1:HEADING.stop - 1] = heading / norm
+    return mean
+
+
+def typical_scene(obs: torch.Tensor, reference_obs: torch.Tensor, *, replace_ego: bool = False,
+                  unit_heading: bool = True) -> torch.Tensor:
+    """Baseline [B, E, F]: each present other vehicle replaced by the typical recorded vehicle.
+
+    reference_obs: [N, E, F] recorded observations. The typical vehicle is the mean of the
+    kinematics of all present non-ego rows of reference_obs, pooled over rows (with
+    `order: shuffled`, row j is not a fixed vehicle, so a per-row mean means nothing). A mean
+    heading (cos, sin) is shorter than 1 (not a possible heading); `unit_heading` rescales it
+    to the circular mean direction. Each step keeps its own presence column (same mask as the
+    observation, absent rows stay zero) and, unless `replace_ego`, its own ego row; with
+    `replace_ego` the ego kinematics become the mean recorded ego's (presence stays 1).
+    """
+    ref = reference_obs.detach().to(obs.dtype)
+    ref_others = ref[:, 1:][present_others(ref)[:, 1:]]                 # [N_present, F]
+    baseline = obs.detach().clone()
+    present = present_others(obs)
+    baseline[..., KINEMATICS] = torch.where(present[..., None], _typical_kinematics(ref_others, unit_heading),
+                                            baseline[..., KINEMATICS])
+    if replace_ego:
+        baseline[:, 0, KINEMATICS] = _typical_kinematics(ref[:, 0], unit_heading)
+    return baseline
+
+
+# ------------------------------------------------------------------------ integrated gradients
+
+def integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
+                         n_steps: int = 64, internal_batch_size: int | None = 4096, *,
+                         advantage: bool = False, method: str = "gausslegendre",
+                         fix_mask: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrated gradients of Q(s, a) (or the advantage Q(s, a) − mean_a Q(s, ·)) w.r.t. obs.
+
+    obs, baseline: [B, E, F]; target: action index or [B] indices.
+    Returns (attributions [B, E, F], captum's convergence delta [B] = Σ attr − (f(x) − f(b))).
+
+    `fix_mask=True` passes obs's absent mask to `net(x, mask)` at every point of the path
+    (captum `additional_forward_args`), so interpolating presence cannot flip it. `fix_mask=False`
+    lets the network recompute the mask from the interpolated input: only to show the error it
+    causes. `internal_batch_size` (rows per forward, >= B) bounds memory; results are identical.
+    """
+    obs = obs.detach()
+    forward = _forward_fn(net, advantage)
+    extra = (absent_mask(obs),) if fix_mask else None
+    attr, delta = IntegratedGradients(forward).attribute(
+        obs, baselines=baseline.detach().to(obs.dtype), target=_captum_target(target, obs.shape[0]),
+        additional_forward_args=extra, n_steps=n_steps, method=method,
+        internal_batch_size=internal_batch_size, return_convergence_delta=True)
+    return attr.detach(), delta.detach()
+
+
+def vehicle_attribution(attr: torch.Tensor) -> torch.Tensor:
+    """attr [B, E, F] -> [B, E]: the attribution of each entity (sum over its features)."""
+    return attr.sum(dim=-1)
+
+
+def attribution_table(attr: torch.Tensor, obs: torch.Tensor, step_ids: Sequence[int] | np.ndarray | None,
+                      action_names: str | Sequence[str], baseline_name: str, model_name: str, *,
+                      quantity: str = "q", vehicle_ids: np.ndarray | torch.Tensor | None = None,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy tables of input attributions, absent vehicles dropped (the ego row always kept).
+
+    attr, obs: [B, E, F]; step_ids: [B] (None: 0..B−1); action_names: the attributed action of
+    each step ([B] names) or one name for all; quantity: what was attributed ("q", "advantage");
+    vehicle_ids: optional [B, E] simulator ids (row j is not a fixed vehicle: `order: shuffled`).
+
+    Returns
+    - features: one row per (step, entity, feature): model, baseline, quantity, step, action,
+      entity, [vehicle_id], is_ego, feature, value (the observed feature), attribution;
+    - vehicles: one row per (step, entity): same keys, attribution = sum over the F features.
+    """
+    attr_np = attr.detach().cpu().numpy()
+    obs_np = obs.detach().cpu().numpy()
+    batch, entities, n_features = attr_np.shape
+    steps = np.arange(batch) if step_ids is None else np.asarray(step_ids)
+    actions = np.full(batch, action_names, dtype=object) if isinstance(action_names, str) \
+        else np.asarray(list(action_names), dtype=object)
+    if steps.shape[0] != batch or actions.shape[0] != batch:
+        raise ValueError(f"step_ids and action_names need {batch} entries")
+    keep = (~absent_mask(obs.detach().cpu())).numpy()                   # [B, E], ego kept
+    b_idx, e_idx = np.nonzero(keep)
+    keys = {"model": model_name, "baseline": baseline_name, "quantity": quantity,
+            "step": steps[b_idx], "action": actions[b_idx], "entity": e_idx}
+    if vehicle_ids is not None:
+        ids = vehicle_ids.detach().cpu().numpy() if isinstance(vehicle_ids, torch.Tensor) else np.asarray(vehicle_ids)
+        keys["vehicle_id"] = ids[b_idx, e_idx]
+    keys["is_ego"] = e_idx == 0
+    vehicles = pd.DataFrame({**keys, "attribution": attr_np[b_idx, e_idx].sum(axis=-1)})
+    features = pd.DataFrame({k: np.repeat(v, n_features) if isinstance(v, np.ndarray) else v
+                             for k, v in keys.items()})
+    features["feature"] = np.tile(np.asarray(FEATURES[:n_features], dtype=object), len(b_idx))
+    features["value"] = obs_np[b_idx, e_idx].reshape(-1)
+    features["attribution"] = attr_np[b_idx, e_idx].reshape(-1)
+    return features, vehicles
+
+
+# ------------------------------------------------------------------------------- conductance
+
+def _named_module(net: nn.Module, layer_name: str) -> nn.Module:
+    if layer_name not in activation_names(net):
+        raise KeyError(f"no activation named {layer_name!r}; known: {', '.join(activation_names(net))}")
+    return dict(net.named_modules())[layer_name]
+
+
+def layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target, baseline: torch.Tensor,
+                      n_steps: int = 64, *, method: str = "gausslegendre", internal_batch_size: int | None = 4096,
+                      advantage: bool = False, fix_mask: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """captum LayerConductance of Q(s, a) (or the advantage) at the named activation.
+
+    layer_name: a Linear or hook point (`egolens.hooks.activation_names`), e.g.
+    `attention_layer.hook_resid` [B, D]. Returns (conductance [B, *activation shape],
+    captum's convergence delta [B] = Σ conductance − (f(x) − f(b))).
+
+    Conductances sum to f(x) − f(b) only at a cut every path crosses: the output MLP's input
+    `attention_layer.hook_resid` (or any output-MLP layer). `attention_layer.hook_combined` is
+    not one: the ½·e residual bypasses it, so its sum misses the ego path unless the ego row
+    is the same in obs and baseline.
+    """
+    obs = obs.detach()
+    extra = (absent_mask(obs),) if fix_mask else None
+    cond, delta = LayerConductance(_forward_fn(net, advantage), _named_module(net, layer_name)).attribute(
+        obs, baselines=baseline.detach().to(obs.dtype), target=_captum_target(target, obs.shape[0]),
+        additional_forward_args=extra, n_steps=n_steps, method=method,
+        internal_batch_size=internal_batch_size, return_convergence_delta=True)
+    return cond.detach(), delta.detach()
+
+
+def neuron_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, neuron_index: int | tuple[int, ...],
+                       target: Target, baseline: torch.Tensor, n_steps: int = 64, *,
+                       method: str = "riemann_trapezoid", internal_batch_size: int | None = 4096,
+                       advantage: bool = False, fix_mask: bool = True) -> torch.Tensor:
+    """captum NeuronConductance: how much each input feature's change flows through one neuron.
+
+    layer_name must name a module returning a tensor (a hook point or a Linear: captum cannot
+    select a neuron of a module returning a tuple such as `attention_layer`). neuron_index
+    indexes the activation without its batch axis (int for [B, D], tuple for e.g. the pattern
+    (h, 0, j)). Returns [B, E, F]; summed over (E, F) it is the layer conductance of that
+    neuron. captum's default here is `riemann_trapezoid` (LayerConductance: `gausslegendre`);
+    compare the two with enough steps.
+    """
+    obs = obs.detach()
+    extra = (absent_mask(obs),) if fix_mask else None
+    attr = NeuronConductance(_forward_fn(net, advantage), _named_module(net, layer_name)).attribute(
+        obs, neuron_selector=neuron_index, baselines=baseline.detach().to(obs.dtype),
+        target=_captum_target(target, obs.shape[0]), additional_forward_args=extra, n_steps=n_steps,
+        method=method, internal_batch_size=internal_batch_size)
+    return attr.detach()
+
+
+# ---------------------------------------------------------------------------- Shapley values
+
+def vehicle_groups(obs: torch.Tensor) -> torch.Tensor:
+    """Per-step feature mask [B, E, F] for captum: present vehicle j's 7 features share group
+    1..n_b (in row order); the ego and absent rows share group 0 (input = baseline there, so
+    group 0 is a null player and gets exactly 0). Contiguous (captum indexes it)."""
+    present = present_others(obs)
+    groups = torch.cumsum(present.long(), dim=1) * present.long()       # [B, E]
+    return groups[..., None].expand(*obs.shape).contiguous()
+
+
+def shapley_vehicles(net: nn.Module, obs: torch.Tensor, target: Target, n_samples: int = 25, *,
+                     perturbations_per_eval: int | None = None, advantage: bool = False,
+                     seed: int | None = 0) -> torch.Tensor:
+    """Shapley values of the vehicles for Q(s, a) (or the advantage): obs [B, E, F] -> [B, E].
+
+    Players are the present other vehicles; removing one zeroes its row (the network masks it);
+    the ego is always kept and never a player; the ego and absent vehicles get 0. captum's
+    ShapleyValueSampling with `n_samples` random permutations (seeded by `seed` without touching
+    the global RNG; None: the global RNG). Every permutation telescopes, so
+    Σ_j φ_j = f(obs) − f(ego alone) exactly (`completeness_error(..., ego_alone(obs), phi, ...,
+    fix_mask=False)`). perturbations_per_eval defaults to the number of groups.
+    """
+    obs = obs.detach()
+    groups = vehicle_groups(obs)
+    n_groups = int(groups.max().item()) + 1
+    if n_groups == 1:
+        return torch.zeros(obs.shape[:2], dtype=obs.dtype)
+    sampler = ShapleyValueSampling(_forward_fn(net, advantage))
+
+    def run() -> torch.Tensor:
+        return sampler.attribute(obs, baselines=ego_alone(obs), target=_captum_target(target, obs.shape[0]),
+                                 feature_mask=groups, n_samples=n_samples,
+                                 perturbations_per_eval=perturbations_per_eval or n_groups)
+
+    if seed is None:
+        attr = run()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            attr = run()
+    phi = attr[..., PRESENCE].to(obs.dtype)            # every feature of a group carries its value
+    return torch.where(present_others(obs), phi, torch.zeros_like(phi))
+
+
+# ------------------------------------------------------------------- deletion and insertion
+
+def _order_rows(order: torch.Tensor | Sequence[Sequence[int]], batch: int) -> list[list[int]]:
+    if isinstance(order, torch.Tensor):
+        order = order.tolist()
+    rows = [[int(j) for j in row if int(j) >= 0] for row in order]
+    if len(rows) != batch:
+        raise ValueError(f"order has {len(rows)} rows for {batch} steps")
+    return rows
+
+
+def attribution_order(vehicle_attr: torch.Tensor, present: torch.Tensor, *, absolute: bool = True) -> torch.Tensor:
+    """Entities ranked by attribution, most important first: [B, E] -> [B, E−1] long.
+
+    Only present non-ego vehicles are ranked (by |attr| if `absolute`, else by signed attr,
+    largest first); the rest of each row is −1 padding.
+    """
+    score = vehicle_attr.detach().abs() if absolute else vehicle_attr.detach()
+    present = present.clone()
+    present[:, 0] = False
+    score = torch.where(present, score.double(), torch.full_like(score, -math.inf, dtype=torch.float64))
+    ranked = torch.argsort(score, dim=1, descending=True, stable=True)[:, :-1]
+    keep = torch.gather(present, 1, ranked)
+    return torch.where(keep, ranked, torch.full_like(ranked, -1))
+
+
+def random_order(present: torch.Tensor, seed: int) -> torch.Tensor:
+    """Present non-ego vehicles in a random order per step: [B, E] bool -> [B, E−1] long (−1 pad)."""
+    g = torch.Generator().manual_seed(seed)
+    return attribution_order(torch.rand(present.shape, generator=g, dtype=torch.float64), present)
+
+
+def deletion_insertion_curves(net: nn.Module, obs: torch.Tensor, order: torch.Tensor | Sequence[Sequence[int]], *,
+                              order_name: str = "attribution", step_ids: Sequence[int] | None = None,
+                              labels: Mapping[str, object] | None = None, batch_size: int = 4096) -> pd.DataFrame:
+    """Deletion and insertion curves of vehicles (Petsiuk et al. 2018) on real states.
+
+    obs [B, E, F]; order: per step the entity indices (1..E−1) of the present vehicles, most
+    important first ([B, K] padded with −1, e.g. `attribution_order` or `random_order`).
+    a* = the greedy action on the full obs. Deletion: zero the rows of the first k vehicles
+    (k = 0..n); insertion: from the ego alone, restore the first k vehicles. The network
+    recomputes the mask (a zeroed row is absent). labels: constant columns put first (name the
+    model and the attribution method and baseline behind `order`). batch_size: states per forward.
+
+    Returns one row per (step, curve, k): [labels], order, step, curve ("deletion"/"insertion"),
+    k, n_vehicles, fraction = k/n (0 when n = 0), action (a*), q = Q(s_k, a*),
+    agrees = (argmax Q(s_k) == a*).
+    """
+    obs = obs.detach()
+    batch = obs.shape[0]
+    rows = _order_rows(order, batch)
+    steps = list(range(batch)) if step_ids is None else list(step_ids)
+    alone = ego_alone(obs)
+    variants, meta = [], []
+    for b, row in enumerate(rows):
+        for curve in ("deletion", "insertion"):
+            for k in range(len(row) + 1):
+                state = obs[b].clone() if curve == "deletion" else alone[b].clone()
+                chosen = row[:k]
+                if chosen:
+                    state[chosen] = 0.0 if curve == "deletion" else obs[b, chosen]
+                variants.append(state)
+                meta.append((b, curve, k, len(row)))
+    with torch.no_grad():
+        greedy = net(obs).argmax(dim=1)
+        states = torch.stack(variants)
+        q = torch.cat([net(states[i:i + batch_size]) for i in range(0, len(states), batch_size)])
+    b_idx = torch.tensor([m[0] for m in meta])
+    star = greedy[b_idx]
+    frame = pd.DataFrame({
+        "order": order_name,
+        "step": [steps[m[0]] for m in meta],
+        "curve": [m[1] for m in meta],
+        "k": [m[2] for m in meta],
+        "n_vehicles": [m[3] for m in meta],
+        "fraction": [m[2] / m[3] if m[3] else 0.0 for m in meta],
+        "action": [ACTIONS[int(a)] if int(a) < len(ACTIONS) else int(a) for a in star],
+        "q": q.gather(1, star[:, None]).squeeze(1).double().numpy(),
+        "agrees": (q.argmax(dim=1) == star).numpy(),
+    })
+    return _labelled(frame, labels)
+
+
+def curve_auc(curves: pd.DataFrame) -> pd.DataFrame:
+    """Area under each curve of `deletion_insertion_curves` over fraction ∈ [0, 1] (trapezoid).
+
+    Returns one row per ([labels], order, step, curve): n_vehicles, auc_q (of Q(s_k, a*)),
+    auc_agrees (of the action agreement); NaN when the step has no other vehicle.
+    Deletion: lower = the order finds what matters sooner; insertion: higher.
+    """
+    keys = [c for c in curves.columns if c not in {"k", "n_vehicles", "fraction", "action", "q", "agrees"}]
+    out = []
+    for key, group in curves.sort_values("k").groupby(keys, sort=True):
+        n = int(group["n_vehicles"].iloc[0])
+        x = group["fraction"].to_numpy(dtype=float)
+        auc_q = float(np.trapezoid(group["q"].to_numpy(dtype=float), x)) if n else math.nan
+        auc_a = float(np.trapezoid(group["agrees"].to_numpy(dtype=float), x)) if n else math.nan
+        out.append({**dict(zip(keys, key)), "n_vehicles": n, "auc_q": auc_q, "auc_agrees": auc_a})
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------- rank correlations
+
+def spearman(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:
+    """Spearman rank correlation of two equal-length vectors (average ranks for ties).
+
+    NaN with fewer than 2 values or when either side is constant.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"lengths differ: {a.shape} vs {b.shape}")
+    if a.size < 2:
+        return math.nan
+    ra = pd.Series(a).rank(method="average").to_numpy()
+    rb = pd.Series(b).rank(method="average").to_numpy()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float((ra ** 2).sum() * (rb ** 2).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else math.nan
+
+
+def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _labelled(frame: pd.DataFrame, labels: Mapping[str, object] | None) -> pd.DataFrame:
+    """Constant label columns (e.g. {"model": "trained", "baseline": "others_zeroed"}) put first."""
+    for i, (name, value) in enumerate((labels or {}).items()):
+        frame.insert(i, name, value)
+    return frame
+
+
+def _heads_last_entity(attention: np.ndarray | torch.Tensor) -> np.ndarray:
+    """[B, H, E] or the cached pattern [B, H, 1, E] -> [B, H, E] float64."""
+    att = _np(attention).astype(np.float64)
+    if att.ndim == 4:
+        att = att[:, :, 0]
+    if att.ndim != 3:
+        raise ValueError(f"attention must be [B, H, E] or [B, H, 1, E], got {att.shape}")
+    return att
+
+
+def attention_attribution_agreement(attention: np.ndarray | torch.Tensor, vehicle_attr: np.ndarray | torch.Tensor,
+                                    present: np.ndarray | torch.Tensor, *, min_vehicles: int = 3,
+                                    step_ids: Sequence[int] | None = None,
+                                    labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Does the ego look at the vehicles that matter? Per step and head.
+
+    attention [B, H, E] (or [B, H, 1, E]); vehicle_attr [B, E]; present [B, E] bool. Over the
+    present non-ego vehicles (the ego column is ignored even if marked present):
+    - spearman: rank correlation of attention with |attr| (NaN with fewer than `min_vehicles`
+      vehicles or a constant side);
+    - top1_match: 1.0 if the most-attended vehicle has the largest |attr| (ties count as a
+      match), 0.0 if not, NaN without vehicles.
+    labels: constant columns put first (name the model, attribution method and baseline).
+    Returns columns [labels], step, head, n_vehicles, spearman, top1_match.
+    """
+    att = _heads_last_entity(attention)
+    importance = np.abs(_np(vehicle_attr).astype(np.float64))
+    keep = _np(present).astype(bool).copy()
+    keep[:, 0] = False
+    batch, heads, _ = att.shape
+    steps = list(range(batch)) if step_ids is None else list(step_ids)
+    out = []
+    for b in range(batch):
+        idx = np.nonzero(keep[b])[0]
+        imp = importance[b, idx]
+        for h in range(heads):
+            a = att[b, h, idx]
+            rho = spearman(a, imp) if idx.size >= min_vehicles else math.nan
+            top1 = float(imp[int(np.argmax(a))] == imp.max()) if idx.size else math.nan
+            out.append({"step": steps[b], "head": h, "n_vehicles": int(idx.size), "spearman": rho,
+                        "top1_match": top1})
+    return _labelled(pd.DataFrame(out), labels)
+
+
+def attention_vs_fact(attention: np.ndarray | torch.Tensor, facts: Mapping[str, np.ndarray | torch.Tensor], *,
+                      level: Literal["step", "pooled"] = "step", min_vehicles: int = 3,
+                      step_ids: Sequence[int] | None = None,
+                      labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Rank correlation of attention with facts about the vehicles (e.g. time-to-collision, distance).
+
+    attention [B, H, E] (or [B, H, 1, E]); facts: {name: [B, E]} with NaN where undefined
+    (absent vehicles, the ego, no collision course...): those entries are left out.
+    level "step": one Spearman per (step, head, fact) over that step's vehicles (NaN with fewer
+    than `min_vehicles`); "pooled": one per (head, fact) over every (step, vehicle).
+    Returns columns [labels], [step,] head, fact, n, spearman.
+    """
+    if level not in ("step", "pooled"):
+        raise ValueError(f"level must be 'step' or 'pooled', got {level!r}")
+    att = _heads_last_entity(attention)
+    batch, heads, _ = att.shape
+    steps = list(range(batch)) if step_ids is None else list(step_ids)
+    out = []
+    for name, fact in facts.items():
+        values = _np(fact).astype(np.float64)
+        valid = np.isfinite(values)
+        for h in range(heads):
+            if level == "pooled":
+                n = int(valid.sum())
+                rho = spearman(att[:, h][valid], values[valid]) if n >= min_vehicles else math.nan
+                out.append({"head": h, "fact": name, "n": n, "spearman": rho})
+                continue
+            for b in range(batch):
+                sel = valid[b]
+                n = int(sel.sum())
+                rho = spearman(att[b, h, sel], values[b, sel]) if n >= min_vehicles else math.nan
+                out.append({"step": steps[b], "head": h, "fact": name, "n": n, "spearman": rho})
+    return _labelled(pd.DataFrame(out), labels)
+
+
+# --------------------------------------------------------------------------------- sanity
+
+def randomisation_check(attr_trained: np.ndarray | torch.Tensor, attr_untrained: np.ndarray | torch.Tensor, *,
+                        keep: np.ndarray | torch.Tensor | None = None, threshold: float = 0.5,
+                        step_ids: Sequence[int] | None = None,
+                        labels: Mapping[str, object] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Model-parameter randomisation test (Adebayo et al. 2018): trained vs untrained explanations.
+
+    attr_trained, attr_untrained: [B, ...] attributions of the same steps by the trained and a
+    randomly initialised network. keep: optional bool [B, ...] (broadcastable) of the entries to
+    compare. Use it: entries that are 0 for both nets by construction (absent vehicles, presence
+    and the ego row under `others_zeroed`) tie in rank and inflate the correlation.
+
+    labels: constant columns put first in both tables (name the method, baseline, target).
+
+    Returns
+    - per_step: step, n, spearman (signed), spearman_abs (of |attr|);
+    - summary: one row per measure ("spearman", "spearman_abs"): median over steps, threshold,
+      flagged = median > threshold (the explanation hardly depends on the weights: it explains
+      the input, not the policy).
+    """
+    trained = _np(attr_trained).astype(np.float64)
+    untrained = _np(attr_untrained).astype(np.float64)
+    if trained.shape != untrained.shape:
+        raise ValueError(f"shapes differ: {trained.shape} vs {untrained.shape}")
+    batch = trained.shape[0]
+    mask = np.ones_like(trained, dtype=bool) if keep is None else np.broadcast_to(_np(keep).astype(bool),
+                                                                                  trained.shape)
+    steps = list(range(batch)) if step_ids is None else list(step_ids)
+    per_step = []
+    for b in range(batch):
+        sel = mask[b]
+        t, u = trained[b][sel], untrained[b][sel]
+        per_step.append({"step": steps[b], "n": int(sel.sum()), "spearman": spearman(t, u),
+                         "spearman_abs": spearman(np.abs(t), np.abs(u))})
+    per_step_df = pd.DataFrame(per_step)
+    summary = []
+    for measure in ("spearman", "spearman_abs"):
+        median = float(per_step_df[measure].median()) if per_step_df[measure].notna().any() else math.nan
+        summary.append({"measure": measure, "median": median, "threshold": threshold,
+                        "flagged": bool(median > threshold)})
+    return _labelled(per_step_df, labels), _labelled(pd.DataFrame(summary), labels)

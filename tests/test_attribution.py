@@ -1,0 +1,353 @@
+"""Attribution methods checked against quantities computed independently on tiny hand-made networks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from egolens.analysis.attribution import (
+    FEATURES,
+    absent_mask,
+    attention_attribution_agreement,
+    attention_vs_fact,
+    attribution_order,
+    attribution_table,
+    completeness_error,
+    curve_auc,
+    deletion_insertion_curves,
+    ego_alone,
+    integrated_gradients,
+    layer_conductance,
+    neuron_conductance,
+    others_zeroed,
+    present_others,
+    random_order,
+    randomisation_check,
+    shapley_vehicles,
+    spearman,
+    typical_scene,
+    vehicle_attribution,
+)
+from egolens.model import EgoAttentionNetwork
+from tests.conftest import random_obs
+
+VX = FEATURES.index("vx")
+
+
+class LinearQ(nn.Module):
+    """Q(s) = Σ_ef W[a, e, f]·s[e, f] + b[a]; ignores the mask."""
+
+    def __init__(self, entities: int = 15, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(3, entities, 7, generator=g))
+        self.bias = nn.Parameter(torch.randn(3, generator=g))
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.einsum("bef,aef->ba", obs, self.weight) + self.bias
+
+
+class PlantedVx3(nn.Module):
+    """Q depends only on vehicle 3's vx: Q = w·tanh(2·vx₃) + b (SLOWER rises with vx₃)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.tensor([1.0, 0.2, -0.5]))
+        self.register_buffer("b", torch.tensor([0.0, 0.1, 0.05]))
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.tanh(2 * obs[:, 3, VX])[:, None] * self.w + self.b
+
+
+def tiny_net(seed: int = 0) -> EgoAttentionNetwork:
+    torch.manual_seed(seed)
+    return EgoAttentionNetwork(in_features=7, feature_size=8, heads=2, embedding_layers=[8, 8], output_layers=[8])
+
+
+def planted_obs(batch: int = 6, seed: int = 0) -> torch.Tensor:
+    """random_obs with vehicle 3 present and driving with vx in [0.3, 0.9] (so SLOWER is greedy)."""
+    obs = random_obs(batch, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    obs[:, 3] = torch.rand(batch, 7, generator=g) * 2 - 1
+    obs[:, 3, 0] = 1.0
+    obs[:, 3, VX] = 0.3 + 0.6 * torch.rand(batch, generator=g)
+    return obs
+
+
+# ------------------------------------------------------------------------ integrated gradients
+
+def test_ig_of_a_linear_net_is_input_minus_baseline_times_weight():
+    net = LinearQ()
+    obs = random_obs(5, seed=1)
+    target = torch.tensor([0, 1, 2, 1, 0])
+    for baseline in (others_zeroed(obs), typical_scene(obs, random_obs(20, seed=2), replace_ego=True)):
+        attr, delta = integrated_gradients(net, obs, target, baseline, n_steps=4)
+        expected = (obs - baseline) * net.weight.detach()[target]
+        torch.testing.assert_close(attr, expected, rtol=1e-5, atol=1e-6)
+        assert delta.abs().max() < 1e-4
+        adv, _ = integrated_gradients(net, obs, target, baseline, n_steps=4, advantage=True)
+        centred = net.weight.detach() - net.weight.detach().mean(0)
+        torch.testing.assert_close(adv, (obs - baseline) * centred[target], rtol=1e-5, atol=1e-6)
+
+
+def test_ig_completeness_holds_with_the_fixed_mask_and_breaks_when_the_mask_is_recomputed():
+    net = tiny_net()
+    obs = random_obs(4, seed=1)
+    baseline = ego_alone(obs)          # presence goes 0 -> 1 along the path: a recomputed mask flips at 0.5
+    fixed, delta = integrated_gradients(net, obs, 0, baseline, n_steps=128)
+    err_fixed = completeness_error(net, obs, baseline, fixed, 0)
+    assert err_fixed.max() < 0.01
+    # captum's delta is the same gap, computed its own way
+    mask = absent_mask(obs)
+    delta_q = net(obs, mask)[:, 0] - net(baseline, mask)[:, 0]
+    torch.testing.assert_close(delta.abs() / delta_q.abs().detach(), err_fixed, rtol=1e-3, atol=1e-4)
+
+    flipping, _ = integrated_gradients(net, obs, 0, baseline, n_steps=128, fix_mask=False)
+    err_flipping = completeness_error(net, obs, baseline, flipping, 0, fix_mask=False)
+    assert err_flipping.mean() > 0.05
+    assert err_flipping.mean() > 10 * err_fixed.mean()
+
+
+def test_ig_of_the_advantage_is_the_q_attribution_minus_its_mean_over_actions_and_batching_changes_nothing():
+    net = tiny_net(1)
+    obs = random_obs(3, seed=3)
+    baseline = others_zeroed(obs)
+    per_action = torch.stack([integrated_gradients(net, obs, a, baseline, n_steps=64)[0] for a in range(3)])
+    adv, _ = integrated_gradients(net, obs, 2, baseline, n_steps=64, advantage=True)
+    torch.testing.assert_close(adv, per_action[2] - per_action.mean(0), rtol=1e-4, atol=1e-6)
+    small_batches, _ = integrated_gradients(net, obs, 2, baseline, n_steps=64, advantage=True, internal_batch_size=6)
+    torch.testing.assert_close(small_batches, adv, rtol=1e-5, atol=1e-7)
+    assert (completeness_error(net, obs, baseline, adv, 2, advantage=True) < 0.01).all()
+    # others_zeroed keeps presence and the ego row: nothing to attribute there
+    assert (adv[:, 0] == 0).all() and (adv[..., 0] == 0).all()
+
+
+# -------------------------------------------------------------------------------- baselines, tables
+
+def test_typical_scene_puts_the_pooled_mean_vehicle_in_every_present_row_and_keeps_presence():
+    obs, ref = random_obs(3, seed=4), random_obs(10, seed=5)
+    rows = [ref[n, j] for n in range(10) for j in range(1, 15) if ref[n, j, 0] >= 0.5]
+    mean = torch.stack(rows).mean(0)
+    mean[5:] = mean[5:] / mean[5:].norm()
+    baseline = typical_scene(obs, ref)
+    for b in range(3):
+        torch.testing.assert_close(baseline[b, 0], obs[b, 0])
+        for j in range(1, 15):
+            if obs[b, j, 0] >= 0.5:
+                torch.testing.assert_close(baseline[b, j], torch.cat([obs[b, j, :1], mean[1:]]))
+            else:
+                assert (baseline[b, j] == 0).all()
+    assert baseline[:, 0, 0].eq(1).all()
+    moved_ego = typical_scene(obs, ref, replace_ego=True)
+    ego_mean = ref[:, 0].mean(0)
+    torch.testing.assert_close(moved_ego[:, 0, 1:5], ego_mean[1:5].expand(3, 4))
+    torch.testing.assert_close(moved_ego[:, 0, 5:].norm(dim=-1), torch.ones(3))
+
+
+def test_attribution_tables_drop_absent_vehicles_and_vehicle_rows_sum_the_features():
+    obs = random_obs(3, seed=6)
+    attr = torch.randn(3, 15, 7, generator=torch.Generator().manual_seed(0))
+    features, vehicles = attribution_table(attr, obs, [10, 11, 12], ["SLOWER", "IDLE", "FASTER"],
+                                           "others_zeroed", "trained", vehicle_ids=torch.arange(45).view(3, 15))
+    present = [(b, j) for b in range(3) for j in range(15) if j == 0 or obs[b, j, 0] >= 0.5]
+    assert len(vehicles) == len(present) and len(features) == 7 * len(present)
+    assert set(vehicles["baseline"]) == {"others_zeroed"} and set(features["model"]) == {"trained"}
+    for b, j in present:
+        row = vehicles[(vehicles.step == 10 + b) & (vehicles.entity == j)].iloc[0]
+        assert row.attribution == pytest.approx(float(attr[b, j].sum()), rel=1e-5, abs=1e-6)
+        assert row.vehicle_id == 15 * b + j and row.is_ego == (j == 0)
+        assert row.action == ["SLOWER", "IDLE", "FASTER"][b]
+    vx = features[(features.step == 11) & (features.feature == "vx")].set_index("entity")
+    for _, j in (p for p in present if p[0] == 1):
+        assert vx.loc[j, "value"] == pytest.approx(float(obs[1, j, VX]))
+        assert vx.loc[j, "attribution"] == pytest.approx(float(attr[1, j, VX]))
+
+
+# ------------------------------------------------------------------------------ planted vehicle
+
+def test_ig_shapley_and_row_patching_all_point_at_the_planted_vehicle_3():
+    net = PlantedVx3()
+    obs = planted_obs()
+    attr, _ = integrated_gradients(net, obs, 0, others_zeroed(obs), n_steps=32)
+    outside = attr.clone()
+    outside[:, 3, VX] = 0
+    assert outside.abs().max() == 0 and (attr[:, 3, VX] > 0).all()
+    assert (vehicle_attribution(attr).abs().argmax(1) == 3).all()
+
+    phi = shapley_vehicles(net, obs, 0, n_samples=4)
+    without_3 = obs.clone()
+    without_3[:, 3] = 0
+    torch.testing.assert_close(phi[:, 3], net(obs)[:, 0] - net(without_3)[:, 0])
+    phi[:, 3] = 0
+    assert phi.abs().max() == 0
+
+    corrupted = planted_obs(seed=7)
+    corrupted[:, 3, VX] = -corrupted[:, 3, VX]
+    effects = torch.zeros(obs.shape[:2])
+    for j in range(1, 15):
+        patched = obs.clone()
+        patched[:, j] = corrupted[:, j]
+        effects[:, j] = (net(patched) - net(obs)).abs().sum(1)
+    assert (effects[:, 3] > 0.5).all()
+    effects[:, 3] = 0
+    assert effects.max() == 0
+
+
+def test_deleting_the_planted_vehicle_first_drops_q_at_once_and_random_orders_later_on_average():
+    net = PlantedVx3()
+    obs = planted_obs(8)
+    present = present_others(obs)
+    attr, _ = integrated_gradients(net, obs, 0, others_zeroed(obs), n_steps=8)
+    order = attribution_order(vehicle_attribution(attr), present)
+    assert (order[:, 0] == 3).all()
+    curves = deletion_insertion_curves(net, obs, order, order_name="ig", labels={"model": "planted",
+                                                                                  "baseline": "others_zeroed"})
+    q_alone = float(net.b[0])
+    deletion = curves[curves.curve == "deletion"]
+    assert (deletion[deletion.k == 0].q > 0.5).all() and deletion[deletion.k == 0].agrees.all()
+    assert np.allclose(deletion[deletion.k >= 1].q, q_alone) and not deletion[deletion.k >= 1].agrees.any()
+    insertion = curves[curves.curve == "insertion"]
+    assert np.allclose(insertion[insertion.k == 0].q, q_alone) and (insertion[insertion.k >= 1].q > 0.5).all()
+
+    first_drop, auc_random = [], []
+    for seed in range(10):
+        rand = deletion_insertion_curves(net, obs, random_order(present, seed), order_name="random")
+        rand_del = rand[(rand.curve == "deletion") & (rand.q < 0.5 * rand.groupby("step").q.transform("max"))]
+        first_drop.append(rand_del.groupby("step").k.min().mean())
+        auc_random.append(curve_auc(rand).query("curve == 'deletion'").auc_q.mean())
+    assert deletion[deletion.q < 0.5].groupby("step").k.min().eq(1).all()
+    assert np.mean(first_drop) > 2
+    auc = curve_auc(curves).query("curve == 'deletion'")
+    assert set(auc.model) == {"planted"} and set(auc.baseline) == {"others_zeroed"} and len(auc) == len(obs)
+    assert auc.auc_q.mean() < np.mean(auc_random)
+    n = obs[:, 1:, 0].sum(1)         # attribution order: full q on [0, 1/n], then q_alone
+    q_full = net(obs)[:, 0].detach()
+    expected = (q_full + q_alone) / 2 / n + q_alone * (1 - 1 / n)
+    np.testing.assert_allclose(auc.sort_values("step").auc_q, expected.numpy(), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- conductance
+
+def test_layer_conductance_sums_to_delta_q_at_hook_resid_but_not_at_hook_combined_when_the_ego_moves():
+    net = tiny_net()
+    obs = random_obs(4, seed=1)
+    moving_ego = typical_scene(obs, random_obs(32, seed=5), replace_ego=True)
+    fixed_ego = others_zeroed(obs)
+    mask = absent_mask(obs)
+    for baseline in (moving_ego, fixed_ego):
+        cond, _ = layer_conductance(net, obs, "attention_layer.hook_resid", 0, baseline, n_steps=32)
+        delta_q = (net(obs, mask) - net(baseline, mask))[:, 0].detach()
+        torch.testing.assert_close(cond.sum(1), delta_q, rtol=0.01, atol=1e-6)
+    # with the ego row fixed, the ½·e bypass carries no change and combine's output is a cut too
+    cond, _ = layer_conductance(net, obs, "attention_layer.hook_combined", 0, fixed_ego, n_steps=32)
+    assert (completeness_error(net, obs, fixed_ego, cond, 0) < 0.01).all()
+    cond, _ = layer_conductance(net, obs, "attention_layer.hook_combined", 0, moving_ego, n_steps=32)
+    assert (completeness_error(net, obs, moving_ego, cond, 0) > 0.2).all()
+
+
+def test_neuron_conductances_of_every_hidden_neuron_add_up_to_their_layer_conductance():
+    net = tiny_net()
+    obs = random_obs(3, seed=1)
+    baseline = typical_scene(obs, random_obs(32, seed=5), replace_ego=True)
+    layer = "output_layer.hook_post.0"
+    cond, _ = layer_conductance(net, obs, layer, 0, baseline, n_steps=128)
+    per_neuron = torch.stack([neuron_conductance(net, obs, layer, i, 0, baseline, n_steps=128).sum((1, 2))
+                              for i in range(8)], dim=1)
+    scale = cond.abs().sum(1, keepdim=True)
+    assert ((per_neuron - cond).abs() / scale).max() < 0.01
+    # riemann_trapezoid (NeuronConductance's default) at 128 steps: a few per cent of a small ΔQ
+    assert (completeness_error(net, obs, baseline, per_neuron, 0) < 0.03).all()
+    with pytest.raises(KeyError, match="no activation named 'attention_layer'"):
+        neuron_conductance(net, obs, "attention_layer", 0, 0, baseline)
+
+
+# ------------------------------------------------------------------------------ Shapley values
+
+def test_shapley_values_add_up_to_q_minus_q_of_the_ego_alone_and_skip_ego_and_absent_rows():
+    net = tiny_net(2)
+    obs = random_obs(3, seed=8)
+    alone = torch.zeros_like(obs)
+    alone[:, 0] = obs[:, 0]
+    for advantage in (False, True):
+        phi = shapley_vehicles(net, obs, torch.tensor([0, 2, 1]), n_samples=3, advantage=advantage)
+        q, q_alone = net(obs).detach(), net(alone).detach()
+        if advantage:
+            q, q_alone = q - q.mean(1, keepdim=True), q_alone - q_alone.mean(1, keepdim=True)
+        expected = q[[0, 1, 2], [0, 2, 1]] - q_alone[[0, 1, 2], [0, 2, 1]]
+        torch.testing.assert_close(phi.sum(1), expected, rtol=1e-4, atol=1e-6)
+        assert (phi[:, 0] == 0).all() and (phi[obs[..., 0] == 0] == 0).all()
+        assert (phi[present_others(obs)] != 0).all()
+
+
+# -------------------------------------------------------------------- attention vs attribution
+
+def test_agreement_reports_known_spearman_and_top1_over_present_vehicles_only():
+    present = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 0, 1, 0, 0]], dtype=bool)
+    attr = np.array([[7.0, 4, -3, 2, 1, 99], [7.0, -1, 0, 2, 0, 0]])        # |attr| ranks 4 > 3 > 2 > 1
+    attention = np.zeros((2, 3, 6))
+    attention[0, 0] = [0.5, 0.4, 0.3, 0.2, 0.1, 0.9]      # same order: rho 1, top-1 match
+    attention[0, 1] = [0.5, 0.1, 0.2, 0.3, 0.4, 0.9]      # reversed: rho −1, no match
+    attention[0, 2] = [0.5, 0.4, 0.3, 0.1, 0.2, 0.9]      # two swapped: rho = 1 − 6·2/60 = 0.8
+    attention[1] = [[0.5, 0.1, 0.0, 0.4, 0.0, 0.0]] * 3    # two vehicles: no rho; vehicle 3 wins both
+    table = attention_attribution_agreement(attention, attr, present).set_index(["step", "head"])
+    assert table.loc[(0, 0), "spearman"] == pytest.approx(1.0)
+    assert table.loc[(0, 1), "spearman"] == pytest.approx(-1.0)
+    assert table.loc[(0, 2), "spearman"] == pytest.approx(0.8)
+    assert list(table.loc[0, "top1_match"]) == [1.0, 0.0, 1.0]
+    assert table.loc[1, "spearman"].isna().all() and (table.loc[1, "top1_match"] == 1.0).all()
+    assert (table.loc[0, "n_vehicles"] == 4).all() and (table.loc[1, "n_vehicles"] == 2).all()
+    # the cached pattern [B, H, 1, E] is accepted as is
+    same = attention_attribution_agreement(torch.tensor(attention)[:, :, None], attr, present)
+    assert same.equals(table.reset_index())
+
+
+def test_attention_vs_fact_ranks_attention_against_distance_ignoring_nan_entries():
+    attention = np.array([[[0.4, 0.3, 0.2, 0.1, 0.0]], [[0.1, 0.2, 0.3, 0.4, 0.0]]])   # [B=2, H=1, E=5]
+    distance = np.array([[np.nan, 1.0, 2.0, 3.0, np.nan], [np.nan, 5.0, 4.0, 6.0, np.nan]])
+    per_step = attention_vs_fact(attention, {"distance": distance})
+    assert list(per_step.spearman) == pytest.approx([-1.0, 0.5])
+    assert list(per_step.n) == [3, 3]
+    pooled = attention_vs_fact(attention, {"distance": distance}, level="pooled")
+    expected = spearman([0.3, 0.2, 0.1, 0.2, 0.3, 0.4], [1, 2, 3, 5, 4, 6])
+    assert pooled.spearman.iloc[0] == pytest.approx(expected) and pooled.n.iloc[0] == 6
+    assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+# ------------------------------------------------------------------------------------ sanity
+
+def test_randomisation_check_flags_identical_attributions_and_not_independent_ones():
+    g = torch.Generator().manual_seed(0)
+    trained = torch.randn(40, 15, 7, generator=g)
+    _, summary = randomisation_check(trained, trained.clone())
+    assert summary.flagged.all() and np.allclose(summary["median"], 1.0)
+    _, summary = randomisation_check(trained, torch.randn(40, 15, 7, generator=g))
+    assert not summary.flagged.any() and (summary["median"].abs() < 0.2).all()
+
+
+def test_randomisation_check_needs_keep_to_ignore_zeros_shared_by_construction():
+    g = torch.Generator().manual_seed(1)
+    present = torch.rand(40, 15, generator=g) > 0.6
+    trained = torch.randn(40, 15, generator=g) * present
+    untrained = torch.randn(40, 15, generator=g) * present      # independent where present, 0 elsewhere
+    per_step, summary = randomisation_check(trained, untrained)
+    assert summary.set_index("measure").loc["spearman_abs", "flagged"]
+    per_step, summary = randomisation_check(trained, untrained, keep=present)
+    assert not summary.flagged.any()
+    assert (per_step.n == present.sum(1).numpy()).all()
+
+
+def test_ranking_orders_put_present_vehicles_first_and_pad_the_rest():
+    obs = random_obs(2, seed=9)
+    present = present_others(obs)
+    scores = torch.arange(15.0).expand(2, 15) * torch.tensor([1.0, -1.0])[:, None]
+    order = attribution_order(scores, present, absolute=False)
+    for b in range(2):
+        expected = sorted((j for j in range(1, 15) if present[b, j]), key=lambda j: -float(scores[b, j]))
+        assert order[b, :len(expected)].tolist() == expected and (order[b, len(expected):] == -1).all()
+        shuffled = random_order(present, seed=3)[b]
+        assert sorted(shuffled[shuffled >= 0].tolist()) == sorted(expected)
