@@ -122,7 +122,7 @@ class AgentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    episodes: int = Field(4000, gt=0, lt=1_000_000)
+    episodes: int = Field(6000, gt=0, lt=1_000_000)
     num_envs: int = Field(2, gt=0, le=16)
     checkpoint_every: int = Field(50, gt=0)
     """Write the resume state every this many finished episodes."""

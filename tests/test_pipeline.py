@@ -91,7 +91,7 @@ def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(t
 def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     repo = project_copy(tmp_path, tiny_params(seeds=(0, 1), episodes=6, eval_episodes=3))
     first = run(repo, str(BIN / "dvc"), "repro")
-    for stage in ("train", "evaluate", "rollout"):
+    for stage in ("train", "evaluate", "rollout", "circuits"):
         for seed in (0, 1):
             assert f"Running stage '{stage}@{seed}'" in first
     for seed in (0, 1):
