@@ -156,6 +156,36 @@ class SceneConfig(_Strict):
     """m/s: the ego's path is drawn at least this fast (it can always speed up to IDLE's target)."""
 
 
+class AttributionsConfig(_Strict):
+    """Attribution analyses on recorded steps (egolens.analysis.attribution)."""
+
+    max_steps: int = Field(300, gt=0)
+    """Recorded steps analysed per network (evenly spaced over the rollouts)."""
+    ig_steps: int = Field(64, ge=8)
+    internal_batch_size: int = Field(2048, gt=0)
+    shapley_samples: int = Field(25, gt=0)
+    top_neurons: int = Field(5, gt=0)
+    """Neurons per layer given a neuron-conductance breakdown."""
+    random_orders: int = Field(5, gt=0)
+    """Random vehicle orders per step for the deletion/insertion control."""
+    sanity_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Median trained-vs-untrained rank correlation above which an explanation is flagged."""
+
+
+class NeuronsConfig(_Strict):
+    """Neuron studies and lenses (egolens.analysis.neurons, egolens.analysis.lens)."""
+
+    top_k: int = Field(10, gt=0)
+    """Top activating steps per neuron in the semantic dictionary."""
+    over_time_neurons: int = Field(16, gt=0)
+    visualise_neurons: int = Field(4, ge=0)
+    """Neurons per layer whose preferred observation is optimised and drawn."""
+    restarts: int = Field(4, gt=0)
+    optimisation_steps: int = Field(200, gt=0)
+    lens_held_out: float = Field(0.3, gt=0.0, lt=1.0)
+    """Fraction of episodes held out when fitting the tuned lens."""
+
+
 class Params(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     env: EnvConfig = EnvConfig()
@@ -164,6 +194,8 @@ class Params(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     rollout: RolloutConfig = RolloutConfig()
     scene: SceneConfig = SceneConfig()
+    attributions: AttributionsConfig = AttributionsConfig()
+    neurons: NeuronsConfig = NeuronsConfig()
 
     @field_validator("seeds")
     @classmethod
