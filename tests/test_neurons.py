@@ -12,18 +12,24 @@ import torch
 from matplotlib.patches import Rectangle
 
 from egolens.analysis.neurons import (
+    FIRES_FOR,
     Objective,
     activation_stats,
     activations_over_time,
+    advantage,
     advantage_objective,
     attention_objective,
     neuron_fact_correlations,
     neuron_objective,
+    neurons_to_visualise,
     optimise_observation,
+    scene_pair,
     scene_picture,
     semantic_dictionary,
+    significant,
     step_facts_frame,
     top_activations,
+    typical_step,
     vehicle_facts_frame,
     vehicle_rows,
 )
@@ -287,3 +293,70 @@ def test_scene_picture_draws_each_present_vehicle_at_its_position_and_heading():
     assert cars[0].get_label() == "ego" and cars[0].get_facecolor() != cars[1].get_facecolor()
     assert ax.get_ylim()[0] > ax.get_ylim()[1]                 # y points down, as on screen
     assert ax.get_title() == "hand scene"
+
+
+def test_scene_pair_draws_both_scenes_on_shared_limits_with_a_legend():
+    near = observation([(0, 0, 5, 0, 0), (10, 0, 0, 0, 0)], entities=5)
+    far = observation([(0, 0, 0, 5, np.pi / 2), (-60, 40, 0, 0, np.pi)], entities=5)
+    fig = scene_pair(near, far, CFG.features_range, "optimised", "recorded", "a neuron")
+    left, right = fig.axes
+    assert [sum(isinstance(p, Rectangle) for p in ax.patches) for ax in (left, right)] == [2, 2]
+    assert left.get_xlim() == right.get_xlim() and left.get_ylim() == right.get_ylim()
+    assert left.get_xlim()[0] <= -60 - 2.5 and right.get_xlim()[1] >= 10 + 2.5     # both scenes fit
+    assert left.get_ylim()[0] > left.get_ylim()[1]                                  # y still down the screen
+    assert np.ptp(left.get_xlim()) == pytest.approx(np.ptp(left.get_ylim()))            # square
+    assert left.get_ylim()[0] >= 40 + 2.5 and left.get_ylim()[1] <= 0 - 2.5
+    assert (left.get_title(), right.get_title()) == ("optimised", "recorded")
+    assert fig.get_suptitle() == "a neuron" and len(fig.legends) == 1
+    alone = scene_picture(near, CFG.features_range, "alone")
+    np.testing.assert_allclose([c.get_center() for c in left.patches if isinstance(c, Rectangle)],
+                               [c.get_center() for c in alone.axes[0].patches if isinstance(c, Rectangle)])
+
+
+# ------------------------------------------------------------------------------- choosing what to show
+
+
+def test_significant_marks_descriptions_with_a_kept_statement():
+    facts = hand_vehicle_facts(300, seed=2)
+    acts = np.stack([100 - facts["distance"].to_numpy(), np.zeros(300)], axis=1)
+    entries = semantic_dictionary(acts, facts, top_k=10)
+    assert significant(entries["description"]).tolist() == [True, False]
+    assert significant([FIRES_FOR + "x", "never active", "no scene fact distinguishes its top rows", None]).tolist() \
+        == [True, False, False, False]
+
+
+def test_typical_step_has_the_median_number_of_present_vehicles():
+    obs = np.zeros((5, 6, 7))
+    obs[:, 0, 0] = 1
+    for n, count in enumerate([5, 1, 3, 2, 3]):          # present others per step; median 3 (steps 2 and 4)
+        obs[n, 1:1 + count, 0] = 1
+    assert typical_step(obs) == 2
+    assert typical_step(obs[:4]) == 3                     # counts 5, 1, 3, 2: lower median 2
+
+
+def test_advantage_matches_the_advantage_objective():
+    q = np.array([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    np.testing.assert_allclose(advantage(q), [[-2, -1, 3], [-1, -1, 2]])
+    objective = advantage_objective(2)
+    np.testing.assert_allclose(objective(torch.as_tensor(q), {}).numpy(), advantage(q)[:, 2])
+
+
+def test_neurons_to_visualise_alternate_most_active_and_most_correlated_without_dead_or_repeats():
+    acts = np.array([[5.0, 0.0, 1.0, 0.5, 0.2],
+                     [4.0, 0.0, 2.0, 0.4, 0.1],
+                     [6.0, 0.0, 3.0, 0.6, 0.3]])            # neuron 1 never fires
+    correlations = pd.DataFrame({
+        "neuron": [0, 1, 2, 3, 4] * 2,
+        "fact": ["speed"] * 5 + ["gap"] * 5,
+        "spearman": [0.1, 1.0, 0.2, np.nan, -0.9,           # dead neuron 1 correlates best: skipped
+                     0.3, np.nan, -0.95, 0.0, 0.5],
+    })
+    chosen = neurons_to_visualise(acts, correlations, 4)
+    assert chosen["neuron"].tolist() == [0, 2, 3, 4]       # active 0; corr 2 (0.95); active 3 (2 taken); corr 4
+    assert chosen["reason"].tolist() == ["most active", "most correlated", "most active", "most correlated"]
+    assert chosen["fact"].tolist() == ["gap", "gap", "gap", "speed"]
+    np.testing.assert_allclose(chosen["spearman"], [0.3, -0.95, 0.0, -0.9])
+    np.testing.assert_allclose(chosen["mean_activation"], acts[:, [0, 2, 3, 4]].mean(axis=0))
+    assert neurons_to_visualise(acts, correlations, 10)["neuron"].tolist() == [0, 2, 3, 4]
+    assert neurons_to_visualise(acts, correlations.iloc[:0], 2)["neuron"].tolist() == [0, 2]
+

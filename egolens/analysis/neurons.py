@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrow, Rectangle
+from matplotlib.patches import FancyArrow, Patch, Rectangle
 from torch import nn
 
 from egolens.config import REFERENCE_FEATURES, EnvConfig, FeaturesRange
@@ -52,6 +53,11 @@ DESCRIBED = ("distance", "ttc", "closing_speed", "bearing_deg", "crossing", "ahe
 """Facts `semantic_dictionary` summarises by default (those present in the facts frame)."""
 
 SIDES = ("ahead", "right", "behind", "left")
+
+FIRES_FOR = "fires for "
+"""Prefix of a description with at least one statement that passed the significance test."""
+NEVER_ACTIVE = "never active"
+NO_FACT = "no scene fact distinguishes its top rows"
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,13 +371,19 @@ def semantic_dictionary(acts: np.ndarray, facts: pd.DataFrame, top_k: int, colum
                       if kept]
         candidates.sort(key=lambda c: -c.lift)
         if acts[top[0], neuron] <= 0:
-            entry["description"] = "never active"
+            entry["description"] = NEVER_ACTIVE
         elif candidates:
-            entry["description"] = "fires for " + "; ".join(c.words() for c in candidates[:max_clauses])
+            entry["description"] = FIRES_FOR + "; ".join(c.words() for c in candidates[:max_clauses])
         else:
-            entry["description"] = "no scene fact distinguishes its top rows"
+            entry["description"] = NO_FACT
         entries.append(entry)
     return pd.DataFrame(entries)
+
+
+def significant(descriptions: pd.Series | Sequence[str]) -> np.ndarray:
+    """Whether each `semantic_dictionary` description kept at least one statement that passed the
+    significance test (it starts with `FIRES_FOR`) -> bool [n]."""
+    return np.asarray([isinstance(d, str) and d.startswith(FIRES_FOR) for d in descriptions], dtype=bool)
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,6 +431,60 @@ def attention_objective(head: int, entity: int) -> Objective:
     """The attention weight of the ego's query in `head` on observation row `entity`."""
     name = "attention_layer.hook_pattern"
     return Objective(lambda q, cache: cache[name][:, head, 0, entity], (name,), f"attention[h{head}, {entity}]")
+
+
+def advantage(q: np.ndarray) -> np.ndarray:
+    """Recorded advantages Q(s, a) − mean_a' Q(s, a') [N, A] of q [N, A] (as `advantage_objective`)."""
+    q = np.asarray(q, dtype=np.float64)
+    return q - q.mean(axis=1, keepdims=True)
+
+
+def typical_step(obs: np.ndarray) -> int:
+    """Index of a typical recorded step of obs [N, E, F]: the first whose number of present vehicles
+    is the (lower) median over steps; its presence pattern suits `optimise_observation`."""
+    count = (np.asarray(obs)[:, :, PRESENCE] >= 0.5).sum(axis=1)
+    if count.size == 0:
+        raise ValueError("no recorded step")
+    return int(np.nonzero(count == np.quantile(count, 0.5, method="lower"))[0][0])
+
+
+def neurons_to_visualise(acts: np.ndarray, correlations: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Up to `n` neurons of acts [N, U] worth a feature visualisation, never-active ones excluded:
+    alternately the most active (highest mean activation) and the most fact-correlated (largest
+    |Spearman| with any fact of `correlations`, a `neuron_fact_correlations` table of the same
+    neurons, NaN ignored) not chosen yet; ties go to the lower neuron index.
+
+    Columns: neuron, reason ("most active" / "most correlated"), mean_activation, and its strongest
+    fact and spearman (NaN / None without a finite correlation), in the order chosen.
+    """
+    acts = np.asarray(acts, dtype=np.float64)
+    units = acts.shape[1]
+    mean = acts.mean(axis=0)
+    alive = (acts > 0).any(axis=0)
+    finite = correlations[np.isfinite(correlations["spearman"].to_numpy(dtype=np.float64))]
+    strongest = finite.loc[finite["spearman"].abs().groupby(finite["neuron"]).idxmax()].set_index("neuron")
+    strength = np.full(units, -np.inf)
+    strength[strongest.index.to_numpy()] = strongest["spearman"].abs().to_numpy()
+    queues = ([int(u) for u in np.argsort(-mean, kind="stable") if alive[u]],
+              [int(u) for u in np.argsort(-strength, kind="stable") if alive[u] and np.isfinite(strength[u])])
+    reasons = ("most active", "most correlated")
+    chosen: list[tuple[int, str]] = []
+    turn = 0
+    while len(chosen) < n and any(queues):
+        queue = queues[turn % 2]
+        taken = {u for u, _ in chosen}
+        while queue and queue[0] in taken:
+            queue.pop(0)
+        if queue:
+            chosen.append((queue.pop(0), reasons[turn % 2]))
+        turn += 1
+    neurons = [u for u, _ in chosen]
+    return pd.DataFrame({
+        "neuron": np.asarray(neurons, dtype=int), "reason": [r for _, r in chosen],
+        "mean_activation": mean[neurons],
+        "fact": [strongest["fact"].get(u) for u in neurons],
+        "spearman": [float(strongest["spearman"].get(u, np.nan)) for u in neurons],
+    })
 
 
 def _forward_with_grad_cache(net: nn.Module, obs: torch.Tensor, names: Sequence[str],
@@ -509,16 +575,20 @@ def optimise_observation(net: nn.Module, objective: Callable[[torch.Tensor, Cach
 
 
 def scene_picture(obs: np.ndarray, features_range: FeaturesRange, title: str = "", seconds: float = 1.0,
-                  length: float = 5.0, width: float = 2.0) -> Figure:
+                  length: float = 5.0, width: float = 2.0, ax: Axes | None = None) -> Figure:
     """A top-down drawing of one observation [E, F] (reference features, normalised).
 
     Each present vehicle is a `length` × `width` m rectangle at its de-normalised position, turned
     by its heading, with an arrow of its velocity × `seconds`; the ego (row 0) in red, the others
     in blue, labelled by row. Axes in metres, y pointing down as on the simulator's screen.
+    Drawn on `ax` if given (its figure is returned), else on a new 4.5 × 4.5 in figure.
     """
     kin = denormalize(np.asarray(obs, dtype=np.float64)[None], EnvConfig(features_range=features_range))
-    fig = Figure(figsize=(4.5, 4.5))
-    ax = fig.add_subplot()
+    if ax is None:
+        fig = Figure(figsize=(4.5, 4.5))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
     shown = np.nonzero(kin.present[0])[0]
     for row in shown:
         x, y, vx, vy = kin.x[0, row], kin.y[0, row], kin.vx[0, row], kin.vy[0, row]
@@ -540,4 +610,31 @@ def scene_picture(obs: np.ndarray, features_range: FeaturesRange, title: str = "
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m, down the screen)")
     ax.set_title(title)
+    return fig
+
+
+def scene_pair(left: np.ndarray, right: np.ndarray, features_range: FeaturesRange, left_title: str = "",
+               right_title: str = "", title: str = "", seconds: float = 1.0) -> Figure:
+    """Two observations [E, F] drawn side by side by `scene_picture` on the same square axis limits
+    (the smallest square holding both views, so distances compare), e.g. an optimised observation
+    beside the top real activating step; with a legend of the colours and arrows and an overall
+    `title`."""
+    fig = Figure(figsize=(10.0, 6.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, obs, name in ((axes[0], left, left_title), (axes[1], right, right_title)):
+        scene_picture(obs, features_range, name, seconds=seconds, ax=ax)
+    x_low = min(ax.get_xlim()[0] for ax in axes)
+    x_high = max(ax.get_xlim()[1] for ax in axes)
+    y_low = max(ax.get_ylim()[0] for ax in axes)         # y is inverted: the bottom limit is the larger
+    y_high = min(ax.get_ylim()[1] for ax in axes)
+    half = max(x_high - x_low, y_low - y_high) / 2
+    cx, cy = (x_low + x_high) / 2, (y_low + y_high) / 2
+    for ax in axes:
+        ax.set_xlim(cx - half, cx + half)
+        ax.set_ylim(cy + half, cy - half)
+    handles = [Patch(facecolor="tab:red", edgecolor="black", label="ego (row 0)"),
+               Patch(facecolor="tab:blue", edgecolor="black", label="other vehicle (number = observation row)")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8,
+               title=f"arrows: distance covered in {seconds:g} s at the current velocity", title_fontsize=8)
+    fig.suptitle(title)
     return fig
