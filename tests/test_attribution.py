@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -16,21 +17,36 @@ from egolens.analysis.attribution import (
     attention_vs_fact,
     attribution_order,
     attribution_table,
+    changed_entries,
+    chosen,
     completeness_error,
+    completeness_stats,
+    completeness_table,
+    conductance_table,
     curve_auc,
     deletion_insertion_curves,
     ego_alone,
+    feature_summary,
     integrated_gradients,
+    json_safe,
     layer_conductance,
     neuron_conductance,
+    neuron_conductance_by_rows,
+    neuron_totals,
     others_zeroed,
     present_others,
     random_order,
     randomisation_check,
+    select_steps,
     shapley_vehicles,
     spearman,
+    step_summary,
+    top_neurons,
     typical_scene,
     vehicle_attribution,
+    vehicle_table,
+    with_episode_steps,
+    with_randomisation_flags,
 )
 from egolens.model import EgoAttentionNetwork
 from tests.conftest import random_obs
@@ -351,3 +367,159 @@ def test_ranking_orders_put_present_vehicles_first_and_pad_the_rest():
         assert order[b, :len(expected)].tolist() == expected and (order[b, len(expected):] == -1).all()
         shuffled = random_order(present, seed=3)[b]
         assert sorted(shuffled[shuffled >= 0].tolist()) == sorted(expected)
+
+
+# ---------------------------------------------------------------- step selection, tables, summaries
+
+def test_select_steps_spreads_distinct_increasing_indices_over_the_whole_recording():
+    assert select_steps(10, 4).tolist() == [0, 3, 6, 9]
+    assert select_steps(7, 3).tolist() == [0, 3, 6]
+    assert select_steps(5, 8).tolist() == [0, 1, 2, 3, 4] and select_steps(9, 1).tolist() == [0]
+    for n in range(2, 60):
+        for k in range(2, n + 1):
+            idx = select_steps(n, k)
+            assert len(idx) == k and idx[0] == 0 and idx[-1] == n - 1 and (np.diff(idx) > 0).all()
+            gaps = np.diff(idx)
+            assert gaps.max() - gaps.min() <= 1              # as even as integers allow
+    with pytest.raises(ValueError):
+        select_steps(5, 0)
+
+
+def test_chosen_picks_each_steps_action_and_changed_entries_mark_where_path_attributions_can_live():
+    per_action = torch.randn(3, 4, 15, 7, generator=torch.Generator().manual_seed(0))
+    action = torch.tensor([2, 0, 1, 2])
+    picked = chosen(per_action, action)
+    for b, a in enumerate(action.tolist()):
+        assert torch.equal(picked[b], per_action[a, b])
+    assert torch.equal(chosen(per_action, 1), per_action[1])
+
+    net, obs = LinearQ(), random_obs(4, seed=2)
+    baseline = others_zeroed(obs)
+    moved = changed_entries(obs, baseline)
+    assert not moved[:, 0].any() and not moved[..., 0].any()
+    assert torch.equal(moved[:, 1:, 1:], (obs[:, 1:, 1:] != 0))
+    attr, _ = integrated_gradients(net, obs, 0, baseline, n_steps=4)
+    assert (attr[~moved] == 0).all()
+
+
+def test_feature_summary_averages_the_ego_row_and_the_sum_over_present_others_per_feature():
+    obs = torch.zeros(2, 4, 7)
+    obs[:, 0, 0] = 1
+    obs[0, 1, 0] = obs[0, 2, 0] = obs[1, 3, 0] = 1                  # step 0: rows 1, 2; step 1: row 3
+    attr = torch.zeros(2, 4, 7)
+    attr[:, 0, 1] = torch.tensor([1.0, -3.0])                       # ego x
+    attr[0, 1, 3], attr[0, 2, 3], attr[1, 3, 3] = 2.0, -5.0, 4.0     # others vx
+    attr[1, 1, 3] = 100.0                                           # an absent row: left out
+    table = feature_summary(attr, obs, labels={"model": "m"}).set_index(["entity", "feature"])
+    assert list(table.columns[:1]) == ["model"] and len(table) == 14 and (table.n_steps == 2).all()
+    assert table.loc[("ego", "x"), "mean_attribution"] == pytest.approx(-1.0)
+    assert table.loc[("ego", "x"), "mean_abs_attribution"] == pytest.approx(2.0)
+    assert table.loc[("others", "vx"), "mean_attribution"] == pytest.approx((-3.0 + 4.0) / 2)
+    assert table.loc[("others", "vx"), "mean_abs_attribution"] == pytest.approx((7.0 + 4.0) / 2)
+    assert table.drop(index=[("ego", "x"), ("others", "vx")]).mean_abs_attribution.eq(0).all()
+    named = feature_summary(attr, obs, value_name="conductance")
+    assert {"mean_conductance", "mean_abs_conductance"} <= set(named.columns)
+
+
+def test_conductance_tables_sum_entity_rows_per_neuron_and_rank_neurons_by_mean_absolute_value():
+    cond = torch.zeros(2, 3, 4)                                     # [B, R, D]
+    cond[0, :, 0] = torch.tensor([1.0, 2.0, -1.0])                  # neuron 0: totals 2, 0
+    cond[:, 0, 1] = torch.tensor([-5.0, 5.0])                       # neuron 1: totals -5, 5
+    cond[:, 2, 3] = torch.tensor([2.0, 2.0])                        # neuron 3: 2, 2; neuron 2: 0
+    assert torch.equal(neuron_totals(cond), torch.tensor([[2.0, -5, 0, 2], [0.0, 5, 0, 2]]))
+    table = conductance_table(cond, {"layer": "L"}).set_index("neuron")
+    assert list(table.mean_conductance) == pytest.approx([1.0, 0.0, 0.0, 2.0])
+    assert list(table.mean_abs_conductance) == pytest.approx([1.0, 5.0, 0.0, 2.0])
+    assert (table.layer == "L").all() and (table.n_steps == 2).all()
+    assert top_neurons(cond, 3) == [1, 3, 0]
+    assert top_neurons(torch.ones(2, 5), 2) == [0, 1]                 # ties: lower index first
+
+
+def test_neuron_conductance_by_rows_sums_per_entity_units_and_skipping_absent_rows_changes_nothing():
+    net = tiny_net(3)
+    obs = random_obs(4, seed=11)
+    baseline = typical_scene(obs, random_obs(16, seed=12), replace_ego=True)
+    layer, neuron, target = "others_embedding.hook_post.1", 2, torch.tensor([0, 2, 1, 0])
+    every_row = neuron_conductance_by_rows(net, obs, layer, neuron, target, baseline,
+                                           torch.ones(4, 14, dtype=torch.bool), n_steps=64)
+    naive = sum(neuron_conductance(net, obs, layer, (r, neuron), target, baseline, n_steps=64) for r in range(14))
+    torch.testing.assert_close(every_row, naive)
+    present_only = neuron_conductance_by_rows(net, obs, layer, neuron, target, baseline,
+                                              present_others(obs)[:, 1:], n_steps=64)
+    torch.testing.assert_close(present_only, naive, rtol=1e-5, atol=1e-7)
+    assert (present_only[absent_mask(obs)] == 0).all() and (present_only[:, 0] == 0).all()
+    # summed over its inputs, it is the layer conductance of that neuron summed over the rows
+    cond, _ = layer_conductance(net, obs, layer, target, baseline, n_steps=64)
+    total = neuron_totals(cond)[:, neuron]
+    assert ((present_only.sum((1, 2)) - total).abs() <= 0.02 * total.abs() + 1e-6).all()
+    ego = neuron_conductance_by_rows(net, obs, "ego_embedding.hook_post.1", 1, target, baseline,
+                                     torch.ones(4, 1, dtype=torch.bool), n_steps=16)
+    torch.testing.assert_close(ego, neuron_conductance(net, obs, "ego_embedding.hook_post.1", (0, 1), target,
+                                                       baseline, n_steps=16))
+
+
+def test_completeness_table_flags_tiny_changes_and_measures_errors_relative_to_delta_q():
+    net = LinearQ()
+    obs = random_obs(3, seed=4)
+    baseline = others_zeroed(obs)
+    baseline[2] = obs[2]                                            # nothing changes at step 2
+    attr, delta = integrated_gradients(net, obs, 1, baseline, n_steps=4)
+    table = completeness_table(net, obs, baseline, attr, 1, convergence_delta=delta, step_ids=[7, 8, 9],
+                               labels={"model": "m"})
+    assert list(table.columns[:2]) == ["model", "step"] and list(table.step) == [7, 8, 9]
+    assert table.tiny.tolist() == [False, False, True] and table.within.tolist() == [True, True, False]
+    assert math.isnan(table.rel_error.iloc[2]) and (table.rel_error.iloc[:2] < 1e-4).all()
+    np.testing.assert_allclose(table.attr_sum, attr.sum((1, 2)).double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(table.convergence_delta, delta.double().numpy())
+    wrong = completeness_table(net, obs, baseline, attr * 1.1, 1)
+    np.testing.assert_allclose(wrong.rel_error.iloc[:2], 0.1, rtol=1e-3)
+    assert not wrong.within.any()
+    stats = completeness_stats(wrong)
+    assert stats["n_steps"] == 3 and stats["n_tiny"] == 1 and stats["fraction_within"] == 0.0
+    assert stats["max_rel_error"] == pytest.approx(0.1, rel=1e-3)
+    assert stats["max_abs_error"] == pytest.approx(float(wrong.abs_error.max()))
+    assert math.isnan(completeness_stats(wrong.iloc[2:])["median_rel_error"])
+
+
+def test_vehicle_table_keeps_present_vehicles_and_repeats_per_step_columns():
+    obs = random_obs(2, seed=6)
+    values = torch.arange(30.0).view(2, 15)
+    table = vehicle_table(values, obs, value_name="shapley", step_ids=[5, 6], vehicle_ids=100 + values.long(),
+                          step_columns={"error": [0.5, 0.25]}, labels={"model": "m"})
+    present = present_others(obs)
+    assert len(table) == int(present.sum()) and (table.entity > 0).all()
+    assert list(table.columns) == ["model", "step", "entity", "vehicle_id", "error", "shapley"]
+    for row in table.itertuples():
+        b = row.step - 5
+        assert present[b, row.entity] and row.shapley == 15 * b + row.entity
+        assert row.vehicle_id == 100 + row.shapley and row.error == [0.5, 0.25][b]
+    with_ego = vehicle_table(values, obs, include_ego=True)
+    assert len(with_ego) == len(table) + 2 and (with_ego.entity == 0).sum() == 2
+
+
+def test_episode_steps_replace_record_indices_and_randomisation_flags_become_columns():
+    frame = pd.DataFrame({"model": ["m", "m"], "step": [2, 0], "value": [1.0, 2.0]})
+    named = with_episode_steps(frame, episode=np.array([0, 0, 1]), step=np.array([0, 1, 0]))
+    assert list(named.columns) == ["model", "record", "episode", "step", "value"]
+    assert named.record.tolist() == [2, 0] and named.episode.tolist() == [1, 0] and named.step.tolist() == [0, 0]
+    g = torch.Generator().manual_seed(2)
+    trained = torch.randn(6, 5, generator=g)
+    per_step, summary = randomisation_check(trained, trained + 0.01 * torch.randn(6, 5, generator=g),
+                                            labels={"explanation": "x"}, threshold=0.7)
+    table = with_randomisation_flags(per_step, summary)
+    assert len(table) == 6 and table.flagged.all() and table.flagged_abs.all() and (table.threshold == 0.7).all()
+    assert table.median_spearman.iloc[0] == pytest.approx(per_step.spearman.median())
+
+
+def test_step_summary_and_json_safe():
+    frame = pd.DataFrame({"head": [0, 0, 0, 1, 1], "rho": [0.1, 0.5, np.nan, np.nan, np.nan]})
+    table = step_summary(frame, ["head"], "rho").set_index(["head", "statistic"])
+    assert table.loc[(0, "step_mean"), "rho"] == pytest.approx(0.3)
+    assert table.loc[(0, "step_median"), "rho"] == pytest.approx(0.3) and table.loc[(0, "step_mean"), "n"] == 2
+    assert math.isnan(table.loc[(1, "step_mean"), "rho"]) and table.loc[(1, "step_mean"), "n"] == 0
+    plain = json_safe({"a": np.float32(0.5), "b": [math.nan, math.inf, np.int64(3)], "c": np.bool_(True),
+                       "d": {"e": torch.tensor(2.0), "f": None, "g": False}})
+    assert plain == {"a": 0.5, "b": [None, None, 3], "c": 1, "d": {"e": 2.0, "f": None, "g": 0}}
+    assert isinstance(plain["b"][2], int) and type(plain["a"]) is float
+    with pytest.raises(TypeError):
+        json_safe({"x": object()})

@@ -603,3 +603,251 @@ def randomisation_check(attr_trained: np.ndarray | torch.Tensor, attr_untrained:
         summary.append({"measure": measure, "median": median, "threshold": threshold,
                         "flagged": bool(median > threshold)})
     return _labelled(per_step_df, labels), _labelled(pd.DataFrame(summary), labels)
+
+
+# ------------------------------------------------------- step selection, tables and summaries
+
+def select_steps(n_recorded: int, max_steps: int) -> np.ndarray:
+    """Indices of at most `max_steps` of `n_recorded` steps, evenly spaced, first and last included.
+
+    Index i of k is round(i·(n−1)/(k−1)) (halves rounded up, in integers: no float ties); distinct
+    and increasing; every step when n ≤ max_steps. Returns int64 [min(n, max_steps)].
+    """
+    if max_steps <= 0:
+        raise ValueError(f"max_steps must be positive, got {max_steps}")
+    if n_recorded <= max_steps:
+        return np.arange(max(n_recorded, 0), dtype=np.int64)
+    if max_steps == 1:
+        return np.zeros(1, dtype=np.int64)
+    i = np.arange(max_steps, dtype=np.int64)
+    return (2 * i * (n_recorded - 1) + (max_steps - 1)) // (2 * (max_steps - 1))
+
+
+def chosen(per_action: torch.Tensor, action: Target) -> torch.Tensor:
+    """per_action [A, B, ...] (one result per attributed action) -> [B, ...] of each step's action."""
+    index = _target_tensor(action, per_action.shape[1])
+    return per_action[index, torch.arange(per_action.shape[1])]
+
+
+def changed_entries(obs: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """[B, E, F] bool: entries where obs differs from the baseline.
+
+    Path attributions (integrated gradients, conductance) are (x − b)·(...) and so exactly 0
+    elsewhere, for any network: those entries tie and must be left out of rank comparisons
+    (`randomisation_check(keep=...)`; `.any(-1)` for per-vehicle attributions).
+    """
+    return obs.detach() != baseline.detach().to(obs.dtype)
+
+
+def feature_summary(attr: torch.Tensor, obs: torch.Tensor, *, value_name: str = "attribution",
+                    labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Input attributions [B, E, F] aggregated over steps per (entity ∈ {ego, others}, feature).
+
+    Per step, `ego` is row 0 and `others` adds up the present other vehicles (absent rows left
+    out). mean_<value_name>: mean over steps of that per-step value (over entities and features
+    these add up to the mean Σ attr); mean_abs_<value_name>: mean over steps of Σ_vehicles |attr|
+    (its size, without cancellation between vehicles). Returns [labels], entity, feature,
+    n_steps, mean_<value_name>, mean_abs_<value_name>.
+    """
+    values = attr.detach().double()
+    others = present_others(obs.detach().cpu())[..., None]                # [B, E, 1]
+    per_step = {"ego": (values[:, 0], values[:, 0].abs()),
+                "others": ((values * others).sum(1), (values.abs() * others).sum(1))}
+    n_features = values.shape[-1]
+    out = [{"entity": entity, "feature": FEATURES[f] if f < len(FEATURES) else f, "n_steps": values.shape[0],
+            f"mean_{value_name}": float(signed[:, f].mean()), f"mean_abs_{value_name}": float(size[:, f].mean())}
+           for entity, (signed, size) in per_step.items() for f in range(n_features)]
+    return _labelled(pd.DataFrame(out), labels)
+
+
+def neuron_totals(cond: torch.Tensor) -> torch.Tensor:
+    """Layer conductance [B, ..., D] -> [B, D]: summed over the axes between batch and neuron
+    (the vehicle rows of `others_embedding.*`, the single row of `ego_embedding.*`)."""
+    cond = cond.detach()
+    return cond.reshape(cond.shape[0], -1, cond.shape[-1]).sum(dim=1)
+
+
+def conductance_table(cond: torch.Tensor, labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Layer conductance [B, ..., D] per neuron (`neuron_totals`), averaged over steps.
+
+    Returns [labels], neuron, n_steps, mean_conductance, mean_abs_conductance (mean of |·|).
+    """
+    totals = neuron_totals(cond).double()
+    frame = pd.DataFrame({"neuron": np.arange(totals.shape[1]), "n_steps": totals.shape[0],
+                          "mean_conductance": totals.mean(0).numpy(),
+                          "mean_abs_conductance": totals.abs().mean(0).numpy()})
+    return _labelled(frame, labels)
+
+
+def top_neurons(cond: torch.Tensor, k: int) -> list[int]:
+    """The k neurons with the largest mean |conductance| over steps (`neuron_totals`), largest
+    first; ties go to the lower index."""
+    score = neuron_totals(cond).double().abs().mean(0)
+    order = torch.argsort(-score, stable=True)
+    return [int(i) for i in order[:k]]
+
+
+def neuron_conductance_by_rows(net: nn.Module, obs: torch.Tensor, layer_name: str, neuron: int, target: Target,
+                               baseline: torch.Tensor, rows: torch.Tensor, n_steps: int = 64, *,
+                               method: str = "riemann_trapezoid", internal_batch_size: int | None = 4096,
+                               advantage: bool = False, fix_mask: bool = True) -> torch.Tensor:
+    """Neuron conductance [B, E, F] of unit `neuron` of a layer with one activation row per entity
+    ([B, R, D]: `ego_embedding.hook_post.1`, R = 1; `others_embedding.hook_post.1`, R = E − 1),
+    summed over the rows: Σ_r `neuron_conductance` of unit (r, neuron).
+
+    captum cannot do the sum in one call (a slice selector multiplies the summed gradients,
+    cross terms included), so each row r is a call, made only on the steps where rows[:, r]
+    (bool [B, R]); the others count 0. Pass the present entities (for others_embedding
+    `present_others(obs)[:, 1:]`): an absent vehicle's row is the same in obs and baseline and
+    only its own row feeds its embedding, so its conductance is exactly 0 anyway.
+    Summed over (E, F) it is the layer conductance of the neuron summed over rows (`neuron_totals`).
+    """
+    obs = obs.detach()
+    rows = rows.to(torch.bool)
+    if rows.shape[0] != obs.shape[0]:
+        raise ValueError(f"rows has {rows.shape[0]} steps for {obs.shape[0]}")
+    targets = _target_tensor(target, obs.shape[0])
+    total = torch.zeros_like(obs)
+    for r in range(rows.shape[1]):
+        steps = torch.nonzero(rows[:, r]).squeeze(1)
+        if steps.numel() == 0:
+            continue
+        total[steps] += neuron_conductance(net, obs[steps], layer_name, (r, neuron), targets[steps], baseline[steps],
+                                           n_steps, method=method, internal_batch_size=internal_batch_size,
+                                           advantage=advantage, fix_mask=fix_mask).to(obs.dtype)
+    return total
+
+
+def completeness_table(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, attr: torch.Tensor,
+                       target: Target, *, advantage: bool = False, fix_mask: bool = True,
+                       convergence_delta: torch.Tensor | None = None, min_delta: float = 1e-3,
+                       tolerance: float = 0.01, step_ids: Sequence[int] | np.ndarray | None = None,
+                       labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Per step: does Σ attr account for f(obs) − f(baseline)? (`completeness_error`, same f.)
+
+    Columns [labels], step, delta_f, attr_sum, convergence_delta (captum's, NaN if not given),
+    abs_error = |Σ attr − delta_f|, rel_error = abs_error / |delta_f|, tiny = |delta_f| < min_delta
+    (too small a change to divide by: rel_error NaN, not counted), within = rel_error < tolerance
+    (False when tiny).
+    """
+    mask = absent_mask(obs) if fix_mask else None
+    delta_f = (target_output(net, obs, target, advantage=advantage, mask=mask)
+               - target_output(net, baseline, target, advantage=advantage, mask=mask)).double()
+    total = attr.detach().reshape(attr.shape[0], -1).double().sum(dim=1)
+    rel = completeness_error(net, obs, baseline, attr, target, advantage=advantage, fix_mask=fix_mask).double()
+    tiny = delta_f.abs() < min_delta
+    rel = torch.where(tiny, torch.full_like(rel, math.nan), rel)
+    batch = obs.shape[0]
+    frame = pd.DataFrame({
+        "step": np.arange(batch) if step_ids is None else np.asarray(step_ids),
+        "delta_f": delta_f.numpy(),
+        "attr_sum": total.numpy(),
+        "convergence_delta": (np.full(batch, math.nan) if convergence_delta is None
+                              else convergence_delta.detach().double().reshape(-1).numpy()),
+        "abs_error": (total - delta_f).abs().numpy(),
+        "rel_error": rel.numpy(),
+        "tiny": tiny.numpy(),
+        "within": (~tiny & (rel < tolerance)).numpy(),
+    })
+    return _labelled(frame, labels)
+
+
+def completeness_stats(table: pd.DataFrame) -> dict[str, int | float]:
+    """Summary of a `completeness_table`: n_steps, n_tiny, max abs_error over every step; median
+    and max rel_error and the fraction within the tolerance over the steps that are not tiny
+    (NaN when none counts)."""
+    counted = table[~table["tiny"].astype(bool)]
+    n = len(counted)
+    return {"n_steps": len(table), "n_tiny": len(table) - n,
+            "max_abs_error": float(table["abs_error"].max()) if len(table) else math.nan,
+            "median_rel_error": float(counted["rel_error"].median()) if n else math.nan,
+            "max_rel_error": float(counted["rel_error"].max()) if n else math.nan,
+            "fraction_within": float(counted["within"].astype(bool).mean()) if n else math.nan}
+
+
+def vehicle_table(values: np.ndarray | torch.Tensor, obs: torch.Tensor, *, value_name: str = "value",
+                  step_ids: Sequence[int] | np.ndarray | None = None,
+                  vehicle_ids: np.ndarray | torch.Tensor | None = None, include_ego: bool = False,
+                  step_columns: Mapping[str, np.ndarray | torch.Tensor | Sequence[object]] | None = None,
+                  labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Tidy per-vehicle values [B, E] (e.g. Shapley values): one row per present (step, entity).
+
+    Absent rows dropped; the ego row kept only with `include_ego`. step_columns: {name: [B]}
+    per-step values repeated on each of the step's rows (e.g. the efficiency error).
+    Returns [labels], step, entity, [vehicle_id], [step_columns], <value_name>.
+    """
+    vals = _np(values).astype(np.float64)
+    keep = _np(present_others(obs.detach().cpu())).copy()
+    keep[:, 0] = include_ego
+    b_idx, e_idx = np.nonzero(keep)
+    steps = np.arange(vals.shape[0]) if step_ids is None else np.asarray(step_ids)
+    columns: dict[str, object] = {"step": steps[b_idx], "entity": e_idx}
+    if vehicle_ids is not None:
+        columns["vehicle_id"] = _np(vehicle_ids)[b_idx, e_idx]
+    for name, column in (step_columns or {}).items():
+        columns[name] = np.asarray(_np(column) if isinstance(column, torch.Tensor) else column)[b_idx]
+    columns[value_name] = vals[b_idx, e_idx]
+    return _labelled(pd.DataFrame(columns), labels)
+
+
+def with_episode_steps(frame: pd.DataFrame, episode: np.ndarray, step: np.ndarray,
+                       column: str = "step") -> pd.DataFrame:
+    """Replace `column`, holding record indices (rows of the rollouts), by three columns in its
+    place: record, episode and step (within the episode) of that record."""
+    out = frame.copy()
+    records = out[column].to_numpy(dtype=np.int64)
+    at = out.columns.get_loc(column)
+    out = out.drop(columns=column)
+    for i, (name, values) in enumerate((("record", records), ("episode", np.asarray(episode)[records]),
+                                        ("step", np.asarray(step)[records]))):
+        out.insert(at + i, name, values)
+    return out
+
+
+def with_randomisation_flags(per_step: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """The two tables of one `randomisation_check` as one: the per-step rows with the summary as
+    constant columns median_spearman, median_spearman_abs, threshold, flagged, flagged_abs."""
+    row = summary.set_index("measure")
+    out = per_step.copy()
+    out["median_spearman"] = float(row.loc["spearman", "median"])
+    out["median_spearman_abs"] = float(row.loc["spearman_abs", "median"])
+    out["threshold"] = float(row.loc["spearman", "threshold"])
+    out["flagged"] = bool(row.loc["spearman", "flagged"])
+    out["flagged_abs"] = bool(row.loc["spearman_abs", "flagged"])
+    return out
+
+
+def step_summary(frame: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """Mean and median of `value` over the rows (steps) of each group of `by`, NaN left out.
+
+    Returns by..., statistic ("step_mean" | "step_median"), n (rows with a value), <value>.
+    """
+    out = []
+    for key, group in frame.groupby(list(by), sort=True, dropna=False):
+        values = group[value].to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        base = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for statistic, fn in (("step_mean", np.mean), ("step_median", np.median)):
+            out.append({**base, "statistic": statistic, "n": int(values.size),
+                        value: float(fn(values)) if values.size else math.nan})
+    return pd.DataFrame(out, columns=[*by, "statistic", "n", value])
+
+
+def json_safe(obj: object) -> object:
+    """Plain-JSON copy of nested dicts/lists of numbers: numpy and torch scalars to Python,
+    bools to 0/1, NaN and ±inf to None (a DVC metrics file holds plain numbers only)."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor | np.ndarray) and np.ndim(_np(obj)) == 0:
+        obj = _np(obj).item()
+    if isinstance(obj, bool | np.bool_):
+        return int(bool(obj))
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    raise TypeError(f"not a plain JSON value: {type(obj).__name__}")
