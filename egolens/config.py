@@ -186,6 +186,45 @@ class NeuronsConfig(_Strict):
     """Fraction of episodes held out when fitting the tuned lens."""
 
 
+class InterventionsConfig(_Strict):
+    """Ablations, patching, perturbation sweeps and edits (egolens.analysis.interventions)."""
+
+    closed_loop_episodes: int = Field(50, gt=0)
+    """Greedy episodes per closed-loop condition (the same env seeds for every condition)."""
+    env_seed: int = Field(970_000_000, ge=0)
+    """Held-out env seeds env_seed, env_seed + 1, ... (disjoint from every training seed)."""
+    num_envs: int = Field(2, gt=0, le=16)
+    top_k: int = Field(5, gt=0)
+    """Neurons per layer ablated as the top set (by conductance)."""
+    random_sets: int = Field(3, gt=0)
+    """Random neuron sets of the same size per layer (the control; drawn outside the top set)."""
+    conductance_steps: int = Field(200, gt=0)
+    """Recorded steps (evenly spaced) used to rank neurons by conductance."""
+    conductance_points: int = Field(32, ge=8)
+    patch_pairs: int = Field(100, gt=0)
+    """Maximum clean/corrupted pairs per kind of pair."""
+    min_metric_change: float = Field(0.05, ge=0.0)
+    """Pairs whose Q(SLOWER) − Q(FASTER) differs by less are dropped (restored fraction divides by it)."""
+    change_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    """A moved vehicle's offset from the ego, and a slowed ego's speed, are multiplied by this."""
+    perturbation_sizes: list[float] = Field(default_factory=lambda: [-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0],
+                                            min_length=1)
+    """Signed perturbation sizes (root-mean-square change per unit)."""
+    random_directions: int = Field(3, ge=0)
+    head_scale: float = Field(2.0, ge=0.0)
+    """Factor applied to the output weights of the head whose ablation changes closed-loop outcomes most."""
+    edit_ridge: float = Field(1e-4, ge=0.0)
+    """Ridge added to C = E[k kᵀ] (relative to its mean eigenvalue) for the rank-one edit."""
+    bootstrap_resamples: int = Field(2000, ge=100)
+
+    @field_validator("perturbation_sizes")
+    @classmethod
+    def _nonzero_sizes(cls, sizes: list[float]) -> list[float]:
+        if any(s == 0 for s in sizes):
+            raise ValueError("perturbation sizes must be non-zero")
+        return sizes
+
+
 class Params(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     env: EnvConfig = EnvConfig()
@@ -196,6 +235,7 @@ class Params(_Strict):
     scene: SceneConfig = SceneConfig()
     attributions: AttributionsConfig = AttributionsConfig()
     neurons: NeuronsConfig = NeuronsConfig()
+    interventions: InterventionsConfig = InterventionsConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -209,13 +249,18 @@ class Params(_Strict):
     @model_validator(mode="after")
     def _held_out(self) -> Params:
         train_top = (max(self.seeds) + 1) * SEED_STRIDE
-        for key, start in (("evaluate.env_seed", self.evaluate.env_seed), ("rollout.env_seed", self.rollout.env_seed)):
+        for key, start in (("evaluate.env_seed", self.evaluate.env_seed), ("rollout.env_seed", self.rollout.env_seed),
+                           ("interventions.env_seed", self.interventions.env_seed)):
             if start < train_top:
                 raise ValueError(f"{key} = {start} overlaps the training env seeds [0, {train_top}); "
                                  f"allowed: >= {train_top}")
         if self.rollout.render_episodes > self.rollout.episodes:
             raise ValueError(f"rollout.render_episodes = {self.rollout.render_episodes} must be <= "
                              f"rollout.episodes = {self.rollout.episodes}")
+        smallest = min(self.agent.embedding_layers + self.agent.output_layers)
+        if 2 * self.interventions.top_k > smallest:
+            raise ValueError(f"interventions.top_k = {self.interventions.top_k} leaves too few units for random "
+                             f"control sets in a layer of {smallest}; allowed: <= {smallest // 2}")
         return self
 
 

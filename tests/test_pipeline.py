@@ -91,7 +91,7 @@ def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(t
 def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     repo = project_copy(tmp_path, tiny_params(seeds=(0, 1), episodes=6, eval_episodes=3))
     first = run(repo, str(BIN / "dvc"), "repro")
-    for stage in ("train", "evaluate", "rollout", "circuits"):
+    for stage in ("train", "evaluate", "rollout", "circuits", "attributions", "neurons", "interventions"):
         for seed in (0, 1):
             assert f"Running stage '{stage}@{seed}'" in first
     for seed in (0, 1):
@@ -111,7 +111,9 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     assert digests(repo, "data") == rollouts                     # a rerun writes the same bytes
     assert "up to date" in run(repo, str(BIN / "dvc"), "status")
     metrics = run(repo, str(BIN / "dvc"), "metrics", "show", "--json")
-    assert "success_rate" in metrics and "return_last100" in metrics
+    for headline in ("success_rate", "return_last100", "rel_diff_trained_vs_untrained", "ig_completeness",
+                     "logit_lens_agreement", "closed_loop_baseline"):
+        assert headline in metrics
     assert "return.tsv" in run(repo, str(BIN / "dvc"), "plots", "show", "--json")
 
 
