@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from egolens.config import AgentConfig
+from egolens.model import EgoAttentionNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,12 @@ def tiny_agent(**overrides) -> AgentConfig:
                memory_capacity=50, target_update=3)
     cfg.update(overrides)
     return AgentConfig(**cfg)
+
+
+def tiny_net(heads: int = 2, seed: int = 0) -> EgoAttentionNetwork:
+    """An 8-wide ego-attention network (embeddings 7→8→8, output 8→8→3) with seeded default init."""
+    torch.manual_seed(seed)
+    return EgoAttentionNetwork(in_features=7, feature_size=8, heads=heads, embedding_layers=[8, 8], output_layers=[8])
 
 
 def default_params() -> dict:

@@ -48,8 +48,7 @@ from egolens.analysis.attribution import (
     with_episode_steps,
     with_randomisation_flags,
 )
-from egolens.model import EgoAttentionNetwork
-from tests.conftest import random_obs
+from tests.conftest import random_obs, tiny_net
 
 VX = FEATURES.index("vx")
 
@@ -77,11 +76,6 @@ class PlantedVx3(nn.Module):
 
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return torch.tanh(2 * obs[:, 3, VX])[:, None] * self.w + self.b
-
-
-def tiny_net(seed: int = 0) -> EgoAttentionNetwork:
-    torch.manual_seed(seed)
-    return EgoAttentionNetwork(in_features=7, feature_size=8, heads=2, embedding_layers=[8, 8], output_layers=[8])
 
 
 def planted_obs(batch: int = 6, seed: int = 0) -> torch.Tensor:
@@ -129,7 +123,7 @@ def test_ig_completeness_holds_with_the_fixed_mask_and_breaks_when_the_mask_is_r
 
 
 def test_ig_of_the_advantage_is_the_q_attribution_minus_its_mean_over_actions_and_batching_changes_nothing():
-    net = tiny_net(1)
+    net = tiny_net(seed=1)
     obs = random_obs(3, seed=3)
     baseline = others_zeroed(obs)
     per_action = torch.stack([integrated_gradients(net, obs, a, baseline, n_steps=64)[0] for a in range(3)])
@@ -284,7 +278,7 @@ def test_neuron_conductances_of_every_hidden_neuron_add_up_to_their_layer_conduc
 # ------------------------------------------------------------------------------ Shapley values
 
 def test_shapley_values_add_up_to_q_minus_q_of_the_ego_alone_and_skip_ego_and_absent_rows():
-    net = tiny_net(2)
+    net = tiny_net(seed=2)
     obs = random_obs(3, seed=8)
     alone = torch.zeros_like(obs)
     alone[:, 0] = obs[:, 0]
@@ -436,7 +430,7 @@ def test_conductance_tables_sum_entity_rows_per_neuron_and_rank_neurons_by_mean_
 
 
 def test_neuron_conductance_by_rows_sums_per_entity_units_and_skipping_absent_rows_changes_nothing():
-    net = tiny_net(3)
+    net = tiny_net(seed=3)
     obs = random_obs(4, seed=11)
     baseline = typical_scene(obs, random_obs(16, seed=12), replace_ego=True)
     layer, neuron, target = "others_embedding.hook_post.1", 2, torch.tensor([0, 2, 1, 0])

@@ -31,14 +31,9 @@ from egolens.analysis.circuits import (
 )
 from egolens.hooks import run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
-from tests.conftest import random_obs
+from tests.conftest import random_obs, tiny_net
 
 EGO, OTHERS = "ego_embedding.hook_post.1", "others_embedding.hook_post.1"
-
-
-def tiny_net(heads: int, seed: int = 0) -> EgoAttentionNetwork:
-    torch.manual_seed(seed)
-    return EgoAttentionNetwork(in_features=7, feature_size=8, heads=heads, embedding_layers=[8, 8], output_layers=[8])
 
 
 def default_net(heads: int, seed: int = 0) -> EgoAttentionNetwork:

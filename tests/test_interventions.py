@@ -15,8 +15,7 @@ from egolens.analysis.stats import bootstrap_ci, paired_bootstrap_ci
 from egolens.config import ParamsError, validate_params
 from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
-from egolens.model import EgoAttentionNetwork
-from tests.conftest import ToyVectorEnv, default_params, random_obs
+from tests.conftest import ToyVectorEnv, default_params, random_obs, tiny_net
 
 D, H = 8, 2
 d = D // H
@@ -24,8 +23,7 @@ d = D // H
 
 @pytest.fixture
 def net():
-    torch.manual_seed(0)
-    return EgoAttentionNetwork(in_features=7, feature_size=D, heads=H, embedding_layers=[8, 8], output_layers=[8])
+    return tiny_net(heads=H)
 
 
 def q_from_resid(net, obs, resid):
@@ -159,7 +157,7 @@ def test_vehicle_edits():
 
 
 def test_intervened_module_drives_play_greedy_with_the_hooks_applied(net):
-    toy = EgoAttentionNetwork(in_features=7, feature_size=D, heads=H, embedding_layers=[8, 8], output_layers=[8])
+    toy = tiny_net(heads=H, seed=1)
     fns = iv.head_ablation(0)
     policy = iv.Intervened(toy, fns)
     obs = random_obs(4, entities=4, seed=7)

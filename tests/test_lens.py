@@ -17,8 +17,7 @@ from egolens.analysis.lens import (
     tuned_lens_for,
 )
 from egolens.hooks import run_with_cache, run_with_hooks
-from egolens.model import EgoAttentionNetwork
-from tests.conftest import random_obs
+from tests.conftest import random_obs, tiny_net
 
 Q = ["q_slower", "q_idle", "q_faster"]
 HEADS, D = 2, 8
@@ -27,8 +26,7 @@ DH = D // HEADS
 
 @pytest.fixture
 def net():
-    torch.manual_seed(0)
-    return EgoAttentionNetwork(in_features=7, feature_size=D, heads=HEADS, embedding_layers=[8, 8], output_layers=[8])
+    return tiny_net(heads=HEADS)
 
 
 def site_q(table: pd.DataFrame, site: str, k: int | None = None) -> torch.Tensor:

@@ -36,13 +36,9 @@ from egolens.analysis.neurons import (
 from egolens.config import EnvConfig
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
+from tests.conftest import tiny_net
 
 CFG = EnvConfig()
-
-
-def tiny_net(seed: int = 0) -> EgoAttentionNetwork:
-    torch.manual_seed(seed)
-    return EgoAttentionNetwork(in_features=7, feature_size=8, heads=2, embedding_layers=[8, 8], output_layers=[8])
 
 
 # ------------------------------------------------------------------------------- statistics
@@ -269,7 +265,7 @@ def test_prior_pulls_coordinates_the_objective_ignores_to_the_mean_recorded_stat
 
 
 def test_advantage_and_attention_objectives_rise_and_equal_the_nets_own_outputs():
-    net = tiny_net(3)
+    net = tiny_net(seed=3)
     mask = torch.as_tensor(PRESENCE == 0)[None].expand(2, 15)
     for objective, read in (
         (advantage_objective(0), lambda obs: (lambda q: q[:, 0] - q.mean(dim=1))(net(obs, mask))),
