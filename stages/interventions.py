@@ -98,16 +98,6 @@ def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray],
     return out
 
 
-def danger(obs: np.ndarray, params: Any) -> np.ndarray:
-    """Per step: −(smallest time to collision), or −(1000 + nearest distance) without a collision
-    course; −inf without other vehicles. Larger = more dangerous."""
-    facts = scene_facts(obs, params.env, params.scene.horizon, params.scene.collision_radius,
-                        params.scene.min_ego_speed)
-    ttc = np.where(np.isfinite(facts["ttc"]), facts["ttc"], 1000.0 + facts["distance"])
-    ttc = np.where(np.isnan(ttc), np.inf, ttc)
-    return -ttc.min(axis=1)
-
-
 def open_loop_row(net: nn.Module, obs: torch.Tensor, condition: Condition, cfg: Any, seed: int) -> dict:
     effects = iv.open_loop_effects(net, obs, condition.fns, condition.obs_edit, condition.edited)
     return condition.labels() | iv.summarize_effects(effects, cfg.bootstrap_resamples, seed)
@@ -303,8 +293,10 @@ def main() -> None:
     out = RESULTS / f"seed{seed}" / "interventions"
 
     conditions = ablation_conditions(net, arrays, obs, cfg, seed)
+    facts = scene_facts(arrays["obs"], params.env, params.scene.horizon, params.scene.collision_radius,
+                        params.scene.min_ego_speed)
     try:
-        brake: iv.BrakeEdit | None = iv.brake_edit(net, obs, danger(arrays["obs"], params), cfg.edit_ridge)
+        brake: iv.BrakeEdit | None = iv.brake_edit(net, obs, iv.step_danger(facts), cfg.edit_ridge)
     except ValueError as err:          # the agent brakes in every recorded step: nothing to edit
         print(f"no rank-one edit: {err}")
         brake = None

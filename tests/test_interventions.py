@@ -463,3 +463,11 @@ def test_interventions_params_are_validated(key, value, needle):
     params["interventions"][key] = value
     with pytest.raises(ParamsError, match=needle):
         validate_params(params)
+
+
+def test_step_danger_ranks_collision_courses_before_mere_proximity_and_empty_roads_last():
+    inf, nan = np.inf, np.nan
+    facts = {"ttc": np.array([[nan, 2.0, inf], [nan, inf, inf], [nan, 0.5, 3.0], [nan, nan, nan]]),
+             "distance": np.array([[nan, 30.0, 5.0], [nan, 8.0, 4.0], [nan, 10.0, 20.0], [nan, nan, nan]])}
+    np.testing.assert_allclose(iv.step_danger(facts), [-2.0, -1004.0, -0.5, -inf])
+

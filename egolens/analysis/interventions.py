@@ -740,6 +740,17 @@ class BrakeEdit:
     net: nn.Module
 
 
+def step_danger(facts: dict[str, np.ndarray]) -> np.ndarray:
+    """How dangerous each step is, larger = more dangerous: facts {name: [N, E]} -> [N].
+
+    −(smallest time to collision) when some vehicle is on a collision course, else
+    −(1000 + nearest distance); −inf with no other vehicle.
+    """
+    ttc = np.where(np.isfinite(facts["ttc"]), facts["ttc"], 1000.0 + facts["distance"])
+    ttc = np.where(np.isnan(ttc), np.inf, ttc)
+    return -ttc.min(axis=1)
+
+
 def brake_edit(net: EgoAttentionNetwork, obs: torch.Tensor, danger: np.ndarray | torch.Tensor,
                ridge: float = 1e-4, margin: float = 0.1) -> BrakeEdit:
     """Edit the output MLP so the agent brakes in the most dangerous recorded step where it did not.
