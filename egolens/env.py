@@ -8,7 +8,6 @@ from typing import Any
 
 import gymnasium as gym
 import highway_env  # noqa: F401  (registers the highway-env ids with gymnasium)
-import numpy as np
 
 from egolens.config import EnvConfig
 
@@ -80,11 +79,6 @@ def outcome(terminated: bool, truncated: bool, crashed: bool) -> str:
     if truncated:
         return "timeout"
     raise ValueError("the episode has not ended")
-
-
-def as_obs(obs: np.ndarray) -> np.ndarray:
-    """A float32 copy of an observation or a batch of them."""
-    return np.asarray(obs, dtype=np.float32).copy()
 
 
 def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
