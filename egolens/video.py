@@ -21,7 +21,7 @@ def draw_attention(frame: np.ndarray, to_pixel: Callable[[np.ndarray], np.ndarra
     frame: [H, W, 3]; positions: [E, 2] world metres (row 0 the ego); present: [E] bool;
     attention: [heads, E]. Line width and opacity grow with the weight; heads are offset
     sideways by a few pixels so overlapping lines stay visible. A ring around the ego shows
-    the weight each head puts on the ego itself.
+    the weight each head puts on the ego itself (one ring per head, nested so none hides another).
     """
     base = Image.fromarray(frame).convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -34,8 +34,8 @@ def draw_attention(frame: np.ndarray, to_pixel: Callable[[np.ndarray], np.ndarra
         shift = (h - (heads - 1) / 2) * 4.0
         for j in np.nonzero(present)[0]:
             weight = float(attention[h, j])
-            if j == 0:
-                radius = 8 + 22 * weight
+            if j == 0:                                   # nested rings: head h's ring is 6·h px wider
+                radius = 8 + 6 * h + 22 * weight
                 draw.ellipse([*(ego - radius), *(ego + radius)], outline=(*colour, int(60 + 195 * weight)),
                              width=max(1, int(1 + 5 * weight)))
                 continue
