@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from egolens import checkpoint
 from egolens.config import Params, ParamsError, load_params
+from egolens.model import EgoAttentionNetwork
 
 MODELS = Path("models")
 RESULTS = Path("results")
 DATA = Path("data")
 RESUME = Path(".resume")
+NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}
+"""The two networks every analysis compares: label -> checkpoint file in models/seed<N>/."""
 
 
 def seed_args(description: str) -> tuple[Params, int]:
@@ -26,3 +30,10 @@ def seed_args(description: str) -> tuple[Params, int]:
     if args.seed not in params.seeds:
         parser.exit(2, f"error: --seed {args.seed} is not in params seeds {params.seeds}\n")
     return params, args.seed
+
+
+def load_net(params: Params, seed: int, label: str) -> EgoAttentionNetwork:
+    """The `label` network ("trained" or "untrained") of agent seed `seed`, in eval mode."""
+    net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
+    checkpoint.load_network(MODELS / f"seed{seed}" / NETWORKS[label], net)
+    return net.eval()

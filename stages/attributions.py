@@ -24,9 +24,8 @@ from egolens.analysis import attribution as attr
 from egolens.config import Params
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, MODELS, RESULTS, seed_args
+from stages import DATA, NETWORKS, RESULTS, load_net, seed_args
 
-NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}
 QUANTITIES = ("q", "advantage")
 ACTIONS = attr.ACTIONS
 CONDUCTANCE_BASELINE = "typical_scene_ego"
@@ -69,12 +68,6 @@ class Steps:
     @property
     def action_names(self) -> list[str]:
         return [ACTIONS[int(a)] for a in self.action]
-
-
-def load_net(params: Params, seed: int, file: str) -> EgoAttentionNetwork:
-    net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
-    checkpoint.load_network(MODELS / f"seed{seed}" / file, net)
-    return net.eval()
 
 
 def load_steps(params: Params, seed: int, label: str) -> Steps:
@@ -313,7 +306,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     out = RESULTS / f"seed{seed}" / "attributions"
-    nets = {label: load_net(params, seed, file) for label, file in NETWORKS.items()}
+    nets = {label: load_net(params, seed, label) for label in NETWORKS}
     analyses, phis = {}, {}
     for label, net in nets.items():
         analyses[label] = Analysis(params, seed, label, net, load_steps(params, seed, label))

@@ -13,19 +13,13 @@ from egolens import checkpoint
 from egolens.analysis import circuits
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, MODELS, RESULTS, seed_args
+from stages import DATA, NETWORKS, RESULTS, load_net, seed_args
 
 FACT_BINS = {
     "distance": [0, 10, 20, 30, 40, 60, 100, 150],
     "ttc": [0, 1, 2, 3, 5, 8, 13, np.inf],
     "bearing_deg": [-180, -135, -90, -45, -15, 15, 45, 90, 135, 180],
 }
-
-
-def load(params, seed: int, file: str) -> EgoAttentionNetwork:
-    net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
-    checkpoint.load_network(MODELS / f"seed{seed}" / file, net)
-    return net.eval()
 
 
 def head_matrices(nets: dict[str, EgoAttentionNetwork]) -> pd.DataFrame:
@@ -83,7 +77,7 @@ def summary(compare: pd.DataFrame) -> dict:
 def main() -> None:
     params, seed = seed_args(__doc__)
     torch.set_num_threads(1)
-    nets = {"trained": load(params, seed, "agent.pt"), "untrained": load(params, seed, "untrained.pt")}
+    nets = {label: load_net(params, seed, label) for label in NETWORKS}
     out = RESULTS / f"seed{seed}" / "circuits"
     compare = circuits.compare_circuits(nets["trained"], nets["untrained"])
     features = pd.concat([circuits.feature_circuits(net, bias=True, model=label) for label, net in nets.items()],

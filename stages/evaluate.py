@@ -11,11 +11,7 @@ import torch
 from egolens import checkpoint
 from egolens.env import make_vector_env
 from egolens.evaluation import play_greedy, summarize_episodes
-from egolens.model import EgoAttentionNetwork
-from stages import MODELS, RESULTS, seed_args
-
-MODELS_EVALUATED = ("trained", "untrained")
-FILES = {"trained": "agent.pt", "untrained": "untrained.pt"}
+from stages import NETWORKS, RESULTS, load_net, seed_args
 
 
 def main() -> None:
@@ -25,10 +21,8 @@ def main() -> None:
     envs = make_vector_env(params.env, min(params.evaluate.num_envs, len(env_seeds)))
     metrics, rows = {}, []
     try:
-        for name in MODELS_EVALUATED:
-            net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
-            checkpoint.load_network(MODELS / f"seed{seed}" / FILES[name], net)
-            net.eval()
+        for name in NETWORKS:
+            net = load_net(params, seed, name)
             results = play_greedy(net, envs, env_seeds)
             metrics[name] = summarize_episodes(results, params.evaluate.bootstrap_resamples, seed)
             rows += [{"model": name, "episode": i, "env_seed": r.env_seed, "return": round(r.ret, 6),

@@ -24,7 +24,7 @@ from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import HookFn
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, MODELS, RESULTS, seed_args
+from stages import DATA, RESULTS, load_net, seed_args
 
 NOTEBOOK_SIZE = 0.1
 """The notebook's perturbation: +0.1 on every unit of the last hidden layer."""
@@ -49,12 +49,6 @@ class Condition:
 
     def policy(self, net: nn.Module) -> nn.Module:
         return iv.Intervened(self.edited if self.edited is not None else net, self.fns, self.obs_edit)
-
-
-def load_net(params: Any, seed: int) -> EgoAttentionNetwork:
-    net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
-    checkpoint.load_network(MODELS / f"seed{seed}" / "agent.pt", net)
-    return net.eval()
 
 
 def neuron_layers(net: EgoAttentionNetwork) -> list[str]:
@@ -286,7 +280,7 @@ def main() -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
-    net = load_net(params, seed)
+    net = load_net(params, seed, "trained")
     with np.load(DATA / f"seed{seed}" / "rollouts_trained.npz") as data:
         arrays = {name: data[name] for name in data.files}
     obs = torch.as_tensor(arrays["obs"])

@@ -24,9 +24,8 @@ from egolens.config import Params
 from egolens.env import ACTIONS
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, MODELS, RESULTS, seed_args
+from stages import DATA, NETWORKS, RESULTS, load_net, seed_args
 
-NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}
 PNG_METADATA = {"Software": None}
 """No matplotlib version stamp in the PNGs: same figure, same bytes."""
 DPI = 100
@@ -58,12 +57,6 @@ def layer_names(params: Params) -> dict[str, bool]:
     return ({f"ego_embedding.hook_post.{i}": False for i in embedding}
             | {f"others_embedding.hook_post.{i}": True for i in embedding}
             | {f"output_layer.hook_post.{i}": False for i in output})
-
-
-def load_network(params: Params, seed: int, file: str) -> EgoAttentionNetwork:
-    net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
-    checkpoint.load_network(MODELS / f"seed{seed}" / file, net)
-    return net.eval()
 
 
 def read_layers(params: Params, arrays: dict[str, np.ndarray]) -> dict[str, Layer]:
@@ -278,8 +271,8 @@ def main() -> None:
     out = RESULTS / f"seed{seed}" / "neurons"
     shutil.rmtree(out, ignore_errors=True)
     parts: dict[str, list[pd.DataFrame]] = {}
-    for model, file in NETWORKS.items():
-        net = load_network(params, seed, file)
+    for model in NETWORKS:
+        net = load_net(params, seed, model)
         with np.load(DATA / f"seed{seed}" / f"rollouts_{model}.npz") as npz:
             arrays = {name: npz[name] for name in npz.files}
         layers = read_layers(params, arrays)

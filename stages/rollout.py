@@ -15,9 +15,7 @@ from egolens.env import make_env
 from egolens.model import EgoAttentionNetwork
 from egolens.rollout import Episode, VehicleTracker, play_episode, rollout_arrays, steps_table, vehicles_table
 from egolens.video import episode_images, gif_bytes
-from stages import DATA, MODELS, seed_args
-
-NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}
+from stages import DATA, NETWORKS, load_net, seed_args
 
 
 def write_bytes(path, data: bytes) -> None:
@@ -65,10 +63,8 @@ def main() -> None:
     out = DATA / f"seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     scene = params.scene
-    for label, file in NETWORKS.items():
-        net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
-        checkpoint.load_network(MODELS / f"seed{seed}" / file, net)
-        net.eval()
+    for label in NETWORKS:
+        net = load_net(params, seed, label)
         episodes = play(params, net, f"rollout seed {seed} {label}")
         arrays = rollout_arrays(episodes, net)
         write_bytes(out / f"rollouts_{label}.npz", npz_bytes(arrays))

@@ -44,8 +44,8 @@ def test_a_hook_returning_a_tensor_replaces_the_activation(net):
     _, cache = run_with_cache(net, obs)
     zeroed = run_with_hooks(net, obs, {"output_layer.hook_post.1": lambda a: torch.zeros_like(a)})
     torch.testing.assert_close(zeroed, net.output_layer.predict.bias.expand(4, 3))
-    doubled = run_with_hooks(net, obs, {"attention_layer.hook_resid": lambda a: a})
-    torch.testing.assert_close(doubled, net(obs))
+    identity = run_with_hooks(net, obs, {"attention_layer.hook_resid": lambda a: a})
+    torch.testing.assert_close(identity, net(obs))
     torch.testing.assert_close(net(obs), cache["output_layer.predict"])        # hooks were removed
 
 
