@@ -162,6 +162,10 @@ class AttributionsConfig(_Strict):
     max_steps: int = Field(300, gt=0)
     """Recorded steps analysed per network (evenly spaced over the rollouts)."""
     ig_steps: int = Field(64, ge=8)
+    """Path points every step is first integrated with (IG and layer conductance)."""
+    ig_max_steps: int = Field(16384, ge=8)
+    """Most path points: steps whose completeness error is still >= 1% are re-integrated with 4×
+    the points up to this many (`attribution.refine_until_complete`)."""
     internal_batch_size: int = Field(2048, gt=0)
     shapley_samples: int = Field(25, gt=0)
     top_neurons: int = Field(5, gt=0)
@@ -170,6 +174,13 @@ class AttributionsConfig(_Strict):
     """Random vehicle orders per step for the deletion/insertion control."""
     sanity_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """Median trained-vs-untrained rank correlation above which an explanation is flagged."""
+
+    @model_validator(mode="after")
+    def _max_not_below_start(self) -> AttributionsConfig:
+        if self.ig_max_steps < self.ig_steps:
+            raise ValueError(f"attributions.ig_max_steps = {self.ig_max_steps} must be >= attributions.ig_steps = "
+                             f"{self.ig_steps}; allowed: any integer >= {self.ig_steps}")
+        return self
 
 
 class NeuronsConfig(_Strict):

@@ -105,14 +105,16 @@ class Analysis:
         per_action: dict[tuple[str, str], list[torch.Tensor]] = {}
         for baseline, quantity, action in tqdm(jobs, desc=f"{self.desc}: IG", unit="call"):
             base, advantage = self.baselines[baseline], quantity == "advantage"
-            ig, delta = attr.integrated_gradients(self.net, s.obs, action, base, cfg.ig_steps,
-                                                  cfg.internal_batch_size, advantage=advantage)
+            refined = attr.adaptive_integrated_gradients(
+                self.net, s.obs, action, base, cfg.ig_steps, cfg.ig_max_steps, cfg.internal_batch_size,
+                advantage=advantage, tolerance=TOLERANCE, min_delta=MIN_DELTA)
+            ig = refined.attr
             per_action.setdefault((baseline, quantity), []).append(ig)
             labels = {"model": self.label, "method": "ig", "layer": "input", "baseline": baseline,
                       "quantity": quantity, "action": ACTIONS[action]}
             self.add("completeness", attr.completeness_table(
-                self.net, s.obs, base, ig, action, advantage=advantage, convergence_delta=delta, min_delta=MIN_DELTA,
-                tolerance=TOLERANCE, step_ids=s.records, labels=labels))
+                self.net, s.obs, base, ig, action, advantage=advantage, convergence_delta=refined.delta,
+                min_delta=MIN_DELTA, tolerance=TOLERANCE, step_ids=s.records, labels=labels, points=refined.points))
             self.add("ig_features", attr.feature_summary(ig, s.obs, labels={
                 "model": self.label, "baseline": baseline, "quantity": quantity, "action": ACTIONS[action]}))
         for (baseline, quantity), igs in per_action.items():
@@ -128,20 +130,29 @@ class Analysis:
 
     def conductance(self) -> None:
         cfg, s, base = self.cfg, self.steps, self.baselines[CONDUCTANCE_BASELINE]
-        jobs = list(product(LAYERS, range(len(ACTIONS))))
-        per_action: dict[str, list[torch.Tensor]] = {}
-        for layer, action in tqdm(jobs, desc=f"{self.desc}: layer conductance", unit="call"):
-            cond, delta = attr.layer_conductance(self.net, s.obs, layer, action, base, cfg.ig_steps,
-                                                 internal_batch_size=cfg.internal_batch_size)
-            per_action.setdefault(layer, []).append(cond)
+        # cut layers first: each is refined until complete; the other layers then use the points
+        # the first cut (hook_resid) needed for that step and action
+        jobs = list(product(range(len(ACTIONS)), [*CUTS, *(layer for layer in LAYERS if layer not in CUTS)]))
+        per_action: dict[str, list[torch.Tensor | None]] = {layer: [None] * len(ACTIONS) for layer in LAYERS}
+        points: dict[int, torch.Tensor] = {}
+        for action, layer in tqdm(jobs, desc=f"{self.desc}: layer conductance", unit="call"):
             labels = {"model": self.label, "layer": layer, "baseline": CONDUCTANCE_BASELINE, "quantity": "q"}
-            self.add("layer_conductance", attr.conductance_table(cond, {**labels, "action": ACTIONS[action]}))
             if layer in CUTS:
+                refined = attr.adaptive_layer_conductance(
+                    self.net, s.obs, layer, action, base, cfg.ig_steps, cfg.ig_max_steps,
+                    internal_batch_size=cfg.internal_batch_size, tolerance=TOLERANCE, min_delta=MIN_DELTA)
+                cond = refined.attr
+                points.setdefault(action, refined.points)
                 self.add("completeness", attr.completeness_table(
-                    self.net, s.obs, base, cond, action, convergence_delta=delta, min_delta=MIN_DELTA,
-                    tolerance=TOLERANCE, step_ids=s.records,
+                    self.net, s.obs, base, cond, action, convergence_delta=refined.delta, min_delta=MIN_DELTA,
+                    tolerance=TOLERANCE, step_ids=s.records, points=refined.points,
                     labels={"model": self.label, "method": "layer_conductance", **labels,
                             "action": ACTIONS[action]}))
+            else:
+                cond = attr.layer_conductance_at_points(self.net, s.obs, layer, action, base, points[action],
+                                                        internal_batch_size=cfg.internal_batch_size)
+            per_action[layer][action] = cond
+            self.add("layer_conductance", attr.conductance_table(cond, {**labels, "action": ACTIONS[action]}))
         jobs = []
         for layer in LAYERS:
             cond = attr.chosen(torch.stack(per_action[layer]), s.action)
@@ -227,8 +238,9 @@ def sanity(trained: Analysis, phi_trained: torch.Tensor, untrained_net: EgoAtten
     check = {"threshold": cfg.sanity_threshold, "step_ids": s.records}
     tables = []
     for baseline, base in tqdm(trained.baselines.items(), desc=f"{trained.desc}: sanity", unit="baseline"):
-        ig_u, _ = attr.integrated_gradients(untrained_net, s.obs, s.action, base, cfg.ig_steps,
-                                            cfg.internal_batch_size)
+        ig_u = attr.adaptive_integrated_gradients(untrained_net, s.obs, s.action, base, cfg.ig_steps, cfg.ig_max_steps,
+                                                  cfg.internal_batch_size, tolerance=TOLERANCE,
+                                                  min_delta=MIN_DELTA).attr
         ig_t = attr.chosen(trained.ig[baseline, "q"], s.action)
         moved = attr.changed_entries(s.obs, base)
         for level, t, u, keep in (("feature", ig_t, ig_u, moved),

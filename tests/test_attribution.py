@@ -11,6 +11,13 @@ import torch
 from torch import nn
 
 from egolens.analysis.attribution import (
+    GAUSS_LEGENDRE_MAX,
+    adaptive_integrated_gradients,
+    adaptive_layer_conductance,
+    layer_conductance_at_points,
+    point_schedule,
+    quadrature,
+    refine_until_complete,
     FEATURES,
     absent_mask,
     attention_attribution_agreement,
@@ -517,3 +524,102 @@ def test_step_summary_and_json_safe():
     assert isinstance(plain["b"][2], int) and type(plain["a"]) is float
     with pytest.raises(TypeError):
         json_safe({"x": object()})
+
+
+# ----------------------------------------------------------------- adaptive path integration
+
+class KinkedQ(nn.Module):
+    """Q_a = w_a·relu(vx₃ − c): one ReLU kink at vx₃ = c, so a path's gradient jumps once.
+
+    With baseline b and observation x, IG of vx₃ is exact: w_a·(x − c)⁺ − w_a·(b − c)⁺, and every
+    other feature gets 0."""
+
+    def __init__(self, c: float = 0.2137) -> None:
+        super().__init__()
+        self.c = c
+        self.register_buffer("w", torch.tensor([1.0, -0.5, 2.0]))
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.relu(obs[:, 3, VX] - self.c)[:, None] * self.w
+
+
+def test_point_schedule_multiplies_up_to_the_maximum_and_quadrature_switches_past_gauss_legendre():
+    assert point_schedule(64, 16384) == [64, 256, 1024, 4096, 16384]
+    assert point_schedule(64, 1000) == [64, 256, 1000]
+    assert point_schedule(8, 8) == [8]
+    with pytest.raises(ValueError):
+        point_schedule(64, 32)
+    assert quadrature(GAUSS_LEGENDRE_MAX) == "gausslegendre"
+    assert quadrature(GAUSS_LEGENDRE_MAX + 1) == "riemann_middle"
+
+
+def test_refinement_recomputes_only_the_failing_steps_and_stops_when_all_pass():
+    # step i's error is errors[i] / points: steps 0 and 2 pass at once, step 1 needs 4x, step 3 never
+    # passes, step 4 has nothing to explain (tiny delta_f) and is never refined
+    errors = torch.tensor([0.001, 0.03, 0.0, 100.0, 5.0])
+    delta_f = torch.tensor([1.0, 1.0, -2.0, 1.0, 1e-5])
+    calls = []
+
+    def attribute(idx, points, method):
+        calls.append((idx.tolist(), points, method))
+        delta = errors[idx] * 8 / points
+        return torch.stack([idx.double(), torch.full_like(idx, points, dtype=torch.float64)], 1), delta
+
+    refined = refine_until_complete(attribute, delta_f, [8, 32, 128], tolerance=0.01, min_delta=1e-3)
+    assert calls == [([0, 1, 2, 3, 4], 8, "gausslegendre"), ([1, 3], 32, "gausslegendre"), ([3], 128, "gausslegendre")]
+    assert refined.points.tolist() == [8, 32, 8, 128, 8]
+    assert refined.attr[:, 1].tolist() == [8, 32, 8, 128, 8]          # each step keeps its last result
+    torch.testing.assert_close(refined.delta, (errors * 8 / refined.points).double())
+
+
+def test_adaptive_ig_reaches_the_exact_attribution_of_a_kinked_net_that_fixed_points_miss():
+    net = KinkedQ()
+    obs = planted_obs(6, seed=2)
+    baseline = others_zeroed(obs)                     # vx₃ goes 0 -> [0.3, 0.9]: every path crosses the kink
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    w = net.w[target]
+    exact = w * (torch.relu(obs[:, 3, VX] - net.c) - torch.relu(baseline[:, 3, VX] - net.c))
+
+    coarse, _ = integrated_gradients(net, obs, target, baseline, n_steps=8)
+    assert (completeness_error(net, obs, baseline, coarse, target) > 0.01).any()
+
+    refined = adaptive_integrated_gradients(net, obs, target, baseline, n_steps=8, max_n_steps=2048)
+    assert (completeness_error(net, obs, baseline, refined.attr, target) < 0.01).all()
+    assert (refined.points > 8).any() and (refined.points <= 2048).all()
+    torch.testing.assert_close(refined.attr[:, 3, VX], exact, rtol=0.01, atol=1e-4)
+    others = refined.attr.clone()
+    others[:, 3, VX] = 0
+    assert others.abs().max() == 0
+    # a step whose path never crosses the kink is linear: exact at the first count, never refined
+    flat = obs.clone()
+    flat[:, 3, VX] = -0.5
+    assert (adaptive_integrated_gradients(net, flat, target, others_zeroed(flat), n_steps=8).points == 8).all()
+
+
+def test_adaptive_conductance_adds_up_at_a_cut_and_other_layers_reuse_its_points():
+    net = tiny_net(seed=3)
+    obs = random_obs(5, seed=7)
+    baseline = typical_scene(obs, random_obs(20, seed=8), replace_ego=True)
+    refined = adaptive_layer_conductance(net, obs, "attention_layer.hook_resid", 1, baseline, n_steps=8,
+                                         max_n_steps=512)
+    assert (completeness_error(net, obs, baseline, refined.attr, 1) < 0.01).all()
+    at_points = layer_conductance_at_points(net, obs, "attention_layer.hook_resid", 1, baseline, refined.points)
+    torch.testing.assert_close(at_points, refined.attr, rtol=1e-5, atol=1e-6)
+    for step in range(5):
+        n = int(refined.points[step])
+        alone, _ = layer_conductance(net, obs[step:step + 1], "ego_embedding.hook_post.1", 1,
+                                     baseline[step:step + 1], n)
+        grouped = layer_conductance_at_points(net, obs, "ego_embedding.hook_post.1", 1, baseline, refined.points)
+        torch.testing.assert_close(grouped[step:step + 1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_completeness_table_records_the_points_of_each_step():
+    net = LinearQ()
+    obs = random_obs(3, seed=4)
+    baseline = others_zeroed(obs)
+    attr, _ = integrated_gradients(net, obs, 1, baseline, n_steps=4)
+    table = completeness_table(net, obs, baseline, attr, 1, points=torch.tensor([4, 16, 64]))
+    assert table.points.tolist() == [4, 16, 64]
+    stats = completeness_stats(table)
+    assert stats["max_points"] == 64 and stats["mean_points"] == pytest.approx(28.0)
+    assert "points" not in completeness_table(net, obs, baseline, attr, 1).columns

@@ -89,3 +89,9 @@ def test_stages_refuse_bad_params_before_any_work(tmp_path, stage):
     assert run.returncode == 2
     assert "agent.heads = 3 must divide agent.feature_size" in run.stderr
     assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()
+
+
+def test_ig_max_steps_below_ig_steps_is_refused_naming_both_keys():
+    with pytest.raises(ParamsError, match=r"attributions.ig_max_steps = 32 must be >= attributions.ig_steps = 64"):
+        validate_params(edit("attributions.ig_max_steps", 32))
+    assert validate_params(edit("attributions.ig_max_steps", 64)).attributions.ig_max_steps == 64
