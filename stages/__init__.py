@@ -11,10 +11,17 @@ from egolens.model import EgoAttentionNetwork
 
 MODELS = Path("models")
 RESULTS = Path("results")
+"""Study-level outputs (summary, figures, report); per-seed ones live under `seed_results(seed)`."""
 DATA = Path("data")
 RESUME = Path(".resume")
 NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}
 """The two networks every analysis compares: label -> checkpoint file in models/seed<N>/."""
+
+
+def seed_results(seed: int) -> Path:
+    """results/seeds/seed<N>: every per-seed table and metric (one directory the aggregate stage can
+    depend on whatever the number of seeds: DVC deps cannot be templated from a list)."""
+    return RESULTS / "seeds" / f"seed{seed}"
 
 
 def seed_args(description: str) -> tuple[Params, int]:

@@ -24,7 +24,7 @@ from egolens.analysis import attribution as attr
 from egolens.config import Params
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, NETWORKS, RESULTS, load_net, seed_args
+from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 QUANTITIES = ("q", "advantage")
 ACTIONS = attr.ACTIONS
@@ -317,7 +317,7 @@ def main() -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    out = RESULTS / f"seed{seed}" / "attributions"
+    out = seed_results(seed) / "attributions"
     nets = {label: load_net(params, seed, label) for label in NETWORKS}
     analyses, phis = {}, {}
     for label, net in nets.items():

@@ -13,7 +13,7 @@ from egolens import checkpoint
 from egolens.analysis import circuits
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, NETWORKS, RESULTS, load_net, seed_args
+from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 FACT_BINS = {
     "distance": [0, 10, 20, 30, 40, 60, 100, 150],
@@ -78,7 +78,7 @@ def main() -> None:
     params, seed = seed_args(__doc__)
     torch.set_num_threads(1)
     nets = {label: load_net(params, seed, label) for label in NETWORKS}
-    out = RESULTS / f"seed{seed}" / "circuits"
+    out = seed_results(seed) / "circuits"
     compare = circuits.compare_circuits(nets["trained"], nets["untrained"])
     features = pd.concat([circuits.feature_circuits(net, bias=True, model=label) for label, net in nets.items()],
                          ignore_index=True)

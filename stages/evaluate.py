@@ -11,7 +11,7 @@ import torch
 from egolens import checkpoint
 from egolens.env import make_vector_env
 from egolens.evaluation import play_greedy, summarize_episodes
-from stages import NETWORKS, RESULTS, load_net, seed_args
+from stages import NETWORKS, load_net, seed_args, seed_results
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
                                                       for k, v in metrics[name].items()))
     finally:
         envs.close()
-    out = RESULTS / f"seed{seed}"
+    out = seed_results(seed)
     checkpoint.atomic_write_text(out / "evaluate.json", json.dumps(metrics, indent=2) + "\n")
     checkpoint.atomic_write_text(out / "evaluate_episodes.csv", pd.DataFrame(rows).to_csv(index=False))
 

@@ -24,7 +24,7 @@ from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import HookFn
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, RESULTS, load_net, seed_args
+from stages import DATA, load_net, seed_args, seed_results
 
 NOTEBOOK_SIZE = 0.1
 """The notebook's perturbation: +0.1 on every unit of the last hidden layer."""
@@ -284,7 +284,7 @@ def main() -> None:
     with np.load(DATA / f"seed{seed}" / "rollouts_trained.npz") as data:
         arrays = {name: data[name] for name in data.files}
     obs = torch.as_tensor(arrays["obs"])
-    out = RESULTS / f"seed{seed}" / "interventions"
+    out = seed_results(seed) / "interventions"
 
     conditions = ablation_conditions(net, arrays, obs, cfg, seed)
     facts = scene_facts(arrays["obs"], params.env, params.scene.horizon, params.scene.collision_radius,

@@ -24,7 +24,7 @@ from egolens.config import Params
 from egolens.env import ACTIONS
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from stages import DATA, NETWORKS, RESULTS, load_net, seed_args
+from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 PNG_METADATA = {"Software": None}
 """No matplotlib version stamp in the PNGs: same figure, same bytes."""
@@ -268,7 +268,7 @@ def main() -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
-    out = RESULTS / f"seed{seed}" / "neurons"
+    out = seed_results(seed) / "neurons"
     shutil.rmtree(out, ignore_errors=True)
     parts: dict[str, list[pd.DataFrame]] = {}
     for model in NETWORKS:

@@ -13,7 +13,7 @@ from egolens import checkpoint
 from egolens.config import Params, fingerprint
 from egolens.dqn import EpisodeRecord, Trainer, training_summary
 from egolens.env import make_vector_env
-from stages import MODELS, RESULTS, RESUME, seed_args
+from stages import MODELS, RESUME, seed_args, seed_results
 
 
 def write_log(records: list[EpisodeRecord], directory: str) -> None:
@@ -70,7 +70,7 @@ def main() -> None:
     agent = trainer.agent
     checkpoint.save(out / "agent.pt", checkpoint.checkpoint_dict(
         agent.value_net, agent.optimizer, {**meta, "steps": agent.steps, "episode": len(records)}))
-    write_log(records, str(RESULTS / f"seed{seed}" / "train"))
+    write_log(records, str(seed_results(seed) / "train"))
     resume_path.unlink(missing_ok=True)
 
 

@@ -65,7 +65,7 @@ def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(t
     repo = project_copy(tmp_path, tiny_params(episodes=30))
     train(repo)
     reference = digests(repo, "models", "results")
-    assert {"models/seed0/agent.pt", "models/seed0/untrained.pt", "results/seed0/train/metrics.json"} <= set(reference)
+    assert {"models/seed0/agent.pt", "models/seed0/untrained.pt", "results/seeds/seed0/train/metrics.json"} <= set(reference)
     shutil.rmtree(repo / "models")
     shutil.rmtree(repo / "results")
     train(repo)
@@ -95,7 +95,7 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
         for seed in (0, 1):
             assert f"Running stage '{stage}@{seed}'" in first
     for seed in (0, 1):
-        evaluation = yaml.safe_load((repo / f"results/seed{seed}/evaluate.json").read_text())
+        evaluation = yaml.safe_load((repo / f"results/seeds/seed{seed}/evaluate.json").read_text())
         assert set(evaluation) == {"trained", "untrained"}
         assert set(evaluation["trained"]) == {"success_rate", "collision_rate", "timeout_rate", "mean_return",
                                               "mean_length"}
@@ -127,7 +127,7 @@ def test_experiments_change_a_param_and_compare_with_the_baseline(tmp_path):
     shown = pd.read_csv(io.StringIO(run(repo, dvc, "exp", "show", "--csv")))
     assert set(shown["episodes"]) == {5, 7}
     diff = json.loads(run(repo, dvc, "metrics", "diff", "--json"))
-    assert diff["results/seed0/train/metrics.json"]["episodes"] == {"old": 5, "new": 7, "diff": 2}
+    assert diff["results/seeds/seed0/train/metrics.json"]["episodes"] == {"old": 5, "new": 7, "diff": 2}
     run(repo, dvc, "plots", "diff", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
 
