@@ -1,0 +1,291 @@
+"""Every per-seed headline number combined over seeds, and whether each finding holds per seed.
+
+Pure functions: the stage (`stages/aggregate.py`) reads each seed's summary JSONs and tables and
+passes plain dicts and DataFrames in; nothing here touches files.
+
+Heads are interchangeable across seeds (training can give either head any role), so per-head
+numbers are never averaged by index. Each seed's heads are ranked by what zero-ablating them does
+in closed loop (`head_ranks`): `head_rank1` is the head whose removal costs the most successes in
+that seed, `head_rank2` the next. Every key naming a head (`head0`, `head1_value`,
+`attention_head0`, ...) is renamed by that rank before seeds are combined.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+IDENTIFIERS = re.compile(r"(^|\.)(head|step|source_step|target_action_before|target_action_after|episodes|"
+                         r"n_steps|n_tiny|n|factor)$")
+"""Leaves that name things (a head index, a step, a count of samples), not measurements."""
+HEAD = re.compile(r"head(\d+)")
+WITHIN_SEED_CI = re.compile(r"(\.|_)ci_(low|high)$")
+"""A seed's own CI bounds: kept for the per-seed findings, left out of the over-seed summary
+(a mean of CI bounds is not a CI)."""
+
+Metrics = dict[str, float]
+"""Flat metric name (dotted path) -> value, for one seed."""
+
+
+# ----------------------------------------------------------------------------------- per seed
+
+def flatten(tree: Mapping[str, object], prefix: str = "") -> Metrics:
+    """Nested dicts of numbers -> {"a.b.c": value}; None becomes NaN, bools 0/1, strings dropped."""
+    out: Metrics = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        elif value is None:
+            out[name] = math.nan
+        elif isinstance(value, bool | int | float | np.integer | np.floating):
+            out[name] = float(value)
+    return out
+
+
+def head_ranks(closed_loop: pd.DataFrame) -> dict[int, int]:
+    """Head index -> rank (1 = most important) from one seed's interventions/closed_loop.csv.
+
+    Ranked by the success-rate change of zero-ablating the head (most negative first); ties by the
+    collision-rate change (largest first), then by index.
+    """
+    rows = closed_loop[(closed_loop["kind"] == "head") & (closed_loop["mode"] == "zero")]
+    effect = rows.pivot_table(index="target", columns="metric", values="diff", aggfunc="first")
+    heads = sorted(int(HEAD.fullmatch(str(t)).group(1)) for t in effect.index)
+    if not heads:
+        raise ValueError("closed_loop has no zero-ablation rows of kind 'head'")
+    key = {h: (effect.loc[f"head{h}", "success"], -effect.loc[f"head{h}", "collision"], h) for h in heads}
+    return {h: rank for rank, h in enumerate(sorted(heads, key=key.__getitem__), start=1)}
+
+
+def rename_heads(metrics: Metrics, ranks: Mapping[int, int]) -> Metrics:
+    """Replace every `head<i>` in the metric names by `head_rank<r>` (r = ranks[i])."""
+    def rename(name: str) -> str:
+        return HEAD.sub(lambda m: f"head_rank{ranks[int(m.group(1))]}", name)
+
+    renamed = {rename(name): value for name, value in metrics.items()}
+    if len(renamed) != len(metrics):
+        raise ValueError("renaming heads merged two metrics")
+    return renamed
+
+
+def closed_loop_heads(closed_loop: pd.DataFrame) -> Metrics:
+    """Every head ablation's closed-loop effect: head<i>.<mode>.<metric>_diff[_ci_low|_ci_high]."""
+    rows = closed_loop[closed_loop["kind"] == "head"]
+    out: Metrics = {}
+    for row in rows.itertuples(index=False):
+        base = f"{row.target}.{row.mode}.{row.metric}_diff"
+        out[base], out[f"{base}_ci_low"], out[f"{base}_ci_high"] = row.diff, row.diff_ci_low, row.diff_ci_high
+    return out
+
+
+def seed_metrics(summaries: Mapping[str, Mapping[str, object]], closed_loop: pd.DataFrame) -> Metrics:
+    """One seed's headline numbers: every numeric leaf of each stage's summary (prefixed by the
+    stage name), the closed-loop effect of every head ablation (`closed_loop.head_rank<r>...`),
+    identifiers dropped, heads renamed by `head_ranks`.
+
+    summaries: stage name -> its summary JSON, e.g. {"evaluate": ..., "train": ..., "circuits": ...}.
+    """
+    metrics: Metrics = {}
+    for stage, tree in summaries.items():
+        metrics.update(flatten(tree, stage))
+    metrics.update(flatten(closed_loop_heads(closed_loop), "closed_loop"))
+    metrics = {name: value for name, value in metrics.items() if not IDENTIFIERS.search(name)}
+    return rename_heads(metrics, head_ranks(closed_loop))
+
+
+# ------------------------------------------------------------------------------- over seeds
+
+@functools.lru_cache(maxsize=64)
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (0.5 < p < 1) of Student's t with `df` degrees of freedom.
+
+    Inverts the CDF, integrated with Simpson's rule from 0, by bisection (accurate to ~1e-6;
+    no scipy in the environment).
+    """
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"need 0.5 < p < 1 and df >= 1, got {p}, {df}")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float) -> float:
+        x = np.linspace(0.0, t, 20001)
+        y = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+        h = t / 20000
+        return 0.5 + h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum())
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, its Student-t interval at `level` over the values (one per seed), and the sample sd.
+
+    NaN values are left out; with fewer than two values the interval is (NaN, NaN) and sd NaN.
+    With 3 seeds the interval is mean ± 4.30·sd/√3: wide, and honest about 3 samples.
+    """
+    x = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(x.std(ddof=1))
+    half = student_t_quantile(0.5 + level / 2, x.size - 1) * sd / math.sqrt(x.size)
+    return mean, mean - half, mean + half, sd
+
+
+def summary_table(per_seed: Mapping[int, Metrics], level: float = 0.95) -> pd.DataFrame:
+    """One row per metric: metric, n_seeds (with a finite value), mean, ci_low, ci_high, sd,
+    seed<N> (each seed's value). Metrics missing in a seed count as NaN there; a seed's own CI
+    bounds (`WITHIN_SEED_CI`) are left out."""
+    seeds = sorted(per_seed)
+    names = sorted(n for n in set().union(*(per_seed[s] for s in seeds)) if not WITHIN_SEED_CI.search(n))
+    rows = []
+    for name in names:
+        values = [per_seed[s].get(name, math.nan) for s in seeds]
+        mean, low, high, sd = t_interval(values, level)
+        rows.append({"metric": name, "n_seeds": int(np.isfinite(values).sum()), "mean": mean, "ci_low": low,
+                     "ci_high": high, "sd": sd, **{f"seed{s}": v for s, v in zip(seeds, values)}})
+    return pd.DataFrame(rows)
+
+
+def summary_tree(table: pd.DataFrame) -> dict:
+    """`summary_table` -> nested {path...: {mean, ci_low, ci_high, n_seeds}} for a DVC metrics file."""
+    tree: dict = {}
+    for row in table.itertuples(index=False):
+        node = tree
+        *parents, leaf = row.metric.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = {"mean": row.mean, "ci_low": row.ci_low, "ci_high": row.ci_high, "n_seeds": row.n_seeds}
+    return tree
+
+
+# ----------------------------------------------------------------------------------- findings
+
+@dataclass(frozen=True)
+class Finding:
+    """A claim checked separately in every seed. `test` gets the seed's metrics and returns
+    True/False, or None when a metric it needs is missing."""
+
+    name: str
+    statement: str
+    test: Callable[[Metrics], bool | None]
+
+
+def _needs(*names: str) -> Callable[[Callable[..., bool]], Callable[[Metrics], bool | None]]:
+    """Decorator: call the check with the named metrics, or return None if one is missing/NaN."""
+    def wrap(check: Callable[..., bool]) -> Callable[[Metrics], bool | None]:
+        def test(m: Metrics) -> bool | None:
+            values = [m.get(n, math.nan) for n in names]
+            return None if any(not math.isfinite(v) for v in values) else bool(check(*values))
+        return test
+    return wrap
+
+
+EVAL = "evaluate.{}.{}.{}"
+HEAD_ZERO = "closed_loop.head_rank{}.zero.{}"
+
+
+def _eval(model: str, metric: str, stat: str = "mean") -> str:
+    return EVAL.format(model, metric, stat)
+
+
+FINDINGS: tuple[Finding, ...] = (
+    Finding("trained_fewer_collisions",
+            "The trained agent collides less than its untrained network (95% CIs of the held-out collision "
+            "rates do not overlap).",
+            _needs(_eval("trained", "collision_rate", "ci_high"), _eval("untrained", "collision_rate", "ci_low"))(
+                lambda trained_high, untrained_low: trained_high < untrained_low)),
+    Finding("trained_higher_return",
+            "The trained agent earns a higher mean return than its untrained network (95% CIs do not overlap).",
+            _needs(_eval("trained", "mean_return", "ci_low"), _eval("untrained", "mean_return", "ci_high"))(
+                lambda trained_low, untrained_high: trained_low > untrained_high)),
+    Finding("meets_reference_bar",
+            "The trained agent reaches the reference notebook's bar (mean return >= 5.35 and collision rate "
+            "<= 0.4 over the held-out episodes).",
+            _needs(_eval("trained", "mean_return"), _eval("trained", "collision_rate"))(
+                lambda ret, coll: ret >= 5.35 and coll <= 0.4)),
+    Finding("one_head_critical",
+            "Zero-ablating one head (head_rank1) lowers the closed-loop success rate, 95% CI below 0.",
+            _needs(HEAD_ZERO.format(1, "success_diff_ci_high"))(lambda high: high < 0)),
+    Finding("critical_head_removes_all_successes",
+            "Without head_rank1 the agent never succeeds (success rate 0 after zero-ablation).",
+            _needs("interventions.closed_loop_baseline.success_rate", HEAD_ZERO.format(1, "success_diff"))(
+                lambda base, diff: base + diff <= 1e-9)),
+    Finding("other_head_not_needed_for_success",
+            "Zero-ablating the other head (head_rank2) does not lower the success rate (95% CI includes 0 "
+            "or lies above it).",
+            _needs(HEAD_ZERO.format(2, "success_diff_ci_high"))(lambda high: high >= 0)),
+    Finding("most_attended_vehicle_matters",
+            "Removing the most-attended vehicle raises the collision rate (95% CI above 0).",
+            _needs("interventions.vehicle_removal.most_attended.collision_diff_ci_low")(lambda low: low > 0)),
+    Finding("most_attended_beats_random_vehicle",
+            "Removing the most-attended vehicle raises collisions more than removing a random vehicle.",
+            _needs("interventions.vehicle_removal.most_attended.collision_diff",
+                   "interventions.vehicle_removal.random.collision_diff")(lambda top, rand: top > rand)),
+    Finding("attention_tracks_shapley",
+            "Both heads' attention ranks vehicles like their Shapley values more in the trained network than "
+            "in the untrained one (mean per-step Spearman).",
+            _needs("attributions.trained.agreement.shapley.head_rank1.spearman_mean",
+                   "attributions.untrained.agreement.shapley.head_rank1.spearman_mean",
+                   "attributions.trained.agreement.shapley.head_rank2.spearman_mean",
+                   "attributions.untrained.agreement.shapley.head_rank2.spearman_mean")(
+                lambda t1, u1, t2, u2: t1 > u1 and t2 > u2)),
+    Finding("ig_complete",
+            "Integrated gradients (others_zeroed baseline, Q) are complete within 1% of ΔQ on at least 95% "
+            "of the analysed steps of the trained network.",
+            _needs("attributions.trained.ig_completeness.others_zeroed.q.fraction_within")(lambda f: f >= 0.95)),
+    Finding("shapley_efficient",
+            "Vehicle Shapley values add up to Q(x) − Q(ego alone) within 0.1% on every step.",
+            _needs("attributions.trained.shapley_efficiency.max_rel_error")(lambda e: e < 1e-3)),
+    Finding("top_conductance_neurons_beat_random",
+            "Mean-ablating the top-5 conductance neurons of others_embedding layer 0 changes Q more than "
+            "random 5-neuron sets.",
+            _needs("interventions.neuron_ablation.others_embedding_hook_post_0.top_abs_dq",
+                   "interventions.neuron_ablation.others_embedding_hook_post_0.random_abs_dq")(
+                lambda top, rand: top > rand)),
+    Finding("rank_one_edit_hits_target",
+            "The rank-one edit makes the agent brake at its target step.",
+            _needs("interventions.editing.edit_rank_one.target_brakes")(lambda brakes: brakes == 1)),
+    Finding("rank_one_edit_no_closed_loop_effect",
+            "The rank-one edit leaves the closed-loop collision rate unchanged (95% CI includes 0).",
+            _needs("interventions.editing.edit_rank_one.closed_collision_diff_ci_low",
+                   "interventions.editing.edit_rank_one.closed_collision_diff_ci_high")(
+                lambda low, high: low <= 0 <= high)),
+    Finding("ego_alone_does_not_decide",
+            "Decoding the ego's residual alone through the output MLP picks the final action on fewer than "
+            "half of the recorded steps (logit lens).",
+            _needs("neurons.trained.logit_lens_agreement.ego")(lambda a: a < 0.5)),
+)
+
+
+def holds_table(per_seed: Mapping[int, Metrics], findings: Sequence[Finding] = FINDINGS) -> pd.DataFrame:
+    """One row per finding: finding, statement, n_seeds (where it could be checked), n_holds,
+    holds ("k/n"), seed<N> (1 holds, 0 does not, NaN not checkable)."""
+    seeds = sorted(per_seed)
+    rows = []
+    for finding in findings:
+        results = {s: finding.test(per_seed[s]) for s in seeds}
+        checked = [r for r in results.values() if r is not None]
+        rows.append({"finding": finding.name, "statement": finding.statement, "n_seeds": len(checked),
+                     "n_holds": int(sum(checked)), "holds": f"{int(sum(checked))}/{len(checked)}",
+                     **{f"seed{s}": (math.nan if r is None else float(r)) for s, r in results.items()}})
+    return pd.DataFrame(rows)
+
+
+def holds_tree(holds: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """`holds_table` -> {finding: {n_holds, n_seeds}} for the metrics file."""
+    return {row.finding: {"n_holds": int(row.n_holds), "n_seeds": int(row.n_seeds)}
+            for row in holds.itertuples(index=False)}

@@ -1,0 +1,46 @@
+"""aggregate: every seed's headline numbers combined over seeds (mean and 95% Student-t CI in
+results/summary.json and results/summary.csv) and whether each finding holds per seed
+(results/holds.csv). Heads are matched across seeds by their closed-loop role, not their index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+
+from egolens import aggregate, checkpoint
+from egolens.analysis.attribution import json_safe
+from egolens.config import ParamsError, load_params
+from stages import RESULTS, seed_results
+
+SUMMARIES = {"evaluate": "evaluate.json", "train": "train/metrics.json", "circuits": "circuits/summary.json",
+             "attributions": "attributions/summary.json", "neurons": "neurons/summary.json",
+             "interventions": "interventions/summary.json"}
+"""Stage name -> its summary JSON inside results/seeds/seed<N>/."""
+
+
+def load_seed(seed: int) -> aggregate.Metrics:
+    root = seed_results(seed)
+    summaries = {stage: json.loads((root / path).read_text()) for stage, path in SUMMARIES.items()}
+    return aggregate.seed_metrics(summaries, pd.read_csv(root / "interventions" / "closed_loop.csv"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    try:
+        params = load_params(parser.parse_args().params)
+    except ParamsError as err:
+        parser.exit(2, f"error: {err}\n")
+    per_seed = {seed: load_seed(seed) for seed in params.seeds}
+    table = aggregate.summary_table(per_seed)
+    holds = aggregate.holds_table(per_seed)
+    summary = {"seeds": params.seeds, **aggregate.summary_tree(table), "holds": aggregate.holds_tree(holds)}
+    checkpoint.atomic_write_text(RESULTS / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
+    checkpoint.atomic_write_text(RESULTS / "holds.csv", holds.to_csv(index=False, float_format="%.6g"))
+    checkpoint.atomic_write_text(RESULTS / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

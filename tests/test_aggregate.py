@@ -1,0 +1,129 @@
+"""Combining seeds: heads matched by role, Student-t intervals, and per-seed findings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from egolens.aggregate import (
+    FINDINGS,
+    Finding,
+    flatten,
+    head_ranks,
+    holds_table,
+    holds_tree,
+    rename_heads,
+    seed_metrics,
+    student_t_quantile,
+    summary_table,
+    summary_tree,
+    t_interval,
+)
+
+
+def closed_loop(effects: dict[int, tuple[float, float]]) -> pd.DataFrame:
+    """A closed_loop.csv of head zero-ablations: head -> (success diff, collision diff)."""
+    rows = [{"condition": "none", "kind": "none", "target": None, "mode": None, "metric": m, "diff": 0.0,
+             "diff_ci_low": 0.0, "diff_ci_high": 0.0} for m in ("success", "collision")]
+    for head, (success, collision) in effects.items():
+        for metric, diff in (("success", success), ("collision", collision)):
+            rows.append({"condition": f"head{head}_zero", "kind": "head", "target": f"head{head}", "mode": "zero",
+                         "metric": metric, "diff": diff, "diff_ci_low": diff - 0.1, "diff_ci_high": diff + 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_flatten_gives_dotted_names_and_keeps_only_numbers():
+    tree = {"a": {"b": 1, "c": {"d": 2.5}}, "flag": True, "missing": None, "name": "x"}
+    flat = flatten(tree, "stage")
+    assert flat["stage.a.b"] == 1.0 and flat["stage.a.c.d"] == 2.5 and flat["stage.flag"] == 1.0
+    assert math.isnan(flat["stage.missing"]) and "stage.name" not in flat
+
+
+def test_heads_are_ranked_by_the_successes_their_ablation_costs_then_by_collisions():
+    assert head_ranks(closed_loop({0: (0.02, 0.12), 1: (-0.5, 0.14)})) == {1: 1, 0: 2}
+    assert head_ranks(closed_loop({0: (-0.48, 0.0), 1: (0.0, 0.3)})) == {0: 1, 1: 2}
+    # equal success cost: the head whose removal adds more collisions ranks first
+    assert head_ranks(closed_loop({0: (-0.1, 0.05), 1: (-0.1, 0.2)})) == {1: 1, 0: 2}
+    with pytest.raises(ValueError):
+        head_ranks(closed_loop({}))
+
+
+def test_every_name_of_a_head_is_renamed_by_its_rank():
+    metrics = {"circuits.QK.head0": 1.0, "interventions.path.head1_value": 2.0,
+               "attributions.sanity.attention_head0.vehicle": 3.0, "head_ablation.zero.success_diff": 4.0}
+    renamed = rename_heads(metrics, {0: 2, 1: 1})
+    assert renamed == {"circuits.QK.head_rank2": 1.0, "interventions.path.head_rank1_value": 2.0,
+                       "attributions.sanity.attention_head_rank2.vehicle": 3.0,
+                       "head_ablation.zero.success_diff": 4.0}
+
+
+def test_seeds_whose_heads_swapped_roles_are_combined_by_role_not_index():
+    # seed 0's critical head is head 0; seed 1's is head 1; both have QK difference 10 on it
+    seed0 = seed_metrics({"circuits": {"QK": {"head0": 10.0, "head1": 2.0}},
+                          "interventions": {"head_ablation": {"zero": {"head": 0, "success_diff": -0.5}}}},
+                         closed_loop({0: (-0.5, 0.1), 1: (0.0, 0.1)}))
+    seed1 = seed_metrics({"circuits": {"QK": {"head0": 4.0, "head1": 10.0}},
+                          "interventions": {"head_ablation": {"zero": {"head": 1, "success_diff": -0.5}}}},
+                         closed_loop({0: (0.0, 0.1), 1: (-0.5, 0.1)}))
+    assert "interventions.head_ablation.zero.head" not in seed0        # an index, not a measurement
+    assert seed0["closed_loop.head_rank1.zero.success_diff"] == -0.5
+    assert seed1["closed_loop.head_rank1.zero.success_diff_ci_low"] == pytest.approx(-0.6)
+    table = summary_table({0: seed0, 1: seed1}).set_index("metric")
+    assert table.loc["circuits.QK.head_rank1", "mean"] == 10.0 and table.loc["circuits.QK.head_rank1", "sd"] == 0.0
+    assert table.loc["circuits.QK.head_rank2", "mean"] == 3.0
+    assert table.loc["circuits.QK.head_rank2", "seed0"] == 2.0 and table.loc["circuits.QK.head_rank2", "seed1"] == 4.0
+    # a seed's own CI bounds feed the findings but are not averaged
+    assert "closed_loop.head_rank1.zero.success_diff_ci_low" not in table.index
+
+
+@pytest.mark.parametrize(("p", "df", "expected"), [(0.975, 1, 12.7062), (0.975, 2, 4.30265), (0.975, 4, 2.77645),
+                                                   (0.95, 10, 1.81246), (0.975, 30, 2.04227)])
+def test_student_t_quantiles_match_the_tables(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_t_interval_is_mean_plus_minus_t_sd_over_root_n_and_skips_nan():
+    values = [1.0, 2.0, 4.0, math.nan]
+    mean, low, high, sd = t_interval(values)
+    x = np.array([1.0, 2.0, 4.0])
+    expected_sd = math.sqrt(((x - x.mean()) ** 2).sum() / 2)
+    assert mean == pytest.approx(7 / 3) and sd == pytest.approx(expected_sd)
+    assert high - mean == pytest.approx(4.302653 * expected_sd / math.sqrt(3), rel=1e-4)
+    assert mean - low == pytest.approx(high - mean)
+    single = t_interval([5.0])
+    assert single[0] == 5.0 and all(math.isnan(v) for v in single[1:])
+    assert all(math.isnan(v) for v in t_interval([]))
+
+
+def test_summary_tree_nests_the_dotted_names_for_a_metrics_file():
+    table = summary_table({0: {"a.b": 1.0, "a.c": 2.0}, 1: {"a.b": 3.0}})
+    tree = summary_tree(table)
+    assert tree["a"]["b"]["mean"] == 2.0 and tree["a"]["b"]["n_seeds"] == 2
+    assert tree["a"]["c"]["n_seeds"] == 1 and math.isnan(tree["a"]["c"]["ci_low"])
+
+
+def test_findings_are_checked_per_seed_and_missing_metrics_are_not_counted():
+    finding = Finding("positive", "x is positive", lambda m: None if "x" not in m else m["x"] > 0)
+    holds = holds_table({0: {"x": 1.0}, 1: {"x": -1.0}, 2: {}}, [finding])
+    row = holds.iloc[0]
+    assert (row.n_seeds, row.n_holds, row.holds) == (2, 1, "1/2")
+    assert row.seed0 == 1.0 and row.seed1 == 0.0 and math.isnan(row.seed2)
+    assert holds_tree(holds) == {"positive": {"n_holds": 1, "n_seeds": 2}}
+
+
+def test_study_findings_read_the_metrics_they_name():
+    by_name = {f.name: f for f in FINDINGS}
+    critical = by_name["critical_head_removes_all_successes"].test
+    assert critical({"interventions.closed_loop_baseline.success_rate": 0.5,
+                     "closed_loop.head_rank1.zero.success_diff": -0.5}) is True
+    assert critical({"interventions.closed_loop_baseline.success_rate": 0.5,
+                     "closed_loop.head_rank1.zero.success_diff": -0.4}) is False
+    assert critical({}) is None
+    fewer = by_name["trained_fewer_collisions"].test
+    assert fewer({"evaluate.trained.collision_rate.ci_high": 0.2, "evaluate.untrained.collision_rate.ci_low": 0.3})
+    assert not fewer({"evaluate.trained.collision_rate.ci_high": 0.35,
+                      "evaluate.untrained.collision_rate.ci_low": 0.3})
+    assert len(by_name) == len(FINDINGS)
