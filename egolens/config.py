@@ -163,7 +163,7 @@ class AttributionsConfig(_Strict):
     """Recorded steps analysed per network (evenly spaced over the rollouts)."""
     ig_steps: int = Field(64, ge=8)
     """Path points every step is first integrated with (IG and layer conductance)."""
-    ig_max_steps: int = Field(16384, ge=8)
+    ig_max_steps: int = Field(4096, ge=8)
     """Most path points: steps whose completeness error is still >= 1% are re-integrated with 4×
     the points up to this many (`attribution.refine_until_complete`)."""
     internal_batch_size: int = Field(2048, gt=0)

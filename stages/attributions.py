@@ -34,6 +34,8 @@ LAYERS = ("ego_embedding.hook_post.1", "others_embedding.hook_post.1", "attentio
 CUTS = {"attention_layer.hook_resid": "hook_resid", "output_layer.hook_post.0": "output_hook_post_0",
         "output_layer.hook_post.1": "output_hook_post_1"}
 """Layers every path crosses (their conductances must add up to ΔQ) and their summary keys."""
+REFINED_CUT = "attention_layer.hook_resid"
+"""The cut whose completeness decides each step's path points; every other layer reuses them."""
 ROWS = {"ego_embedding.hook_post.1": "ego", "others_embedding.hook_post.1": "others"}
 """Per-entity layers [B, R, D] and whose rows they hold."""
 FACTS = ("ttc", "distance", "closing_speed")
@@ -130,27 +132,28 @@ class Analysis:
 
     def conductance(self) -> None:
         cfg, s, base = self.cfg, self.steps, self.baselines[CONDUCTANCE_BASELINE]
-        # cut layers first: each is refined until complete; the other layers then use the points
-        # the first cut (hook_resid) needed for that step and action
-        jobs = list(product(range(len(ACTIONS)), [*CUTS, *(layer for layer in LAYERS if layer not in CUTS)]))
+        # the output MLP's input first, refined per step until complete; every other layer (the
+        # later cuts included, whose completeness is still checked) reuses its points
+        jobs = list(product(range(len(ACTIONS)), [REFINED_CUT, *(layer for layer in LAYERS if layer != REFINED_CUT)]))
         per_action: dict[str, list[torch.Tensor | None]] = {layer: [None] * len(ACTIONS) for layer in LAYERS}
         points: dict[int, torch.Tensor] = {}
         for action, layer in tqdm(jobs, desc=f"{self.desc}: layer conductance", unit="call"):
             labels = {"model": self.label, "layer": layer, "baseline": CONDUCTANCE_BASELINE, "quantity": "q"}
-            if layer in CUTS:
+            if layer == REFINED_CUT:
                 refined = attr.adaptive_layer_conductance(
                     self.net, s.obs, layer, action, base, cfg.ig_steps, cfg.ig_max_steps,
                     internal_batch_size=cfg.internal_batch_size, tolerance=TOLERANCE, min_delta=MIN_DELTA)
-                cond = refined.attr
-                points.setdefault(action, refined.points)
-                self.add("completeness", attr.completeness_table(
-                    self.net, s.obs, base, cond, action, convergence_delta=refined.delta, min_delta=MIN_DELTA,
-                    tolerance=TOLERANCE, step_ids=s.records, points=refined.points,
-                    labels={"model": self.label, "method": "layer_conductance", **labels,
-                            "action": ACTIONS[action]}))
+                cond, points[action] = refined.attr, refined.points
             else:
                 cond = attr.layer_conductance_at_points(self.net, s.obs, layer, action, base, points[action],
                                                         internal_batch_size=cfg.internal_batch_size)
+            if layer in CUTS:
+                self.add("completeness", attr.completeness_table(
+                    self.net, s.obs, base, cond, action, min_delta=MIN_DELTA, tolerance=TOLERANCE,
+                    convergence_delta=refined.delta if layer == REFINED_CUT else None,
+                    step_ids=s.records, points=points[action],
+                    labels={"model": self.label, "method": "layer_conductance", **labels,
+                            "action": ACTIONS[action]}))
             per_action[layer][action] = cond
             self.add("layer_conductance", attr.conductance_table(cond, {**labels, "action": ACTIONS[action]}))
         jobs = []
