@@ -1,0 +1,719 @@
+"""The study's figures: one pure function per figure, tidy tables in, a matplotlib Figure out.
+
+Every function takes the tables the stages wrote (the per-seed ones concatenated with a `seed`
+column where a figure spans seeds) and only draws: no file I/O, no analysis beyond the means,
+intervals and orderings a figure needs to show its table. `FIGURES` maps each figure's file
+stem (the name of the function that draws it) to its caption; `figure_png` renders a figure to
+PNG bytes that depend only on its content.
+
+Intervals: "95% t-interval over seeds" is mean ± t(0.975, n−1)·sd/√n of the per-seed values
+(`t_interval`); interval columns stored in a table (bootstrap CIs over episodes or pairs) are
+drawn as stored.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable, Sequence
+from typing import ParamSpec
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+from egolens.config import EnvConfig
+from egolens.env import ACTIONS
+from egolens.scene import denormalize
+from egolens.video import HEAD_COLOURS
+
+FIGURES: dict[str, str] = {
+    "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K (64×64, ego-embedding dimension × vehicle-embedding dimension) "
+                   "for the first seed: trained and untrained on one shared symmetric colour scale, their difference "
+                   "on its own.",
+    "ov_circuits": "Each head's OV circuit ½·W_O·W_V (64×64, attention-output dimension × vehicle-embedding "
+                   "dimension) for the first seed: trained and untrained on one shared symmetric colour scale, their "
+                   "difference on its own.",
+    "embedding_composites": "The ego and others embeddings with their ReLUs removed (W1·W0, 64 neurons × 7 input "
+                            "features) for the first seed: trained and untrained on a shared scale per embedding, "
+                            "their difference on its own.",
+    "ig_features": "Integrated gradients of each action's Q-value per input feature (baseline: other vehicles "
+                   "zeroed, so the ego's features equal the baseline and get 0 by construction): mean |attribution| "
+                   "over recorded steps, bars = mean over seeds with a 95% t-interval; trained and untrained on "
+                   "their own scales.",
+    "layer_conductance": "Layer conductance of the chosen action's Q-value: every neuron's mean |conductance| over "
+                         "recorded steps, sorted from the largest, one line per seed (log scale; neurons at exactly 0 "
+                         "are not drawn).",
+    "neuron_conductance": "Neuron conductance of the five most conductive neurons per layer (first seed), split by "
+                          "input entity and feature: mean signed conductance of the chosen action's Q-value.",
+    "neuron_activations": "The most variable neurons of each recorded layer over the first recorded episode of the "
+                          "first seed (post-ReLU activations), with the action chosen at each step.",
+    "attention_scene": "A few steps of the first seed's first recorded episode (trained network): the scene from the "
+                       "observation (ego in green, arrows = one second of travel, lines = attention) beside each "
+                       "head's attention over the present vehicles, with the Q-values and the chosen action.",
+    "logit_lens": "How often Q-values decoded from an intermediate representation already pick the network's final "
+                  "action (logit lens: the real output MLP; tuned lens: an affine probe, held-out episodes), per site "
+                  "and with vehicles added in attention order; mean over seeds with 95% t-intervals (head k of one "
+                  "seed is not head k of another).",
+    "ablations": "Closed-loop ablations: change in success and collision rate against the unablated agent on the "
+                 "same episodes, with paired 95% bootstrap CIs, per seed (heads and neuron sets are each seed's own).",
+    "patching": "Activation patching (per site) and path patching (per head and path): mean fraction of the clean "
+                "Q(SLOWER) − Q(FASTER) restored, per corruption kind and seed, with 95% bootstrap CIs over pairs.",
+    "learning_curves": "Training return per episode for every seed: raw (faint) and a trailing mean over 100 episodes.",
+    "evaluation": "Greedy evaluation on held-out episodes: success, collision and timeout rates and mean return of "
+                  "the trained and the untrained network per seed, with 95% bootstrap CIs over episodes.",
+    "attention_vs_attribution": "Does attention point at the vehicles that matter? Per-step Spearman correlation "
+                                "between each head's attention and the vehicles' IG and Shapley attributions, and the "
+                                "pooled correlation of attention with time-to-collision, distance and closing speed.",
+}
+
+DPI = 110
+MODELS = ("trained", "untrained")
+ENTITIES = ["ego", "others"]
+MODEL_COLOURS = {"trained": "#4C72B0", "untrained": "#A5A5A5"}
+DIVERGING = "RdBu_r"
+EGO_COLOUR, OTHER_COLOUR, ROAD_COLOUR = "#2CA02C", "#7F7F7F", "#E6E6E6"
+VEHICLE_SIZE = (5.0, 2.0)
+"""Length and width (m) a vehicle is drawn with (highway-env's default vehicle)."""
+LANE_WIDTH = 4.0
+"""m; intersection-v0's roads have one lane each way, so they are drawn 2·LANE_WIDTH wide."""
+
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+"""Student t quantiles t(0.975, df) for df = 1..30."""
+
+P = ParamSpec("P")
+
+
+def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The 95% Student-t interval (low, high) of the mean of `values` (NaNs dropped); a point if n < 2."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, mean
+    df = v.size - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96 + 2.373 / df     # Cornish-Fisher beyond the table
+    half = t * float(v.std(ddof=1)) / np.sqrt(v.size)
+    return mean - half, mean + half
+
+
+def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
+    """`fig` as PNG bytes that depend only on its content (no software/time metadata)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _styled(draw: Callable[P, Figure]) -> Callable[P, Figure]:
+    """Draw under seaborn's whitegrid style and notebook context without touching global rcParams."""
+    @functools.wraps(draw)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Figure:
+        with mpl.rc_context({**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85)}):
+            return draw(*args, **kwargs)
+    return wrapper
+
+
+def _matrix(table: pd.DataFrame, rows: Sequence | None = None, cols: Sequence | None = None) -> np.ndarray:
+    """A (row, col, value) table as a 2-d array, rows and columns in the given (else appearance) order."""
+    pivot = table.pivot(index="row", columns="col", values="value")
+    return pivot.reindex(index=pd.unique(table["row"]) if rows is None else rows,
+                         columns=pd.unique(table["col"]) if cols is None else cols).to_numpy(dtype=np.float64)
+
+
+def _symmetric_limit(*arrays: np.ndarray) -> float:
+    return max(float(np.nanmax(np.abs(a))) for a in arrays) or 1.0
+
+
+def _short_layer(layer: str) -> str:
+    """'ego_embedding.hook_post.1' -> 'ego emb. 1', 'attention_layer.hook_resid' -> 'attention resid', ..."""
+    for long, short in (("ego_embedding.hook_post.", "ego emb. "), ("others_embedding.hook_post.", "others emb. "),
+                        ("output_layer.hook_post.", "output MLP "), ("attention_layer.hook_", "attention ")):
+        if layer.startswith(long):
+            return short + layer[len(long):]
+    return layer
+
+
+def _mean_ci(data: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """Mean of `value` over the rows of each `by` group (seeds) with its 95% t-interval."""
+    grouped = data.groupby(by, sort=False)[value]
+    out = grouped.mean().rename("mean").to_frame()
+    intervals = grouped.apply(lambda v: t_interval(v.to_numpy()))
+    out["low"], out["high"] = [i[0] for i in intervals], [i[1] for i in intervals]
+    return out.reset_index()
+
+
+# ---------------------------------------------------------------------------------------------- circuits
+
+def _head_circuits(head_matrices: pd.DataFrame, matrix: str, title: str, ylabel: str, xlabel: str) -> Figure:
+    table = head_matrices[head_matrices["matrix"] == matrix]
+    heads = sorted(table["head"].unique())
+    mats = {(m, h): _matrix(table[(table["model"] == m) & (table["head"] == h)].sort_values(["row", "col"]))
+            for m in (*MODELS, "difference") for h in heads}
+    shared = _symmetric_limit(*(mats[m, h] for m in MODELS for h in heads))
+    diff = _symmetric_limit(*(mats["difference", h] for h in heads))
+    fig = Figure(figsize=(13.5, 4.3 * len(heads) + 0.8), layout="constrained")
+    axes = fig.subplots(len(heads), 3, squeeze=False)
+    images = {}
+    for r, h in enumerate(heads):
+        for c, model in enumerate((*MODELS, "difference")):
+            limit = diff if model == "difference" else shared
+            ax = axes[r, c]
+            images[model] = ax.imshow(mats[model, h], cmap=DIVERGING, vmin=-limit, vmax=limit, interpolation="nearest")
+            name = "trained − untrained" if model == "difference" else model
+            ax.set_title(f"head {h}, {name}\nmax |entry| {np.nanmax(np.abs(mats[model, h])):.3g}")
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel(xlabel)
+            ax.grid(False)
+    fig.colorbar(images["trained"], ax=axes[:, :2].ravel().tolist(), shrink=0.8,
+                 label=f"{matrix} entry (trained and untrained: shared symmetric scale ±{shared:.3g})")
+    fig.colorbar(images["difference"], ax=axes[:, 2].ravel().tolist(), shrink=0.8,
+                 label=f"trained − untrained (own symmetric scale ±{diff:.3g})")
+    fig.suptitle(title)
+    return fig
+
+
+@_styled
+def qk_circuits(head_matrices: pd.DataFrame) -> Figure:
+    """QK circuits per head (rows) × trained / untrained / difference (columns).
+
+    head_matrices: circuits/head_matrices.csv of one seed: row, col (int, 0..D−1), value, model
+    (trained, untrained, difference), matrix (QK, OV), head.
+    """
+    return _head_circuits(head_matrices, "QK", "QK circuits W_Qᵀ·W_K per head (first seed): which ego-embedding "
+                          "directions attend to which vehicle-embedding directions",
+                          "ego (query-side) embedding dim", "vehicle (key-side) embedding dim")
+
+
+@_styled
+def ov_circuits(head_matrices: pd.DataFrame) -> Figure:
+    """OV circuits per head (rows) × trained / untrained / difference (columns); input as `qk_circuits`."""
+    return _head_circuits(head_matrices, "OV", "OV circuits ½·W_O·W_V per head (first seed): what attending to a "
+                          "vehicle writes into the attention output",
+                          "attention-output dim", "vehicle (value-side) embedding dim")
+
+
+@_styled
+def embedding_composites(composites: pd.DataFrame) -> Figure:
+    """Ego and others embedding composites (rows) × trained / untrained / difference (columns).
+
+    composites: circuits/composites.csv of one seed: row (neuron index as text), col (input feature),
+    value, model (trained, untrained, difference), matrix (embedding_ego, embedding_others, ...).
+    """
+    names = {"embedding_ego": "ego embedding", "embedding_others": "others embedding"}
+    fig = Figure(figsize=(11.5, 12), layout="constrained")
+    axes = fig.subplots(2, 3, squeeze=False)
+    for r, (matrix, label) in enumerate(names.items()):
+        table = composites[composites["matrix"] == matrix]
+        features = list(pd.unique(table["col"]))
+        rows = sorted(pd.unique(table["row"]), key=int)
+        mats = {m: _matrix(table[table["model"] == m], rows, features) for m in (*MODELS, "difference")}
+        shared, diff = _symmetric_limit(mats["trained"], mats["untrained"]), _symmetric_limit(mats["difference"])
+        images = {}
+        for c, model in enumerate((*MODELS, "difference")):
+            limit = diff if model == "difference" else shared
+            ax = axes[r, c]
+            images[model] = ax.imshow(mats[model], cmap=DIVERGING, vmin=-limit, vmax=limit, aspect="auto",
+                                      interpolation="nearest")
+            ax.set_xticks(range(len(features)), features, rotation=45, ha="right")
+            name = "trained − untrained" if model == "difference" else model
+            ax.set_title(f"{label}, {name}\nmax |weight| {np.nanmax(np.abs(mats[model])):.3g}")
+            ax.set_xlabel("input feature")
+            ax.set_ylabel("embedding neuron (2nd layer)")
+            ax.grid(False)
+        fig.colorbar(images["trained"], ax=axes[r, :2].tolist(), shrink=0.9,
+                     label=f"weight (trained and untrained: shared scale ±{shared:.3g})")
+        fig.colorbar(images["difference"], ax=axes[r, 2], shrink=0.9,
+                     label=f"trained − untrained (own scale ±{diff:.3g})")
+    fig.suptitle("Embedding composites W1·W0 (ReLUs removed, first seed): how each input feature drives each neuron")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- attributions
+
+@_styled
+def ig_features(ig: pd.DataFrame, baseline: str = "others_zeroed", quantity: str = "q") -> Figure:
+    """Mean |IG| per input feature, ego vs others (hue), per action (columns), trained / untrained (rows).
+
+    ig: attributions/ig_features.csv of every seed plus `seed`: model, baseline, quantity, action,
+    entity (ego, others), feature, mean_abs_attribution (mean over recorded steps of |attribution|, Q units).
+    Bars are means over seeds with 95% t-intervals.
+    """
+    data = ig[(ig["baseline"] == baseline) & (ig["quantity"] == quantity)]
+    features = list(pd.unique(data["feature"]))
+    actions = [a for a in ACTIONS if a in set(data["action"])]
+    n_seeds = data["seed"].nunique()
+    fig = Figure(figsize=(14, 7.5), layout="constrained")
+    axes = fig.subplots(2, len(actions), sharey="row", sharex=True, squeeze=False)
+    for r, model in enumerate(MODELS):
+        for c, action in enumerate(actions):
+            ax = axes[r, c]
+            panel = data[(data["model"] == model) & (data["action"] == action)]
+            sns.barplot(panel, x="feature", y="mean_abs_attribution", hue="entity", hue_order=ENTITIES, order=features,
+                        errorbar=t_interval, palette={"ego": EGO_COLOUR, "others": MODEL_COLOURS[model]},
+                        capsize=0.15, err_kws={"linewidth": 1.2}, ax=ax, legend=False)
+            sns.stripplot(panel, x="feature", y="mean_abs_attribution", hue="entity", hue_order=ENTITIES,
+                          order=features, dodge=True, palette={"ego": "black", "others": "black"}, size=3,
+                          jitter=False, legend=False, ax=ax)
+            for entity in ENTITIES:
+                if (panel.loc[panel["entity"] == entity, "mean_abs_attribution"] == 0).all():
+                    ax.text(0.02, 0.95, f"{entity}: every attribution is 0", transform=ax.transAxes, va="top",
+                            fontsize=8)
+            ax.set_title(f"{model}, Q({action})")
+            ax.set_xlabel("input feature")
+            ax.set_ylabel(f"{model}: mean |IG attribution| (Q units)" if c == 0 else "")
+            ax.tick_params(axis="x", rotation=45)
+        handles = [Patch(color=EGO_COLOUR, label="ego"), Patch(color=MODEL_COLOURS[model], label="others"),
+                   Line2D([], [], color="black", marker="o", ms=3, ls="none", label="one seed")]
+        axes[r, -1].legend(handles=handles, title="entity", loc="upper right")
+    fig.suptitle(f"Integrated gradients per input feature (baseline {baseline}, quantity {quantity})\n"
+                 f"bars: mean over {n_seeds} seeds with 95% t-interval, dots: seeds; each row has its own y scale")
+    return fig
+
+
+@_styled
+def layer_conductance(conductance: pd.DataFrame, action: str = "chosen") -> Figure:
+    """Every neuron's mean |conductance| sorted from the largest, one panel per layer, one line per seed and model.
+
+    conductance: attributions/layer_conductance.csv of every seed plus `seed`: model, layer, action,
+    neuron, mean_abs_conductance (mean over recorded steps of |conductance|, Q units).
+    """
+    data = conductance[conductance["action"] == action]
+    layers = list(pd.unique(data["layer"]))
+    fig = Figure(figsize=(3.2 * len(layers), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(layers), sharey=True, squeeze=False)[0]
+    for ax, layer in zip(axes, layers):
+        for model in MODELS:
+            for seed, group in data[(data["layer"] == layer) & (data["model"] == model)].groupby("seed"):
+                values = np.sort(group["mean_abs_conductance"].to_numpy())[::-1]
+                ax.plot(np.arange(1, len(values) + 1), values, color=MODEL_COLOURS[model], lw=1.3, alpha=0.85,
+                        label=f"{model}, seed {seed}", marker="o", ms=2)
+        ax.set_yscale("log", nonpositive="mask")
+        ax.set_title(_short_layer(layer))
+        ax.set_xlabel("neuron rank (1 = largest)")
+    axes[0].set_ylabel(f"mean |conductance| of Q({action}) (Q units)")
+    for ax in axes[1:]:
+        ax.set_ylabel("")
+    axes[-1].legend(handles=[Line2D([], [], color=MODEL_COLOURS[m], label=f"{m} (one line per seed)") for m in MODELS],
+                    loc="upper right")
+    fig.suptitle(f"Layer conductance of Q({action}) per neuron, sorted (log scale; neurons at exactly 0 not drawn)")
+    return fig
+
+
+@_styled
+def neuron_conductance(conductance: pd.DataFrame) -> Figure:
+    """Top neurons' conductance split by input entity × feature; trained and untrained side by side.
+
+    conductance: attributions/neuron_conductance.csv of one seed: model, layer, neuron, rank (0 = most
+    conductive in its layer), action, entity (ego, others), feature, mean_conductance (signed, Q units).
+    """
+    layer_order = list(pd.unique(conductance["layer"]))
+    fig = Figure(figsize=(14, 9), layout="constrained")
+    axes = fig.subplots(1, len(MODELS), squeeze=False)[0]
+    for ax, model in zip(axes, MODELS):
+        data = conductance[conductance["model"] == model].sort_values(["layer", "rank"], kind="stable")
+        data = data.assign(unit=data["layer"].map(_short_layer) + " #" + data["neuron"].astype(str),
+                           input=data["entity"] + " " + data["feature"])
+        firsts = data.drop_duplicates("unit")
+        units = (firsts.assign(order=firsts["layer"].map(layer_order.index))
+                 .sort_values(["order", "rank"], kind="stable")["unit"].tolist())
+        inputs = list(pd.unique(data["input"]))
+        mat = data.pivot(index="unit", columns="input", values="mean_conductance").reindex(index=units, columns=inputs)
+        limit = _symmetric_limit(mat.to_numpy())
+        image = ax.imshow(mat.to_numpy(dtype=np.float64), cmap=DIVERGING, vmin=-limit, vmax=limit, aspect="auto",
+                          interpolation="nearest")
+        ax.set_xticks(range(len(inputs)), inputs, rotation=60, ha="right")
+        ax.set_yticks(range(len(units)), units)
+        per_layer = data.drop_duplicates("unit").groupby("layer", sort=False).size()
+        for edge in np.cumsum([per_layer[layer] for layer in layer_order if layer in per_layer])[:-1]:
+            ax.axhline(edge - 0.5, color="black", lw=0.8)
+        ax.axvline(len([i for i in inputs if i.startswith("ego ")]) - 0.5, color="black", lw=0.8)
+        ax.set_title(model)
+        ax.set_xlabel("input (entity, feature)")
+        ax.set_ylabel("layer, neuron (ranked by conductance)")
+        ax.grid(False)
+        fig.colorbar(image, ax=ax, shrink=0.8, label=f"mean conductance, {model} (Q units; own scale ±{limit:.3g})")
+    fig.suptitle("Neuron conductance of the chosen action's Q-value for each layer's top neurons (first seed), "
+                 "by input feature")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- neurons
+
+@_styled
+def neuron_activations(over_time: pd.DataFrame, steps: pd.DataFrame | None = None) -> Figure:
+    """Heatmaps neuron × step of the recorded neurons over one episode, models (rows) × layers (columns).
+
+    over_time: neurons/over_time.csv of one seed: model, layer, episode (one), step, neuron, activation.
+    steps: optional data/seed<N>/steps_<model>.csv rows with model, episode, step, action (names): the
+    chosen action is written under each step.
+    """
+    layers = list(pd.unique(over_time["layer"]))
+    episode = int(over_time["episode"].iloc[0])
+    fig = Figure(figsize=(3.6 * len(layers), 10), layout="constrained")
+    axes = fig.subplots(len(MODELS), len(layers), squeeze=False)
+    for c, layer in enumerate(layers):
+        in_layer = over_time[over_time["layer"] == layer]
+        vmax = float(in_layer["activation"].max()) or 1.0
+        for r, model in enumerate(MODELS):
+            ax = axes[r, c]
+            data = in_layer[in_layer["model"] == model]
+            mat = data.pivot(index="neuron", columns="step", values="activation")
+            mat = mat.reindex(index=list(pd.unique(data["neuron"])), columns=sorted(mat.columns))
+            image = ax.imshow(mat.to_numpy(dtype=np.float64), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto",
+                              interpolation="nearest")
+            labels = [str(s) for s in mat.columns]
+            if steps is not None:
+                chosen = steps[(steps["model"] == model) & (steps["episode"] == episode)].set_index("step")["action"]
+                labels = [f"{s}\n{str(chosen.get(s, '?'))[:1]}" for s in mat.columns]
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_yticks(range(len(mat.index)), [str(n) for n in mat.index])
+            ax.set_title(f"{model}, {_short_layer(layer)}")
+            ax.set_xlabel("step" + (" / action (S, I, F)" if steps is not None else ""))
+            ax.set_ylabel("neuron")
+            ax.grid(False)
+        fig.colorbar(image, ax=axes[:, c].tolist(), orientation="horizontal", shrink=0.8,
+                     label=f"activation ({_short_layer(layer)}, shared by both models)")
+    fig.suptitle(f"Post-ReLU activations of the most variable neurons over episode {episode} (first seed)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- scene
+
+def _head_colour(h: int) -> tuple[float, float, float]:
+    return tuple(c / 255 for c in HEAD_COLOURS[h % len(HEAD_COLOURS)])
+
+
+@_styled
+def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, q: np.ndarray,
+                    vehicle_id: np.ndarray, steps: Sequence[int], env: EnvConfig, title: str) -> Figure:
+    """For each of `steps` (rows): the scene (left) and each head's attention over the present vehicles (right).
+
+    obs: [T, E, F] normalised observations of one episode (row 0 the ego); attention: [T, heads, E];
+    action: [T] action indices; q: [T, actions]; vehicle_id: [T, E] simulator id of each row (−1 empty);
+    steps: indices into T; env: the env config whose features_range denormalises the observation.
+    Positions are in metres with y down the screen, as highway-env draws them.
+    """
+    kin = denormalize(obs, env)
+    heads = attention.shape[1]
+    shown = np.asarray(steps)
+    present = kin.present[shown]
+    half = min(float(np.max(np.abs(np.concatenate([kin.x[shown][present], kin.y[shown][present]])))) + 12.0, 110.0)
+    fig = Figure(figsize=(13, 5.6 * len(shown) + 0.8), layout="constrained")
+    axes = fig.subplots(len(shown), 2, width_ratios=[1.15, 1], squeeze=False)
+    for r, t in enumerate(shown):
+        scene, bars = axes[r]
+        rows = np.nonzero(kin.present[t])[0]
+        names = {j: "ego" if j == 0 else f"car {vehicle_id[t, j]}" for j in rows}
+        scene.axhspan(-LANE_WIDTH, LANE_WIDTH, color=ROAD_COLOUR, zorder=0)
+        scene.axvspan(-LANE_WIDTH, LANE_WIDTH, color=ROAD_COLOUR, zorder=0)
+        ego = np.array([kin.x[t, 0], kin.y[t, 0]])
+        for h in range(heads):
+            for j in rows[1:]:
+                weight = float(attention[t, h, j])
+                if weight >= 0.01:
+                    scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=_head_colour(h),
+                               lw=0.5 + 5 * weight, alpha=0.25 + 0.6 * weight, zorder=1)
+        for j in rows:
+            angle = float(np.degrees(np.arctan2(kin.sin_h[t, j], kin.cos_h[t, j])))
+            length, width = VEHICLE_SIZE
+            centre = np.array([kin.x[t, j], kin.y[t, j]])
+            scene.add_patch(Rectangle((centre[0] - length / 2, centre[1] - width / 2), length, width, angle=angle,
+                                      rotation_point="center", facecolor=EGO_COLOUR if j == 0 else OTHER_COLOUR,
+                                      edgecolor="black", lw=0.6, zorder=3, label=names[j]))
+            scene.annotate("", xy=(centre[0] + kin.vx[t, j], centre[1] + kin.vy[t, j]), xytext=tuple(centre),
+                           arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.0}, zorder=4)
+            scene.annotate(names[j], tuple(centre), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=5)
+        scene.set_xlim(-half, half)
+        scene.set_ylim(half, -half)
+        scene.set_aspect("equal")
+        scene.set_xlabel("x (m)")
+        scene.set_ylabel("y (m, down the screen)")
+        scene.set_title(f"step {t}: chose {ACTIONS[int(action[t])]}")
+        order = sorted(rows, key=lambda j: (j != 0, vehicle_id[t, j]))
+        width = 0.8 / heads
+        for h in range(heads):
+            drawn = bars.bar(np.arange(len(order)) + (h - (heads - 1) / 2) * width, attention[t, h, order],
+                             width=width, color=_head_colour(h), label=f"head {h}")
+            bars.bar_label(drawn, labels=[f"{w:.2f}" if w >= 0.01 else "" for w in attention[t, h, order]],
+                           fontsize=7, padding=1)
+        bars.set_xticks(range(len(order)), [names[j] for j in order], rotation=45, ha="right")
+        bars.set_ylim(0, 1.05)
+        bars.set_ylabel("attention weight")
+        bars.set_xlabel("vehicle (simulator id)")
+        q_text = ", ".join(f"{name} {q[t, a]:.2f}" for a, name in enumerate(ACTIONS))
+        bars.set_title(f"Q: {q_text}  →  {ACTIONS[int(action[t])]}")
+        bars.legend(loc="upper right", title="attention")
+    fig.legend(handles=[Patch(facecolor=EGO_COLOUR, edgecolor="black", label="ego"),
+                        Patch(facecolor=OTHER_COLOUR, edgecolor="black", label="other vehicle"),
+                        Line2D([], [], color="black", marker=">", label="1 s of travel"),
+                        *[Line2D([], [], color=_head_colour(h), lw=3, label=f"head {h} attention")
+                          for h in range(heads)]],
+               loc="outside lower center", ncols=3 + heads)
+    fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- logit lens
+
+@_styled
+def logit_lens(lens_summary: pd.DataFrame, tuned_lens: pd.DataFrame, min_steps: int = 20) -> Figure:
+    """Agreement of decoded Q with the final action per site (bars) and with k vehicles added (lines).
+
+    lens_summary: neurons/lens_summary.csv of every seed plus `seed`: model, site, k (vehicles added,
+    NaN for fixed sites), agreement (fraction of steps), n (steps). tuned_lens: neurons/tuned_lens.csv
+    likewise plus split (train, held_out; only held_out is drawn). Rows with n < `min_steps` are dropped.
+    Means over seeds with 95% t-intervals.
+    """
+    lenses = {"logit lens": lens_summary,
+              "tuned lens (held out)": tuned_lens[tuned_lens["split"] == "held_out"]}
+    data = pd.concat([t[["seed", "model", "site", "k", "agreement", "n"]].assign(lens=name)
+                      for name, t in lenses.items()], ignore_index=True)
+    data = data[data["n"] >= min_steps]
+    fixed = data[data["k"].isna() & ~data["site"].str.endswith("_added")]
+    sites = [s for s in pd.unique(lens_summary["site"]) if s in set(fixed["site"])]
+    added = data[data["site"] == "added"]
+    palette = dict(zip(lenses, sns.color_palette("deep", 4)[2:4]))
+    fig = Figure(figsize=(15, 5), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True, width_ratios=[1, 1, 1.3])
+    for ax, model in zip(axes[:2], MODELS):
+        sns.barplot(fixed[fixed["model"] == model], x="site", y="agreement", hue="lens", order=sites,
+                    hue_order=list(lenses), errorbar=t_interval, palette=palette, capsize=0.15, ax=ax, legend=False)
+        ax.set_title(f"{model}: fixed sites")
+        ax.set_xlabel("site (ego alone, one head's write, full network)")
+        ax.set_ylabel("fraction of steps where decoded argmax = final action")
+    sns.lineplot(added, x="k", y="agreement", hue="lens", style="model", hue_order=list(lenses), style_order=MODELS,
+                 errorbar=t_interval, palette=palette, markers=True, ax=axes[2], legend=False)
+    axes[2].set_title(f"vehicles added in attention order (rows with n < {min_steps} steps dropped)")
+    axes[2].set_xlabel("k, vehicles added to the ego alone (count)")
+    axes[2].set_ylabel("fraction of steps where decoded argmax = final action")
+    axes[0].set_ylim(0, 1.05)
+    markers = dict(zip(MODELS, ("o", "X")))
+    fig.legend(handles=[*[Patch(color=palette[name], label=name) for name in lenses],
+                        *[Line2D([], [], color="black", marker=markers[m], ls="-" if m == "trained" else "--",
+                                 label=f"{m} (right panel)") for m in MODELS]],
+               loc="outside lower center", ncols=4)
+    fig.suptitle(f"Logit lens vs tuned lens: mean over {data['seed'].nunique()} seeds with 95% t-intervals "
+                 "(head k of one seed is not head k of another)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- interventions
+
+def _per_seed_points(ax: Axes, data: pd.DataFrame, labels: list[str], x: str, low: str, high: str,
+                     seeds: list, palette: dict) -> None:
+    """Horizontal point + interval per (label, seed), seeds dodged vertically around each label."""
+    position = {label: i for i, label in enumerate(labels)}
+    step = 0.7 / max(len(seeds), 1)
+    for s, seed in enumerate(seeds):
+        rows = data[data["seed"] == seed]
+        y = rows["label"].map(position).to_numpy(dtype=np.float64) + (s - (len(seeds) - 1) / 2) * step
+        mid, lo, hi = (rows[c].to_numpy(dtype=np.float64) for c in (x, low, high))
+        ax.errorbar(mid, y, xerr=[mid - lo, hi - mid], fmt="o", ms=4,
+                    color=palette[seed], elinewidth=1.2, capsize=2, label=f"seed {seed}")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+
+
+def _seed_palette(seeds: Sequence) -> dict:
+    return dict(zip(seeds, sns.color_palette("colorblind", len(seeds))))
+
+
+@_styled
+def ablations(closed_loop: pd.DataFrame, metrics: Sequence[str] = ("success", "collision")) -> Figure:
+    """Each ablation's change in `metrics` vs the unablated agent with its stored paired CI, per seed.
+
+    closed_loop: interventions/closed_loop.csv of every seed plus `seed`: condition, kind, metric,
+    diff, diff_ci_low, diff_ci_high (rate differences, fractions of episodes). The control row
+    (kind 'none') is not drawn. Conditions keep the table's names: head k of one seed is unrelated to
+    head k of another, so seeds are drawn side by side, never averaged.
+    """
+    data = closed_loop[(closed_loop["kind"] != "none") & closed_loop["metric"].isin(metrics)]
+    data = data.assign(label=data["condition"])
+    labels = list(pd.unique(data["label"]))
+    seeds = sorted(data["seed"].unique())
+    palette = _seed_palette(seeds)
+    fig = Figure(figsize=(6 * len(metrics) + 3, 0.32 * len(labels) + 2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        _per_seed_points(ax, data[data["metric"] == metric], labels, "diff", "diff_ci_low", "diff_ci_high", seeds,
+                         palette)
+        ax.set_title(f"{metric} rate")
+        ax.set_xlabel(f"Δ {metric} rate vs unablated (fraction of episodes)")
+    axes[0].set_ylabel("ablation (condition)")
+    axes[-1].legend(title="agent seed", loc="lower right")
+    fig.suptitle("Closed-loop ablations: paired difference to the unablated agent with 95% bootstrap CIs, per seed")
+    return fig
+
+
+def _site_label(row: pd.Series) -> str:
+    head = f" h{row['head']}" if row["head"] >= 0 else ""
+    return f"{_short_layer(row['site'])}{head} [{row['role']}]"
+
+
+def _path_label(row: pd.Series) -> str:
+    return "sender (all heads)" if row["head"] < 0 else f"head {row['head']}: {row['path']}"
+
+
+@_styled
+def patching(patching_table: pd.DataFrame, path_patching: pd.DataFrame, n_boot: int = 1000) -> Figure:
+    """Mean restored fraction per site (top row) and per head path (bottom row), per kind (columns) and seed.
+
+    patching_table: interventions/patching.csv of every seed plus `seed`: kind, pair, site, head (−1 none),
+    role (ego, other, target, all), site_class, restored (fraction of the clean − corrupted metric
+    restored by the patch). Whole-site and target/ego patches are drawn; single neurons and non-target
+    vehicles ('other', 'neuron') are not. path_patching: interventions/path_patching.csv plus `seed`:
+    kind, pair, head, path, restored. Intervals: 95% percentile bootstrap over pairs (seaborn, seed 0).
+    """
+    sites = patching_table[(patching_table["role"] != "other") & (patching_table["site_class"] != "neuron")]
+    sites = sites.assign(label=sites.apply(_site_label, axis=1))
+    paths = path_patching.assign(label=path_patching.apply(_path_label, axis=1))
+    kinds = list(pd.unique(patching_table["kind"]))
+    seeds = sorted(patching_table["seed"].unique())
+    palette = _seed_palette(seeds)
+    site_order = list(pd.unique(patching_table["site"]))
+    ordered = sites.assign(o_site=sites["site"].map(site_order.index),
+                           o_role=sites["role"].map({"ego": 0, "target": 1, "all": 2}))
+    site_labels = list(pd.unique(ordered.sort_values(["o_site", "head", "o_role"], kind="stable")["label"]))
+    path_labels = sorted(pd.unique(paths["label"]))
+    fig = Figure(figsize=(5.2 * len(kinds) + 2, 0.28 * (len(site_labels) + len(path_labels)) + 3),
+                 layout="constrained")
+    axes = fig.subplots(2, len(kinds), sharex=True, sharey="row", squeeze=False,
+                        height_ratios=[len(site_labels), len(path_labels)])
+    for c, kind in enumerate(kinds):
+        for r, (data, labels) in enumerate(((sites, site_labels), (paths, path_labels))):
+            ax = axes[r, c]
+            sns.pointplot(data[data["kind"] == kind], x="restored", y="label", hue="seed", order=labels,
+                          hue_order=seeds, palette=palette, orient="h", dodge=0.5, linestyle="none",
+                          errorbar=("ci", 95), n_boot=n_boot, seed=0, markersize=4, err_kws={"linewidth": 1.2},
+                          ax=ax, legend=(r, c) == (0, len(kinds) - 1))
+            ax.axvline(0, color="black", lw=0.8)
+            ax.axvline(1, color="black", lw=0.8, ls=":")
+            ax.set_title(f"{kind}: {'activation patching per site' if r == 0 else 'path patching'}")
+            ax.set_xlabel("restored fraction of Q(SLOWER) − Q(FASTER) (1 = clean)")
+            ax.set_ylabel(("site [patched entities]" if r == 0 else "path") if c == 0 else "")
+    axes[0, -1].legend(title="agent seed", loc="lower right")
+    fig.suptitle("Patching clean activations into corrupted runs: mean restored fraction per seed, "
+                 "95% bootstrap CI over pairs")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- training, evaluation
+
+@_styled
+def learning_curves(returns: pd.DataFrame, window: int = 100) -> Figure:
+    """Training return per episode: every seed's trailing mean over `window` episodes (top), then one panel
+    per seed with the raw returns (faint) under that seed's trailing mean.
+
+    returns: results/seeds/seed<N>/train/plots/metrics/return.tsv of every seed plus `seed`: step
+    (training episode, in finish order), return (undiscounted episode return).
+    """
+    seeds = sorted(returns["seed"].unique())
+    palette = _seed_palette(seeds)
+    runs = {seed: returns[returns["seed"] == seed].sort_values("step") for seed in seeds}
+    smooth = {seed: run["return"].rolling(window, min_periods=window).mean() for seed, run in runs.items()}
+    fig = Figure(figsize=(11, 3.2 + 2.4 * len(seeds)), layout="constrained")
+    axes = fig.subplots(len(seeds) + 1, 1, sharex=True, height_ratios=[1.4] + [1] * len(seeds))
+    for seed, run in runs.items():
+        axes[0].plot(run["step"], smooth[seed], color=palette[seed], lw=1.8, label=f"seed {seed}")
+    axes[0].set_title(f"trailing mean over {window} episodes, all seeds")
+    axes[0].legend(title="agent seed", loc="lower right")
+    for ax, (seed, run) in zip(axes[1:], runs.items()):
+        ax.plot(run["step"], run["return"], color=palette[seed], lw=0.4, alpha=0.25, label="raw")
+        ax.plot(run["step"], smooth[seed], color="black", lw=1.5, label=f"trailing mean ({window})")
+        ax.set_title(f"seed {seed}")
+        ax.legend(loc="lower right", ncols=2)
+    for ax in axes:
+        ax.set_ylabel("return (undiscounted)")
+    axes[-1].set_xlabel("training episode")
+    fig.suptitle(f"Learning curves: training return per episode, trailing mean over {window} episodes")
+    return fig
+
+
+EVALUATION_METRICS = {"success_rate": "success rate (fraction of episodes)",
+                      "collision_rate": "collision rate (fraction of episodes)",
+                      "timeout_rate": "timeout rate (fraction of episodes)",
+                      "mean_return": "mean return (undiscounted, per episode)"}
+
+
+@_styled
+def evaluation(evaluation_table: pd.DataFrame) -> Figure:
+    """Bars per seed (x) and network (hue) for each metric (panels), with the stored 95% CIs.
+
+    evaluation_table: one row per (seed, model, metric) from results/seeds/seed<N>/evaluate.json:
+    seed, model (trained, untrained), metric (success_rate, ...), mean, ci_low, ci_high.
+    """
+    seeds = sorted(evaluation_table["seed"].unique())
+    metrics = [m for m in EVALUATION_METRICS if m in set(evaluation_table["metric"])]
+    fig = Figure(figsize=(4 * len(metrics), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    width = 0.38
+    for ax, metric in zip(axes, metrics):
+        for i, model in enumerate(MODELS):
+            rows = (evaluation_table[(evaluation_table["metric"] == metric) & (evaluation_table["model"] == model)]
+                    .set_index("seed").reindex(seeds))
+            x = np.arange(len(seeds)) + (i - 0.5) * width
+            ax.bar(x, rows["mean"], width=width, color=MODEL_COLOURS[model], label=model)
+            ax.errorbar(x, rows["mean"], yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
+                        fmt="none", ecolor="black", elinewidth=1.2, capsize=3)
+        ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
+        ax.set_xlabel("agent seed")
+        ax.set_ylabel(EVALUATION_METRICS[metric])
+        ax.set_title(metric.replace("_", " "))
+        if metric.endswith("_rate"):
+            ax.set_ylim(0, 1)
+    axes[-1].legend(title="network", loc="lower right")
+    fig.suptitle("Greedy evaluation on held-out episodes, trained vs untrained, 95% bootstrap CIs over episodes")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+@_styled
+def attention_vs_attribution(agreement: pd.DataFrame, attention_facts: pd.DataFrame,
+                             explanations: Sequence[tuple[str, str, str]] = (("ig", "others_zeroed", "q"),
+                                                                             ("shapley", "ego_alone", "q"))) -> Figure:
+    """Per-step Spearman(attention, attribution) per seed·head (top) and pooled Spearman(attention, fact) (bottom).
+
+    agreement: attributions/agreement.csv of every seed plus `seed`: model, attribution, baseline, quantity,
+    head, spearman (per step, over the present vehicles; NaN steps dropped). attention_facts:
+    attributions/attention_facts.csv plus `seed`: model, statistic ('pooled' drawn), head, fact, spearman.
+    Heads are labelled per seed (s0 h1 = seed 0's head 1): heads of different seeds are unrelated.
+    """
+    data = agreement.dropna(subset=["spearman"])
+    data = data.assign(unit="s" + data["seed"].astype(str) + " h" + data["head"].astype(str))
+    units = sorted(pd.unique(data["unit"]))
+    fig = Figure(figsize=(14, 10), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
+    axes = top.subplots(1, len(explanations), sharey=True, squeeze=False)[0]
+    for ax, (method, baseline, quantity) in zip(axes, explanations):
+        rows = data[(data["attribution"] == method) & (data["baseline"] == baseline) & (data["quantity"] == quantity)]
+        sns.boxplot(rows, x="unit", y="spearman", hue="model", order=units, hue_order=list(MODELS),
+                    palette=MODEL_COLOURS, fliersize=2, ax=ax, legend=False)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"{method} ({baseline}, {quantity}) vs attention")
+        ax.set_xlabel("agent seed · head")
+        ax.set_ylabel("per-step Spearman ρ (attention, attribution)")
+    top.legend(handles=[Patch(facecolor=MODEL_COLOURS[m], edgecolor="#444444", label=m) for m in MODELS],
+               title="network", loc="outside right upper")
+    facts = attention_facts[attention_facts["statistic"] == "pooled"]
+    facts = facts.assign(unit="s" + facts["seed"].astype(str) + " h" + facts["head"].astype(str))
+    fact_order = list(pd.unique(facts["fact"]))
+    fact_axes = bottom.subplots(1, len(MODELS), squeeze=False)[0]
+    for ax, model in zip(fact_axes, MODELS):
+        mat = (facts[facts["model"] == model].pivot(index="unit", columns="fact", values="spearman")
+               .reindex(index=sorted(pd.unique(facts["unit"])), columns=fact_order))
+        sns.heatmap(mat, vmin=-1, vmax=1, cmap=DIVERGING, annot=True, fmt=".2f", ax=ax, cbar=ax is fact_axes[-1],
+                    cbar_kws={"label": "pooled Spearman ρ (attention, fact)"})
+        ax.set_title(f"{model}: attention vs scene facts (pooled over steps and vehicles)")
+        ax.set_xlabel("scene fact (time-to-collision s, distance m, closing speed m/s)")
+        ax.set_ylabel("agent seed · head")
+        ax.tick_params(axis="y", rotation=0)
+    fig.suptitle("Attention vs attribution and scene facts, per seed and head")
+    return fig

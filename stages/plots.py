@@ -1,0 +1,114 @@
+"""plots: every figure of the study (egolens.plots.FIGURES) from the per-seed tables and the first
+seed's trained rollout, written to results/figures/<name>.png (same tables => same bytes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from egolens import checkpoint, plots
+from egolens.config import Params, ParamsError, load_params
+from stages import DATA, RESULTS, seed_results
+
+FIGURES_DIR = RESULTS / "figures"
+SCENE_STEPS = 4
+"""Steps of the first recorded episode drawn in `attention_scene` (evenly spaced)."""
+
+
+def seed_table(params: Params, relative: str, sep: str = ",") -> pd.DataFrame:
+    """results/seeds/seed<N>/<relative> of every seed, concatenated with a `seed` column."""
+    return pd.concat([pd.read_csv(seed_results(seed) / relative, sep=sep).assign(seed=seed) for seed in params.seeds],
+                     ignore_index=True)
+
+
+def evaluation_table(params: Params) -> pd.DataFrame:
+    """evaluate.json of every seed as rows (seed, model, metric, mean, ci_low, ci_high)."""
+    rows = []
+    for seed in params.seeds:
+        metrics = json.loads((seed_results(seed) / "evaluate.json").read_text())
+        rows += [{"seed": seed, "model": model, "metric": metric, **values}
+                 for model, by_metric in metrics.items() for metric, values in by_metric.items()]
+    return pd.DataFrame(rows)
+
+
+def scene_figure(params: Params) -> Figure:
+    """`attention_scene` for SCENE_STEPS evenly spaced steps of the first seed's first trained episode."""
+    seed = params.seeds[0]
+    with np.load(DATA / f"seed{seed}" / "rollouts_trained.npz") as rollout:
+        episode = int(rollout["episode"].min())
+        rows = np.nonzero(rollout["episode"] == episode)[0]
+        arrays = {key: rollout[key][rows] for key in ("obs", "attention", "action", "q", "vehicle_id")}
+    steps = np.unique(np.linspace(0, len(rows) - 1, SCENE_STEPS).round().astype(int))
+    return plots.attention_scene(**arrays, steps=list(steps), env=params.env,
+                                 title=f"Trained network, seed {seed}, recorded episode {episode}: the scene and "
+                                       "each head's attention")
+
+
+def builders(params: Params) -> dict[str, Callable[[], Figure]]:
+    """One figure builder per entry of plots.FIGURES (tables are read when the figure is built)."""
+    first = seed_results(params.seeds[0])
+
+    def steps_of_first_seed() -> pd.DataFrame:
+        return pd.concat([pd.read_csv(DATA / f"seed{params.seeds[0]}" / f"steps_{model}.csv").assign(model=model)
+                          for model in plots.MODELS], ignore_index=True)
+
+    return {
+        "qk_circuits": lambda: plots.qk_circuits(pd.read_csv(first / "circuits/head_matrices.csv")),
+        "ov_circuits": lambda: plots.ov_circuits(pd.read_csv(first / "circuits/head_matrices.csv")),
+        "embedding_composites": lambda: plots.embedding_composites(pd.read_csv(first / "circuits/composites.csv")),
+        "ig_features": lambda: plots.ig_features(seed_table(params, "attributions/ig_features.csv")),
+        "layer_conductance": lambda: plots.layer_conductance(seed_table(params, "attributions/layer_conductance.csv")),
+        "neuron_conductance": lambda: plots.neuron_conductance(
+            pd.read_csv(first / "attributions/neuron_conductance.csv")),
+        "neuron_activations": lambda: plots.neuron_activations(pd.read_csv(first / "neurons/over_time.csv"),
+                                                               steps_of_first_seed()),
+        "attention_scene": lambda: scene_figure(params),
+        "logit_lens": lambda: plots.logit_lens(seed_table(params, "neurons/lens_summary.csv"),
+                                               seed_table(params, "neurons/tuned_lens.csv")),
+        "ablations": lambda: plots.ablations(seed_table(params, "interventions/closed_loop.csv")),
+        "patching": lambda: plots.patching(seed_table(params, "interventions/patching.csv"),
+                                           seed_table(params, "interventions/path_patching.csv")),
+        "learning_curves": lambda: plots.learning_curves(
+            seed_table(params, "train/plots/metrics/return.tsv", sep="\t")),
+        "evaluation": lambda: plots.evaluation(evaluation_table(params)),
+        "attention_vs_attribution": lambda: plots.attention_vs_attribution(
+            seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv")),
+    }
+
+
+def write_figures(params: Params, out: Path = FIGURES_DIR) -> None:
+    """Render every figure to out/<name>.png atomically; remove PNGs of figures no longer drawn."""
+    figures = builders(params)
+    if set(figures) != set(plots.FIGURES):
+        raise RuntimeError(f"builders and plots.FIGURES disagree: {sorted(set(figures) ^ set(plots.FIGURES))}")
+    for name, build in tqdm(figures.items(), desc="figures", unit="fig"):
+        data = plots.figure_png(build())
+        with checkpoint.atomic_path(out / f"{name}.png") as tmp:
+            tmp.write_bytes(data)
+    for stale in sorted(out.glob("*.png")):
+        if stale.stem not in figures:
+            stale.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        parser.exit(2, f"error: {err}\n")
+    matplotlib.use("Agg")
+    write_figures(params)
+
+
+if __name__ == "__main__":
+    main()
