@@ -557,6 +557,15 @@ def _site_label(row: pd.Series) -> str:
     return f"{_short_layer(row['site'])}{head} [{row['role']}]"
 
 
+def _no_data(title: str, reason: str, xlabel: str, ylabel: str) -> Figure:
+    """A figure that says why it is empty (a tiny run can lack what a figure needs), axes labelled."""
+    fig = Figure(figsize=(6, 3), layout="constrained")
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, f"No data: {reason}.", ha="center", va="center", transform=ax.transAxes, wrap=True)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xticks=[], yticks=[])
+    return fig
+
+
 def _path_label(row: pd.Series) -> str:
     return "sender (all heads)" if row["head"] < 0 else f"head {row['head']}: {row['path']}"
 
@@ -571,6 +580,9 @@ def patching(patching_table: pd.DataFrame, path_patching: pd.DataFrame, n_boot: 
     vehicles ('other', 'neuron') are not. path_patching: interventions/path_patching.csv plus `seed`:
     kind, pair, head, path, restored. Intervals: 95% percentile bootstrap over pairs (seaborn, seed 0).
     """
+    if patching_table.empty and path_patching.empty:
+        return _no_data("Activation and path patching", "no clean/corrupted pairs were found in this run's rollouts",
+                        "restored fraction of Q(SLOWER) − Q(FASTER) (1 = clean)", "site")
     sites = patching_table[(patching_table["role"] != "other") & (patching_table["site_class"] != "neuron")]
     sites = sites.assign(label=sites.apply(_site_label, axis=1))
     paths = path_patching.assign(label=path_patching.apply(_path_label, axis=1))

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from egolens.plots import FIGURES
 from tests.conftest import ROOT, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -94,6 +96,19 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     for stage in ("train", "evaluate", "rollout", "circuits", "attributions", "neurons", "interventions"):
         for seed in (0, 1):
             assert f"Running stage '{stage}@{seed}'" in first
+    for stage in ("aggregate", "plots", "report"):
+        assert f"Running stage '{stage}'" in first
+    summary = pd.read_csv(repo / "results/summary.csv").set_index("metric")
+    assert summary.loc["evaluate.trained.mean_return.mean", "n_seeds"] == 2
+    assert {"seed0", "seed1"} <= set(summary.columns)
+    figures = {p.stem for p in (repo / "results/figures").glob("*.png")}
+    assert figures == set(FIGURES)
+    report = (repo / "results/report.md").read_text()
+    assert "## Findings" in report
+    # every template is filled, except patching: tiny rollouts have no clean/corrupted pairs
+    missing = [line for line in report.splitlines() if line.startswith("- Not available in this run")]
+    names = re.findall(r"`([^`]+)`", missing[0]) if missing else []
+    assert all(name.startswith("m:interventions.path_patching_restored.") for name in names), names
     for seed in (0, 1):
         evaluation = yaml.safe_load((repo / f"results/seeds/seed{seed}/evaluate.json").read_text())
         assert set(evaluation) == {"trained", "untrained"}

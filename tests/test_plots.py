@@ -503,3 +503,11 @@ def test_attention_vs_attribution_shows_per_seed_head_medians_and_pooled_fact_co
                               ["spearman"].item() for f in ("ttc", "distance", "closing_speed")]
                              for s in SEEDS for h in (0, 1)])
         np.testing.assert_allclose(np.asarray(ax.collections[0].get_array()).reshape(expected.shape), expected)
+
+
+def test_patching_without_pairs_draws_a_labelled_figure_that_says_why():
+    empty = pd.DataFrame(columns=["kind", "pair", "step", "target", "restored", "seed"])
+    fig = plots.patching(empty, empty)
+    ax = fig.axes[0]
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert any("no clean/corrupted pairs" in text.get_text() for text in ax.texts)
