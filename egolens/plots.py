@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from egolens import aggregate
 from egolens.config import EnvConfig
 from egolens.env import ACTIONS
 from egolens.scene import denormalize
@@ -83,24 +84,14 @@ VEHICLE_SIZE = (5.0, 2.0)
 LANE_WIDTH = 4.0
 """m; intersection-v0's roads have one lane each way, so they are drawn 2·LANE_WIDTH wide."""
 
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-"""Student t quantiles t(0.975, df) for df = 1..30."""
-
 P = ParamSpec("P")
 
 
 def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """The 95% Student-t interval (low, high) of the mean of `values` (NaNs dropped); a point if n < 2."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    mean = float(v.mean())
-    if v.size < 2:
-        return mean, mean
-    df = v.size - 1
-    t = _T975[df - 1] if df <= len(_T975) else 1.96 + 2.373 / df     # Cornish-Fisher beyond the table
-    half = t * float(v.std(ddof=1)) / np.sqrt(v.size)
-    return mean - half, mean + half
+    """The 95% Student-t interval (low, high) of the mean of `values` (NaNs dropped; seaborn's
+    `errorbar` callable); a point at the mean if n < 2. The interval of `egolens.aggregate`."""
+    mean, low, high, _ = aggregate.t_interval(np.asarray(values, dtype=np.float64))
+    return (mean, mean) if np.isnan(low) else (low, high)
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
