@@ -138,11 +138,16 @@ def test_experiments_change_a_param_and_compare_with_the_baseline(tmp_path):
     run(repo, dvc, "repro")
     run(repo, "git", "add", "-A")
     run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline")
-    assert "Ran experiment" in run(repo, dvc, "exp", "run", "-S", "train.episodes=7")
+    assert "Ran experiment" in run(repo, dvc, "exp", "run", "-n", "heads1", "-S", "agent.heads=1")
     shown = pd.read_csv(io.StringIO(run(repo, dvc, "exp", "show", "--csv")))
-    assert set(shown["episodes"]) == {5, 7}
-    diff = json.loads(run(repo, dvc, "metrics", "diff", "--json"))
-    assert diff["results/seeds/seed0/train/metrics.json"]["episodes"] == {"old": 5, "new": 7, "diff": 2}
+    assert set(shown["agent.heads"]) == {1, 2}
+    diff = json.loads(run(repo, dvc, "exp", "diff", "HEAD", "heads1", "--json"))
+    assert diff["params"]["params.yaml"]["agent.heads"] == {"old": 2, "new": 1, "diff": -1}
+    circuits = diff["metrics"]["results/seeds/seed0/circuits/summary.json"]
+    assert circuits["rel_diff_trained_vs_untrained.QK.head1"]["new"] is None      # one head left
+    summary = diff["metrics"]["results/summary.json"]
+    assert summary                                                               # the study stages reran
+    assert summary["closed_loop.head_rank2.zero.success_diff.mean"]["new"] is None
     run(repo, dvc, "plots", "diff", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
 
