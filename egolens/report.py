@@ -81,14 +81,16 @@ FINDINGS: tuple[Section, ...] = (
         "{h:most_attended_beats_random_vehicle}) ({fig:ablations}).",
         "When a vehicle is moved closer, path patching its new key into head_rank2 alone restores "
         "{m:interventions.path_patching_restored.vehicle_closer.head_rank2_key} of the change in "
-        "Q(SLOWER) − Q(FASTER), into head_rank1 alone {m:interventions.path_patching_restored.vehicle_closer.head_rank1_key}; "
+        "Q(SLOWER) − Q(FASTER), into head_rank1 alone "
+        "{m:interventions.path_patching_restored.vehicle_closer.head_rank1_key}; "
         "when the ego slows down, head_rank1's value path restores "
         "{m:interventions.path_patching_restored.ego_slower.head_rank1_value} ({fig:patching}).",
     )),
     Section("Attributions are checked, not assumed", (
         "Integrated gradients (others-zeroed baseline, Q) are complete within 1% of ΔQ on "
         "{pct:attributions.trained.ig_completeness.others_zeroed.q.fraction_within} of the trained network's "
-        "analysed steps after per-step refinement (up to {v:attributions.trained.ig_completeness.others_zeroed.q.max_points} "
+        "analysed steps after per-step refinement (up to "
+        "{v:attributions.trained.ig_completeness.others_zeroed.q.max_points} "
         "path points; mean {v:attributions.trained.ig_completeness.others_zeroed.q.mean_points}); "
         "at least 95% in {h:ig_complete} ({fig:ig_features}).",
         "Layer conductance at the output MLP's input adds up to ΔQ within 1% on "
@@ -108,7 +110,8 @@ FINDINGS: tuple[Section, ...] = (
         "{m:circuits.rel_diff_trained_vs_untrained.OV.head_rank2}, of the output composite "
         "{m:circuits.rel_diff_trained_vs_untrained.output_composite} ({fig:qk_circuits}, {fig:ov_circuits}, "
         "{fig:embedding_composites}).",
-        "Mean-ablating the five top-conductance neurons of the others-embedding's first layer changes Q by a mean |ΔQ| of "
+        "Mean-ablating the five top-conductance neurons of the others-embedding's first layer changes Q by a "
+        "mean |ΔQ| of "
         "{m:interventions.neuron_ablation.others_embedding_hook_post_0.top_abs_dq} against "
         "{m:interventions.neuron_ablation.others_embedding_hook_post_0.random_abs_dq} for random five-neuron "
         "sets (top above random in {h:top_conductance_neurons_beat_random}) ({fig:neuron_conductance}).",

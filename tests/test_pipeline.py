@@ -67,7 +67,8 @@ def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(t
     repo = project_copy(tmp_path, tiny_params(episodes=30))
     train(repo)
     reference = digests(repo, "models", "results")
-    assert {"models/seed0/agent.pt", "models/seed0/untrained.pt", "results/seeds/seed0/train/metrics.json"} <= set(reference)
+    expected = {"models/seed0/agent.pt", "models/seed0/untrained.pt", "results/seeds/seed0/train/metrics.json"}
+    assert expected <= set(reference)
     shutil.rmtree(repo / "models")
     shutil.rmtree(repo / "results")
     train(repo)
