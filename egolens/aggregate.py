@@ -236,7 +236,7 @@ FINDINGS: tuple[Finding, ...] = (
             _needs("interventions.vehicle_removal.most_attended.collision_diff",
                    "interventions.vehicle_removal.random.collision_diff")(lambda top, rand: top > rand)),
     Finding("attention_tracks_shapley",
-            "Both heads' attention ranks vehicles like their Shapley values more in the trained network than "
+            "Both heads' attention ranks vehicles like their |Shapley values| more in the trained network than "
             "in the untrained one (mean per-step Spearman).",
             _needs("attributions.trained.agreement.shapley.head_rank1.spearman_mean",
                    "attributions.untrained.agreement.shapley.head_rank1.spearman_mean",

@@ -65,13 +65,13 @@ FINDINGS: tuple[Section, ...] = (
         "it raises collisions by {m:interventions.branch_ablation.mean.collision_diff} ({fig:ablations}).",
     )),
     Section("Attention points at the vehicles that matter", (
-        "Per step, head_rank1's attention and the vehicles' Shapley values have a mean Spearman correlation of "
+        "Per step, head_rank1's attention and the vehicles' |Shapley values| have a mean Spearman correlation of "
         "{m:attributions.trained.agreement.shapley.head_rank1.spearman_mean} (untrained "
         "{m:attributions.untrained.agreement.shapley.head_rank1.spearman_mean}); head_rank2: "
         "{m:attributions.trained.agreement.shapley.head_rank2.spearman_mean} (untrained "
         "{m:attributions.untrained.agreement.shapley.head_rank2.spearman_mean}); trained above untrained for "
         "both heads in {h:attention_tracks_shapley} ({fig:attention_vs_attribution}).",
-        "The most-attended vehicle is also the one with the largest Shapley value on "
+        "The most-attended vehicle is also the one with the largest |Shapley value| on "
         "{pct:attributions.trained.agreement.shapley.head_rank1.top1_rate} of steps for head_rank1 and "
         "{pct:attributions.trained.agreement.shapley.head_rank2.top1_rate} for head_rank2 "
         "({fig:attention_vs_attribution}).",
