@@ -194,12 +194,12 @@ def _needs(*names: str) -> Callable[[Callable[..., bool]], Callable[[Metrics], b
     return wrap
 
 
-EVAL = "evaluate.{}.{}.{}"
 HEAD_ZERO = "closed_loop.head_rank{}.zero.{}"
 
 
 def _eval(model: str, metric: str, stat: str = "mean") -> str:
-    return EVAL.format(model, metric, stat)
+    """The name of a held-out evaluation number of the trained or untrained network."""
+    return f"evaluate.{model}.{metric}.{stat}"
 
 
 FINDINGS: tuple[Finding, ...] = (

@@ -24,16 +24,26 @@ def seed_results(seed: int) -> Path:
     return RESULTS / "seeds" / f"seed{seed}"
 
 
+def _parse(parser: argparse.ArgumentParser) -> tuple[Params, argparse.Namespace]:
+    """Add `--params FILE`, parse, validate the params before any work; exit 2 on bad params."""
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    try:
+        return load_params(args.params), args
+    except ParamsError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+def study_args(description: str) -> Params:
+    """Parse `[--params FILE]` for a study-level stage (all seeds); exit 2 on bad params."""
+    return _parse(argparse.ArgumentParser(description=description))[0]
+
+
 def seed_args(description: str) -> tuple[Params, int]:
     """Parse `--seed N [--params FILE]`, validate params before any work; exit 2 on bad params."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    try:
-        params = load_params(args.params)
-    except ParamsError as err:
-        parser.exit(2, f"error: {err}\n")
+    params, args = _parse(parser)
     if args.seed not in params.seeds:
         parser.exit(2, f"error: --seed {args.seed} is not in params seeds {params.seeds}\n")
     return params, args.seed

@@ -4,15 +4,13 @@ results/summary.json and results/summary.csv) and whether each finding holds per
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pandas as pd
 
 from egolens import aggregate, checkpoint
 from egolens.analysis.attribution import json_safe
-from egolens.config import ParamsError, load_params
-from stages import RESULTS, seed_results
+from stages import RESULTS, seed_results, study_args
 
 SUMMARIES = {"evaluate": "evaluate.json", "train": "train/metrics.json", "circuits": "circuits/summary.json",
              "attributions": "attributions/summary.json", "neurons": "neurons/summary.json",
@@ -27,12 +25,7 @@ def load_seed(seed: int) -> aggregate.Metrics:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    try:
-        params = load_params(parser.parse_args().params)
-    except ParamsError as err:
-        parser.exit(2, f"error: {err}\n")
+    params = study_args(__doc__)
     per_seed = {seed: load_seed(seed) for seed in params.seeds}
     table = aggregate.summary_table(per_seed)
     holds = aggregate.holds_table(per_seed)

@@ -3,7 +3,6 @@ seed's trained rollout, written to results/figures/<name>.png (same tables => sa
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,8 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from egolens import checkpoint, plots
-from egolens.config import Params, ParamsError, load_params
-from stages import DATA, RESULTS, seed_results
+from egolens.config import Params
+from stages import DATA, RESULTS, seed_results, study_args
 
 FIGURES_DIR = RESULTS / "figures"
 SCENE_STEPS = 4
@@ -99,13 +98,7 @@ def write_figures(params: Params, out: Path = FIGURES_DIR) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    try:
-        params = load_params(args.params)
-    except ParamsError as err:
-        parser.exit(2, f"error: {err}\n")
+    params = study_args(__doc__)
     matplotlib.use("Agg")
     write_figures(params)
 

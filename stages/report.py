@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import platform
 from importlib import metadata
 
 import pandas as pd
-import yaml
 
 from egolens import checkpoint
-from egolens.config import ParamsError, load_params
 from egolens.plots import FIGURES
 from egolens.report import build_report
-from stages import RESULTS
+from stages import RESULTS, study_args
 
 PACKAGES = ("torch", "gymnasium", "highway-env", "captum", "dvc", "dvclive", "pandas", "seaborn", "numpy")
 
@@ -23,17 +20,9 @@ def versions() -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    try:
-        load_params(args.params)
-    except ParamsError as err:
-        parser.exit(2, f"error: {err}\n")
-    with open(args.params) as f:
-        raw = yaml.safe_load(f)
-    report = build_report(pd.read_csv(RESULTS / "summary.csv"), pd.read_csv(RESULTS / "holds.csv"), FIGURES, raw,
-                          versions())
+    params = study_args(__doc__)
+    report = build_report(pd.read_csv(RESULTS / "summary.csv"), pd.read_csv(RESULTS / "holds.csv"), FIGURES,
+                          params.model_dump(), versions())
     checkpoint.atomic_write_text(RESULTS / "report.md", report)
 
 
