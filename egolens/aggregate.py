@@ -244,9 +244,13 @@ FINDINGS: tuple[Finding, ...] = (
                    "attributions.untrained.agreement.shapley.head_rank2.spearman_mean")(
                 lambda t1, u1, t2, u2: t1 > u1 and t2 > u2)),
     Finding("ig_complete",
-            "Integrated gradients (others_zeroed baseline, Q) are complete within 1% of ΔQ on at least 95% "
-            "of the analysed steps of the trained network.",
-            _needs("attributions.trained.ig_completeness.others_zeroed.q.fraction_within")(lambda f: f >= 0.95)),
+            "Integrated gradients (of Q and of the advantage, from every baseline) and layer conductance at "
+            "the output MLP's input are complete within 1% of ΔQ on every analysed step of the trained network.",
+            _needs(*(f"attributions.trained.ig_completeness.{baseline}.{quantity}.fraction_within"
+                     for baseline in ("others_zeroed", "typical_scene", "typical_scene_ego")
+                     for quantity in ("q", "advantage")),
+                   "attributions.trained.conductance_completeness.hook_resid.fraction_within")(
+                lambda *fractions: min(fractions) == 1.0)),
     Finding("shapley_efficient",
             "Vehicle Shapley values add up to Q(x) − Q(ego alone) within 0.1% on every step.",
             _needs("attributions.trained.shapley_efficiency.max_rel_error")(lambda e: e < 1e-3)),

@@ -161,11 +161,16 @@ class AttributionsConfig(_Strict):
 
     max_steps: int = Field(300, gt=0)
     """Recorded steps analysed per network (evenly spaced over the rollouts)."""
-    ig_steps: int = Field(64, ge=8)
-    """Path points every step is first integrated with (IG and layer conductance)."""
-    ig_max_steps: int = Field(4096, ge=8)
-    """Most path points: steps whose completeness error is still >= 1% are re-integrated with 4×
-    the points up to this many (`attribution.refine_until_complete`)."""
+    path_grid: int = Field(512, ge=2)
+    """Points each IG / conductance path is first sampled at to find where a ReLU switches (the
+    kinks the path is cut at, `analysis.paths`)."""
+    path_grid_max: int = Field(8192, ge=2)
+    """Finest kink grid: steps whose completeness error is still >= 1% are redone on a 4× finer
+    grid up to this (`paths.refine_until_complete`)."""
+    segment_points: int = Field(2, ge=1, le=32)
+    """Gauss-Legendre points per piece of a path between two kinks."""
+    neuron_steps: int = Field(64, ge=8)
+    """Path points of captum's neuron conductance (the top neurons' breakdown, a fixed grid)."""
     internal_batch_size: int = Field(2048, gt=0)
     shapley_samples: int = Field(25, gt=0)
     top_neurons: int = Field(5, gt=0)
@@ -177,9 +182,9 @@ class AttributionsConfig(_Strict):
 
     @model_validator(mode="after")
     def _max_not_below_start(self) -> AttributionsConfig:
-        if self.ig_max_steps < self.ig_steps:
-            raise ValueError(f"attributions.ig_max_steps = {self.ig_max_steps} must be >= attributions.ig_steps = "
-                             f"{self.ig_steps}; allowed: any integer >= {self.ig_steps}")
+        if self.path_grid_max < self.path_grid:
+            raise ValueError(f"attributions.path_grid_max = {self.path_grid_max} must be >= attributions.path_grid = "
+                             f"{self.path_grid}; allowed: any integer >= {self.path_grid}")
         return self
 
 

@@ -87,12 +87,16 @@ FINDINGS: tuple[Section, ...] = (
         "{m:interventions.path_patching_restored.ego_slower.head_rank1_value} ({fig:patching}).",
     )),
     Section("Attributions are checked, not assumed", (
-        "Integrated gradients (others-zeroed baseline, Q) are complete within 1% of ΔQ on "
+        "Every integrated-gradients path is cut where a ReLU of the network switches and each piece is "
+        "integrated with Gauss-Legendre points (a mean of "
+        "{v:attributions.trained.ig_completeness.others_zeroed.q.mean_points} gradient evaluations per step, "
+        "at most {v:attributions.trained.ig_completeness.others_zeroed.q.max_points}). IG (others-zeroed "
+        "baseline, Q) is then complete within 1% of ΔQ on "
         "{pct:attributions.trained.ig_completeness.others_zeroed.q.fraction_within} of the trained network's "
-        "analysed steps after per-step refinement (up to "
-        "{v:attributions.trained.ig_completeness.others_zeroed.q.max_points} "
-        "path points; mean {v:attributions.trained.ig_completeness.others_zeroed.q.mean_points}); "
-        "at least 95% in {h:ig_complete} ({fig:ig_features}).",
+        "analysed steps (largest relative error "
+        "{v:attributions.trained.ig_completeness.others_zeroed.q.max_rel_error}). Every IG and the "
+        "conductance at the output MLP's input are complete on every step in {h:ig_complete} "
+        "({fig:ig_features}).",
         "Layer conductance at the output MLP's input adds up to ΔQ within 1% on "
         "{pct:attributions.trained.conductance_completeness.hook_resid.fraction_within} of steps "
         "({fig:layer_conductance}).",
@@ -206,7 +210,8 @@ def setup_lines(params: Mapping[str, object], versions: Mapping[str, str]) -> li
 
     knobs = ("seeds", "train.episodes", "train.num_envs", "agent.heads", "agent.feature_size", "agent.gamma",
              "agent.lr", "agent.target_update", "evaluate.episodes", "rollout.episodes",
-             "attributions.max_steps", "attributions.ig_steps", "attributions.ig_max_steps",
+             "attributions.max_steps", "attributions.path_grid", "attributions.path_grid_max",
+             "attributions.segment_points",
              "interventions.closed_loop_episodes")
     lines = [f"- `{k}`: {get(k)}" for k in knobs if get(k) is not None]
     lines.append("- versions: " + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())))

@@ -35,7 +35,7 @@ CUTS = {"attention_layer.hook_resid": "hook_resid", "output_layer.hook_post.0": 
         "output_layer.hook_post.1": "output_hook_post_1"}
 """Layers every path crosses (their conductances must add up to ΔQ) and their summary keys."""
 REFINED_CUT = "attention_layer.hook_resid"
-"""The cut whose completeness decides each step's path points; every other layer reuses them."""
+"""The cut whose completeness decides each step's kink grid; every other layer reuses it."""
 ROWS = {"ego_embedding.hook_post.1": "ego", "others_embedding.hook_post.1": "others"}
 """Per-entity layers [B, R, D] and whose rows they hold."""
 FACTS = ("ttc", "distance", "closing_speed")
@@ -107,15 +107,15 @@ class Analysis:
         per_action: dict[tuple[str, str], list[torch.Tensor]] = {}
         for baseline, quantity, action in tqdm(jobs, desc=f"{self.desc}: IG", unit="call"):
             base, advantage = self.baselines[baseline], quantity == "advantage"
-            refined = attr.adaptive_integrated_gradients(
-                self.net, s.obs, action, base, cfg.ig_steps, cfg.ig_max_steps, cfg.internal_batch_size,
-                advantage=advantage, tolerance=TOLERANCE, min_delta=MIN_DELTA)
+            refined = attr.kink_aware_integrated_gradients(
+                self.net, s.obs, action, base, cfg.path_grid, cfg.path_grid_max, cfg.segment_points,
+                cfg.internal_batch_size, advantage=advantage, tolerance=TOLERANCE, min_delta=MIN_DELTA)
             ig = refined.attr
             per_action.setdefault((baseline, quantity), []).append(ig)
             labels = {"model": self.label, "method": "ig", "layer": "input", "baseline": baseline,
                       "quantity": quantity, "action": ACTIONS[action]}
             self.add("completeness", attr.completeness_table(
-                self.net, s.obs, base, ig, action, advantage=advantage, convergence_delta=refined.delta,
+                self.net, s.obs, base, ig, action, advantage=advantage,
                 min_delta=MIN_DELTA, tolerance=TOLERANCE, step_ids=s.records, labels=labels, points=refined.points))
             self.add("ig_features", attr.feature_summary(ig, s.obs, labels={
                 "model": self.label, "baseline": baseline, "quantity": quantity, "action": ACTIONS[action]}))
@@ -132,25 +132,25 @@ class Analysis:
 
     def conductance(self) -> None:
         cfg, s, base = self.cfg, self.steps, self.baselines[CONDUCTANCE_BASELINE]
-        # the output MLP's input first, refined per step until complete; every other layer (the
-        # later cuts included, whose completeness is still checked) reuses its points
+        # the output MLP's input first, its kinks refined per step until complete; every other layer
+        # (the later cuts included, whose completeness is still checked) reuses its kink grids
         jobs = list(product(range(len(ACTIONS)), [REFINED_CUT, *(layer for layer in LAYERS if layer != REFINED_CUT)]))
         per_action: dict[str, list[torch.Tensor | None]] = {layer: [None] * len(ACTIONS) for layer in LAYERS}
+        grids: dict[int, torch.Tensor] = {}
         points: dict[int, torch.Tensor] = {}
         for action, layer in tqdm(jobs, desc=f"{self.desc}: layer conductance", unit="call"):
             labels = {"model": self.label, "layer": layer, "baseline": CONDUCTANCE_BASELINE, "quantity": "q"}
             if layer == REFINED_CUT:
-                refined = attr.adaptive_layer_conductance(
-                    self.net, s.obs, layer, action, base, cfg.ig_steps, cfg.ig_max_steps,
-                    internal_batch_size=cfg.internal_batch_size, tolerance=TOLERANCE, min_delta=MIN_DELTA)
-                cond, points[action] = refined.attr, refined.points
+                refined = attr.kink_aware_layer_conductance(
+                    self.net, s.obs, layer, action, base, cfg.path_grid, cfg.path_grid_max, cfg.segment_points,
+                    cfg.internal_batch_size, tolerance=TOLERANCE, min_delta=MIN_DELTA)
+                cond, grids[action], points[action] = refined.attr, refined.grid, refined.points
             else:
-                cond = attr.layer_conductance_at_points(self.net, s.obs, layer, action, base, points[action],
-                                                        internal_batch_size=cfg.internal_batch_size)
+                cond = attr.layer_conductance_on_grids(self.net, s.obs, layer, action, base, grids[action],
+                                                       cfg.segment_points, cfg.internal_batch_size)
             if layer in CUTS:
                 self.add("completeness", attr.completeness_table(
                     self.net, s.obs, base, cond, action, min_delta=MIN_DELTA, tolerance=TOLERANCE,
-                    convergence_delta=refined.delta if layer == REFINED_CUT else None,
                     step_ids=s.records, points=points[action],
                     labels={"model": self.label, "method": "layer_conductance", **labels,
                             "action": ACTIONS[action]}))
@@ -164,15 +164,15 @@ class Analysis:
                 "action": "chosen"}))
             jobs += [(layer, rank, neuron) for rank, neuron in enumerate(attr.top_neurons(cond, cfg.top_neurons))]
         for layer, rank, neuron in tqdm(jobs, desc=f"{self.desc}: neuron conductance", unit="neuron"):
-            # gausslegendre like LayerConductance: the neuron's parts then add up to its layer
-            # conductance within ~0.1% (captum's default riemann_trapezoid: ~1.5% at 64 steps)
+            # a fixed grid (captum's NeuronConductance): it only breaks a top neuron's conductance
+            # down over input features; the neuron's total is the layer conductance above
             kwargs = {"internal_batch_size": cfg.internal_batch_size, "method": "gausslegendre"}
             if layer in ROWS:
                 rows = s.present[:, 1:] if ROWS[layer] == "others" else torch.ones(len(s.obs), 1, dtype=torch.bool)
                 nc = attr.neuron_conductance_by_rows(self.net, s.obs, layer, neuron, s.action, base, rows,
-                                                     cfg.ig_steps, **kwargs)
+                                                     cfg.neuron_steps, **kwargs)
             else:
-                nc = attr.neuron_conductance(self.net, s.obs, layer, neuron, s.action, base, cfg.ig_steps, **kwargs)
+                nc = attr.neuron_conductance(self.net, s.obs, layer, neuron, s.action, base, cfg.neuron_steps, **kwargs)
             self.add("neuron_conductance", attr.feature_summary(nc, s.obs, value_name="conductance", labels={
                 "model": self.label, "layer": layer, "neuron": neuron, "rank": rank,
                 "baseline": CONDUCTANCE_BASELINE, "quantity": "q", "action": "chosen"}))
@@ -241,9 +241,9 @@ def sanity(trained: Analysis, phi_trained: torch.Tensor, untrained_net: EgoAtten
     check = {"threshold": cfg.sanity_threshold, "step_ids": s.records}
     tables = []
     for baseline, base in tqdm(trained.baselines.items(), desc=f"{trained.desc}: sanity", unit="baseline"):
-        ig_u = attr.adaptive_integrated_gradients(untrained_net, s.obs, s.action, base, cfg.ig_steps, cfg.ig_max_steps,
-                                                  cfg.internal_batch_size, tolerance=TOLERANCE,
-                                                  min_delta=MIN_DELTA).attr
+        ig_u = attr.kink_aware_integrated_gradients(untrained_net, s.obs, s.action, base, cfg.path_grid,
+                                                    cfg.path_grid_max, cfg.segment_points, cfg.internal_batch_size,
+                                                    tolerance=TOLERANCE, min_delta=MIN_DELTA).attr
         ig_t = attr.chosen(trained.ig[baseline, "q"], s.action)
         moved = attr.changed_entries(s.obs, base)
         for level, t, u, keep in (("feature", ig_t, ig_u, moved),

@@ -48,8 +48,8 @@ def tiny_params(seeds=(0,), episodes=8, eval_episodes=4) -> dict:
     params["agent"].update(batch_size=8, target_update=5)
     params["evaluate"].update(episodes=eval_episodes)
     params["rollout"].update(episodes=3, render_episodes=1)
-    params["attributions"].update(max_steps=12, ig_steps=16, ig_max_steps=256, shapley_samples=3, top_neurons=1,
-                                  random_orders=1)
+    params["attributions"].update(max_steps=12, path_grid=64, path_grid_max=256, neuron_steps=16, shapley_samples=3,
+                                  top_neurons=1, random_orders=1)
     params["neurons"].update(top_k=3, over_time_neurons=2, visualise_neurons=1, restarts=1, optimisation_steps=5)
     params["interventions"].update(closed_loop_episodes=2, top_k=2, random_sets=1, conductance_steps=8,
                                    conductance_points=8, patch_pairs=4, random_directions=1,

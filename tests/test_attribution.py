@@ -12,10 +12,7 @@ from torch import nn
 
 from egolens.analysis.attribution import (
     FEATURES,
-    GAUSS_LEGENDRE_MAX,
     absent_mask,
-    adaptive_integrated_gradients,
-    adaptive_layer_conductance,
     attention_attribution_agreement,
     attention_vs_fact,
     attribution_order,
@@ -32,18 +29,19 @@ from egolens.analysis.attribution import (
     feature_summary,
     integrated_gradients,
     json_safe,
+    kink_aware_integrated_gradients,
+    kink_aware_layer_conductance,
     layer_conductance,
-    layer_conductance_at_points,
+    layer_conductance_on_grids,
     neuron_conductance,
     neuron_conductance_by_rows,
     neuron_totals,
     others_zeroed,
-    point_schedule,
+    piecewise_integrated_gradients,
+    piecewise_layer_conductance,
     present_others,
-    quadrature,
     random_order,
     randomisation_check,
-    refine_until_complete,
     select_steps,
     shapley_vehicles,
     spearman,
@@ -526,7 +524,7 @@ def test_step_summary_and_json_safe():
         json_safe({"x": object()})
 
 
-# ----------------------------------------------------------------- adaptive path integration
+# ----------------------------------------------------------------- kink-aware path integration
 
 class KinkedQ(nn.Module):
     """Q_a = w_a·relu(vx₃ − c): one ReLU kink at vx₃ = c, so a path's gradient jumps once.
@@ -537,80 +535,87 @@ class KinkedQ(nn.Module):
     def __init__(self, c: float = 0.2137) -> None:
         super().__init__()
         self.c = c
+        self.relu = nn.ReLU()
         self.register_buffer("w", torch.tensor([1.0, -0.5, 2.0]))
 
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.relu(obs[:, 3, VX] - self.c)[:, None] * self.w
+        return self.relu(obs[:, 3, VX] - self.c)[:, None] * self.w
 
 
-def test_point_schedule_multiplies_up_to_the_maximum_and_quadrature_switches_past_gauss_legendre():
-    assert point_schedule(64, 16384) == [64, 256, 1024, 4096, 16384]
-    assert point_schedule(64, 1000) == [64, 256, 1000]
-    assert point_schedule(8, 8) == [8]
-    with pytest.raises(ValueError):
-        point_schedule(64, 32)
-    assert quadrature(GAUSS_LEGENDRE_MAX) == "gausslegendre"
-    assert quadrature(GAUSS_LEGENDRE_MAX + 1) == "riemann_middle"
-
-
-def test_refinement_recomputes_only_the_failing_steps_and_stops_when_all_pass():
-    # step i's error is errors[i] / points: steps 0 and 2 pass at once, step 1 needs 4x, step 3 never
-    # passes, step 4 has nothing to explain (tiny delta_f) and is never refined
-    errors = torch.tensor([0.001, 0.03, 0.0, 100.0, 5.0])
-    delta_f = torch.tensor([1.0, 1.0, -2.0, 1.0, 1e-5])
-    calls = []
-
-    def attribute(idx, points, method):
-        calls.append((idx.tolist(), points, method))
-        delta = errors[idx] * 8 / points
-        return torch.stack([idx.double(), torch.full_like(idx, points, dtype=torch.float64)], 1), delta
-
-    refined = refine_until_complete(attribute, delta_f, [8, 32, 128], tolerance=0.01, min_delta=1e-3)
-    assert calls == [([0, 1, 2, 3, 4], 8, "gausslegendre"), ([1, 3], 32, "gausslegendre"), ([3], 128, "gausslegendre")]
-    assert refined.points.tolist() == [8, 32, 8, 128, 8]
-    assert refined.attr[:, 1].tolist() == [8, 32, 8, 128, 8]          # each step keeps its last result
-    torch.testing.assert_close(refined.delta, (errors * 8 / refined.points).double())
-
-
-def test_adaptive_ig_reaches_the_exact_attribution_of_a_kinked_net_that_fixed_points_miss():
+def test_kink_aware_ig_is_exact_on_a_kinked_net_that_a_fixed_grid_misses():
     net = KinkedQ()
     obs = planted_obs(6, seed=2)
     baseline = others_zeroed(obs)                     # vx₃ goes 0 -> [0.3, 0.9]: every path crosses the kink
     target = torch.tensor([0, 1, 2, 0, 1, 2])
-    w = net.w[target]
-    exact = w * (torch.relu(obs[:, 3, VX] - net.c) - torch.relu(baseline[:, 3, VX] - net.c))
+    exact = net.w[target] * (torch.relu(obs[:, 3, VX] - net.c) - torch.relu(baseline[:, 3, VX] - net.c))
 
     coarse, _ = integrated_gradients(net, obs, target, baseline, n_steps=8)
     assert (completeness_error(net, obs, baseline, coarse, target) > 0.01).any()
 
-    refined = adaptive_integrated_gradients(net, obs, target, baseline, n_steps=8, max_n_steps=2048)
-    assert (completeness_error(net, obs, baseline, refined.attr, target) < 0.01).all()
-    assert (refined.points > 8).any() and (refined.points <= 2048).all()
-    torch.testing.assert_close(refined.attr[:, 3, VX], exact, rtol=0.01, atol=1e-4)
+    refined = kink_aware_integrated_gradients(net, obs, target, baseline, grid=16, max_grid=256)
+    torch.testing.assert_close(refined.attr[:, 3, VX], exact, rtol=1e-5, atol=1e-6)
+    assert (refined.grid == 16).all()                 # the kink was found at once: nothing refined
+    assert (completeness_error(net, obs, baseline, refined.attr, target) < 1e-5).all()
     others = refined.attr.clone()
     others[:, 3, VX] = 0
     assert others.abs().max() == 0
-    # a step whose path never crosses the kink is linear: exact at the first count, never refined
-    flat = obs.clone()
-    flat[:, 3, VX] = -0.5
-    assert (adaptive_integrated_gradients(net, flat, target, others_zeroed(flat), n_steps=8).points == 8).all()
 
 
-def test_adaptive_conductance_adds_up_at_a_cut_and_other_layers_reuse_its_points():
+def test_piecewise_ig_equals_captum_ig_on_a_fine_grid_and_is_complete():
+    net = tiny_net(seed=5)
+    obs = random_obs(4, seed=11)
+    baseline = typical_scene(obs, random_obs(20, seed=12), replace_ego=True)
+    attr, delta, points = piecewise_integrated_gradients(net, obs, 2, baseline, grid=256, segment_points=2)
+    fine, _ = integrated_gradients(net, obs, 2, baseline, n_steps=20000, method="riemann_middle")
+    torch.testing.assert_close(attr, fine, rtol=1e-3, atol=2e-5)
+    assert (delta.abs() < 1e-4).all()
+    assert (points >= 2 * 16).all()                   # at least the 16 uniform pieces, 2 points each
+
+
+def test_piecewise_ig_pieces_add_up_whatever_the_grid():
+    # IG is additive along a straight path: cutting it anywhere (any grid) changes only the
+    # quadrature error, which stays small because each piece is smooth
+    net = tiny_net(seed=6)
+    obs = random_obs(3, seed=13)
+    baseline = others_zeroed(obs)
+    a, _, _ = piecewise_integrated_gradients(net, obs, 0, baseline, grid=64, segment_points=4)
+    b, _, _ = piecewise_integrated_gradients(net, obs, 0, baseline, grid=1024, segment_points=4)
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_kink_aware_advantage_ig_explains_the_advantage():
+    net = tiny_net(seed=7)
+    obs = random_obs(5, seed=14)
+    baseline = others_zeroed(obs)
+    refined = kink_aware_integrated_gradients(net, obs, 1, baseline, grid=64, advantage=True)
+    assert (completeness_error(net, obs, baseline, refined.attr, 1, advantage=True) < 1e-3).all()
+
+
+def test_piecewise_conductance_equals_captum_layer_conductance_on_a_fine_grid():
+    net = tiny_net(seed=3)
+    obs = random_obs(3, seed=7)
+    baseline = typical_scene(obs, random_obs(20, seed=8), replace_ego=True)
+    for layer in ("attention_layer.hook_resid", "others_embedding.hook_post.1", "output_layer.hook_post.0"):
+        cond, _, _ = piecewise_layer_conductance(net, obs, layer, 1, baseline, grid=256)
+        captum_cond, _ = layer_conductance(net, obs, layer, 1, baseline, n_steps=20000, method="riemann_trapezoid")
+        torch.testing.assert_close(cond, captum_cond, rtol=2e-3, atol=5e-5)
+
+
+def test_kink_aware_conductance_adds_up_at_a_cut_and_other_layers_share_its_grids():
     net = tiny_net(seed=3)
     obs = random_obs(5, seed=7)
     baseline = typical_scene(obs, random_obs(20, seed=8), replace_ego=True)
-    refined = adaptive_layer_conductance(net, obs, "attention_layer.hook_resid", 1, baseline, n_steps=8,
-                                         max_n_steps=512)
-    assert (completeness_error(net, obs, baseline, refined.attr, 1) < 0.01).all()
-    at_points = layer_conductance_at_points(net, obs, "attention_layer.hook_resid", 1, baseline, refined.points)
-    torch.testing.assert_close(at_points, refined.attr, rtol=1e-5, atol=1e-6)
-    for step in range(5):
-        n = int(refined.points[step])
-        alone, _ = layer_conductance(net, obs[step:step + 1], "ego_embedding.hook_post.1", 1,
-                                     baseline[step:step + 1], n)
-        grouped = layer_conductance_at_points(net, obs, "ego_embedding.hook_post.1", 1, baseline, refined.points)
-        torch.testing.assert_close(grouped[step:step + 1], alone, rtol=1e-5, atol=1e-6)
+    refined = kink_aware_layer_conductance(net, obs, "attention_layer.hook_resid", 1, baseline, grid=32,
+                                           max_grid=512)
+    assert (completeness_error(net, obs, baseline, refined.attr, 1) < 1e-3).all()
+    assert (refined.delta.abs() < 1e-3).all()
+    on_grids = layer_conductance_on_grids(net, obs, "attention_layer.hook_resid", 1, baseline, refined.grid)
+    torch.testing.assert_close(on_grids, refined.attr)
+    later = layer_conductance_on_grids(net, obs, "output_layer.hook_post.0", 1, baseline, refined.grid)
+    assert (completeness_error(net, obs, baseline, later, 1) < 1e-3).all()
+    # the ½·e residual bypasses hook_combined: it is not a cut, its sum misses the ego's path
+    combined = layer_conductance_on_grids(net, obs, "attention_layer.hook_combined", 1, baseline, refined.grid)
+    assert (completeness_error(net, obs, baseline, combined, 1) > 0.01).any()
 
 
 def test_completeness_table_records_the_points_of_each_step():

@@ -91,7 +91,7 @@ def test_stages_refuse_bad_params_before_any_work(tmp_path, stage):
     assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()
 
 
-def test_ig_max_steps_below_ig_steps_is_refused_naming_both_keys():
-    with pytest.raises(ParamsError, match=r"attributions.ig_max_steps = 32 must be >= attributions.ig_steps = 64"):
-        validate_params(edit("attributions.ig_max_steps", 32))
-    assert validate_params(edit("attributions.ig_max_steps", 64)).attributions.ig_max_steps == 64
+def test_path_grid_max_below_path_grid_is_refused_naming_both_keys():
+    with pytest.raises(ParamsError, match=r"attributions.path_grid_max = 32 must be >= attributions.path_grid = 512"):
+        validate_params(edit("attributions.path_grid_max", 32))
+    assert validate_params(edit("attributions.path_grid_max", 512)).attributions.path_grid_max == 512

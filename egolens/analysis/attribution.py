@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -43,6 +42,7 @@ import torch
 from captum.attr import IntegratedGradients, LayerConductance, NeuronConductance, ShapleyValueSampling
 from torch import nn
 
+from egolens.analysis import paths
 from egolens.config import REFERENCE_FEATURES
 from egolens.hooks import activation_names
 from egolens.model import PRESENCE, EgoAttentionNetwork
@@ -208,90 +208,68 @@ def integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, base
     return attr.detach(), delta.detach()
 
 
-GAUSS_LEGENDRE_MAX = 4096
-"""Most path points integrated with Gauss-Legendre; numpy's `leggauss(n)` builds an n×n matrix
-(O(n²) memory, O(n³) time: 3 s at 4096, 8 min at 16384), so finer paths use the midpoint rule."""
-
-AttributeFn = Callable[[torch.Tensor, int, str], tuple[torch.Tensor, torch.Tensor]]
-"""(step indices [b], path points, captum method) -> (attribution [b, ...], convergence delta [b])."""
+def _path_points(start: torch.Tensor, end: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """start, end: [N, ...] rows; alpha: [N] float64 -> start + α·(end − start) [N, ...] (start's dtype)."""
+    shape = (-1,) + (1,) * (start.dim() - 1)
+    return (start.double() + alpha.reshape(shape) * (end - start).double()).to(start.dtype)
 
 
-def quadrature(points: int) -> str:
-    """The captum integration method used for a path of `points` points."""
-    return "gausslegendre" if points <= GAUSS_LEGENDRE_MAX else "riemann_middle"
+def _delta_f(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, targets: torch.Tensor,
+             advantage: bool) -> torch.Tensor:
+    """f(obs) − f(baseline) [B], both with obs's absent mask (as the path methods see them)."""
+    mask = absent_mask(obs)
+    return (target_output(net, obs, targets, advantage=advantage, mask=mask)
+            - target_output(net, baseline, targets, advantage=advantage, mask=mask))
 
 
-def point_schedule(start: int, maximum: int, factor: int = 4) -> list[int]:
-    """Path point counts tried in turn: start, start·factor, ... up to `maximum` (always included)."""
-    if start < 1 or maximum < start or factor < 2:
-        raise ValueError(f"need 1 <= start <= maximum and factor >= 2, got {start}, {maximum}, {factor}")
-    schedule = [start]
-    while schedule[-1] * factor < maximum:
-        schedule.append(schedule[-1] * factor)
-    if schedule[-1] != maximum:
-        schedule.append(maximum)
-    return schedule
+def piecewise_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
+                                   grid: int = 512, segment_points: int = 2, rows: int = 4096, *,
+                                   advantage: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integrated gradients (mask fixed) with every path cut at the ReLU kinks found on a grid of
+    `grid` points (`paths.path_kinks`), each piece integrated by captum with `segment_points`
+    Gauss-Legendre points (IG of the piece: baseline = its start, input = its end; the pieces'
+    attributions add up to the step's, since IG is additive along a straight path).
 
-
-@dataclass
-class Refined:
-    """A path attribution integrated with enough points per step (`refine_until_complete`)."""
-
-    attr: torch.Tensor       # [B, ...]
-    delta: torch.Tensor      # [B] captum's convergence delta Σ attr − (f(x) − f(b)) at the points used
-    points: torch.Tensor     # [B] long, path points used for each step
-
-
-def refine_until_complete(attribute: AttributeFn, delta_f: torch.Tensor, schedule: Sequence[int], *,
-                          tolerance: float = 0.01, min_delta: float = 1e-3) -> Refined:
-    """Integrate every step with schedule[0] points, then again with the next count only the
-    steps whose completeness error |delta| / |delta_f| is still >= `tolerance`, until all pass or
-    the schedule ends (those steps keep the last, finest result).
-
-    Path integrals of a ReLU network converge only like 1/points (the gradient jumps at every
-    kink the path crosses), so a fixed count that suits most steps fails some by far; refining
-    only the failing steps costs a fraction of integrating all of them finely.
-    delta_f: [B] f(obs) − f(baseline) as the attribution sees it (same mask); steps with
-    |delta_f| < min_delta are never refined (nothing to explain).
+    obs, baseline: [B, E, F]; rows: path points per forward pass.
+    Returns (attributions [B, E, F], delta [B] float64 = Σ attr − (f(obs) − f(baseline)),
+    gradient evaluations per step [B] long).
     """
-    batch = delta_f.shape[0]
-    todo = torch.arange(batch)
-    attr: torch.Tensor | None = None
-    delta = torch.zeros(batch, dtype=torch.float64)
-    points = torch.zeros(batch, dtype=torch.long)
-    for n in schedule:
-        part, part_delta = attribute(todo, n, quadrature(n))
-        if attr is None:
-            attr = torch.zeros((batch, *part.shape[1:]), dtype=part.dtype)
-        attr[todo] = part.detach()
-        delta[todo] = part_delta.detach().double().reshape(-1)
-        points[todo] = n
-        change = delta_f[todo].double().abs()
-        failing = (change >= min_delta) & (delta[todo].abs() >= tolerance * change)
-        todo = todo[failing]
-        if todo.numel() == 0:
-            break
-    assert attr is not None
-    return Refined(attr, delta, points)
+    obs, baseline = obs.detach(), baseline.detach().to(obs.dtype)
+    targets = _target_tensor(target, obs.shape[0])
+    mask = absent_mask(obs)
+    forward = _forward_fn(net, advantage)
+    segments = paths.path_segments(paths.path_kinks(net, forward, obs, baseline, mask, grid, rows))
+    attr = torch.zeros_like(obs)
+    per_call = max(1, rows // segment_points)
+    ig = IntegratedGradients(forward)
+    for first in range(0, len(segments.step), per_call):
+        step = segments.step[first:first + per_call]
+        start = _path_points(baseline[step], obs[step], segments.start[first:first + per_call])
+        end = _path_points(baseline[step], obs[step], segments.end[first:first + per_call])
+        part = ig.attribute(end, baselines=start, target=targets[step], additional_forward_args=(mask[step],),
+                            n_steps=segment_points, method="gausslegendre",
+                            internal_batch_size=len(step) * segment_points)
+        attr.index_add_(0, step, part.detach())
+    delta = attr.double().reshape(len(obs), -1).sum(1) - _delta_f(net, obs, baseline, targets, advantage).double()
+    return attr, delta, segments.count(len(obs)) * segment_points
 
 
-def adaptive_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
-                                  n_steps: int = 64, max_n_steps: int = 16384,
-                                  internal_batch_size: int | None = 4096, *, advantage: bool = False,
-                                  tolerance: float = 0.01, min_delta: float = 1e-3) -> Refined:
-    """`integrated_gradients` (mask fixed) refined per step until complete within `tolerance`
-    (`refine_until_complete`, points n_steps·4^k up to max_n_steps). obs, baseline: [B, E, F]."""
+def kink_aware_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
+                                    grid: int = 512, max_grid: int = 8192, segment_points: int = 2,
+                                    rows: int = 4096, *, advantage: bool = False, tolerance: float = 0.01,
+                                    min_delta: float = 1e-3) -> paths.Refined:
+    """`piecewise_integrated_gradients` of every step, redone on a 4× finer kink grid (up to
+    `max_grid`) for the steps still incomplete by `tolerance` of |ΔQ| (`paths.refine_until_complete`).
+    obs, baseline: [B, E, F]."""
     targets = _target_tensor(target, obs.shape[0])
 
-    def attribute(idx: torch.Tensor, points: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return integrated_gradients(net, obs[idx], targets[idx], baseline[idx], points,
-                                    _batch_for(internal_batch_size, len(idx)), advantage=advantage, method=method)
+    def attribute(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return piecewise_integrated_gradients(net, obs[idx], targets[idx], baseline[idx], n, segment_points, rows,
+                                              advantage=advantage)
 
-    mask = absent_mask(obs)
-    delta_f = (target_output(net, obs, targets, advantage=advantage, mask=mask)
-               - target_output(net, baseline, targets, advantage=advantage, mask=mask))
-    return refine_until_complete(attribute, delta_f, point_schedule(n_steps, max_n_steps),
-                                 tolerance=tolerance, min_delta=min_delta)
+    return paths.refine_until_complete(attribute, _delta_f(net, obs, baseline, targets, advantage),
+                                       paths.point_schedule(grid, max_grid), tolerance=tolerance,
+                                       min_delta=min_delta)
 
 
 def _batch_for(internal_batch_size: int | None, batch: int) -> int | None:
@@ -375,38 +353,94 @@ def layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target
     return cond.detach(), delta.detach()
 
 
-def adaptive_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
-                               baseline: torch.Tensor, n_steps: int = 64, max_n_steps: int = 16384, *,
-                               internal_batch_size: int | None = 4096, advantage: bool = False,
-                               tolerance: float = 0.01, min_delta: float = 1e-3) -> Refined:
-    """`layer_conductance` at a layer every path crosses, refined per step until its conductances
-    add up to f(obs) − f(baseline) within `tolerance` (`refine_until_complete`)."""
+def piecewise_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
+                                baseline: torch.Tensor, grid: int = 512, segment_points: int = 2,
+                                rows: int = 4096, *, advantage: bool = False,
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conductance of Q(s, a) (or the advantage) at the named activation, the path cut at the ReLU
+    kinks (`paths.path_kinks` on `grid` points) and each piece integrated with `segment_points`
+    Gauss-Legendre points.
+
+    Conductance of unit j: ∫₀¹ ∂f/∂a_j(x(α)) · d a_j(x(α))/dα dα along x(α) = b + α(x − b); the
+    derivative along the path comes from forward-mode autodiff (tangent x − b), ∂f/∂a_j from a
+    backward pass. It is the quantity captum's `LayerConductance` approximates by a left Riemann
+    sum of activation differences (first order); here it is integrated to high order, so at a cut
+    every path crosses the conductances add up to f(x) − f(b) as IG does.
+    Returns (conductance [B, *activation shape], delta [B] float64 = Σ cond − (f(x) − f(b)),
+    gradient evaluations per step [B] long).
+    """
+    obs, baseline = obs.detach(), baseline.detach().to(obs.dtype)
+    targets = _target_tensor(target, obs.shape[0])
+    mask = absent_mask(obs)
+    forward = _forward_fn(net, advantage)
+    module = _named_module(net, layer_name)
+    segments = paths.path_segments(paths.path_kinks(net, forward, obs, baseline, mask, grid, rows))
+    step, alpha, weight = paths.gauss_legendre_nodes(segments, segment_points)
+    cond: torch.Tensor | None = None
+    for first in range(0, len(step), rows):
+        s = step[first:first + rows]
+        x = _path_points(baseline[s], obs[s], alpha[first:first + rows])
+        direction = obs[s] - baseline[s]
+        grads, tangents = _layer_gradient_and_tangent(forward, module, x, direction, mask[s], targets[s])
+        part = grads.double() * tangents.double() * weight[first:first + rows].reshape((-1,) + (1,) * (grads.dim() - 1))
+        if cond is None:
+            cond = torch.zeros((len(obs), *part.shape[1:]), dtype=torch.float64)
+        cond.index_add_(0, s, part)
+    assert cond is not None
+    delta = cond.reshape(len(obs), -1).sum(1) - _delta_f(net, obs, baseline, targets, advantage).double()
+    return cond.to(obs.dtype), delta, segments.count(len(obs)) * segment_points
+
+
+def _layer_gradient_and_tangent(forward: Callable[..., torch.Tensor], module: nn.Module, x: torch.Tensor,
+                                direction: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """At points x [N, E, F]: ∂f_target/∂a (a = `module`'s output) and the derivative of a along
+    `direction` [N, E, F] (forward-mode AD). Both [N, *activation shape]."""
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.autograd.forward_ad.dual_level():
+            forward(torch.autograd.forward_ad.make_dual(x, direction), mask)
+            tangent = torch.autograd.forward_ad.unpack_dual(captured[-1]).tangent
+        out = forward(x, mask)
+        activation = captured[-1]
+        grad, = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), activation)
+    finally:
+        handle.remove()
+    if tangent is None:                     # the activation does not depend on the input
+        tangent = torch.zeros_like(activation)
+    return grad.detach(), tangent.detach()
+
+
+def kink_aware_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
+                                 baseline: torch.Tensor, grid: int = 512, max_grid: int = 8192,
+                                 segment_points: int = 2, rows: int = 4096, *, advantage: bool = False,
+                                 tolerance: float = 0.01, min_delta: float = 1e-3) -> paths.Refined:
+    """`piecewise_layer_conductance` at a layer every path crosses, redone on a finer kink grid for
+    the steps whose conductances do not yet add up to f(obs) − f(baseline) within `tolerance`."""
     targets = _target_tensor(target, obs.shape[0])
 
-    def attribute(idx: torch.Tensor, points: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return layer_conductance(net, obs[idx], layer_name, targets[idx], baseline[idx], points, method=method,
-                                 internal_batch_size=_batch_for(internal_batch_size, len(idx)), advantage=advantage)
+    def attribute(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return piecewise_layer_conductance(net, obs[idx], layer_name, targets[idx], baseline[idx], n,
+                                           segment_points, rows, advantage=advantage)
 
-    mask = absent_mask(obs)
-    delta_f = (target_output(net, obs, targets, advantage=advantage, mask=mask)
-               - target_output(net, baseline, targets, advantage=advantage, mask=mask))
-    return refine_until_complete(attribute, delta_f, point_schedule(n_steps, max_n_steps),
-                                 tolerance=tolerance, min_delta=min_delta)
+    return paths.refine_until_complete(attribute, _delta_f(net, obs, baseline, targets, advantage),
+                                       paths.point_schedule(grid, max_grid), tolerance=tolerance,
+                                       min_delta=min_delta)
 
 
-def layer_conductance_at_points(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
-                                baseline: torch.Tensor, points: torch.Tensor, *,
-                                internal_batch_size: int | None = 4096, advantage: bool = False) -> torch.Tensor:
-    """`layer_conductance` with each step integrated with its own number of points ([B] long,
-    e.g. `Refined.points` of a cut layer, so every layer of a step shares one path grid).
+def layer_conductance_on_grids(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
+                               baseline: torch.Tensor, grids: torch.Tensor, segment_points: int = 2,
+                               rows: int = 4096, *, advantage: bool = False) -> torch.Tensor:
+    """`piecewise_layer_conductance` with each step's kinks located on its own grid ([B] long,
+    e.g. `Refined.grid` of a cut layer, so every layer of a step shares one set of path pieces).
     Returns [B, *activation shape]."""
     targets = _target_tensor(target, obs.shape[0])
     out: torch.Tensor | None = None
-    for n in torch.unique(points).tolist():
-        idx = torch.nonzero(points == n).squeeze(1)
-        cond, _ = layer_conductance(net, obs[idx], layer_name, targets[idx], baseline[idx], int(n),
-                                    method=quadrature(int(n)), advantage=advantage,
-                                    internal_batch_size=_batch_for(internal_batch_size, len(idx)))
+    for n in torch.unique(grids).tolist():
+        idx = torch.nonzero(grids == n).squeeze(1)
+        cond, _, _ = piecewise_layer_conductance(net, obs[idx], layer_name, targets[idx], baseline[idx], int(n),
+                                                 segment_points, rows, advantage=advantage)
         if out is None:
             out = torch.zeros((obs.shape[0], *cond.shape[1:]), dtype=cond.dtype)
         out[idx] = cond
@@ -857,7 +891,7 @@ def completeness_table(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor
                        points: int | torch.Tensor | None = None) -> pd.DataFrame:
     """Per step: does Σ attr account for f(obs) − f(baseline)? (`completeness_error`, same f.)
 
-    Columns [labels], step, [points: path points per step (int or [B]), if given], delta_f,
+    Columns [labels], step, [points: gradient evaluations along the path per step (int or [B]), if given], delta_f,
     attr_sum, convergence_delta (captum's, NaN if not given),
     abs_error = |Σ attr − delta_f|, rel_error = abs_error / |delta_f|, tiny = |delta_f| < min_delta
     (too small a change to divide by: rel_error NaN, not counted), within = rel_error < tolerance

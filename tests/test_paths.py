@@ -1,0 +1,121 @@
+"""Path pieces between ReLU kinks: where the kinks are, how paths are cut, the quadrature, refinement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from egolens.analysis.paths import (
+    MAX_SEGMENT,
+    Segments,
+    gauss_legendre_nodes,
+    path_kinks,
+    path_segments,
+    point_schedule,
+    refine_until_complete,
+    relu_input_sites,
+    sign_changes,
+)
+from tests.conftest import tiny_net
+
+
+class TwoUnits(nn.Module):
+    """relu(W·x₀ + c) summed, x: [N, 1, 2]; each unit's input is linear along a straight path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+            self.linear.bias.copy_(torch.tensor([-0.3, -0.7]))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.relu(self.linear(x[:, 0])).sum(-1, keepdim=True)
+
+
+def test_sign_changes_are_located_by_linear_interpolation():
+    alphas = torch.linspace(0, 1, 5, dtype=torch.float64)
+    values = torch.stack([alphas - 0.3, 0.6 - alphas, torch.ones(5, dtype=torch.float64)], 1)
+    assert sorted(sign_changes(values).tolist()) == pytest.approx([0.3, 0.6])
+
+
+def test_kinks_of_a_first_layer_are_exact_whatever_the_grid():
+    net = TwoUnits()
+    obs = torch.tensor([[[1.0, 1.0]], [[1.0, 0.0]]])
+    baseline = torch.zeros_like(obs)
+    mask = torch.zeros(2, 1, dtype=torch.bool)
+    for grid in (3, 10, 64):
+        kinks = path_kinks(net, net.forward, obs, baseline, mask, grid)
+        assert kinks[0].tolist() == pytest.approx([0.3, 0.7], abs=1e-6)    # both units switch on
+        assert kinks[1].tolist() == pytest.approx([0.3], abs=1e-6)         # the second never does
+
+
+def test_kinks_are_found_in_every_mlp_of_the_attention_net_and_unchanged_rows_add_none():
+    net = tiny_net(seed=1)
+    assert len(relu_input_sites(net)) == 5                 # 2 + 2 embedding layers, 1 output layer
+    obs = torch.zeros(1, 3, 7)
+    obs[:, :, 0] = 1.0
+    obs[:, 1:, 1:] = torch.rand(2, 6, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 3, dtype=torch.bool)
+    assert len(path_kinks(net, net.forward, obs, obs.clone(), mask, 64)[0]) == 0   # no path, no kink
+    baseline = obs.clone()
+    baseline[:, 1:, 1:] = 0
+    coarse = path_kinks(net, net.forward, obs, baseline, mask, 64, rows=7)[0]      # chunked forward passes
+    fine = path_kinks(net, net.forward, obs, baseline, mask, 4096)[0]
+    assert len(coarse) > 0 and ((coarse > 0) & (coarse < 1)).all()
+    # every kink the coarse grid finds, the fine grid finds nearby
+    assert torch.cdist(coarse[:, None], fine[:, None]).min(1).values.max() < 1e-2
+
+
+def test_paths_are_cut_at_kinks_and_at_the_longest_piece():
+    segments = path_segments([torch.tensor([0.05, 0.05, 0.3], dtype=torch.float64), torch.zeros(0)], max_length=0.25)
+    first = segments.step == 0
+    assert segments.start[first].tolist() == pytest.approx([0.0, 0.05, 0.25, 0.3, 0.5, 0.75])
+    assert segments.end[first].tolist() == pytest.approx([0.05, 0.25, 0.3, 0.5, 0.75, 1.0])
+    assert segments.count(2).tolist() == [6, 4]
+    assert len(path_segments([torch.zeros(0)]).step) == round(1 / MAX_SEGMENT)
+
+
+def test_composite_gauss_legendre_integrates_piecewise_polynomials_exactly():
+    segments = Segments(torch.tensor([0, 0, 1]), torch.tensor([0.0, 0.4, 0.0], dtype=torch.float64),
+                        torch.tensor([0.4, 1.0, 1.0], dtype=torch.float64))
+    step, alpha, weight = gauss_legendre_nodes(segments, 2)
+    assert step.tolist() == [0, 0, 0, 0, 1, 1]
+    # step 0: a cubic on [0, 0.4] and another one on [0.4, 1]; step 1: the second cubic on [0, 1]
+    g = torch.where((step == 0) & (alpha < 0.4), alpha ** 3, 2 - alpha ** 2 + 5 * alpha ** 3)
+    total = torch.zeros(2, dtype=torch.float64).index_add_(0, step, weight * g)
+    exact_0 = 0.4 ** 4 / 4 + (2 * 0.6 - (1 - 0.4 ** 3) / 3 + 5 * (1 - 0.4 ** 4) / 4)
+    exact_1 = 2 - 1 / 3 + 5 / 4
+    assert total.tolist() == pytest.approx([exact_0, exact_1], rel=1e-12)
+    assert torch.zeros(2, dtype=torch.float64).index_add_(0, step, weight).tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_point_schedule_multiplies_up_to_the_maximum():
+    assert point_schedule(512, 8192) == [512, 2048, 8192]
+    assert point_schedule(64, 1000) == [64, 256, 1000]
+    assert point_schedule(8, 8) == [8]
+    with pytest.raises(ValueError):
+        point_schedule(64, 32)
+
+
+def test_refinement_recomputes_only_the_failing_steps_and_stops_when_all_pass():
+    # step i's error is errors[i] / grid: steps 0 and 2 pass at once, step 1 needs 4x, step 3 never
+    # passes, step 4 has nothing to explain (tiny delta_f) and is never refined
+    errors = torch.tensor([0.001, 0.03, 0.0, 100.0, 5.0])
+    delta_f = torch.tensor([1.0, 1.0, -2.0, 1.0, 1e-5])
+    calls = []
+
+    def attribute(idx, grid):
+        calls.append((idx.tolist(), grid))
+        delta = errors[idx] * 8 / grid
+        return (torch.stack([idx.double(), torch.full_like(idx, grid, dtype=torch.float64)], 1), delta,
+                torch.full_like(idx, 3 * grid))
+
+    refined = refine_until_complete(attribute, delta_f, [8, 32, 128], tolerance=0.01, min_delta=1e-3)
+    assert calls == [([0, 1, 2, 3, 4], 8), ([1, 3], 32), ([3], 128)]
+    assert refined.grid.tolist() == [8, 32, 8, 128, 8]
+    assert refined.points.tolist() == [24, 96, 24, 384, 24]
+    assert refined.attr[:, 1].tolist() == [8, 32, 8, 128, 8]          # each step keeps its last result
+    torch.testing.assert_close(refined.delta, (errors * 8 / refined.grid).double())
