@@ -164,7 +164,7 @@ class AttributionsConfig(_Strict):
     path_grid: int = Field(512, ge=2)
     """Points each IG / conductance path is first sampled at to find where a ReLU switches (the
     kinks the path is cut at, `analysis.paths`)."""
-    path_grid_max: int = Field(8192, ge=2)
+    path_grid_max: int = Field(32768, ge=2)
     """Finest kink grid: steps whose completeness error is still >= 1% are redone on a 4× finer
     grid up to this (`paths.refine_until_complete`)."""
     segment_points: int = Field(2, ge=1, le=32)

@@ -255,7 +255,7 @@ def piecewise_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Ta
 
 
 def kink_aware_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
-                                    grid: int = 512, max_grid: int = 8192, segment_points: int = 2,
+                                    grid: int = 512, max_grid: int = 32768, segment_points: int = 2,
                                     rows: int = 4096, *, advantage: bool = False, tolerance: float = 0.01,
                                     min_delta: float = 1e-3) -> paths.Refined:
     """`piecewise_integrated_gradients` of every step, redone on a 4× finer kink grid (up to
@@ -413,7 +413,7 @@ def _layer_gradient_and_tangent(forward: Callable[..., torch.Tensor], module: nn
 
 
 def kink_aware_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
-                                 baseline: torch.Tensor, grid: int = 512, max_grid: int = 8192,
+                                 baseline: torch.Tensor, grid: int = 512, max_grid: int = 32768,
                                  segment_points: int = 2, rows: int = 4096, *, advantage: bool = False,
                                  tolerance: float = 0.01, min_delta: float = 1e-3) -> paths.Refined:
     """`piecewise_layer_conductance` at a layer every path crosses, redone on a finer kink grid for
