@@ -93,6 +93,10 @@ class Analysis:
     def __init__(self, params: Params, seed: int, label: str, net: EgoAttentionNetwork, steps: Steps) -> None:
         self.cfg, self.seed, self.label, self.net, self.steps = params.attributions, seed, label, net, steps
         self.baselines = make_baselines(steps)
+        # each baseline's path kinks, shared by every action, quantity and layer attributed along it
+        self.kinks = {name: attr.paths.PathKinks(net, steps.obs, base, attr.absent_mask(steps.obs),
+                                                 params.attributions.internal_batch_size)
+                      for name, base in self.baselines.items()}
         self.ig: dict[tuple[str, str], torch.Tensor] = {}
         self.tables: dict[str, list[pd.DataFrame]] = {}
         self.desc = f"attributions seed {seed} {label}"
@@ -109,7 +113,8 @@ class Analysis:
             base, advantage = self.baselines[baseline], quantity == "advantage"
             refined = attr.kink_aware_integrated_gradients(
                 self.net, s.obs, action, base, cfg.path_grid, cfg.path_grid_max, cfg.segment_points,
-                cfg.internal_batch_size, advantage=advantage, tolerance=TOLERANCE, min_delta=MIN_DELTA)
+                cfg.internal_batch_size, advantage=advantage, tolerance=TOLERANCE, min_delta=MIN_DELTA,
+                kinks=self.kinks[baseline])
             ig = refined.attr
             per_action.setdefault((baseline, quantity), []).append(ig)
             labels = {"model": self.label, "method": "ig", "layer": "input", "baseline": baseline,
@@ -143,11 +148,13 @@ class Analysis:
             if layer == REFINED_CUT:
                 refined = attr.kink_aware_layer_conductance(
                     self.net, s.obs, layer, action, base, cfg.path_grid, cfg.path_grid_max, cfg.segment_points,
-                    cfg.internal_batch_size, tolerance=TOLERANCE, min_delta=MIN_DELTA)
+                    cfg.internal_batch_size, tolerance=TOLERANCE, min_delta=MIN_DELTA,
+                    kinks=self.kinks[CONDUCTANCE_BASELINE])
                 cond, grids[action], points[action] = refined.attr, refined.grid, refined.points
             else:
                 cond = attr.layer_conductance_on_grids(self.net, s.obs, layer, action, base, grids[action],
-                                                       cfg.segment_points, cfg.internal_batch_size)
+                                                       cfg.segment_points, cfg.internal_batch_size,
+                                                       kinks=self.kinks[CONDUCTANCE_BASELINE])
             if layer in CUTS:
                 self.add("completeness", attr.completeness_table(
                     self.net, s.obs, base, cond, action, min_delta=MIN_DELTA, tolerance=TOLERANCE,

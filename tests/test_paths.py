@@ -6,13 +6,17 @@ import pytest
 import torch
 from torch import nn
 
+from egolens.analysis.attribution import piecewise_integrated_gradients
 from egolens.analysis.paths import (
     MAX_SEGMENT,
+    Crossings,
+    PathKinks,
     Segments,
     gauss_legendre_nodes,
     path_kinks,
     path_segments,
     point_schedule,
+    polish_roots,
     refine_until_complete,
     relu_input_sites,
     sign_changes,
@@ -50,6 +54,52 @@ def test_kinks_of_a_first_layer_are_exact_whatever_the_grid():
         kinks = path_kinks(net, net.forward, obs, baseline, mask, grid)
         assert kinks[0].tolist() == pytest.approx([0.3, 0.7], abs=1e-6)    # both units switch on
         assert kinks[1].tolist() == pytest.approx([0.3], abs=1e-6)         # the second never does
+
+
+class TwoLayers(nn.Module):
+    """relu(2·relu(x₀ − 0.45) − 0.13), x: [N, 1, 2]. On the path 0 → (1, 0) the first unit switches
+    on at α = 0.45 and the second at α = 0.515, where its input bends (it is flat before 0.45)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(2, 1), nn.Linear(1, 1)
+        with torch.no_grad():
+            self.first.weight.copy_(torch.tensor([[1.0, 0.0]]))
+            self.first.bias.fill_(-0.45)
+            self.second.weight.fill_(2.0)
+            self.second.bias.fill_(-0.13)
+        self.relu_first, self.relu_second = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.relu_second(self.second(self.relu_first(self.first(x[:, 0]))))
+
+
+def test_roots_are_found_inside_their_brackets_to_the_tolerance():
+    roots = torch.tensor([0.3 ** 0.5, 0.25, 0.9], dtype=torch.float64)
+
+    def f(idx, alpha):            # a curved, a linear and a decreasing function
+        curves = torch.stack([alpha ** 2 - 0.3, 4 * (alpha - 0.25), torch.exp(0.9 - alpha) - 1])
+        return curves[idx, torch.arange(len(idx))]
+
+    lo = torch.tensor([0.0, 0.2, 0.5], dtype=torch.float64)
+    hi = torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64)
+    idx = torch.arange(3)
+    crossings = Crossings(idx, idx * 0, idx * 0, lo, hi, f(idx, lo), f(idx, hi))
+    assert (crossings.interpolated() - roots).abs().max() > 0.05      # a secant through the bracket misses
+    assert polish_roots(f, crossings, xtol=1e-12).tolist() == pytest.approx(roots.tolist(), abs=1e-10)
+
+
+def test_a_deeper_units_kink_is_its_root_where_linear_interpolation_misses_it():
+    net = TwoLayers()
+    obs = torch.tensor([[[1.0, 0.0]]])
+    baseline, mask = torch.zeros_like(obs), torch.zeros(1, 1, dtype=torch.bool)
+    interpolated = path_kinks(net, net.forward, obs, baseline, mask, 3, polish=False)[0]
+    assert interpolated.tolist() == pytest.approx([1 / 3 + 0.13 / 1.3, 0.45])   # the bent unit is off by 0.08
+    assert path_kinks(net, net.forward, obs, baseline, mask, 3)[0].tolist() == pytest.approx([0.45, 0.515], abs=1e-6)
+    # so IG on the pieces is complete: f(obs) − f(baseline) = 2·0.55 − 0.13 = 0.97, all of it on x₀
+    attr, delta, _ = piecewise_integrated_gradients(net, obs, 0, baseline, grid=3)
+    assert attr[0, 0].tolist() == pytest.approx([0.97, 0.0], abs=1e-5)
+    assert abs(delta.item()) < 1e-5
 
 
 def test_kinks_are_found_in_every_mlp_of_the_attention_net_and_unchanged_rows_add_none():
@@ -119,3 +169,27 @@ def test_refinement_recomputes_only_the_failing_steps_and_stops_when_all_pass():
     assert refined.points.tolist() == [24, 96, 24, 384, 24]
     assert refined.attr[:, 1].tolist() == [8, 32, 8, 128, 8]          # each step keeps its last result
     torch.testing.assert_close(refined.delta, (errors * 8 / refined.grid).double())
+
+
+def test_path_kinks_are_located_once_per_step_and_grid_and_shared_by_every_job(monkeypatch):
+    import egolens.analysis.paths as paths_module
+    from egolens.analysis.attribution import absent_mask, kink_aware_integrated_gradients
+
+    net = tiny_net(seed=1)
+    obs = torch.zeros(3, 3, 7)
+    obs[:, :, 0] = 1.0
+    obs[:, 1:, 1:] = torch.rand(3, 2, 6, generator=torch.Generator().manual_seed(0))
+    baseline = obs.clone()
+    baseline[:, 1:, 1:] = 0
+    alone = [kink_aware_integrated_gradients(net, obs, action, baseline, grid=16, max_grid=64) for action in (0, 2)]
+    located = []
+    real = paths_module.path_kinks
+    monkeypatch.setattr(paths_module, "path_kinks", lambda *a, **k: located.append(len(a[2])) or real(*a, **k))
+    kinks = PathKinks(net, obs, baseline, absent_mask(obs))
+    shared = [kink_aware_integrated_gradients(net, obs, action, baseline, grid=16, max_grid=64, kinks=kinks)
+              for action in (0, 2)]
+    assert sum(located) == 3                       # the 3 paths on the first grid, once for both actions
+    for a, b in zip(alone, shared):
+        torch.testing.assert_close(a.attr, b.attr, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="other paths"):
+        kink_aware_integrated_gradients(net, obs, 0, torch.zeros_like(obs), grid=16, kinks=kinks)

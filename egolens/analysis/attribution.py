@@ -208,12 +208,6 @@ def integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, base
     return attr.detach(), delta.detach()
 
 
-def _path_points(start: torch.Tensor, end: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """start, end: [N, ...] rows; alpha: [N] float64 -> start + α·(end − start) [N, ...] (start's dtype)."""
-    shape = (-1,) + (1,) * (start.dim() - 1)
-    return (start.double() + alpha.reshape(shape) * (end - start).double()).to(start.dtype)
-
-
 def _delta_f(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, targets: torch.Tensor,
              advantage: bool) -> torch.Tensor:
     """f(obs) − f(baseline) [B], both with obs's absent mask (as the path methods see them)."""
@@ -224,13 +218,15 @@ def _delta_f(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, targets:
 
 def piecewise_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
                                    grid: int = 512, segment_points: int = 2, rows: int = 4096, *,
-                                   advantage: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                                   advantage: bool = False, kinks: Sequence[torch.Tensor] | None = None,
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integrated gradients (mask fixed) with every path cut at the ReLU kinks found on a grid of
     `grid` points (`paths.path_kinks`), each piece integrated by captum with `segment_points`
     Gauss-Legendre points (IG of the piece: baseline = its start, input = its end; the pieces'
     attributions add up to the step's, since IG is additive along a straight path).
 
-    obs, baseline: [B, E, F]; rows: path points per forward pass.
+    obs, baseline: [B, E, F]; rows: path points per forward pass; kinks: these paths' kinks on
+    `grid` if already located (`paths.PathKinks`).
     Returns (attributions [B, E, F], delta [B] float64 = Σ attr − (f(obs) − f(baseline)),
     gradient evaluations per step [B] long).
     """
@@ -238,14 +234,14 @@ def piecewise_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Ta
     targets = _target_tensor(target, obs.shape[0])
     mask = absent_mask(obs)
     forward = _forward_fn(net, advantage)
-    segments = paths.path_segments(paths.path_kinks(net, forward, obs, baseline, mask, grid, rows))
+    segments = paths.path_segments(_kinks(net, obs, baseline, mask, grid, rows, kinks))
     attr = torch.zeros_like(obs)
     per_call = max(1, rows // segment_points)
     ig = IntegratedGradients(forward)
     for first in range(0, len(segments.step), per_call):
         step = segments.step[first:first + per_call]
-        start = _path_points(baseline[step], obs[step], segments.start[first:first + per_call])
-        end = _path_points(baseline[step], obs[step], segments.end[first:first + per_call])
+        start = paths.path_points(obs[step], baseline[step], segments.start[first:first + per_call])
+        end = paths.path_points(obs[step], baseline[step], segments.end[first:first + per_call])
         part = ig.attribute(end, baselines=start, target=targets[step], additional_forward_args=(mask[step],),
                             n_steps=segment_points, method="gausslegendre",
                             internal_batch_size=len(step) * segment_points)
@@ -254,22 +250,52 @@ def piecewise_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Ta
     return attr, delta, segments.count(len(obs)) * segment_points
 
 
-def kink_aware_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
-                                    grid: int = 512, max_grid: int = 32768, segment_points: int = 2,
-                                    rows: int = 4096, *, advantage: bool = False, tolerance: float = 0.01,
-                                    min_delta: float = 1e-3) -> paths.Refined:
-    """`piecewise_integrated_gradients` of every step, redone on a 4× finer kink grid (up to
-    `max_grid`) for the steps still incomplete by `tolerance` of |ΔQ| (`paths.refine_until_complete`).
-    obs, baseline: [B, E, F]."""
-    targets = _target_tensor(target, obs.shape[0])
+def _kinks(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor, grid: int, rows: int,
+           known: Sequence[torch.Tensor] | None) -> Sequence[torch.Tensor]:
+    """The paths' kinks on `grid`: `known` if given, else located now."""
+    if known is not None:
+        return known
+    return paths.path_kinks(net, lambda x, m: net(x, m), obs, baseline, mask, grid, rows)
+
+
+PieceFn = Callable[[torch.Tensor, int, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""(step indices [b], kink grid, their kinks) -> (attribution [b, ...], delta [b], gradient evaluations [b])."""
+
+
+def _refined(piecewise: PieceFn, net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, targets: torch.Tensor,
+             advantage: bool, grid: int, max_grid: int, rows: int, tolerance: float, min_delta: float,
+             kinks: paths.PathKinks | None) -> paths.Refined:
+    """Run `piecewise` on every step with kinks on `grid`, then on 4× finer grids (up to
+    `max_grid`) for the steps still incomplete by `tolerance` of |ΔQ| (`paths.refine_until_complete`)."""
+    if kinks is None:
+        kinks = paths.PathKinks(net, obs, baseline, absent_mask(obs), rows)
+    kinks.check(net, obs, baseline)
 
     def attribute(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return piecewise_integrated_gradients(net, obs[idx], targets[idx], baseline[idx], n, segment_points, rows,
-                                              advantage=advantage)
+        return piecewise(idx, n, kinks.on_grid(idx, n))
 
     return paths.refine_until_complete(attribute, _delta_f(net, obs, baseline, targets, advantage),
                                        paths.point_schedule(grid, max_grid), tolerance=tolerance,
                                        min_delta=min_delta)
+
+
+def kink_aware_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor,
+                                    grid: int = 512, max_grid: int = 32768, segment_points: int = 2,
+                                    rows: int = 4096, *, advantage: bool = False, tolerance: float = 0.01,
+                                    min_delta: float = 1e-3, kinks: paths.PathKinks | None = None,
+                                    ) -> paths.Refined:
+    """`piecewise_integrated_gradients` of every step, redone on a 4× finer kink grid (up to
+    `max_grid`) for the steps still incomplete by `tolerance` of |ΔQ| (`paths.refine_until_complete`).
+    obs, baseline: [B, E, F]; kinks: a `paths.PathKinks` of these paths to share with other jobs."""
+    targets = _target_tensor(target, obs.shape[0])
+
+    def piecewise(idx: torch.Tensor, n: int,
+                  known: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return piecewise_integrated_gradients(net, obs[idx], targets[idx], baseline[idx], n, segment_points, rows,
+                                              advantage=advantage, kinks=known)
+
+    return _refined(piecewise, net, obs, baseline, targets, advantage, grid, max_grid, rows, tolerance, min_delta,
+                    kinks)
 
 
 def _batch_for(internal_batch_size: int | None, batch: int) -> int | None:
@@ -356,6 +382,7 @@ def layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target
 def piecewise_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
                                 baseline: torch.Tensor, grid: int = 512, segment_points: int = 2,
                                 rows: int = 4096, *, advantage: bool = False,
+                                kinks: Sequence[torch.Tensor] | None = None,
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Conductance of Q(s, a) (or the advantage) at the named activation, the path cut at the ReLU
     kinks (`paths.path_kinks` on `grid` points) and each piece integrated with `segment_points`
@@ -365,7 +392,8 @@ def piecewise_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: s
     derivative along the path comes from forward-mode autodiff (tangent x − b), ∂f/∂a_j from a
     backward pass. It is the quantity captum's `LayerConductance` approximates by a left Riemann
     sum of activation differences (first order); here it is integrated to high order, so at a cut
-    every path crosses the conductances add up to f(x) − f(b) as IG does.
+    every path crosses the conductances add up to f(x) − f(b) as IG does. kinks: these paths'
+    kinks on `grid` if already located (`paths.PathKinks`).
     Returns (conductance [B, *activation shape], delta [B] float64 = Σ cond − (f(x) − f(b)),
     gradient evaluations per step [B] long).
     """
@@ -374,12 +402,12 @@ def piecewise_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: s
     mask = absent_mask(obs)
     forward = _forward_fn(net, advantage)
     module = _named_module(net, layer_name)
-    segments = paths.path_segments(paths.path_kinks(net, forward, obs, baseline, mask, grid, rows))
+    segments = paths.path_segments(_kinks(net, obs, baseline, mask, grid, rows, kinks))
     step, alpha, weight = paths.gauss_legendre_nodes(segments, segment_points)
     cond: torch.Tensor | None = None
     for first in range(0, len(step), rows):
         s = step[first:first + rows]
-        x = _path_points(baseline[s], obs[s], alpha[first:first + rows])
+        x = paths.path_points(obs[s], baseline[s], alpha[first:first + rows])
         direction = obs[s] - baseline[s]
         grads, tangents = _layer_gradient_and_tangent(forward, module, x, direction, mask[s], targets[s])
         part = grads.double() * tangents.double() * weight[first:first + rows].reshape((-1,) + (1,) * (grads.dim() - 1))
@@ -415,32 +443,40 @@ def _layer_gradient_and_tangent(forward: Callable[..., torch.Tensor], module: nn
 def kink_aware_layer_conductance(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
                                  baseline: torch.Tensor, grid: int = 512, max_grid: int = 32768,
                                  segment_points: int = 2, rows: int = 4096, *, advantage: bool = False,
-                                 tolerance: float = 0.01, min_delta: float = 1e-3) -> paths.Refined:
+                                 tolerance: float = 0.01, min_delta: float = 1e-3,
+                                 kinks: paths.PathKinks | None = None) -> paths.Refined:
     """`piecewise_layer_conductance` at a layer every path crosses, redone on a finer kink grid for
-    the steps whose conductances do not yet add up to f(obs) − f(baseline) within `tolerance`."""
+    the steps whose conductances do not yet add up to f(obs) − f(baseline) within `tolerance`.
+    kinks: a `paths.PathKinks` of these paths to share with other jobs."""
     targets = _target_tensor(target, obs.shape[0])
 
-    def attribute(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def piecewise(idx: torch.Tensor, n: int,
+                  known: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return piecewise_layer_conductance(net, obs[idx], layer_name, targets[idx], baseline[idx], n,
-                                           segment_points, rows, advantage=advantage)
+                                           segment_points, rows, advantage=advantage, kinks=known)
 
-    return paths.refine_until_complete(attribute, _delta_f(net, obs, baseline, targets, advantage),
-                                       paths.point_schedule(grid, max_grid), tolerance=tolerance,
-                                       min_delta=min_delta)
+    return _refined(piecewise, net, obs, baseline, targets, advantage, grid, max_grid, rows, tolerance, min_delta,
+                    kinks)
 
 
 def layer_conductance_on_grids(net: nn.Module, obs: torch.Tensor, layer_name: str, target: Target,
                                baseline: torch.Tensor, grids: torch.Tensor, segment_points: int = 2,
-                               rows: int = 4096, *, advantage: bool = False) -> torch.Tensor:
+                               rows: int = 4096, *, advantage: bool = False,
+                               kinks: paths.PathKinks | None = None) -> torch.Tensor:
     """`piecewise_layer_conductance` with each step's kinks located on its own grid ([B] long,
     e.g. `Refined.grid` of a cut layer, so every layer of a step shares one set of path pieces).
+    kinks: a `paths.PathKinks` of these paths (with the cut layer's kinks already in it).
     Returns [B, *activation shape]."""
     targets = _target_tensor(target, obs.shape[0])
+    if kinks is None:
+        kinks = paths.PathKinks(net, obs, baseline, absent_mask(obs), rows)
+    kinks.check(net, obs, baseline)
     out: torch.Tensor | None = None
     for n in torch.unique(grids).tolist():
         idx = torch.nonzero(grids == n).squeeze(1)
         cond, _, _ = piecewise_layer_conductance(net, obs[idx], layer_name, targets[idx], baseline[idx], int(n),
-                                                 segment_points, rows, advantage=advantage)
+                                                 segment_points, rows, advantage=advantage,
+                                                 kinks=kinks.on_grid(idx, int(n)))
         if out is None:
             out = torch.zeros((obs.shape[0], *cond.shape[1:]), dtype=cond.dtype)
         out[idx] = cond

@@ -6,9 +6,13 @@ quadrature over the whole path converges only like 1/points: 4096 Gauss-Legendre
 leave about one recorded step in ten more than 1% incomplete. Between two kinks the integrand is
 smooth (linear maps, softmax), so this module
 
-1. finds the kinks: the ReLU inputs are evaluated on a grid of α (forward passes only) and each
-   sign change between neighbouring grid points is located by linear interpolation (exact for a
-   first layer, whose input is linear in α);
+1. finds the kinks: the ReLU inputs are evaluated on a grid of α (forward passes only), and each
+   sign change between neighbouring grid points is located by bracketed root finding on that
+   unit (Illinois regula falsi, started from linear interpolation). Linear interpolation alone is
+   exact only for a first layer, whose input is linear in α; a deeper unit's input bends, and
+   has kinks of its own wherever an earlier ReLU switches, so its interpolated crossing can be
+   off by half a grid cell (which left one trained-network step 1.15% incomplete even on a
+   32768-point grid);
 2. cuts the path there (and into pieces no longer than `max_length`), and
 3. integrates every piece with a few Gauss-Legendre points, which is then exact to high order.
 
@@ -95,42 +99,192 @@ def _relu_inputs(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor],
     return captured
 
 
+@dataclass
+class Crossings:
+    """Sign changes of ReLU inputs between neighbouring grid points of the paths, K of them."""
+
+    step: torch.Tensor    # [K] long, whose path
+    site: torch.Tensor    # [K] long, index into `relu_input_sites`
+    unit: torch.Tensor    # [K] long, flat index of the unit within one row of the site's activation
+    lo: torch.Tensor      # [K] float64 α, bracket: the unit's input has one sign at lo ...
+    hi: torch.Tensor      # [K] float64 α, ... and the other at hi
+    v_lo: torch.Tensor    # [K] float64, the unit's input at lo
+    v_hi: torch.Tensor    # [K] float64, the unit's input at hi
+
+    def interpolated(self) -> torch.Tensor:
+        """[K] float64: where the straight line through (lo, v_lo), (hi, v_hi) crosses zero."""
+        return _secant(self.lo, self.hi, self.v_lo, self.v_hi)
+
+
+def _secant(lo: torch.Tensor, hi: torch.Tensor, v_lo: torch.Tensor, v_hi: torch.Tensor) -> torch.Tensor:
+    return lo + (hi - lo) * v_lo / (v_lo - v_hi)
+
+
+def grid_crossings(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sign changes between neighbouring samples of sampled functions.
+
+    values: [P, G + 1, U] float64, U functions of P paths sampled at α = 0, 1/G, ..., 1.
+    Returns (path [K], cell [K], unit [K], α of the linear-interpolated crossing [K] float64):
+    the crossing lies between α = cell/G and (cell + 1)/G.
+    """
+    grid = values.shape[1] - 1
+    positive = values > 0
+    path, cell, unit = torch.nonzero(positive[:, 1:] != positive[:, :-1], as_tuple=True)
+    v0, v1 = values[path, cell, unit], values[path, cell + 1, unit]
+    return path, cell, unit, (cell.double() + v0 / (v0 - v1)) / grid
+
+
 def sign_changes(values: torch.Tensor) -> torch.Tensor:
     """Where piecewise-linear interpolants of sampled functions cross zero.
 
     values: [G + 1, U] float64, U functions sampled at α = 0, 1/G, ..., 1.
     Returns the crossing α of every sign change between neighbouring samples, [K] (unsorted).
     """
-    grid = values.shape[0] - 1
-    positive = values > 0
-    cell, unit = torch.nonzero(positive[1:] != positive[:-1], as_tuple=True)
-    v0, v1 = values[cell, unit], values[cell + 1, unit]
-    return (cell.double() + v0 / (v0 - v1)) / grid
+    return grid_crossings(values[None])[3]
 
 
-def path_kinks(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], obs: torch.Tensor,
-               baseline: torch.Tensor, mask: torch.Tensor, grid: int, rows: int = 4096) -> list[torch.Tensor]:
-    """The α in (0, 1) at which some ReLU input of `net` changes sign along each step's path.
+def polish_roots(evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], crossings: Crossings, *,
+                 xtol: float = 1e-7, max_iterations: int = 60) -> torch.Tensor:
+    """Each crossing's root α, found by Illinois regula falsi inside its bracket [lo, hi].
 
-    forward(x [N, E, F], mask [N, E]) runs `net`; obs, baseline: [B, E, F]; mask: [B, E] (held
-    fixed along the path); grid: G, the path is sampled at G + 1 points; rows: forward batch size.
-    Returns B sorted float64 tensors [K_b]. Units that are constant along the path (an unchanged
-    ego, absent vehicles) never switch and add nothing.
+    evaluate(idx [k] long, α [k] float64) -> [k]: the input of crossing idx's unit at α on its path.
+    A root is final once an iteration moves it by less than `xtol` (or hits 0 exactly); a unit
+    whose input is linear in α (a first layer) is final after about one evaluation. The default
+    `xtol` is the resolution of float32 path points: a finer one only chases rounding noise.
+    Returns [K] float64 α, each within its bracket.
     """
+    lo, hi = crossings.lo.clone(), crossings.hi.clone()
+    v_lo, v_hi = crossings.v_lo.clone(), crossings.v_hi.clone()
+    alpha = _secant(lo, hi, v_lo, v_hi)
+    last = torch.zeros_like(alpha, dtype=torch.int8)     # which end the previous step replaced: -1 lo, +1 hi
+    active = torch.arange(len(alpha))
+    for _ in range(max_iterations):
+        if active.numel() == 0:
+            break
+        a = alpha[active]
+        v = evaluate(active, a).double()
+        root_above = (v > 0) == (v_lo[active] > 0)       # same sign as at lo: the root lies in (a, hi)
+        new_lo = torch.where(root_above, a, lo[active])
+        new_hi = torch.where(root_above, hi[active], a)
+        new_v_lo = torch.where(root_above, v, v_lo[active])
+        new_v_hi = torch.where(root_above, v_hi[active], v)
+        # Illinois: an end kept twice in a row has its value halved, so the secant stops creeping
+        new_v_hi = torch.where(root_above & (last[active] == -1), new_v_hi / 2, new_v_hi)
+        new_v_lo = torch.where(~root_above & (last[active] == 1), new_v_lo / 2, new_v_lo)
+        lo[active], hi[active], v_lo[active], v_hi[active] = new_lo, new_hi, new_v_lo, new_v_hi
+        last[active] = torch.where(root_above, -1, 1).to(torch.int8)
+        moved = _secant(new_lo, new_hi, new_v_lo, new_v_hi)
+        exact = v == 0
+        alpha[active] = torch.where(exact, a, moved)
+        active = active[~exact & ((moved - a).abs() >= xtol)]
+    return alpha
+
+
+def path_points(obs: torch.Tensor, baseline: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Points b + α·(x − b) on straight paths, computed in float64 and stored in obs's dtype.
+    obs, baseline: [N, ...]; alpha: [N] or [N, G] float64 -> [N, ...] or [N·G, ...] (path-major)."""
+    a = alpha.reshape(alpha.shape[0], -1, *(1,) * (obs.dim() - 1))
+    points = baseline.double()[:, None] + a * (obs - baseline).double()[:, None]
+    return points.reshape(-1, *obs.shape[1:]).to(obs.dtype)
+
+
+def path_crossings(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], obs: torch.Tensor,
+                   baseline: torch.Tensor, mask: torch.Tensor, grid: int, rows: int = 4096) -> Crossings:
+    """Every sign change of a ReLU input of `net` between neighbouring points of a `grid`-point
+    sampling of each step's path. obs, baseline: [B, E, F]; mask: [B, E]; rows: forward batch size."""
     alphas = torch.linspace(0.0, 1.0, grid + 1, dtype=torch.float64)
     per_chunk = max(1, rows // (grid + 1))
-    kinks: list[torch.Tensor] = []
+    found: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for first in range(0, obs.shape[0], per_chunk):
         x, b, m = (t[first:first + per_chunk] for t in (obs, baseline, mask))
         chunk = x.shape[0]
-        path = (b.double()[:, None] + alphas[None, :, None, None] * (x - b).double()[:, None]).to(obs.dtype)
-        path = path.reshape(chunk * (grid + 1), *obs.shape[1:])
+        path = path_points(x, b, alphas.expand(chunk, grid + 1))
         rows_mask = m[:, None].expand(chunk, grid + 1, m.shape[1]).reshape(-1, m.shape[1])
-        inputs = _relu_inputs(net, forward, path, rows_mask)
-        for i in range(chunk):
-            found = [sign_changes(a.reshape(chunk, grid + 1, -1)[i].double()) for a in inputs]
-            kinks.append(torch.unique(torch.cat(found)) if found else torch.zeros(0, dtype=torch.float64))
-    return kinks
+        for site, inputs in enumerate(_relu_inputs(net, forward, path, rows_mask)):
+            values = inputs.reshape(chunk, grid + 1, -1).double()
+            step, cell, unit, _ = grid_crossings(values)
+            found.append((site, step + first, unit, cell, values[step, cell, unit], values[step, cell + 1, unit]))
+    if not found:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Crossings(empty, empty, empty, *(torch.zeros(0, dtype=torch.float64),) * 4)
+    cell = torch.cat([f[3] for f in found])
+    return Crossings(torch.cat([f[1] for f in found]), torch.cat([torch.full_like(f[1], f[0]) for f in found]),
+                     torch.cat([f[2] for f in found]), alphas[cell], alphas[cell + 1],
+                     torch.cat([f[4] for f in found]), torch.cat([f[5] for f in found]))
+
+
+def unit_inputs(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], obs: torch.Tensor,
+                baseline: torch.Tensor, mask: torch.Tensor, crossings: Crossings, idx: torch.Tensor,
+                alpha: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """The input of crossing idx's ReLU unit at α on its step's path, [k] float64.
+    obs, baseline: [B, E, F]; mask: [B, E]; idx: [k] long into `crossings`; alpha: [k] float64."""
+    out = torch.empty(len(idx), dtype=torch.float64)
+    for first in range(0, len(idx), rows):
+        part = idx[first:first + rows]
+        step, site, unit = crossings.step[part], crossings.site[part], crossings.unit[part]
+        points = path_points(obs[step], baseline[step], alpha[first:first + rows])
+        values = out[first:first + rows]
+        for index, captured in enumerate(_relu_inputs(net, forward, points, mask[step])):
+            here = site == index
+            values[here] = captured.reshape(len(part), -1)[here, unit[here]].double()
+    return out
+
+
+def path_kinks(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], obs: torch.Tensor,
+               baseline: torch.Tensor, mask: torch.Tensor, grid: int, rows: int = 4096, *,
+               polish: bool = True) -> list[torch.Tensor]:
+    """The α in (0, 1) at which some ReLU input of `net` changes sign along each step's path.
+
+    forward(x [N, E, F], mask [N, E]) runs `net`; obs, baseline: [B, E, F]; mask: [B, E] (held
+    fixed along the path); grid: G, the path is sampled at G + 1 points, and every sign change
+    between two samples is located by root finding on its unit (`polish_roots`), or by linear
+    interpolation only if not `polish`; rows: forward batch size.
+    Returns B sorted float64 tensors [K_b]. Units that are constant along the path (an unchanged
+    ego, absent vehicles) never switch and add nothing.
+    """
+    crossings = path_crossings(net, forward, obs, baseline, mask, grid, rows)
+    if polish:
+        alpha = polish_roots(lambda idx, a: unit_inputs(net, forward, obs, baseline, mask, crossings, idx, a, rows),
+                             crossings)
+    else:
+        alpha = crossings.interpolated()
+    return [torch.unique(alpha[crossings.step == i]) for i in range(obs.shape[0])]
+
+
+class PathKinks:
+    """The kinks of B fixed paths baseline → obs (mask held fixed), located once per grid and step
+    and then reused: they depend on the path alone, not on the action, quantity or layer being
+    attributed, so every IG and conductance job on the same baseline shares them.
+
+    obs, baseline: [B, E, F]; mask: [B, E]; rows: forward batch size.
+    """
+
+    def __init__(self, net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor,
+                 rows: int = 4096) -> None:
+        self.net, self.rows = net, rows
+        self.obs, self.baseline, self.mask = obs.detach(), baseline.detach().to(obs.dtype), mask
+        self._found: dict[int, dict[int, torch.Tensor]] = {}
+
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor) -> object:
+        return self.net(x, mask)
+
+    def check(self, net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor) -> None:
+        """Raise ValueError unless these are the network and paths the kinks were located on."""
+        if net is not self.net or not (torch.equal(obs, self.obs)
+                                       and torch.equal(baseline.to(obs.dtype), self.baseline)):
+            raise ValueError("these PathKinks were located on another network or other paths")
+
+    def on_grid(self, idx: torch.Tensor, grid: int) -> list[torch.Tensor]:
+        """The kinks of steps idx [k] located on a `grid`-point grid (`path_kinks`), computed for
+        the steps not asked for before; k sorted float64 tensors."""
+        found = self._found.setdefault(grid, {})
+        missing = [i for i in idx.tolist() if i not in found]
+        if missing:
+            new = torch.tensor(missing, dtype=torch.long)
+            kinks = path_kinks(self.net, self._forward, self.obs[new], self.baseline[new], self.mask[new], grid,
+                               self.rows)
+            found.update(zip(missing, kinks))
+        return [found[i] for i in idx.tolist()]
 
 
 def path_segments(kinks: Sequence[torch.Tensor], max_length: float = MAX_SEGMENT,
