@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import product
+
 import pytest
 import torch
 from torch import nn
@@ -13,13 +15,13 @@ from egolens.analysis.paths import (
     PathKinks,
     Segments,
     gauss_legendre_nodes,
+    grid_crossings,
     path_kinks,
     path_segments,
     point_schedule,
     polish_roots,
     refine_until_complete,
     relu_input_sites,
-    sign_changes,
 )
 from tests.conftest import tiny_net
 
@@ -39,10 +41,12 @@ class TwoUnits(nn.Module):
         return self.relu(self.linear(x[:, 0])).sum(-1, keepdim=True)
 
 
-def test_sign_changes_are_located_by_linear_interpolation():
+def test_sign_changes_are_bracketed_by_the_grid_cell_they_happen_in():
     alphas = torch.linspace(0, 1, 5, dtype=torch.float64)
     values = torch.stack([alphas - 0.3, 0.6 - alphas, torch.ones(5, dtype=torch.float64)], 1)
-    assert sorted(sign_changes(values).tolist()) == pytest.approx([0.3, 0.6])
+    path, cell, unit = grid_crossings(values[None])
+    assert path.tolist() == [0, 0]
+    assert sorted(zip(unit.tolist(), cell.tolist())) == [(0, 1), (1, 2)]   # 0.3 in [0.25, 0.5], 0.6 in [0.5, 0.75]
 
 
 def test_kinks_of_a_first_layer_are_exact_whatever_the_grid():
@@ -50,8 +54,8 @@ def test_kinks_of_a_first_layer_are_exact_whatever_the_grid():
     obs = torch.tensor([[[1.0, 1.0]], [[1.0, 0.0]]])
     baseline = torch.zeros_like(obs)
     mask = torch.zeros(2, 1, dtype=torch.bool)
-    for grid in (3, 10, 64):
-        kinks = path_kinks(net, net.forward, obs, baseline, mask, grid)
+    for grid, polish in product((3, 10, 64), (True, False)):             # linear interpolation is exact here
+        kinks = path_kinks(net, obs, baseline, mask, grid, polish=polish)
         assert kinks[0].tolist() == pytest.approx([0.3, 0.7], abs=1e-6)    # both units switch on
         assert kinks[1].tolist() == pytest.approx([0.3], abs=1e-6)         # the second never does
 
@@ -93,9 +97,9 @@ def test_a_deeper_units_kink_is_its_root_where_linear_interpolation_misses_it():
     net = TwoLayers()
     obs = torch.tensor([[[1.0, 0.0]]])
     baseline, mask = torch.zeros_like(obs), torch.zeros(1, 1, dtype=torch.bool)
-    interpolated = path_kinks(net, net.forward, obs, baseline, mask, 3, polish=False)[0]
+    interpolated = path_kinks(net, obs, baseline, mask, 3, polish=False)[0]
     assert interpolated.tolist() == pytest.approx([1 / 3 + 0.13 / 1.3, 0.45])   # the bent unit is off by 0.08
-    assert path_kinks(net, net.forward, obs, baseline, mask, 3)[0].tolist() == pytest.approx([0.45, 0.515], abs=1e-6)
+    assert path_kinks(net, obs, baseline, mask, 3)[0].tolist() == pytest.approx([0.45, 0.515], abs=1e-6)
     # so IG on the pieces is complete: f(obs) − f(baseline) = 2·0.55 − 0.13 = 0.97, all of it on x₀
     attr, delta, _ = piecewise_integrated_gradients(net, obs, 0, baseline, grid=3)
     assert attr[0, 0].tolist() == pytest.approx([0.97, 0.0], abs=1e-5)
@@ -109,11 +113,11 @@ def test_kinks_are_found_in_every_mlp_of_the_attention_net_and_unchanged_rows_ad
     obs[:, :, 0] = 1.0
     obs[:, 1:, 1:] = torch.rand(2, 6, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(1, 3, dtype=torch.bool)
-    assert len(path_kinks(net, net.forward, obs, obs.clone(), mask, 64)[0]) == 0   # no path, no kink
+    assert len(path_kinks(net, obs, obs.clone(), mask, 64)[0]) == 0   # no path, no kink
     baseline = obs.clone()
     baseline[:, 1:, 1:] = 0
-    coarse = path_kinks(net, net.forward, obs, baseline, mask, 64, rows=7)[0]      # chunked forward passes
-    fine = path_kinks(net, net.forward, obs, baseline, mask, 4096)[0]
+    coarse = path_kinks(net, obs, baseline, mask, 64, rows=7)[0]      # chunked forward passes
+    fine = path_kinks(net, obs, baseline, mask, 4096)[0]
     assert len(coarse) > 0 and ((coarse > 0) & (coarse < 1)).all()
     # every kink the coarse grid finds, the fine grid finds nearby
     assert torch.cdist(coarse[:, None], fine[:, None]).min(1).values.max() < 1e-2
@@ -184,7 +188,7 @@ def test_path_kinks_are_located_once_per_step_and_grid_and_shared_by_every_job(m
     alone = [kink_aware_integrated_gradients(net, obs, action, baseline, grid=16, max_grid=64) for action in (0, 2)]
     located = []
     real = paths_module.path_kinks
-    monkeypatch.setattr(paths_module, "path_kinks", lambda *a, **k: located.append(len(a[2])) or real(*a, **k))
+    monkeypatch.setattr(paths_module, "path_kinks", lambda *a, **k: located.append(len(a[1])) or real(*a, **k))
     kinks = PathKinks(net, obs, baseline, absent_mask(obs))
     shared = [kink_aware_integrated_gradients(net, obs, action, baseline, grid=16, max_grid=64, kinks=kinks)
               for action in (0, 2)]

@@ -255,7 +255,7 @@ def _kinks(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torc
     """The paths' kinks on `grid`: `known` if given, else located now."""
     if known is not None:
         return known
-    return paths.path_kinks(net, lambda x, m: net(x, m), obs, baseline, mask, grid, rows)
+    return paths.path_kinks(net, obs, baseline, mask, grid, rows)
 
 
 PieceFn = Callable[[torch.Tensor, int, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -267,12 +267,10 @@ def _refined(piecewise: PieceFn, net: nn.Module, obs: torch.Tensor, baseline: to
              kinks: paths.PathKinks | None) -> paths.Refined:
     """Run `piecewise` on every step with kinks on `grid`, then on 4× finer grids (up to
     `max_grid`) for the steps still incomplete by `tolerance` of |ΔQ| (`paths.refine_until_complete`)."""
-    if kinks is None:
-        kinks = paths.PathKinks(net, obs, baseline, absent_mask(obs), rows)
-    kinks.check(net, obs, baseline)
+    shared = paths.PathKinks.of(kinks, net, obs, baseline, rows)
 
     def attribute(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return piecewise(idx, n, kinks.on_grid(idx, n))
+        return piecewise(idx, n, shared.on_grid(idx, n))
 
     return paths.refine_until_complete(attribute, _delta_f(net, obs, baseline, targets, advantage),
                                        paths.point_schedule(grid, max_grid), tolerance=tolerance,
@@ -468,15 +466,13 @@ def layer_conductance_on_grids(net: nn.Module, obs: torch.Tensor, layer_name: st
     kinks: a `paths.PathKinks` of these paths (with the cut layer's kinks already in it).
     Returns [B, *activation shape]."""
     targets = _target_tensor(target, obs.shape[0])
-    if kinks is None:
-        kinks = paths.PathKinks(net, obs, baseline, absent_mask(obs), rows)
-    kinks.check(net, obs, baseline)
+    shared = paths.PathKinks.of(kinks, net, obs, baseline, rows)
     out: torch.Tensor | None = None
     for n in torch.unique(grids).tolist():
         idx = torch.nonzero(grids == n).squeeze(1)
         cond, _, _ = piecewise_layer_conductance(net, obs[idx], layer_name, targets[idx], baseline[idx], int(n),
                                                  segment_points, rows, advantage=advantage,
-                                                 kinks=kinks.on_grid(idx, int(n)))
+                                                 kinks=shared.on_grid(idx, int(n)))
         if out is None:
             out = torch.zeros((obs.shape[0], *cond.shape[1:]), dtype=cond.dtype)
         out[idx] = cond

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from egolens.model import MultiLayerPerceptron
+from egolens.model import EgoAttentionNetwork, MultiLayerPerceptron
 
 MAX_SEGMENT = 1 / 16
 """Longest piece of a path integrated by one Gauss-Legendre rule (smooth but curved stretches)."""
@@ -77,9 +77,8 @@ def relu_input_sites(net: nn.Module) -> list[tuple[nn.Module, bool]]:
     return sites
 
 
-def _relu_inputs(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], x: torch.Tensor,
-                 mask: torch.Tensor) -> list[torch.Tensor]:
-    """Run forward(x, mask) (a forward pass of `net`) and return every ReLU input it computed ([rows, ...] each)."""
+def _relu_inputs(net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Run net(x, mask) and return every ReLU input it computed ([rows, ...] each, `relu_input_sites` order)."""
     captured: list[torch.Tensor] = []
 
     def keep_output(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -92,7 +91,7 @@ def _relu_inputs(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor],
                for module, is_output in relu_input_sites(net)]
     try:
         with torch.no_grad():
-            forward(x, mask)
+            net(x, mask)
     finally:
         for handle in handles:
             handle.remove()
@@ -120,27 +119,16 @@ def _secant(lo: torch.Tensor, hi: torch.Tensor, v_lo: torch.Tensor, v_hi: torch.
     return lo + (hi - lo) * v_lo / (v_lo - v_hi)
 
 
-def grid_crossings(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def grid_crossings(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sign changes between neighbouring samples of sampled functions.
 
     values: [P, G + 1, U] float64, U functions of P paths sampled at α = 0, 1/G, ..., 1.
-    Returns (path [K], cell [K], unit [K], α of the linear-interpolated crossing [K] float64):
-    the crossing lies between α = cell/G and (cell + 1)/G.
+    Returns (path [K], cell [K], unit [K]): function `unit` of path `path` changes sign between
+    α = cell/G and (cell + 1)/G.
     """
-    grid = values.shape[1] - 1
     positive = values > 0
     path, cell, unit = torch.nonzero(positive[:, 1:] != positive[:, :-1], as_tuple=True)
-    v0, v1 = values[path, cell, unit], values[path, cell + 1, unit]
-    return path, cell, unit, (cell.double() + v0 / (v0 - v1)) / grid
-
-
-def sign_changes(values: torch.Tensor) -> torch.Tensor:
-    """Where piecewise-linear interpolants of sampled functions cross zero.
-
-    values: [G + 1, U] float64, U functions sampled at α = 0, 1/G, ..., 1.
-    Returns the crossing α of every sign change between neighbouring samples, [K] (unsorted).
-    """
-    return grid_crossings(values[None])[3]
+    return path, cell, unit
 
 
 def polish_roots(evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], crossings: Crossings, *,
@@ -188,8 +176,8 @@ def path_points(obs: torch.Tensor, baseline: torch.Tensor, alpha: torch.Tensor) 
     return points.reshape(-1, *obs.shape[1:]).to(obs.dtype)
 
 
-def path_crossings(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], obs: torch.Tensor,
-                   baseline: torch.Tensor, mask: torch.Tensor, grid: int, rows: int = 4096) -> Crossings:
+def path_crossings(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor, grid: int,
+                   rows: int = 4096) -> Crossings:
     """Every sign change of a ReLU input of `net` between neighbouring points of a `grid`-point
     sampling of each step's path. obs, baseline: [B, E, F]; mask: [B, E]; rows: forward batch size."""
     alphas = torch.linspace(0.0, 1.0, grid + 1, dtype=torch.float64)
@@ -200,9 +188,9 @@ def path_crossings(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor
         chunk = x.shape[0]
         path = path_points(x, b, alphas.expand(chunk, grid + 1))
         rows_mask = m[:, None].expand(chunk, grid + 1, m.shape[1]).reshape(-1, m.shape[1])
-        for site, inputs in enumerate(_relu_inputs(net, forward, path, rows_mask)):
+        for site, inputs in enumerate(_relu_inputs(net, path, rows_mask)):
             values = inputs.reshape(chunk, grid + 1, -1).double()
-            step, cell, unit, _ = grid_crossings(values)
+            step, cell, unit = grid_crossings(values)
             found.append((site, step + first, unit, cell, values[step, cell, unit], values[step, cell + 1, unit]))
     if not found:
         empty = torch.zeros(0, dtype=torch.long)
@@ -213,9 +201,8 @@ def path_crossings(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor
                      torch.cat([f[4] for f in found]), torch.cat([f[5] for f in found]))
 
 
-def unit_inputs(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], obs: torch.Tensor,
-                baseline: torch.Tensor, mask: torch.Tensor, crossings: Crossings, idx: torch.Tensor,
-                alpha: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+def unit_inputs(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor, crossings: Crossings,
+                idx: torch.Tensor, alpha: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """The input of crossing idx's ReLU unit at α on its step's path, [k] float64.
     obs, baseline: [B, E, F]; mask: [B, E]; idx: [k] long into `crossings`; alpha: [k] float64."""
     out = torch.empty(len(idx), dtype=torch.float64)
@@ -224,27 +211,26 @@ def unit_inputs(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], 
         step, site, unit = crossings.step[part], crossings.site[part], crossings.unit[part]
         points = path_points(obs[step], baseline[step], alpha[first:first + rows])
         values = out[first:first + rows]
-        for index, captured in enumerate(_relu_inputs(net, forward, points, mask[step])):
+        for index, captured in enumerate(_relu_inputs(net, points, mask[step])):
             here = site == index
             values[here] = captured.reshape(len(part), -1)[here, unit[here]].double()
     return out
 
 
-def path_kinks(net: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor], object], obs: torch.Tensor,
-               baseline: torch.Tensor, mask: torch.Tensor, grid: int, rows: int = 4096, *,
-               polish: bool = True) -> list[torch.Tensor]:
+def path_kinks(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor, grid: int,
+               rows: int = 4096, *, polish: bool = True) -> list[torch.Tensor]:
     """The α in (0, 1) at which some ReLU input of `net` changes sign along each step's path.
 
-    forward(x [N, E, F], mask [N, E]) runs `net`; obs, baseline: [B, E, F]; mask: [B, E] (held
+    net(x [N, E, F], mask [N, E]) -> [N, A]; obs, baseline: [B, E, F]; mask: [B, E] (held
     fixed along the path); grid: G, the path is sampled at G + 1 points, and every sign change
     between two samples is located by root finding on its unit (`polish_roots`), or by linear
     interpolation only if not `polish`; rows: forward batch size.
     Returns B sorted float64 tensors [K_b]. Units that are constant along the path (an unchanged
     ego, absent vehicles) never switch and add nothing.
     """
-    crossings = path_crossings(net, forward, obs, baseline, mask, grid, rows)
+    crossings = path_crossings(net, obs, baseline, mask, grid, rows)
     if polish:
-        alpha = polish_roots(lambda idx, a: unit_inputs(net, forward, obs, baseline, mask, crossings, idx, a, rows),
+        alpha = polish_roots(lambda idx, a: unit_inputs(net, obs, baseline, mask, crossings, idx, a, rows),
                              crossings)
     else:
         alpha = crossings.interpolated()
@@ -265,14 +251,17 @@ class PathKinks:
         self.obs, self.baseline, self.mask = obs.detach(), baseline.detach().to(obs.dtype), mask
         self._found: dict[int, dict[int, torch.Tensor]] = {}
 
-    def _forward(self, x: torch.Tensor, mask: torch.Tensor) -> object:
-        return self.net(x, mask)
-
-    def check(self, net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor) -> None:
-        """Raise ValueError unless these are the network and paths the kinks were located on."""
-        if net is not self.net or not (torch.equal(obs, self.obs)
-                                       and torch.equal(baseline.to(obs.dtype), self.baseline)):
+    @classmethod
+    def of(cls, known: PathKinks | None, net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor,
+           rows: int = 4096) -> PathKinks:
+        """`known` if it holds the kinks of these paths through `net` (ValueError if of others),
+        else new PathKinks for them (mask: obs's absent vehicles)."""
+        if known is None:
+            return cls(net, obs, baseline, EgoAttentionNetwork.absent_mask(obs), rows)
+        if net is not known.net or not (torch.equal(obs, known.obs)
+                                        and torch.equal(baseline.to(obs.dtype), known.baseline)):
             raise ValueError("these PathKinks were located on another network or other paths")
+        return known
 
     def on_grid(self, idx: torch.Tensor, grid: int) -> list[torch.Tensor]:
         """The kinks of steps idx [k] located on a `grid`-point grid (`path_kinks`), computed for
@@ -281,8 +270,7 @@ class PathKinks:
         missing = [i for i in idx.tolist() if i not in found]
         if missing:
             new = torch.tensor(missing, dtype=torch.long)
-            kinks = path_kinks(self.net, self._forward, self.obs[new], self.baseline[new], self.mask[new], grid,
-                               self.rows)
+            kinks = path_kinks(self.net, self.obs[new], self.baseline[new], self.mask[new], grid, self.rows)
             found.update(zip(missing, kinks))
         return [found[i] for i in idx.tolist()]
 
