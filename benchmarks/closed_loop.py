@@ -17,16 +17,16 @@ import torch
 from egolens import checkpoint
 from egolens.analysis import interventions as iv
 from egolens.config import Params
-from egolens.env import make_vector_env
+from egolens.env import make_runner
 from egolens.evaluation import play_greedy
 from egolens.model import EgoAttentionNetwork
 
 
 def timed(policy: torch.nn.Module, params: Params, num_envs: int, seeds: list[int]) -> tuple[float, int]:
     """(seconds, env steps) of one condition: every episode of `seeds` on a fresh vector env."""
-    envs = make_vector_env(params.env, num_envs)
+    envs = make_runner(params.env, num_envs)
     try:
-        envs.reset(seed=[0] * num_envs)          # worker start-up is not part of a condition
+        envs.reset(dict.fromkeys(range(num_envs), 0))   # worker start-up is not part of a condition
         start = time.perf_counter()
         with torch.no_grad():
             results = play_greedy(policy, envs, seeds)

@@ -1,34 +1,59 @@
-"""Training speed: `python -m benchmarks.training_speed [--episodes N]`.
+"""Training throughput: `python -m benchmarks.training_speed [--episodes N] [--env-steps N]`.
 
-Prints env-only steps/s (random policy: the simulator's limit), training steps/s with
-learning for num_envs = 1 and 2, the learner's share of wall time, and the speed-up ratio.
+Prints, in one run on this machine:
+- env-only steps/s (random actions, resets included) of one simulator, and of two
+  simulators side by side in two processes (the physical limit of two cores);
+- training steps/s (transitions collected with learning on) for num_envs = 1 and 2, and the
+  learner's share of the trainer process's wall time;
+- the ratios the trainer is judged by: num_envs=2 over num_envs=1, and num_envs=2 over two
+  side-by-side simulators;
+- closed-loop episodes/s of the runner that plays `evaluate` and the interventions'
+  conditions (greedy, num_envs = 1 and 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import time
 
 import numpy as np
+import torch
 
 from egolens.config import Params
 from egolens.dqn import Trainer, seed_everything
-from egolens.env import make_env, make_vector_env
+from egolens.env import make_env, make_runner
+from egolens.evaluation import play_greedy
+from egolens.model import EgoAttentionNetwork
 
 
-def env_only(params: Params, steps: int) -> float:
-    """Random-policy steps/s of one env (resets included)."""
+def _random_steps(params: Params, steps: int, seed: int) -> None:
     env = make_env(params.env)
-    rng = np.random.default_rng(0)
-    env.reset(seed=0)
-    start, episode = time.perf_counter(), 0
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    episode = 0
     for _ in range(steps):
         _, _, terminated, truncated, _ = env.step(int(rng.integers(3)))
         if terminated or truncated:
             episode += 1
-            env.reset(seed=episode)
+            env.reset(seed=seed * 1000 + episode)
     env.close()
-    return steps / (time.perf_counter() - start)
+
+
+def env_only(params: Params, steps: int, processes: int) -> float:
+    """Random-policy steps/s of `processes` simulators side by side (resets included)."""
+    if processes == 1:
+        start = time.perf_counter()
+        _random_steps(params, steps, 0)
+        return steps / (time.perf_counter() - start)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_random_steps, args=(params, steps, i)) for i in range(processes)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return processes * steps / (time.perf_counter() - start)
 
 
 def training(params: Params, num_envs: int, episodes: int) -> tuple[float, float]:
@@ -46,27 +71,47 @@ def training(params: Params, num_envs: int, episodes: int) -> tuple[float, float
         return loss
 
     trainer.agent.update = timed_update  # type: ignore[method-assign]
-    envs = make_vector_env(params.env, num_envs)
-    start = time.perf_counter()
-    trainer.run(envs)
-    wall = time.perf_counter() - start
-    envs.close()
+    with make_runner(params.env, num_envs) as runner:
+        start = time.perf_counter()
+        trainer.run(runner)
+        wall = time.perf_counter() - start
     return trainer.agent.steps / wall, learn_time / wall
+
+
+def closed_loop(params: Params, num_envs: int, episodes: int) -> float:
+    """Greedy episodes/s of an (untrained) network on held-out seeds, as the interventions play them."""
+    torch.manual_seed(0)
+    net = EgoAttentionNetwork.from_config(params.agent).eval()
+    seeds = [params.interventions.env_seed + i for i in range(episodes)]
+    with make_runner(params.env, num_envs) as runner:
+        start = time.perf_counter()
+        play_greedy(net, runner, seeds)
+        return episodes / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--episodes", type=int, default=60)
-    parser.add_argument("--env-steps", type=int, default=300)
+    parser.add_argument("--episodes", type=int, default=60, help="training episodes per run")
+    parser.add_argument("--env-steps", type=int, default=600, help="env-only steps per simulator")
+    parser.add_argument("--closed-loop-episodes", type=int, default=20)
     args = parser.parse_args()
+    torch.set_num_threads(1)
     params = Params()
-    print(f"env only (random policy, 1 env): {env_only(params, args.env_steps):6.1f} steps/s")
+    env1 = env_only(params, args.env_steps, 1)
+    env2 = env_only(params, args.env_steps, 2)
+    print(f"env only, 1 simulator:              {env1:6.1f} steps/s")
+    print(f"env only, 2 simulators side by side: {env2:6.1f} steps/s ({env2 / env1:.2f}x one)")
     speeds = {}
     for n in (1, 2):
         speed, share = training(params, n, args.episodes)
         speeds[n] = speed
-        print(f"training, num_envs={n}: {speed:6.1f} steps/s, learner share of wall time {share:.0%}")
-    print(f"speed-up of num_envs=2 over 1: {speeds[2] / speeds[1]:.2f}x")
+        print(f"training, num_envs={n}:              {speed:6.1f} steps/s, learner share of wall time {share:.0%}")
+    print(f"num_envs=2 over num_envs=1:          {speeds[2] / speeds[1]:.2f}x   (target >= 1.70x)")
+    print(f"num_envs=2 over 2 side-by-side sims: {speeds[2] / env2:.0%}   (target >= 80%)")
+    loops = {n: closed_loop(params, n, args.closed_loop_episodes) for n in (1, 2)}
+    for n, rate in loops.items():
+        print(f"closed loop (greedy, interventions runner), num_envs={n}: {rate:.2f} episodes/s")
+    print(f"closed loop, num_envs=2 over 1:      {loops[2] / loops[1]:.2f}x")
 
 
 if __name__ == "__main__":

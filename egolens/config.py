@@ -103,6 +103,14 @@ class AgentConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     epsilon: EpsilonConfig = EpsilonConfig()
+    n_steps: int = Field(1, ge=1, le=20)
+    """Transitions collapsed into one n-step return (rl-agents' memory `n_steps`)."""
+    loss: Literal["l2", "smooth_l1"] = "l2"
+    """TD loss: mean squared error or Huber (rl-agents' `loss_function`)."""
+    double: bool = True
+    """Double DQN (the online net picks a′, the target net values it) or plain DQN's max."""
+    timeout_terminal: bool = False
+    """Treat the end at the time limit as terminal (no bootstrap), as the paper's period did."""
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> AgentConfig:

@@ -22,6 +22,7 @@ from torch import nn
 from egolens.config import SEED_STRIDE, AgentConfig, EpsilonConfig
 from egolens.env import outcome
 from egolens.model import EgoAttentionNetwork
+from egolens.runner import EnvRunner, EpisodeSchedule, Transition
 
 
 def seed_everything(seed: int) -> None:
@@ -47,9 +48,11 @@ def training_env_seed(seed: int, episode: int) -> int:
 
 
 class ReplayBuffer:
-    """Uniform replay of transitions (s, a, r, s′, terminal), a ring of fixed capacity.
+    """Uniform replay of transitions (s, a, r, s′, terminal, k), a ring of fixed capacity.
 
-    obs, next_obs: [capacity, E, F] float32; action: [capacity] int64; reward, terminal: [capacity].
+    A transition may span k ≥ 1 env steps (n-step returns): r is then the discounted sum of
+    its k rewards and s′ the state k steps later.
+    obs, next_obs: [capacity, E, F] float32; action: [capacity] int64; reward, terminal, steps: [capacity].
     """
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...]) -> None:
@@ -59,20 +62,23 @@ class ReplayBuffer:
         self.action = torch.zeros(capacity, dtype=torch.int64)
         self.reward = torch.zeros(capacity)
         self.terminal = torch.zeros(capacity)
+        self.steps = torch.ones(capacity)
         self.position = 0
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminal: bool) -> None:
-        """Store one transition; truncation is not terminal (the value of s′ still counts)."""
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminal: bool,
+            steps: int = 1) -> None:
+        """Store one transition spanning `steps` env steps."""
         i = self.position
         self.obs[i] = torch.as_tensor(obs)
         self.next_obs[i] = torch.as_tensor(next_obs)
         self.action[i] = int(action)
         self.reward[i] = float(reward)
         self.terminal[i] = float(terminal)
+        self.steps[i] = float(steps)
         self.position = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -80,28 +86,83 @@ class ReplayBuffer:
         """A uniform batch of `batch_size` distinct stored transitions (as rl-agents' random.sample)."""
         idx = torch.as_tensor(rng.choice(self.size, size=batch_size, replace=False))
         return {"obs": self.obs[idx], "action": self.action[idx], "reward": self.reward[idx],
-                "next_obs": self.next_obs[idx], "terminal": self.terminal[idx]}
+                "next_obs": self.next_obs[idx], "terminal": self.terminal[idx], "steps": self.steps[idx]}
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size
         return {"obs": self.obs[:n].clone(), "next_obs": self.next_obs[:n].clone(),
                 "action": self.action[:n].clone(), "reward": self.reward[:n].clone(),
-                "terminal": self.terminal[:n].clone(), "position": self.position, "size": n}
+                "terminal": self.terminal[:n].clone(), "steps": self.steps[:n].clone(), "position": self.position, "size": n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = state["size"]
-        for key in ("obs", "next_obs", "action", "reward", "terminal"):
+        for key in ("obs", "next_obs", "action", "reward", "terminal", "steps"):
             getattr(self, key)[:n] = state[key]
         self.position, self.size = state["position"], n
 
 
 def double_dqn_target(online: nn.Module, target: nn.Module, reward: torch.Tensor, next_obs: torch.Tensor,
-                      terminal: torch.Tensor, gamma: float) -> torch.Tensor:
-    """r + γ·Q_target(s′, argmax_a′ Q_online(s′, a′))·(1 − terminal); shapes [B]."""
+                      terminal: torch.Tensor, gamma: float, steps: torch.Tensor | None = None) -> torch.Tensor:
+    """r + γᵏ·Q_target(s′, argmax_a′ Q_online(s′, a′))·(1 − terminal); shapes [B] (k = steps, default 1)."""
     with torch.no_grad():
         best = online(next_obs).argmax(dim=1, keepdim=True)       # [B, 1]
         next_q = target(next_obs).gather(1, best).squeeze(1)       # [B]
-        return reward + gamma * (1.0 - terminal) * next_q
+        return reward + _discount(gamma, steps) * (1.0 - terminal) * next_q
+
+
+def dqn_target(target: nn.Module, reward: torch.Tensor, next_obs: torch.Tensor, terminal: torch.Tensor,
+               gamma: float, steps: torch.Tensor | None = None) -> torch.Tensor:
+    """r + γᵏ·max_a′ Q_target(s′, a′)·(1 − terminal) (plain DQN); shapes [B]."""
+    with torch.no_grad():
+        next_q = target(next_obs).max(dim=1).values
+        return reward + _discount(gamma, steps) * (1.0 - terminal) * next_q
+
+
+def _discount(gamma: float, steps: torch.Tensor | None) -> float | torch.Tensor:
+    if steps is None or bool((steps == 1).all()):
+        return gamma            # the one-step target, bit for bit as before n-step returns existed
+    return torch.pow(torch.tensor(gamma), steps)
+
+
+class NStepWindow:
+    """Turns each env's stream of one-step transitions into n-step transitions.
+
+    push() returns the transitions ready for the replay: once an env has n steps in its window
+    the oldest leaves as (s_t, a_t, Σ_{i<n} γ^i r_{t+i}, s_{t+n}, terminal_{t+n-1}, n); when an
+    episode ends every transition left in the window leaves, each collapsed to the end. With
+    n = 1 every transition leaves at once, unchanged.
+    """
+
+    def __init__(self, n: int, gamma: float, num_envs: int) -> None:
+        self.n, self.gamma = n, gamma
+        self.windows: list[list[tuple[np.ndarray, int, float, np.ndarray, bool]]] = [[] for _ in range(num_envs)]
+
+    def push(self, env: int, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray,
+             terminal: bool, ended: bool) -> list[tuple[np.ndarray, int, float, np.ndarray, bool, int]]:
+        window = self.windows[env]
+        window.append((obs, action, reward, next_obs, terminal))
+        ready = []
+        while window and (ended or len(window) >= self.n):
+            ready.append(self._collapse(window))
+            window.pop(0)
+        return ready
+
+    def _collapse(self, window: list[tuple[np.ndarray, int, float, np.ndarray, bool]]
+                  ) -> tuple[np.ndarray, int, float, np.ndarray, bool, int]:
+        obs, action, ret, _, _ = window[0]
+        discount = 1.0
+        for _, _, reward, _, _ in window[1:]:
+            discount *= self.gamma
+            ret += discount * reward
+        _, _, _, next_obs, terminal = window[-1]
+        return obs, action, ret, next_obs, terminal, len(window)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"windows": [[(torch.as_tensor(o), a, r, torch.as_tensor(n), t) for o, a, r, n, t in w]
+                            for w in self.windows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.windows = [[(o.numpy(), a, r, n.numpy(), t) for o, a, r, n, t in w] for w in state["windows"]]
 
 
 def clamp_gradients(net: nn.Module, bound: float) -> None:
@@ -151,9 +212,16 @@ class DQNAgent:
             return None
         batch = self.replay.sample(self.cfg.batch_size, self.rng)
         q = self.value_net(batch["obs"]).gather(1, batch["action"][:, None]).squeeze(1)
-        target = double_dqn_target(self.value_net, self.target_net, batch["reward"], batch["next_obs"],
-                                   batch["terminal"], self.cfg.gamma)
-        loss = F.mse_loss(q, target)
+        if self.cfg.double:
+            target = double_dqn_target(self.value_net, self.target_net, batch["reward"], batch["next_obs"],
+                                       batch["terminal"], self.cfg.gamma, batch["steps"])
+        else:
+            target = dqn_target(self.target_net, batch["reward"], batch["next_obs"], batch["terminal"],
+                                self.cfg.gamma, batch["steps"])
+        loss = F.mse_loss(q, target) if self.cfg.loss == "l2" else F.smooth_l1_loss(q, target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite TD loss {loss.item()} at gradient step {self.updates + 1} "
+                                     f"(lr {self.cfg.lr}, gamma {self.cfg.gamma}): training stopped")
         self.optimizer.zero_grad()
         loss.backward()
         clamp_gradients(self.value_net, self.cfg.grad_clip)
@@ -209,12 +277,22 @@ class EpisodeRecord:
     updates: int
 
 
+RESUME_FORMAT = 2
+"""Version of `Trainer.state_dict`'s layout (part of a resume state's fingerprint)."""
+
+
 class Trainer:
-    """Collect with N envs in lock-step, learn after every transition, record episodes.
+    """Collect with N envs, learn one gradient step per transition, record episodes.
 
     Episode k of agent seed s always runs on env seed s·SEED_STRIDE + k; episodes are handed
-    to envs in the order they free up (lowest env index first), so a run is deterministic
-    for a given N. `run` can stop at any checkpoint; a new Trainer loaded with that state
+    to envs by an `EpisodeSchedule` (deterministic for a given N). With one env the loop is
+    the reference algorithm: act, step, store, one gradient step. With N > 1 envs (one worker
+    process each) the learner works while the simulators step: the actions are sent, the
+    gradient steps owed for the *previous* step's N transitions run, then the new transitions
+    are collected and stored. So each gradient step samples a replay that lacks the N newest
+    transitions, and every action is still chosen by the network after all gradient steps
+    owed so far; the total number of gradient steps is the same (the last ones run after the
+    final step). `run` can stop at any checkpoint; a new Trainer loaded with that state
     continues to the same final bytes (in-progress episodes are restored by replaying their
     recorded actions from their seeds).
     """
@@ -226,10 +304,11 @@ class Trainer:
         self.agent = DQNAgent(cfg, seed, in_features, n_entities, n_actions)
         self.initial_state_dict = copy.deepcopy(self.agent.value_net.state_dict())
         self.records: list[EpisodeRecord] = []
-        self.next_episode = num_envs
-        self.env_episode = list(range(num_envs))
+        self.schedule = EpisodeSchedule(episodes, num_envs)
         self.env_actions: list[list[int]] = [[] for _ in range(num_envs)]
         self.env_return = [0.0] * num_envs
+        self.window = NStepWindow(cfg.n_steps, cfg.gamma, num_envs)
+        self.owed_updates = 0
         self.loss_sum, self.loss_count = 0.0, 0
 
     @property
@@ -238,108 +317,101 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"agent": self.agent.state_dict(), "records": [asdict(r) for r in self.records],
-                "next_episode": self.next_episode, "env_episode": list(self.env_episode),
-                "env_actions": [list(a) for a in self.env_actions], "env_return": list(self.env_return),
+                "schedule": self.schedule.state_dict(), "env_actions": [list(a) for a in self.env_actions],
+                "env_return": list(self.env_return), "window": self.window.state_dict(),
+                "owed_updates": self.owed_updates,
                 "loss_sum": self.loss_sum, "loss_count": self.loss_count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
         self.records = [EpisodeRecord(**r) for r in state["records"]]
-        self.next_episode = state["next_episode"]
-        self.env_episode = list(state["env_episode"])
+        self.schedule.load_state_dict(state["schedule"])
         self.env_actions = [list(a) for a in state["env_actions"]]
         self.env_return = list(state["env_return"])
+        self.window.load_state_dict(state["window"])
+        self.owed_updates = state["owed_updates"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
 
-    def _seeds(self, envs: list[int]) -> list[int | None]:
-        return [training_env_seed(self.seed, self.env_episode[i]) if i in envs else None
-                for i in range(self.num_envs)]
+    def env_seed(self, episode: int) -> int:
+        return training_env_seed(self.seed, episode)
 
-    def _reset(self, envs: Any, which: list[int]) -> np.ndarray:
-        mask = np.zeros(self.num_envs, dtype=bool)
-        mask[which] = True
-        obs, _ = envs.reset(seed=self._seeds(which), options={"reset_mask": mask})
-        return np.asarray(obs, dtype=np.float32)
+    def restore_envs(self, runner: EnvRunner) -> dict[int, np.ndarray]:
+        """Start (or, after a resume, replay) every env's episode; env -> current obs [E, F]."""
+        if not self.schedule.playing:
+            return runner.reset({i: self.env_seed(e) for i, e in self.schedule.start().items()})
+        return runner.replay({i: (self.env_seed(e), self.env_actions[i])
+                              for i, e in enumerate(self.schedule.playing) if e is not None})
 
-    def restore_envs(self, envs: Any) -> np.ndarray:
-        """Bring every env to its in-progress episode's current state; return obs [N, E, F].
+    def _learn(self) -> None:
+        """The gradient steps owed for the transitions stored so far."""
+        for _ in range(self.owed_updates):
+            loss = self.agent.update()
+            if loss is not None:
+                self.loss_sum += loss
+                self.loss_count += 1
+        self.owed_updates = 0
 
-        Each env is reset from its episode's seed and replays its recorded actions; an env
-        with fewer actions starts later so all finish their replay on the same vector step.
-        """
-        everyone = list(range(self.num_envs))
-        obs = self._reset(envs, everyone)
-        lengths = [len(a) for a in self.env_actions]
-        longest = max(lengths)
-        for t in range(longest):
-            starting = [i for i in everyone if longest - lengths[i] == t and t > 0]
-            if starting:
-                fresh = self._reset(envs, starting)
-                obs[starting] = fresh[starting]
-            actions = np.array([a[t - (longest - len(a))] if t >= longest - len(a) else 0
-                                for a in self.env_actions])
-            obs = np.asarray(envs.step(actions)[0], dtype=np.float32)
-        idle = [i for i in everyone if lengths[i] == 0 and longest > 0]
-        if idle:
-            fresh = self._reset(envs, idle)
-            obs[idle] = fresh[idle]
-        return obs
-
-    def run(self, envs: Any, on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    def run(self, runner: EnvRunner, on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
             checkpoint_every: int = 50, progress: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
         """Train until `episodes` episodes have finished; return their records in finish order.
 
-        envs: a gymnasium vector env of `num_envs` sub-envs with autoreset disabled.
-        on_checkpoint(state) is called every `checkpoint_every` finished episodes.
+        runner: an `EnvRunner` of `num_envs` envs. on_checkpoint(state) is called every
+        `checkpoint_every` finished episodes (at the end of a step, the state a resume needs).
         """
-        obs = self.restore_envs(envs)
-        agent = self.agent
-        while not self.done:
-            actions = agent.act(obs)
-            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-            next_obs = np.asarray(next_obs, dtype=np.float32)
-            for i in range(self.num_envs):
-                agent.replay.add(obs[i], int(actions[i]), float(rewards[i]), next_obs[i], bool(terminated[i]))
-                self.env_actions[i].append(int(actions[i]))
-                self.env_return[i] += float(rewards[i])
-            for _ in range(self.num_envs):
-                loss = agent.update()
-                if loss is not None:
-                    self.loss_sum += loss
-                    self.loss_count += 1
-            ended = [i for i in range(self.num_envs) if terminated[i] or truncated[i]]
+        if runner.num_envs != self.num_envs:
+            raise ValueError(f"runner has {runner.num_envs} envs, the trainer was built for {self.num_envs}")
+        obs = self.restore_envs(runner)
+        overlap = self.num_envs > 1
+        agent, schedule = self.agent, self.schedule
+        while not schedule.done:
+            active = schedule.active
+            actions = [int(a) for a in agent.act(np.stack([obs[i] for i in active]))]
+            offers = schedule.offers()
+            runner.step_async(dict(zip(active, actions)), {i: self.env_seed(e) for i, e in offers.items()})
+            if overlap:
+                runner.wait_any()    # learn on the core the first env to finish leaves free
+                self._learn()
+            results = runner.step_wait()
+            ended = []
+            for i, action in zip(active, actions):
+                step = results[i]
+                terminal = step.terminated or (step.truncated and agent.cfg.timeout_terminal)
+                for transition in self.window.push(i, obs[i], action, step.reward, step.obs, terminal, step.ended):
+                    agent.replay.add(*transition)
+                self.env_actions[i].append(action)
+                self.env_return[i] += step.reward
+                self.owed_updates += 1
+                if step.ended:
+                    ended.append(i)
+                obs[i] = step.reset_obs if step.reset_obs is not None else step.obs
+            if not overlap:
+                self._learn()
             crossed = False
             for i in ended:
-                record = self._finish(i, bool(terminated[i]), bool(truncated[i]), bool(infos["crashed"][i]))
+                record = self._finish(i, results[i])
                 if progress is not None:
                     progress(record)
                 crossed |= len(self.records) % checkpoint_every == 0
-                if self.done:
-                    return self.records
-            if ended:
-                fresh = self._reset(envs, ended)
-                next_obs[ended] = fresh[ended]
-            obs = next_obs
-            if crossed and on_checkpoint is not None:
+            schedule.advance(ended, offers)
+            if crossed and on_checkpoint is not None and not schedule.done:
                 on_checkpoint(self.state_dict())
+        self._learn()
         return self.records
 
-    def _finish(self, i: int, terminated: bool, truncated: bool, crashed: bool) -> EpisodeRecord:
+    def _finish(self, i: int, last: Transition) -> EpisodeRecord:
         agent = self.agent
+        episode = self.schedule.playing[i]
+        assert episode is not None
         record = EpisodeRecord(
-            episode=self.env_episode[i], env_seed=training_env_seed(self.seed, self.env_episode[i]),
-            ret=self.env_return[i], length=len(self.env_actions[i]),
-            outcome=outcome(terminated, truncated, crashed), epsilon=agent.epsilon,
+            episode=episode, env_seed=self.env_seed(episode), ret=self.env_return[i], length=len(self.env_actions[i]),
+            outcome=outcome(last.terminated, last.truncated, last.crashed), epsilon=agent.epsilon,
             loss=self.loss_sum / self.loss_count if self.loss_count else float("nan"),
             steps=agent.steps, updates=agent.updates)
         self.records.append(record)
         self.loss_sum, self.loss_count = 0.0, 0
-        self.env_episode[i] = self.next_episode
-        self.next_episode += 1
         self.env_actions[i] = []
         self.env_return[i] = 0.0
         return record
-
 
 
 def training_summary(records: list[EpisodeRecord], window: int = 100) -> dict[str, float | int]:

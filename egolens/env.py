@@ -10,6 +10,7 @@ import gymnasium as gym
 import highway_env  # noqa: F401  (registers the highway-env ids with gymnasium)
 
 from egolens.config import EnvConfig
+from egolens.runner import EnvRunner
 
 ACTIONS = ("SLOWER", "IDLE", "FASTER")
 
@@ -81,13 +82,6 @@ def outcome(terminated: bool, truncated: bool, crashed: bool) -> str:
     raise ValueError("the episode has not ended")
 
 
-def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
-    """`num_envs` envs stepped in lock-step, one worker process each when more than one.
-
-    Autoreset is disabled: the caller resets each finished env with its next episode's seed.
-    """
-    fns = [partial(make_env, cfg) for _ in range(num_envs)]
-    mode = gym.vector.AutoresetMode.DISABLED
-    if num_envs == 1:
-        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-    return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="fork")
+def make_runner(cfg: EnvConfig, num_envs: int) -> EnvRunner:
+    """`num_envs` envs of `cfg` in an `EnvRunner` (one worker process each when more than one)."""
+    return EnvRunner([partial(make_env, cfg) for _ in range(num_envs)])

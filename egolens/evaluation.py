@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from egolens.analysis.stats import bootstrap_ci
 from egolens.env import outcome
+from egolens.runner import EnvRunner, EpisodeSchedule
 
 
 @dataclass
@@ -28,51 +28,44 @@ def greedy_actions(net: nn.Module, obs: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(obs, dtype=torch.float32)).argmax(dim=1).numpy()
 
 
-def play_greedy(net: nn.Module, envs: Any, env_seeds: Sequence[int]) -> list[EpisodeResult]:
-    """Play one greedy episode per env seed on a vector env (autoreset disabled).
+def play_policy(policy: Callable[[np.ndarray], Sequence[int]], runner: EnvRunner,
+                env_seeds: Sequence[int]) -> list[EpisodeResult]:
+    """Play one episode per env seed; results in the order of `env_seeds`.
 
-    Episodes are handed to whichever env is free; each depends only on its seed, so the
-    results (returned in the order of `env_seeds`) do not depend on the number of envs.
+    policy: obs [N, E, F] -> N actions (called on the playing envs only). Each episode
+    depends only on its seed and the policy, so the results do not depend on the number of
+    envs in `runner` nor on which env played which episode.
     """
-    n = envs.num_envs
+    schedule = EpisodeSchedule(len(env_seeds), runner.num_envs)
+    started = schedule.start()
+    obs = runner.reset({i: int(env_seeds[e]) for i, e in started.items()})
+    returns = dict.fromkeys(started, 0.0)
+    lengths = dict.fromkeys(started, 0)
     results: list[EpisodeResult | None] = [None] * len(env_seeds)
-    queue = list(range(len(env_seeds)))
-    playing: list[int | None] = [None] * n
-    returns = np.zeros(n)
-    lengths = np.zeros(n, dtype=int)
-    obs = np.zeros((n, *envs.single_observation_space.shape), dtype=np.float32)
-
-    def start(which: list[int]) -> None:
-        mask = np.zeros(n, dtype=bool)
-        seeds: list[int | None] = [None] * n
-        for i in which:
-            playing[i] = queue.pop(0)
-            seeds[i] = int(env_seeds[playing[i]])
-            mask[i] = True
-            returns[i], lengths[i] = 0.0, 0
-        fresh, _ = envs.reset(seed=seeds, options={"reset_mask": mask})
-        obs[mask] = np.asarray(fresh, dtype=np.float32)[mask]
-
-    start([i for i in range(min(n, len(queue)))])
-    while any(p is not None for p in playing):
-        actions = greedy_actions(net, obs)
-        next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-        obs[:] = np.asarray(next_obs, dtype=np.float32)
-        free = []
-        for i in range(n):
-            if playing[i] is None:
-                continue
-            returns[i] += float(rewards[i])
+    while not schedule.done:
+        active = schedule.active
+        actions = policy(np.stack([obs[i] for i in active]))
+        offers = schedule.offers()
+        runner.step_async(dict(zip(active, actions)), {i: int(env_seeds[e]) for i, e in offers.items()})
+        steps = runner.step_wait()
+        ended = [i for i in active if steps[i].ended]
+        for i in active:
+            step = steps[i]
+            returns[i] += step.reward
             lengths[i] += 1
-            if terminated[i] or truncated[i]:
-                results[playing[i]] = EpisodeResult(int(env_seeds[playing[i]]), float(returns[i]), int(lengths[i]),
-                                                    outcome(bool(terminated[i]), bool(truncated[i]),
-                                                            bool(infos["crashed"][i])))
-                playing[i] = None
-                free.append(i)
-        if free and queue:
-            start(free[: len(queue)])
+            if step.ended:
+                episode = schedule.playing[i]
+                results[episode] = EpisodeResult(int(env_seeds[episode]), returns[i], lengths[i],
+                                                 outcome(step.terminated, step.truncated, step.crashed))
+                returns[i], lengths[i] = 0.0, 0
+            obs[i] = step.reset_obs if step.reset_obs is not None else step.obs
+        schedule.advance(ended, offers)
     return [r for r in results if r is not None]
+
+
+def play_greedy(net: nn.Module, runner: EnvRunner, env_seeds: Sequence[int]) -> list[EpisodeResult]:
+    """`play_policy` with the network's greedy action."""
+    return play_policy(lambda obs: greedy_actions(net, obs), runner, env_seeds)
 
 
 def summarize_episodes(results: Sequence[EpisodeResult], resamples: int, seed: int) -> dict[str, dict[str, float]]:

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from egolens import checkpoint
-from egolens.env import make_vector_env
+from egolens.env import make_runner
 from egolens.evaluation import play_greedy, summarize_episodes
 from stages import NETWORKS, load_net, seed_args, seed_results
 
@@ -18,7 +18,7 @@ def main() -> None:
     params, seed = seed_args(__doc__)
     torch.set_num_threads(1)
     env_seeds = [params.evaluate.env_seed + i for i in range(params.evaluate.episodes)]
-    envs = make_vector_env(params.env, min(params.evaluate.num_envs, len(env_seeds)))
+    envs = make_runner(params.env, min(params.evaluate.num_envs, len(env_seeds)))
     metrics, rows = {}, []
     try:
         for name in NETWORKS:

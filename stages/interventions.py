@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from egolens import checkpoint
 from egolens.analysis import interventions as iv
-from egolens.env import make_vector_env
+from egolens.env import make_runner
 from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import HookFn
 from egolens.model import EgoAttentionNetwork
@@ -299,7 +299,7 @@ def main() -> None:
     open_rows = [open_loop_row(net, obs, c, cfg, seed) for c in tqdm(conditions, desc="open loop", unit="cond")]
 
     env_seeds = [cfg.env_seed + i for i in range(cfg.closed_loop_episodes)]
-    envs = make_vector_env(params.env, min(cfg.num_envs, len(env_seeds)))
+    envs = make_runner(params.env, min(cfg.num_envs, len(env_seeds)))
     try:
         tables, episodes, results = closed_loop(net, conditions, envs, env_seeds, None, cfg, seed)
         closed = pd.concat(tables, ignore_index=True)

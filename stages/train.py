@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from egolens import checkpoint
 from egolens.config import Params, fingerprint
-from egolens.dqn import EpisodeRecord, Trainer, training_summary
-from egolens.env import make_vector_env
+from egolens.dqn import RESUME_FORMAT, EpisodeRecord, Trainer, training_summary
+from egolens.env import make_runner
 from stages import MODELS, RESUME, seed_args, seed_results
 
 
@@ -60,11 +60,11 @@ def main() -> None:
         recent = trainer.records[-100:]
         bar.set_postfix(ret=f"{sum(r.ret for r in recent) / len(recent):.2f}", eps=f"{record.epsilon:.2f}")
 
-    envs = make_vector_env(params.env, params.train.num_envs)
+    runner = make_runner(params.env, params.train.num_envs)
     try:
-        records = trainer.run(envs, save_resume, params.train.checkpoint_every, progress)
+        records = trainer.run(runner, save_resume, params.train.checkpoint_every, progress)
     finally:
-        envs.close()
+        runner.close()
         bar.close()
 
     agent = trainer.agent
@@ -76,7 +76,7 @@ def main() -> None:
 
 def _run_identity(params: Params) -> dict:
     """What a resume state must match: everything that changes the run's numbers."""
-    return {"env": params.env.model_dump(mode="json"), "agent": params.agent.model_dump(mode="json"),
+    return {"format": RESUME_FORMAT, "env": params.env.model_dump(mode="json"), "agent": params.agent.model_dump(mode="json"),
             "episodes": params.train.episodes, "num_envs": params.train.num_envs}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import yaml
 
 from egolens.config import AgentConfig
 from egolens.model import EgoAttentionNetwork
+from egolens.runner import EnvRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,45 +59,43 @@ def tiny_params(seeds=(0,), episodes=8, eval_episodes=4) -> dict:
     return params
 
 
-class ToyVectorEnv:
-    """N toy episodic envs with the vector API the trainer uses (reset_mask, no autoreset).
+class ToyEnv:
+    """A toy episodic env with the gymnasium API the runner uses (reset(seed=...), step(a)).
 
     Episode of seed s lasts 2 + s % 4 steps and ends by termination (a crash when s % 3 == 0)
     if s is even, by truncation if s is odd. Observations and rewards depend on (s, t, action).
     """
 
-    def __init__(self, num_envs: int, entities: int = 4, features: int = 7) -> None:
-        self.num_envs = num_envs
+    def __init__(self, entities: int = 4, features: int = 7) -> None:
         self.shape = (entities, features)
-        self.seed = [0] * num_envs
-        self.t = [0] * num_envs
+        self.seed, self.t = 0, 0
 
-    def _obs(self, i: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed[i], self.t[i]])
+    def _obs(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.t])
         obs = rng.uniform(-1, 1, self.shape).astype(np.float32)
         obs[:, 0] = (rng.uniform(size=self.shape[0]) > 0.3).astype(np.float32)
         obs[0, 0] = 1.0
         return obs
 
-    def reset(self, seed, options):
-        mask = options["reset_mask"]
-        for i in range(self.num_envs):
-            if mask[i]:
-                self.seed[i], self.t[i] = seed[i], 0
-        return np.stack([self._obs(i) for i in range(self.num_envs)]), {}
+    def reset(self, seed: int):
+        self.seed, self.t = seed, 0
+        return self._obs(), {}
 
-    def step(self, actions):
-        rewards, terminated, truncated, crashed = [], [], [], []
-        for i, a in enumerate(actions):
-            self.t[i] += 1
-            s = self.seed[i]
-            ended = self.t[i] >= 2 + s % 4
-            rewards.append(float(a) * 0.5 - 0.1 * self.t[i] + (s % 5) * 0.01)
-            terminated.append(ended and s % 2 == 0)
-            truncated.append(ended and s % 2 == 1)
-            crashed.append(ended and s % 2 == 0 and s % 3 == 0)
-        obs = np.stack([self._obs(i) for i in range(self.num_envs)])
-        return obs, np.array(rewards), np.array(terminated), np.array(truncated), {"crashed": np.array(crashed)}
+    def step(self, action: int):
+        self.t += 1
+        s = self.seed
+        ended = self.t >= 2 + s % 4
+        reward = float(action) * 0.5 - 0.1 * self.t + (s % 5) * 0.01
+        terminated, truncated = ended and s % 2 == 0, ended and s % 2 == 1
+        return self._obs(), reward, terminated, truncated, {"crashed": terminated and s % 3 == 0}
+
+    def close(self) -> None:
+        pass
+
+
+def toy_runner(num_envs: int, entities: int = 4) -> EnvRunner:
+    """An EnvRunner of `num_envs` toy envs (worker processes when more than one)."""
+    return EnvRunner([partial(ToyEnv, entities) for _ in range(num_envs)])
 
 
 def reference_q(state_dict: dict[str, torch.Tensor], obs: torch.Tensor, heads: int) -> torch.Tensor:

@@ -10,8 +10,17 @@ import torch
 from torch import nn
 
 from egolens.config import EpsilonConfig
-from egolens.dqn import DQNAgent, ReplayBuffer, Trainer, clamp_gradients, double_dqn_target, epsilon
-from tests.conftest import ToyVectorEnv, tiny_agent
+from egolens.dqn import (
+    DQNAgent,
+    NStepWindow,
+    ReplayBuffer,
+    Trainer,
+    clamp_gradients,
+    double_dqn_target,
+    dqn_target,
+    epsilon,
+)
+from tests.conftest import ToyEnv, tiny_agent, toy_runner
 
 
 class TableQ(nn.Module):
@@ -46,7 +55,7 @@ def test_terminal_next_states_do_not_bootstrap_but_truncated_ones_do():
 def test_trainer_stores_termination_not_truncation_as_terminal():
     cfg = tiny_agent(memory_capacity=500)
     trainer = Trainer(cfg, seed=0, episodes=12, num_envs=1, in_features=7, n_entities=4)
-    trainer.run(ToyVectorEnv(1))
+    trainer.run(toy_runner(1))
     replay = trainer.agent.replay
     ends = {r.env_seed: r for r in trainer.records}
     # Episode seeds 0..11 run back to back; find each episode's last transition.
@@ -69,10 +78,9 @@ def test_epsilon_schedule_matches_the_reference(t, value):
 
 def test_target_network_is_copied_every_target_update_gradient_steps():
     agent = DQNAgent(tiny_agent(target_update=3), seed=0, in_features=7, n_entities=4)
-    env = ToyVectorEnv(1)
-    obs, _ = env.reset([1], {"reset_mask": np.array([True])})
+    obs, _ = ToyEnv().reset(seed=1)
     for i in range(8):
-        agent.replay.add(obs[0], i % 3, 1.0, obs[0], False)
+        agent.replay.add(obs, i % 3, 1.0, obs, False)
 
     def same() -> bool:
         return all(torch.equal(a, b) for a, b in zip(agent.value_net.state_dict().values(),
@@ -131,16 +139,25 @@ def final_state(trainer: Trainer) -> dict:
 
 @pytest.mark.parametrize("num_envs", [1, 2, 3])
 def test_training_is_deterministic_and_resumes_to_the_same_result(num_envs):
-    cfg = tiny_agent()
+    check_deterministic_and_resumable(tiny_agent(), num_envs)
 
+
+def check_deterministic_and_resumable(cfg, num_envs: int) -> None:
+    """Two runs give the same records and weights; a run killed after its second checkpoint and
+    resumed from it (with fresh envs, as after a crash) ends in the same bytes."""
     def trainer() -> Trainer:
         return Trainer(cfg, seed=3, episodes=30, num_envs=num_envs, in_features=7, n_entities=4)
 
+    def run(t: Trainer, **kwargs) -> None:
+        with toy_runner(num_envs) as runner:
+            t.run(runner, **kwargs)
+
     full = trainer()
-    full.run(ToyVectorEnv(num_envs))
+    run(full)
     again = trainer()
-    again.run(ToyVectorEnv(num_envs))
+    run(again)
     assert repr(again.records) == repr(full.records)
+    assert sorted(r.episode for r in full.records) == list(range(30))     # every episode played once
 
     saved = []
 
@@ -154,11 +171,11 @@ def test_training_is_deterministic_and_resumes_to_the_same_result(num_envs):
 
     cut = trainer()
     with pytest.raises(KilledError):
-        cut.run(ToyVectorEnv(num_envs), kill_after_second_checkpoint, checkpoint_every=7)
+        run(cut, on_checkpoint=kill_after_second_checkpoint, checkpoint_every=7)
     resumed = trainer()
     resumed.load_state_dict(saved[-1])
     assert 14 <= len(resumed.records) < 30
-    resumed.run(ToyVectorEnv(num_envs), checkpoint_every=7)
+    run(resumed, checkpoint_every=7)
     assert repr(resumed.records) == repr(full.records)
     for k, v in final_state(full).items():
         assert torch.equal(final_state(resumed)[k], v), k
@@ -168,6 +185,72 @@ def test_training_is_deterministic_and_resumes_to_the_same_result(num_envs):
 def test_episode_env_seeds_are_disjoint_across_agent_seeds():
     a = Trainer(tiny_agent(), seed=0, episodes=5, num_envs=2, in_features=7, n_entities=4)
     b = Trainer(tiny_agent(), seed=1, episodes=5, num_envs=2, in_features=7, n_entities=4)
-    a.run(ToyVectorEnv(2))
-    b.run(ToyVectorEnv(2))
+    for trainer in (a, b):
+        with toy_runner(2) as runner:
+            trainer.run(runner)
     assert not {r.env_seed for r in a.records} & {r.env_seed for r in b.records}
+
+
+# ------------------------------------------------------------------------------ recipe options
+
+def test_plain_dqn_target_takes_the_target_nets_max():
+    target = TableQ([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
+    y = dqn_target(target, torch.tensor([1.0, -1.0]), torch.tensor([[0.0], [1.0]]), torch.tensor([0.0, 1.0]), 0.5)
+    torch.testing.assert_close(y, torch.tensor([1.0 + 0.5 * 30.0, -1.0]))
+
+
+def test_n_step_targets_discount_the_bootstrap_by_gamma_to_the_k():
+    online = TableQ([[0.0, 1.0, 0.0]])
+    target = TableQ([[0.0, 8.0, 0.0]])
+    y = double_dqn_target(online, target, torch.tensor([2.0, 2.0]), torch.zeros(2, 1), torch.zeros(2), 0.5,
+                          steps=torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(y, torch.tensor([2.0 + 0.5 * 8.0, 2.0 + 0.125 * 8.0]))
+
+
+def test_n_step_window_collapses_rewards_and_flushes_at_the_episode_end():
+    window = NStepWindow(n=3, gamma=0.5, num_envs=2)
+    obs = [np.full((1, 1), t, dtype=np.float32) for t in range(6)]
+    assert window.push(0, obs[0], 0, 1.0, obs[1], False, False) == []
+    assert window.push(1, obs[0], 2, 7.0, obs[1], False, False) == []       # another env's window is separate
+    assert window.push(0, obs[1], 1, 2.0, obs[2], False, False) == []
+    ready = window.push(0, obs[2], 2, 4.0, obs[3], False, False)
+    (s, a, r, s2, terminal, k), = ready
+    assert (s[0, 0], a, r, s2[0, 0], terminal, k) == (0, 0, 1.0 + 0.5 * 2.0 + 0.25 * 4.0, 3, False, 3)
+    ready = window.push(0, obs[3], 0, 8.0, obs[4], True, True)               # the episode ends: flush
+    assert [(t[0][0, 0], t[2], t[3][0, 0], t[4], t[5]) for t in ready] == [
+        (1, 2.0 + 0.5 * 4.0 + 0.25 * 8.0, 4, True, 3), (2, 4.0 + 0.5 * 8.0, 4, True, 2), (3, 8.0, 4, True, 1)]
+    one = NStepWindow(n=1, gamma=0.5, num_envs=1)
+    assert [t[5] for t in one.push(0, obs[0], 1, 3.0, obs[1], False, False)] == [1]
+
+
+def test_huber_loss_and_timeout_terminal_are_applied():
+    cfg = tiny_agent(memory_capacity=500, loss="smooth_l1", timeout_terminal=True)
+    trainer = Trainer(cfg, seed=0, episodes=6, num_envs=1, in_features=7, n_entities=4)
+    calls = []
+    original = torch.nn.functional.smooth_l1_loss
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    torch.nn.functional.smooth_l1_loss = spy
+    try:
+        with toy_runner(1) as runner:
+            trainer.run(runner)
+    finally:
+        torch.nn.functional.smooth_l1_loss = original
+    assert calls and len(calls) == trainer.agent.updates
+    replay = trainer.agent.replay
+    ends = np.cumsum([2 + s % 4 for s in range(6)]) - 1
+    assert replay.terminal[:len(replay)].nonzero().flatten().tolist() == ends.tolist()   # truncations too
+
+
+def test_training_stops_on_a_non_finite_loss():
+    trainer = Trainer(tiny_agent(lr=1e30), seed=0, episodes=30, num_envs=1, in_features=7, n_entities=4)
+    with toy_runner(1) as runner, pytest.raises(FloatingPointError, match="non-finite TD loss"):
+        trainer.run(runner)
+
+
+@pytest.mark.parametrize("overrides", [{"n_steps": 3}, {"double": False, "loss": "smooth_l1", "gamma": 0.99}])
+def test_recipes_stay_deterministic_and_resumable(overrides):
+    check_deterministic_and_resumable(tiny_agent(**overrides), num_envs=2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from egolens.config import EnvConfig
-from egolens.env import make_env, make_vector_env, outcome
+from egolens.env import make_env, make_runner, outcome
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +44,23 @@ def test_the_same_seed_and_actions_give_the_same_episode(env):
     assert not np.array_equal(play(7), play(8))
 
 
-def test_vector_env_resets_only_the_masked_env_with_its_seed():
-    envs = make_vector_env(EnvConfig(), 2)
-    try:
-        obs, _ = envs.reset(seed=[3, 4], options={"reset_mask": np.array([True, True])})
-        envs.step(np.array([1, 1]))
-        again, _ = envs.reset(seed=[3, None], options={"reset_mask": np.array([True, False])})
-        np.testing.assert_array_equal(again[0], obs[0])
-    finally:
-        envs.close()
+def test_runner_workers_play_exactly_the_single_env_episode():
+    """A worker process steps the same env: the same seed and actions give the same episode,
+    and an env that ends resets itself with the seed it was handed."""
+    env = make_env(EnvConfig())
+    expected = [env.reset(seed=3)[0]]
+    for action in (2, 2, 0, 1):
+        expected.append(env.step(action)[0])
+    first = env.reset(seed=4)[0]
+    env.close()
+    with make_runner(EnvConfig(), 2) as runner:
+        got = [runner.reset({0: 3, 1: 5})[0]]
+        for action in (2, 2, 0, 1):
+            runner.step_async({0: action, 1: 1}, {})
+            got.append(runner.step_wait()[0].obs)
+        np.testing.assert_array_equal(np.stack(got), np.stack(expected))
+        np.testing.assert_array_equal(runner.replay({1: (3, [2, 2, 0, 1])})[1], expected[-1])
+        np.testing.assert_array_equal(runner.reset({1: 4})[1], first)
 
 
 def test_outcomes_follow_termination_and_crash():

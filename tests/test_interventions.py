@@ -4,8 +4,6 @@ path patching separates the key path from the value path, edits have their predi
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from egolens.analysis.stats import bootstrap_ci, paired_bootstrap_ci
 from egolens.config import ParamsError, validate_params
 from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
-from tests.conftest import ToyVectorEnv, default_params, random_obs, tiny_net
+from tests.conftest import default_params, random_obs, tiny_net, toy_runner
 
 D, H = 8, 2
 d = D // H
@@ -34,14 +32,6 @@ def q_from_resid(net, obs, resid):
 
 def w_o(net, h):
     return net.attention_layer.attention_combine.weight[:, h * d:(h + 1) * d].detach()
-
-
-class ToyEnvWithSpace(ToyVectorEnv):
-    """The toy vector env with the `single_observation_space` that `play_greedy` reads."""
-
-    def __init__(self, num_envs: int, entities: int = 4) -> None:
-        super().__init__(num_envs, entities)
-        self.single_observation_space = SimpleNamespace(shape=self.shape)
 
 
 def pair(seed=1, batch=6):
@@ -166,8 +156,10 @@ def test_intervened_module_drives_play_greedy_with_the_hooks_applied(net):
         edited = iv.Intervened(toy, obs_edit=iv.remove_random_vehicle(0))
         torch.testing.assert_close(edited(obs), toy(iv.remove_vehicle(obs, iv.random_present_vehicle(obs, 0))))
     seeds = list(range(10, 18))
-    one = play_greedy(policy, ToyEnvWithSpace(1), seeds)
-    two = play_greedy(policy, ToyEnvWithSpace(2), seeds)
+    with toy_runner(1) as runner:
+        one = play_greedy(policy, runner, seeds)
+    with toy_runner(2) as runner:
+        two = play_greedy(policy, runner, seeds)
     assert [r.env_seed for r in one] == seeds and one == two
     assert not toy.attention_layer.hook_z._forward_hooks                         # nothing left registered
 

@@ -1,0 +1,61 @@
+"""The runner and its episode schedule: every episode once, in a deterministic assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from egolens.runner import EpisodeSchedule
+from tests.conftest import ToyEnv, toy_runner
+
+
+def simulate(schedule: EpisodeSchedule, ends: list[set[int]]) -> list[tuple[int, int]]:
+    """Drive a schedule with the envs that end on each step; (env, episode) in start order."""
+    started = sorted(schedule.start().items())
+    for ended in ends:
+        if schedule.done:
+            break
+        offers = schedule.offers()
+        finishing = [i for i in schedule.active if i in ended]
+        started += [(i, offers[i]) for i in finishing if i in offers]
+        schedule.advance(finishing, offers)
+    return started
+
+
+def test_one_env_plays_the_episodes_in_order():
+    started = simulate(EpisodeSchedule(total=4, num_envs=1), [{0}] * 10)
+    assert started == [(0, 0), (0, 1), (0, 2), (0, 3)]
+
+
+def test_envs_take_the_lowest_unstarted_episodes_and_every_episode_runs_once():
+    schedule = EpisodeSchedule(total=7, num_envs=3)
+    started = simulate(schedule, [{2}, {0, 2}, set(), {1}, {0, 1, 2}, {0, 1, 2}, {0, 1, 2}])
+    # env 2 ends first: it takes its offer 5 (envs 0, 1 were offered 3, 4), so 3 and 4 stay free.
+    assert started[:4] == [(0, 0), (1, 1), (2, 2), (2, 5)]
+    # Next step the unstarted are 3, 4, 6: offered to envs 0, 1, 2 in order; envs 0 and 2 end.
+    assert started[4:6] == [(0, 3), (2, 6)]
+    assert sorted(e for _, e in started) == list(range(7))
+    assert schedule.done
+
+
+def test_a_schedule_resumes_from_its_state():
+    a = EpisodeSchedule(total=9, num_envs=2)
+    simulate(a, [{1}, {0}])
+    b = EpisodeSchedule(total=9, num_envs=2)
+    b.load_state_dict(a.state_dict())
+    assert b.offers() == a.offers() and b.active == a.active
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_an_ended_env_resets_itself_with_the_seed_it_was_handed(num_envs):
+    with toy_runner(num_envs) as runner:
+        runner.reset(dict.fromkeys(range(num_envs), 1))       # seed 1 lasts 3 steps
+        for _ in range(2):
+            runner.step_async(dict.fromkeys(range(num_envs), 0), {})
+            assert not any(t.ended for t in runner.step_wait().values())
+        runner.step_async(dict.fromkeys(range(num_envs), 0), dict.fromkeys(range(num_envs), 6))
+        runner.wait_any()
+        last = runner.step_wait()
+    for transition in last.values():
+        assert transition.ended and transition.truncated
+        np.testing.assert_array_equal(transition.reset_obs, ToyEnv().reset(seed=6)[0])
