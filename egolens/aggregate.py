@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from egolens.evaluation import paired_versus
+
 IDENTIFIERS = re.compile(r"(^|\.)(head|step|source_step|target_action_before|target_action_after|episodes|"
                          r"n_steps|n_tiny|n|factor)$")
 """Leaves that name things (a head index, a step, a count of samples), not measurements."""
@@ -98,6 +100,29 @@ def seed_metrics(summaries: Mapping[str, Mapping[str, object]], closed_loop: pd.
     metrics.update(flatten(closed_loop_heads(closed_loop), "closed_loop"))
     metrics = {name: value for name, value in metrics.items() if not IDENTIFIERS.search(name)}
     return rename_heads(metrics, head_ranks(closed_loop))
+
+
+REFERENCE_POLICIES = ("constant_slower", "constant_idle", "constant_faster", "rule_based", "clairvoyant")
+"""The reference policies of results/reference (egolens.policies), weakest to the ceiling."""
+
+
+def reference_metrics(agent: pd.DataFrame, reference: pd.DataFrame, policy_metrics: Mapping[str, object],
+                      resamples: int, seed: int) -> dict[str, object]:
+    """One seed's trained agent against the reference policies on the same held-out episodes.
+
+    agent: the seed's evaluation episodes of the trained network (env_seed, return, outcome);
+    reference: results/reference/episodes.csv (policy, env_seed, return, outcome);
+    policy_metrics: results/reference/metrics.json (each policy's own rates with CIs).
+    Returns {vs_<policy>: paired differences (`evaluation.paired_versus`), ceiling_fraction:
+    the agent's success rate over the clairvoyant planner's, <policy>: its own metrics}.
+    """
+    out: dict[str, object] = {}
+    for policy in ("constant_idle", "rule_based", "clairvoyant"):
+        out[f"vs_{policy}"] = paired_versus(agent, reference[reference["policy"] == policy], resamples, seed)
+    ceiling = reference.loc[reference["policy"] == "clairvoyant", "outcome"].eq("arrived").mean()
+    out["ceiling_fraction"] = round(float(agent["outcome"].eq("arrived").mean() / ceiling), 6) if ceiling else None
+    out.update({policy: policy_metrics[policy] for policy in REFERENCE_POLICIES if policy in policy_metrics})
+    return out
 
 
 # ------------------------------------------------------------------------------- over seeds
@@ -217,6 +242,14 @@ FINDINGS: tuple[Finding, ...] = (
             "<= 0.4 over the held-out episodes).",
             _needs(_eval("trained", "mean_return"), _eval("trained", "collision_rate"))(
                 lambda ret, coll: ret >= 5.35 and coll <= 0.4)),
+    Finding("trained_beats_idle_on_success",
+            "The trained agent succeeds more often than constant IDLE on the same held-out episodes (paired "
+            "95% CI of the success difference above 0).",
+            _needs("reference.vs_constant_idle.success.ci_low")(lambda low: low > 0)),
+    Finding("trained_collides_less_than_idle",
+            "The trained agent collides less often than constant IDLE on the same held-out episodes (paired "
+            "95% CI of the collision difference below 0).",
+            _needs("reference.vs_constant_idle.collision.ci_high")(lambda high: high < 0)),
     Finding("one_head_critical",
             "Zero-ablating one head (head_rank1) lowers the closed-loop success rate, 95% CI below 0.",
             _needs(HEAD_ZERO.format(1, "success_diff_ci_high"))(lambda high: high < 0)),

@@ -249,6 +249,28 @@ class InterventionsConfig(_Strict):
         return sizes
 
 
+class ReferenceConfig(_Strict):
+    """Reference policies on evaluate's held-out episodes (egolens.policies): constant actions, a
+    rule-based driver (thresholds below) and the clairvoyant planner (the ceiling)."""
+
+    ttc_threshold: float = Field(3.0, gt=0.0)
+    """s: the rule-based driver yields to a vehicle on a crossing path whose time to collision is below this."""
+    horizon: float = Field(5.0, gt=0.0)
+    """s: look-ahead of the constant-velocity paths of the rule-based driver's crossing test."""
+    collision_radius: float = Field(5.0, gt=0.0)
+    """m: gap counted as a collision by the rule-based driver."""
+    min_ego_speed: float = Field(4.5, ge=0.0)
+    """m/s: the speed the rule-based driver assumes for the ego when it goes."""
+    lane_half_width: float = Field(2.0, gt=0.0)
+    """m: a vehicle ahead in the ego's lane (within this lateral offset) counts as a threat too."""
+    replan: Literal["after_slower", "every_step", "never"] = "after_slower"
+    """When the planner searches again from the real state (egolens.policies.plan_episode; after_slower
+    chooses the same actions as every_step at a fraction of the cost)."""
+    processes: int = Field(2, gt=0, le=16)
+    """Worker processes the planner's episodes are split over."""
+    bootstrap_resamples: int = Field(2000, ge=100)
+
+
 class Params(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     env: EnvConfig = EnvConfig()
@@ -260,6 +282,7 @@ class Params(_Strict):
     attributions: AttributionsConfig = AttributionsConfig()
     neurons: NeuronsConfig = NeuronsConfig()
     interventions: InterventionsConfig = InterventionsConfig()
+    reference: ReferenceConfig = ReferenceConfig()
 
     @field_validator("seeds")
     @classmethod

@@ -92,7 +92,8 @@ class ReplayBuffer:
         n = self.size
         return {"obs": self.obs[:n].clone(), "next_obs": self.next_obs[:n].clone(),
                 "action": self.action[:n].clone(), "reward": self.reward[:n].clone(),
-                "terminal": self.terminal[:n].clone(), "steps": self.steps[:n].clone(), "position": self.position, "size": n}
+                "terminal": self.terminal[:n].clone(), "steps": self.steps[:n].clone(),
+                "position": self.position, "size": n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = state["size"]

@@ -6,10 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from egolens.analysis.stats import bootstrap_ci
+from egolens.analysis.stats import bootstrap_ci, paired_bootstrap_ci
 from egolens.env import outcome
 from egolens.runner import EnvRunner, EpisodeSchedule
 
@@ -83,3 +84,32 @@ def summarize_episodes(results: Sequence[EpisodeResult], resamples: int, seed: i
         mean, low, high = bootstrap_ci(np.asarray(values, dtype=np.float64), resamples, seed)
         summary[name] = {"mean": round(mean, 6), "ci_low": round(low, 6), "ci_high": round(high, 6)}
     return summary
+
+
+def episode_outcomes(results: Sequence[EpisodeResult]) -> pd.DataFrame:
+    """One row per episode: env_seed, return, length, outcome (the evaluation episode table)."""
+    return pd.DataFrame([{"env_seed": r.env_seed, "return": round(r.ret, 6), "length": r.length,
+                          "outcome": r.outcome} for r in results])
+
+
+def paired_versus(agent: pd.DataFrame, reference: pd.DataFrame, resamples: int, seed: int
+                  ) -> dict[str, dict[str, float]]:
+    """Agent minus reference on the same env seeds: success, collision and timeout rates and the
+    mean return, each {"diff", "ci_low", "ci_high"} (95% paired bootstrap over episodes).
+
+    agent, reference: episode tables (env_seed, return, outcome); every agent seed must be in
+    the reference.
+    """
+    paired = agent.merge(reference, on="env_seed", suffixes=("", "_ref"), validate="one_to_one")
+    if len(paired) != len(agent):
+        raise ValueError("the reference does not cover every agent episode's env seed")
+    out = {}
+    columns = {"success": ("outcome", "arrived"), "collision": ("outcome", "collision"),
+               "timeout": ("outcome", "timeout"), "return": ("return", None)}
+    for name, (column, value) in columns.items():
+        mine, ref = paired[column], paired[f"{column}_ref"]
+        if value is not None:
+            mine, ref = (mine == value).astype(float), (ref == value).astype(float)
+        diff, low, high = paired_bootstrap_ci(mine.to_numpy(), ref.to_numpy(), resamples, seed)
+        out[name] = {"diff": round(diff, 6), "ci_low": round(low, 6), "ci_high": round(high, 6)}
+    return out

@@ -645,16 +645,26 @@ EVALUATION_METRICS = {"success_rate": "success rate (fraction of episodes)",
                       "mean_return": "mean return (undiscounted, per episode)"}
 
 
+REFERENCE_STYLES = {"constant_slower": ("constant SLOWER", "#8C8C8C", ":"),
+                    "constant_idle": ("constant IDLE", "#DD8452", "--"),
+                    "constant_faster": ("constant FASTER", "#C44E52", ":"),
+                    "rule_based": ("rule-based driver", "#8172B3", "-."),
+                    "clairvoyant": ("clairvoyant planner (ceiling)", "#55A868", "-")}
+"""Label, colour and line style of each reference policy (results/reference)."""
+
+
 @_styled
-def evaluation(evaluation_table: pd.DataFrame) -> Figure:
-    """Bars per seed (x) and network (hue) for each metric (panels), with the stored 95% CIs.
+def evaluation(evaluation_table: pd.DataFrame, reference: pd.DataFrame | None = None) -> Figure:
+    """Bars per seed (x) and network (hue) for each metric (panels), with the stored 95% CIs; the
+    reference policies on the same held-out episodes as horizontal lines.
 
     evaluation_table: one row per (seed, model, metric) from results/seeds/seed<N>/evaluate.json:
     seed, model (trained, untrained), metric (success_rate, ...), mean, ci_low, ci_high.
+    reference: one row per (policy, metric) from results/reference/metrics.json: policy, metric, mean.
     """
     seeds = sorted(evaluation_table["seed"].unique())
     metrics = [m for m in EVALUATION_METRICS if m in set(evaluation_table["metric"])]
-    fig = Figure(figsize=(4 * len(metrics), 4.6), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(metrics), 5.2), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     width = 0.38
     for ax, metric in zip(axes, metrics):
@@ -662,17 +672,24 @@ def evaluation(evaluation_table: pd.DataFrame) -> Figure:
             rows = (evaluation_table[(evaluation_table["metric"] == metric) & (evaluation_table["model"] == model)]
                     .set_index("seed").reindex(seeds))
             x = np.arange(len(seeds)) + (i - 0.5) * width
-            ax.bar(x, rows["mean"], width=width, color=MODEL_COLOURS[model], label=model)
+            ax.bar(x, rows["mean"], width=width, color=MODEL_COLOURS[model], label=f"{model} network")
             ax.errorbar(x, rows["mean"], yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
                         fmt="none", ecolor="black", elinewidth=1.2, capsize=3)
+        if reference is not None:
+            for policy, (label, colour, style) in REFERENCE_STYLES.items():
+                value = reference[(reference["policy"] == policy) & (reference["metric"] == metric)]["mean"]
+                if len(value):
+                    ax.axhline(float(value.iloc[0]), color=colour, ls=style, lw=1.6, label=label)
         ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
         ax.set_xlabel("agent seed")
         ax.set_ylabel(EVALUATION_METRICS[metric])
         ax.set_title(metric.replace("_", " "))
         if metric.endswith("_rate"):
-            ax.set_ylim(0, 1)
-    axes[-1].legend(title="network", loc="lower right")
-    fig.suptitle("Greedy evaluation on held-out episodes, trained vs untrained, 95% bootstrap CIs over episodes")
+            ax.set_ylim(0, 1.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
+    fig.suptitle("Greedy evaluation on held-out episodes: each seed's trained and untrained network (bars, 95% "
+                 "bootstrap CIs over episodes) beside reference policies on the same episodes (lines)")
     return fig
 
 

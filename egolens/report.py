@@ -49,6 +49,13 @@ FINDINGS: tuple[Section, ...] = (
         "bar (return >= 5.35, collisions <= 0.4) is met in {h:meets_reference_bar} ({fig:evaluation}).",
         "Over the last 100 training episodes the return is {m:train.return_last100} with "
         "{m:train.collision_last100} collisions ({fig:learning_curves}).",
+        "On the same held-out episodes constant IDLE succeeds in {v:reference.constant_idle.success_rate.mean} "
+        "and collides in {v:reference.constant_idle.collision_rate.mean}, the rule-based driver succeeds in "
+        "{v:reference.rule_based.success_rate.mean}, and the clairvoyant planner (the ceiling) succeeds in "
+        "{v:reference.clairvoyant.success_rate.mean} with {v:reference.clairvoyant.collision_rate.mean} "
+        "collisions; the trained agent reaches {m:reference.ceiling_fraction} of the ceiling's success rate. "
+        "It succeeds more often than constant IDLE (paired CI above 0) in {h:trained_beats_idle_on_success} "
+        "and collides less than constant IDLE in {h:trained_collides_less_than_idle} ({fig:evaluation}).",
     )),
     Section("One head carries the policy", (
         "Zero-ablating the most important head (head_rank1, chosen per seed by this very effect) changes the "

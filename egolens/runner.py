@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-from multiprocessing import connection
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import connection
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,9 @@ def _worker(conn: Any, factory: EnvFactory) -> None:
                 conn.send(_reset(env, *args))
             elif command == "replay":
                 conn.send(_replay(env, *args))
+            elif command == "call":
+                fn, item = args
+                conn.send(fn(env, item))
             elif command == "close":
                 break
     except (EOFError, KeyboardInterrupt):
@@ -154,6 +157,37 @@ class EnvRunner:
         if self._envs is not None:
             return {i: _step(self._envs[i], a, s) for i, (a, s) in pending.items()}
         return {i: self._conns[i].recv() for i in pending}
+
+    def map(self, fn: Callable[[Any, Any], Any], items: Sequence[Any],
+            progress: Callable[[], None] | None = None) -> list[Any]:
+        """[fn(env, item) for item in items], each call on whichever env is free; in item order.
+
+        fn must be a module-level function (it is sent to the workers by reference). Used for
+        whole-episode jobs such as the clairvoyant planner's.
+        """
+        if self._pending:
+            raise RuntimeError("map called while a step is pending")
+        results: list[Any] = [None] * len(items)
+        if self._envs is not None:
+            for k, item in enumerate(items):
+                results[k] = fn(self._envs[0], item)
+                if progress is not None:
+                    progress()
+            return results
+        queue = list(enumerate(items))
+        busy: dict[int, int] = {}
+        while queue or busy:
+            for i in range(self.num_envs):
+                if i not in busy and queue:
+                    k, item = queue.pop(0)
+                    self._conns[i].send(("call", fn, item))
+                    busy[i] = k
+            ready = connection.wait([self._conns[i] for i in busy])
+            for i in [i for i in busy if self._conns[i] in ready]:
+                results[busy.pop(i)] = self._conns[i].recv()
+                if progress is not None:
+                    progress()
+        return results
 
     def close(self) -> None:
         if self._envs is not None:

@@ -14,6 +14,8 @@ RESULTS = Path("results")
 """Study-level outputs (summary, figures, report); per-seed ones live under `seed_results(seed)`."""
 DATA = Path("data")
 RESUME = Path(".resume")
+VALID_MARKER = RESULTS / "params_valid.txt"
+"""Written by the `validate` stage; every other stage depends on it (see stages/validate.py)."""
 NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}
 """The two networks every analysis compares: label -> checkpoint file in models/seed<N>/."""
 

@@ -1,6 +1,7 @@
 """aggregate: every seed's headline numbers combined over seeds (mean and 95% Student-t CI in
 results/summary.json and results/summary.csv) and whether each finding holds per seed
-(results/holds.csv). Heads are matched across seeds by their closed-loop role, not their index."""
+(results/holds.csv), with each seed's trained agent set beside the reference policies on the same
+held-out episodes (results/reference). Heads are matched across seeds by their closed-loop role, not their index."""
 
 from __future__ import annotations
 
@@ -12,21 +13,27 @@ from egolens import aggregate, checkpoint
 from egolens.analysis.attribution import json_safe
 from stages import RESULTS, seed_results, study_args
 
+REFERENCE = RESULTS / "reference"
+
 SUMMARIES = {"evaluate": "evaluate.json", "train": "train/metrics.json", "circuits": "circuits/summary.json",
              "attributions": "attributions/summary.json", "neurons": "neurons/summary.json",
              "interventions": "interventions/summary.json"}
 """Stage name -> its summary JSON inside results/seeds/seed<N>/."""
 
 
-def load_seed(seed: int) -> aggregate.Metrics:
+def load_seed(seed: int, resamples: int) -> aggregate.Metrics:
     root = seed_results(seed)
     summaries = {stage: json.loads((root / path).read_text()) for stage, path in SUMMARIES.items()}
+    episodes = pd.read_csv(root / "evaluate_episodes.csv")
+    summaries["reference"] = aggregate.reference_metrics(
+        episodes[episodes["model"] == "trained"], pd.read_csv(REFERENCE / "episodes.csv"),
+        json.loads((REFERENCE / "metrics.json").read_text()), resamples, seed)
     return aggregate.seed_metrics(summaries, pd.read_csv(root / "interventions" / "closed_loop.csv"))
 
 
 def main() -> None:
     params = study_args(__doc__)
-    per_seed = {seed: load_seed(seed) for seed in params.seeds}
+    per_seed = {seed: load_seed(seed, params.reference.bootstrap_resamples) for seed in params.seeds}
     table = aggregate.summary_table(per_seed)
     holds = aggregate.holds_table(per_seed)
     summary = {"seeds": params.seeds, **aggregate.summary_tree(table), "holds": aggregate.holds_tree(holds)}

@@ -38,6 +38,13 @@ def evaluation_table(params: Params) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reference_table() -> pd.DataFrame:
+    """results/reference/metrics.json as rows (policy, metric, mean, ci_low, ci_high)."""
+    metrics = json.loads((RESULTS / "reference" / "metrics.json").read_text())
+    return pd.DataFrame([{"policy": policy, "metric": metric, **values} for policy, by_metric in metrics.items()
+                         for metric, values in by_metric.items() if isinstance(values, dict)])
+
+
 def scene_figure(params: Params) -> Figure:
     """`attention_scene` for SCENE_STEPS evenly spaced steps of the first seed's first trained episode."""
     seed = params.seeds[0]
@@ -77,7 +84,7 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
                                            seed_table(params, "interventions/path_patching.csv")),
         "learning_curves": lambda: plots.learning_curves(
             seed_table(params, "train/plots/metrics/return.tsv", sep="\t")),
-        "evaluation": lambda: plots.evaluation(evaluation_table(params)),
+        "evaluation": lambda: plots.evaluation(evaluation_table(params), reference_table()),
         "attention_vs_attribution": lambda: plots.attention_vs_attribution(
             seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv")),
     }

@@ -36,7 +36,7 @@ def main() -> None:
     params, seed = seed_args(__doc__)
     n_entities, in_features = params.env.vehicles_count, len(params.env.features)
     trainer = Trainer(params.agent, seed, params.train.episodes, params.train.num_envs, in_features, n_entities)
-    meta = {"config": params.model_dump(mode="json"), "seed": seed, "versions": checkpoint.versions()}
+    meta = {"config": _run_identity(params), "seed": seed, "versions": checkpoint.versions()}
     out = MODELS / f"seed{seed}"
     checkpoint.save(out / "untrained.pt", {"state_dict": trainer.initial_state_dict,
                                            "optimizer": trainer.agent.optimizer.state_dict(),
@@ -75,8 +75,10 @@ def main() -> None:
 
 
 def _run_identity(params: Params) -> dict:
-    """What a resume state must match: everything that changes the run's numbers."""
-    return {"format": RESUME_FORMAT, "env": params.env.model_dump(mode="json"), "agent": params.agent.model_dump(mode="json"),
+    """Everything that changes the run's numbers (what a resume state must match, and all of the
+    params a checkpoint embeds: nothing else, so no other edit changes its bytes)."""
+    return {"format": RESUME_FORMAT, "env": params.env.model_dump(mode="json"),
+            "agent": params.agent.model_dump(mode="json"),
             "episodes": params.train.episodes, "num_envs": params.train.num_envs}
 
 

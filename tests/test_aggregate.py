@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from egolens import aggregate
 from egolens.aggregate import (
     FINDINGS,
     Finding,
@@ -22,6 +23,7 @@ from egolens.aggregate import (
     summary_tree,
     t_interval,
 )
+from egolens.evaluation import paired_versus
 
 
 def closed_loop(effects: dict[int, tuple[float, float]]) -> pd.DataFrame:
@@ -127,3 +129,38 @@ def test_study_findings_read_the_metrics_they_name():
     assert not fewer({"evaluate.trained.collision_rate.ci_high": 0.35,
                       "evaluate.untrained.collision_rate.ci_low": 0.3})
     assert len(by_name) == len(FINDINGS)
+
+
+# ------------------------------------------------------------------------- reference policies
+
+def episodes(outcomes: str, start: int = 100) -> pd.DataFrame:
+    """An episode table from a string of outcomes: a arrived, c collision, t timeout."""
+    names = {"a": "arrived", "c": "collision", "t": "timeout"}
+    return pd.DataFrame({"env_seed": range(start, start + len(outcomes)), "outcome": [names[o] for o in outcomes],
+                         "return": [{"a": 9.0, "c": -5.0, "t": 3.0}[o] for o in outcomes]})
+
+
+def test_paired_versus_differences_are_per_episode_means_with_a_paired_interval():
+    agent, idle = episodes("aaaat"), episodes("aacct")
+    out = paired_versus(agent, idle, resamples=500, seed=0)
+    assert out["success"]["diff"] == pytest.approx(0.4) and out["collision"]["diff"] == pytest.approx(-0.4)
+    assert out["timeout"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}        # identical in every pair
+    assert out["return"]["diff"] == pytest.approx((14 + 14) / 5)
+    assert out["success"]["ci_low"] <= 0.4 <= out["success"]["ci_high"]
+    with pytest.raises(ValueError):
+        paired_versus(episodes("aa", start=0), idle, resamples=100, seed=0)
+
+
+def test_reference_metrics_compare_with_idle_and_the_ceiling_and_feed_two_findings():
+    reference = pd.concat([episodes("cccccaaaaa").assign(policy="constant_idle"),
+                           episodes("aaaaaaaaat").assign(policy="clairvoyant"),
+                           episodes("tttttttttt").assign(policy="rule_based")])
+    agent = episodes("aaaaaaaatt")
+    out = aggregate.reference_metrics(agent, reference, {"constant_idle": {"success_rate": {"mean": 0.5}}}, 500, 0)
+    assert out["ceiling_fraction"] == pytest.approx(0.8 / 0.9, abs=1e-6)
+    assert out["vs_constant_idle"]["success"]["diff"] == pytest.approx(0.3)
+    assert out["constant_idle"] == {"success_rate": {"mean": 0.5}}
+    metrics = aggregate.flatten(out, "reference")
+    holds = aggregate.holds_table({0: metrics}).set_index("finding")
+    assert holds.loc["trained_collides_less_than_idle", "seed0"] == 1.0       # 0 vs 5 collisions
+    assert holds.loc["trained_beats_idle_on_success", "seed0"] == 0.0         # +0.3 on 10 pairs: CI reaches 0

@@ -97,8 +97,12 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     for stage in ("train", "evaluate", "rollout", "circuits", "attributions", "neurons", "interventions"):
         for seed in (0, 1):
             assert f"Running stage '{stage}@{seed}'" in first
-    for stage in ("aggregate", "plots", "report"):
+    for stage in ("reference", "aggregate", "plots", "report"):
         assert f"Running stage '{stage}'" in first
+    reference = pd.read_csv(repo / "results/reference/episodes.csv")
+    assert set(reference["policy"]) == {"constant_slower", "constant_idle", "constant_faster", "rule_based",
+                                        "clairvoyant"}
+    assert reference.groupby("policy")["env_seed"].apply(sorted).map(tuple).nunique() == 1   # paired episodes
     summary = pd.read_csv(repo / "results/summary.csv").set_index("metric")
     assert summary.loc["evaluate.trained.mean_return.mean", "n_seeds"] == 2
     assert {"seed0", "seed1"} <= set(summary.columns)
@@ -152,3 +156,41 @@ def test_experiments_change_a_param_and_compare_with_the_baseline(tmp_path):
     run(repo, dvc, "plots", "diff", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
 
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
+
+
+def test_bad_params_stop_dvc_repro_before_any_output_is_touched(tmp_path):
+    repo = project_copy(tmp_path, tiny_params(episodes=4, eval_episodes=2))
+    dvc = str(BIN / "dvc")
+    run(repo, dvc, "repro", "train@0", "evaluate@0")
+    commit_all(repo, "trained")
+    marker = "results/params_valid.txt"      # validate's own output: the only file DVC may remove
+    before = {k: v for k, v in digests(repo, "models", "results").items() if k != marker}
+    good = (repo / "params.yaml").read_text()
+    for bad in (good.replace("num_envs: 2", "num_env: 2", 1),           # a typo under train:
+                good + "\nreprot:\n  x: 1\n"):                           # an unknown top-level section
+        (repo / "params.yaml").write_text(bad)
+        done = subprocess.run([dvc, "repro"], cwd=repo, capture_output=True, text=True, env=environment())
+        assert done.returncode != 0
+        assert "unknown key" in done.stdout + done.stderr
+        assert {k: v for k, v in digests(repo, "models", "results").items() if k != marker} == before
+        status = run(repo, "git", "status", "--porcelain")
+        assert status.strip() == "M params.yaml", status
+
+
+def test_adding_a_seed_leaves_every_existing_seeds_stages_up_to_date(tmp_path):
+    params = tiny_params(seeds=(0,), episodes=4, eval_episodes=2)
+    repo = project_copy(tmp_path, params)
+    dvc = str(BIN / "dvc")
+    run(repo, dvc, "repro", "train@0", "evaluate@0")
+    params["seeds"] = [0, 1]
+    params["attributions"]["max_steps"] = 13                  # not a train param: no checkpoint changes
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run(repo, dvc, "status", "--json", "train@0", "evaluate@0"))
+    assert status == {}, status
+    out = run(repo, dvc, "repro", "train@0", "evaluate@0", "train@1")
+    assert "Running stage 'train@1'" in out and "Running stage 'train@0'" not in out

@@ -227,7 +227,7 @@ FIGURE_INPUTS: dict[str, Callable[[], dict]] = {
     "ablations": lambda: {"closed_loop": closed_loop_table()},
     "patching": lambda: dict(zip(("patching_table", "path_patching"), patching_tables())),
     "learning_curves": lambda: {"returns": returns_table()},
-    "evaluation": lambda: {"evaluation_table": evaluation_table()},
+    "evaluation": lambda: {"evaluation_table": evaluation_table(), "reference": reference_table()},
     "attention_vs_attribution": lambda: dict(zip(("agreement", "attention_facts"), agreement_tables())),
 }
 HEATMAPS_ONLY = {"qk_circuits", "ov_circuits", "embedding_composites", "neuron_conductance", "neuron_activations"}
@@ -484,6 +484,22 @@ def test_evaluation_bars_are_the_stored_means_with_the_stored_intervals():
             np.testing.assert_allclose([p.get_height() for p in bars.patches], rows["mean"])
             segments = np.array([seg[:, 1] for seg in errors.lines[2][0].get_segments()])
             np.testing.assert_allclose(segments, rows[["ci_low", "ci_high"]].to_numpy())
+
+
+def reference_table() -> pd.DataFrame:
+    rng = np.random.default_rng(12)
+    return pd.DataFrame([{"policy": p, "metric": m, "mean": rng.random()} for p in plots.REFERENCE_STYLES
+                         for m in ("success_rate", "collision_rate", "timeout_rate", "mean_return")])
+
+
+def test_evaluation_draws_every_reference_policy_at_its_value_in_every_panel():
+    reference = reference_table()
+    fig = plots.evaluation(evaluation_table(), reference)
+    for ax, metric in zip(data_axes(fig), ("success_rate", "collision_rate", "timeout_rate", "mean_return")):
+        lines = {li.get_label(): li.get_ydata()[0] for li in ax.lines}
+        for policy, (label, _, _) in plots.REFERENCE_STYLES.items():
+            expected = reference[(reference["policy"] == policy) & (reference["metric"] == metric)]["mean"]
+            assert lines[label] == pytest.approx(float(expected.iloc[0]))
 
 
 def test_attention_vs_attribution_shows_per_seed_head_medians_and_pooled_fact_correlations():

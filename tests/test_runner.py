@@ -59,3 +59,23 @@ def test_an_ended_env_resets_itself_with_the_seed_it_was_handed(num_envs):
     for transition in last.values():
         assert transition.ended and transition.truncated
         np.testing.assert_array_equal(transition.reset_obs, ToyEnv().reset(seed=6)[0])
+
+
+def episode_length(env, seed: int) -> tuple[int, int]:
+    """(seed, steps) of one episode of IDLE from `seed`: a whole-episode job for `map`."""
+    env.reset(seed=seed)
+    steps = 0
+    while True:
+        steps += 1
+        _, _, terminated, truncated, _ = env.step(1)
+        if terminated or truncated:
+            return seed, steps
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_map_runs_whole_episode_jobs_on_free_envs_in_item_order(num_envs):
+    done = []
+    with toy_runner(num_envs) as runner:
+        results = runner.map(episode_length, [5, 2, 7, 4, 0], progress=lambda: done.append(1))
+    assert results == [(5, 3), (2, 4), (7, 5), (4, 2), (0, 2)]     # seed s lasts 2 + s % 4 steps
+    assert len(done) == 5

@@ -1,0 +1,57 @@
+"""reference: constant SLOWER / IDLE / FASTER, the rule-based driver and the clairvoyant planner on
+evaluate's held-out env seeds (the same episodes every agent is evaluated on: paired). Needs no
+training; DVC runs it once per env config. Writes results/reference/{episodes.csv,metrics.json}."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from egolens import checkpoint
+from egolens.env import make_runner
+from egolens.evaluation import episode_outcomes, play_policy, summarize_episodes
+from egolens.policies import FASTER, IDLE, SLOWER, RuleBasedDriver, plan_episode
+from stages import RESULTS, study_args
+
+
+def constant(action: int):
+    return lambda obs: np.full(len(obs), action)
+
+
+def main() -> None:
+    params = study_args(__doc__)
+    cfg = params.reference
+    seeds = [params.evaluate.env_seed + i for i in range(params.evaluate.episodes)]
+    driver = RuleBasedDriver(params.env, cfg.ttc_threshold, cfg.horizon, cfg.collision_radius, cfg.min_ego_speed,
+                             cfg.lane_half_width)
+    policies = {"constant_slower": constant(SLOWER), "constant_idle": constant(IDLE),
+                "constant_faster": constant(FASTER), "rule_based": driver.actions}
+    tables, metrics = [], {}
+    with make_runner(params.env, min(cfg.processes, len(seeds))) as runner:
+        for name, policy in policies.items():
+            results = play_policy(policy, runner, seeds)
+            tables.append(episode_outcomes(results).assign(policy=name))
+            metrics[name] = summarize_episodes(results, cfg.bootstrap_resamples, 0)
+        with tqdm(total=len(seeds), desc="clairvoyant planner", unit="ep") as bar:
+            planned = runner.map(partial(plan_episode, replan=cfg.replan), seeds, progress=lambda: bar.update(1))
+    results = [p.episode_result() for p in planned]
+    tables.append(episode_outcomes(results).assign(
+        policy="clairvoyant", predicted_outcome=[p.final_outcome for p in planned],
+        replay_matched=[p.replay_matched for p in planned], actions=["".join(map(str, p.actions)) for p in planned]))
+    metrics["clairvoyant"] = summarize_episodes(results, cfg.bootstrap_resamples, 0)
+    metrics["clairvoyant"]["replay_matched"] = float(np.mean([p.replay_matched for p in planned]))
+    for name, values in metrics.items():
+        print(f"{name}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in values.items() if isinstance(v, dict)))
+    out = RESULTS / "reference"
+    episodes = pd.concat(tables, ignore_index=True)
+    episodes.insert(0, "policy", episodes.pop("policy"))
+    checkpoint.atomic_write_text(out / "episodes.csv", episodes.to_csv(index=False))
+    checkpoint.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
