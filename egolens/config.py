@@ -150,6 +150,8 @@ class RolloutConfig(_Strict):
     """Held-out env seeds env_seed, env_seed + 1, ... (disjoint from every training seed)."""
     render_episodes: int = Field(2, ge=0)
     """Render (and make an attention video of) the first this many episodes."""
+    num_envs: int = Field(2, gt=0, le=16)
+    """Envs (one process each) playing the unrendered episodes in parallel."""
     seconds_per_frame: float = Field(1.0, gt=0.0)
 
 

@@ -138,6 +138,20 @@ def play_episode(net: nn.Module, env: gym.Env, tracker: VehicleTracker, env_seed
                    frames, pixels)
 
 
+_TRACKERS: dict[int, VehicleTracker] = {}
+"""The tracker installed on each env this process played `record_episode` on (by id)."""
+
+
+def record_episode(net: nn.Module, env: gym.Env, env_seed: int) -> Episode:
+    """One unrendered greedy episode of `net` from `env_seed`, tracked: a job for `EnvRunner.map`
+    (runs in the env's worker process; a tracker is installed on the env at its first episode)."""
+    torch.set_num_threads(1)
+    tracker = _TRACKERS.get(id(env))
+    if tracker is None:
+        tracker = _TRACKERS[id(env)] = VehicleTracker(env)
+    return play_episode(net, env, tracker, env_seed)
+
+
 def record_activations(net: nn.Module, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Q [N, A] and every named activation {name: [N, ...]} of a batch of observations [N, E, F]."""
     q, cache = run_with_cache(net, torch.as_tensor(obs))

@@ -4,6 +4,7 @@ seeds, with every activation, the scene facts per vehicle, frames and attention 
 from __future__ import annotations
 
 import shutil
+from functools import partial
 
 import torch
 from tqdm import tqdm
@@ -11,9 +12,17 @@ from tqdm import tqdm
 from egolens import checkpoint
 from egolens.artifacts import npz_bytes, png_bytes
 from egolens.config import Params
-from egolens.env import make_env
+from egolens.env import make_env, make_runner
 from egolens.model import EgoAttentionNetwork
-from egolens.rollout import Episode, VehicleTracker, play_episode, rollout_arrays, steps_table, vehicles_table
+from egolens.rollout import (
+    Episode,
+    VehicleTracker,
+    play_episode,
+    record_episode,
+    rollout_arrays,
+    steps_table,
+    vehicles_table,
+)
 from egolens.video import episode_images, gif_bytes
 from stages import DATA, NETWORKS, load_net, seed_args
 
@@ -24,19 +33,20 @@ def write_bytes(path, data: bytes) -> None:
 
 
 def play(params: Params, net: EgoAttentionNetwork, label: str) -> list[Episode]:
-    """Unrendered and rendered episodes run on separate envs: once rendered, an env draws
-    every intermediate frame of every later step."""
-    plain, rendered = make_env(params.env), make_env(params.env, render_mode="rgb_array")
-    trackers = {id(plain): VehicleTracker(plain), id(rendered): VehicleTracker(rendered)}
-    episodes = []
+    """The first `render_episodes` on a rendered env of their own (once rendered, an env draws every
+    intermediate frame of every later step), the others on the runner's envs in parallel."""
+    cfg = params.rollout
+    seeds = [cfg.env_seed + i for i in range(cfg.episodes)]
+    rendered = make_env(params.env, render_mode="rgb_array")
+    tracker = VehicleTracker(rendered)
     try:
-        for i in tqdm(range(params.rollout.episodes), desc=label, unit="ep"):
-            render = i < params.rollout.render_episodes
-            env = rendered if render else plain
-            episodes.append(play_episode(net, env, trackers[id(env)], params.rollout.env_seed + i, render))
+        episodes = [play_episode(net, rendered, tracker, seed, render=True) for seed in seeds[:cfg.render_episodes]]
     finally:
-        plain.close()
         rendered.close()
+    plain = seeds[cfg.render_episodes:]
+    with make_runner(params.env, min(cfg.num_envs, max(len(plain), 1))) as runner, \
+            tqdm(total=len(plain), desc=label, unit="ep") as bar:
+        episodes += runner.map(partial(record_episode, net), plain, progress=lambda: bar.update(1))
     return episodes
 
 

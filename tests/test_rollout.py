@@ -4,6 +4,7 @@ tables consistent with the arrays, rendered frames and videos."""
 from __future__ import annotations
 
 import io
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,9 +12,17 @@ import torch
 from PIL import Image
 
 from egolens.config import EnvConfig
-from egolens.env import make_env
+from egolens.env import make_env, make_runner
 from egolens.model import EgoAttentionNetwork
-from egolens.rollout import ABSENT, VehicleTracker, play_episode, rollout_arrays, steps_table, vehicles_table
+from egolens.rollout import (
+    ABSENT,
+    VehicleTracker,
+    play_episode,
+    record_episode,
+    rollout_arrays,
+    steps_table,
+    vehicles_table,
+)
 from egolens.scene import denormalize
 from egolens.video import episode_images, gif_bytes
 
@@ -108,3 +117,12 @@ def test_rendered_episode_has_real_frames_and_a_video(net):
         for (col, row), present in zip(pixels[1:], episode.obs[t, 1:, 0] >= 0.5):
             if present and 0 <= col < 600 and 0 <= row < 600:
                 assert tuple(episode.frames[t][row, col]) == (100, 200, 255)
+
+
+def test_runner_workers_record_the_same_episodes_as_one_env(net, episodes):
+    with make_runner(CFG, 2) as runner:
+        parallel = runner.map(partial(record_episode, net), [11, 12, 13])
+    for mine, theirs in zip(parallel, episodes):
+        for field in ("obs", "action", "reward", "vehicle_id", "positions"):
+            np.testing.assert_array_equal(getattr(mine, field), getattr(theirs, field))
+        assert (mine.env_seed, mine.outcome) == (theirs.env_seed, theirs.outcome)
