@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from egolens.analysis.stats import bootstrap_ci, paired_bootstrap_ci
 from egolens.env import outcome
-from egolens.runner import EnvRunner, EpisodeSchedule
+from egolens.runner import EnvRunner
 
 
 @dataclass
@@ -33,34 +34,46 @@ def play_policy(policy: Callable[[np.ndarray], Sequence[int]], runner: EnvRunner
                 env_seeds: Sequence[int]) -> list[EpisodeResult]:
     """Play one episode per env seed; results in the order of `env_seeds`.
 
-    policy: obs [N, E, F] -> N actions (called on the playing envs only). Each episode
-    depends only on its seed and the policy, so the results do not depend on the number of
-    envs in `runner` nor on which env played which episode.
+    policy: obs [1, E, F] -> one action (called on one observation at a time, so its output
+    never depends on how observations happen to be batched). The envs run free: each gets its
+    next action as soon as its step is done, and a finished env resets itself with the next
+    unstarted seed. Each episode depends only on its seed and the policy, so the results do not
+    depend on the number of envs or on timing.
     """
-    schedule = EpisodeSchedule(len(env_seeds), runner.num_envs)
-    started = schedule.start()
-    obs = runner.reset({i: int(env_seeds[e]) for i, e in started.items()})
-    returns = dict.fromkeys(started, 0.0)
-    lengths = dict.fromkeys(started, 0)
+    unstarted = list(range(len(env_seeds)))          # a heap of episode indices
+    heapq.heapify(unstarted)
+    playing: dict[int, int] = {}
+    offered: dict[int, int] = {}
+    returns: dict[int, float] = {}
+    lengths: dict[int, int] = {}
     results: list[EpisodeResult | None] = [None] * len(env_seeds)
-    while not schedule.done:
-        active = schedule.active
-        actions = policy(np.stack([obs[i] for i in active]))
-        offers = schedule.offers()
-        runner.step_async(dict(zip(active, actions)), {i: int(env_seeds[e]) for i, e in offers.items()})
-        steps = runner.step_wait()
-        ended = [i for i in active if steps[i].ended]
-        for i in active:
-            step = steps[i]
+
+    def dispatch(i: int, obs: np.ndarray) -> None:
+        action = int(np.asarray(policy(obs[None]))[0])
+        if unstarted:
+            offered[i] = heapq.heappop(unstarted)
+        runner.send(i, action, int(env_seeds[offered[i]]) if i in offered else None)
+
+    first = {i: heapq.heappop(unstarted) for i in range(min(runner.num_envs, len(env_seeds)))}
+    for i, obs in runner.reset({i: int(env_seeds[e]) for i, e in first.items()}).items():
+        playing[i], returns[i], lengths[i] = first[i], 0.0, 0
+        dispatch(i, obs)
+    while playing:
+        for i, step in runner.receive().items():
             returns[i] += step.reward
             lengths[i] += 1
-            if step.ended:
-                episode = schedule.playing[i]
-                results[episode] = EpisodeResult(int(env_seeds[episode]), returns[i], lengths[i],
-                                                 outcome(step.terminated, step.truncated, step.crashed))
-                returns[i], lengths[i] = 0.0, 0
-            obs[i] = step.reset_obs if step.reset_obs is not None else step.obs
-        schedule.advance(ended, offers)
+            taken = offered.pop(i, None)
+            if not step.ended:
+                if taken is not None:
+                    heapq.heappush(unstarted, taken)
+                dispatch(i, step.obs)
+                continue
+            episode = playing.pop(i)
+            results[episode] = EpisodeResult(int(env_seeds[episode]), returns[i], lengths[i],
+                                             outcome(step.terminated, step.truncated, step.crashed))
+            if taken is not None:
+                playing[i], returns[i], lengths[i] = taken, 0.0, 0
+                dispatch(i, step.reset_obs)
     return [r for r in results if r is not None]
 
 

@@ -136,23 +136,40 @@ class EnvRunner:
         """Bring env i to the state reached by episodes[i] = (seed, actions); its observation."""
         return self._call({i: ("replay", s, list(a)) for i, (s, a) in episodes.items()})
 
+    def send(self, i: int, action: int, next_seed: int | None = None) -> None:
+        """Start one step of env i (which must not be stepping); if its episode ends it resets
+        with `next_seed`. Collect the result with `receive` or `step_wait`."""
+        if i in self._pending:
+            raise RuntimeError(f"env {i} is already stepping")
+        self._pending[i] = (int(action), next_seed)
+        if self._envs is None:
+            self._conns[i].send(("step", int(action), next_seed))
+
     def step_async(self, actions: dict[int, int], next_seeds: dict[int, int]) -> None:
         """Send actions[i] to env i; if its episode ends it resets with next_seeds.get(i)."""
         if self._pending:
             raise RuntimeError("step_async called twice without step_wait")
-        self._pending = {i: (int(a), next_seeds.get(i)) for i, a in actions.items()}
-        if self._envs is None:
-            for i, (action, seed) in self._pending.items():
-                self._conns[i].send(("step", action, seed))
+        for i, action in actions.items():
+            self.send(i, action, next_seeds.get(i))
 
     def wait_any(self) -> None:
-        """Block until at least one env of the last `step_async` has finished its step (a core
-        is then free: the moment to do other work). Returns at once for an in-process env."""
+        """Block until at least one stepping env has finished its step (a core is then free:
+        the moment to do other work). Returns at once for an in-process env."""
         if self._envs is None and self._pending:
             connection.wait([self._conns[i] for i in self._pending])
 
+    def receive(self) -> dict[int, Transition]:
+        """The results of the envs that have finished their step (at least one; blocks until then)."""
+        if self._envs is not None:
+            return self.step_wait()
+        self.wait_any()
+        ready = [i for i in self._pending if self._conns[i].poll()]
+        for i in ready:
+            del self._pending[i]
+        return {i: self._conns[i].recv() for i in ready}
+
     def step_wait(self) -> dict[int, Transition]:
-        """The transitions of the last `step_async` (in-process envs step here)."""
+        """The transitions of every stepping env (in-process envs step here)."""
         pending, self._pending = self._pending, {}
         if self._envs is not None:
             return {i: _step(self._envs[i], a, s) for i, (a, s) in pending.items()}
