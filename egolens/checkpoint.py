@@ -97,7 +97,16 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def check_state_dict(state_dict: dict[str, torch.Tensor], net: nn.Module, source: str = "checkpoint") -> None:
-    """Raise CheckpointError naming missing/unexpected keys and shape mismatches."""
+    """Raise CheckpointError naming missing/unexpected keys, non-tensor or non-finite weights and
+    shape mismatches."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{source}: state_dict is a {type(state_dict).__name__}, not a dict of tensors")
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{source}: weights that are not tensors: {not_tensors}")
+    non_finite = sorted(k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if non_finite:
+        raise CheckpointError(f"{source}: non-finite (NaN or inf) weights in {non_finite}")
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

@@ -30,7 +30,7 @@ class ParamsError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class FeaturesRange(_Strict):
@@ -77,7 +77,21 @@ class EnvConfig(_Strict):
             raise ValueError("the first feature must be 'presence' (the network masks absent vehicles by it)")
         if len(set(features)) != len(features):
             raise ValueError("features must not repeat")
+        missing = [f for f in REFERENCE_FEATURES if f not in features]
+        if missing:
+            raise ValueError(f"features must include {REFERENCE_FEATURES} (scene facts, the rollouts and the reference "
+                             f"driver read them); missing {missing}")
         return features
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> EnvConfig:
+        low, high = self.reward_speed_range
+        if not low < high:
+            raise ValueError(f"env.reward_speed_range = {self.reward_speed_range}: low must be < high")
+        if sorted(self.target_speeds) != list(self.target_speeds) or len(self.target_speeds) != 3:
+            raise ValueError(f"env.target_speeds = {self.target_speeds}: give three increasing speeds "
+                             "(SLOWER, IDLE, FASTER)")
+        return self
 
 
 class EpsilonConfig(_Strict):
@@ -86,6 +100,12 @@ class EpsilonConfig(_Strict):
     start: float = Field(1.0, ge=0.0, le=1.0)
     final: float = Field(0.05, ge=0.0, le=1.0)
     tau: float = Field(15000.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _decays(self) -> EpsilonConfig:
+        if self.final > self.start:
+            raise ValueError(f"agent.epsilon.final = {self.final} must be <= agent.epsilon.start = {self.start}")
+        return self
 
 
 class AgentConfig(_Strict):
@@ -118,6 +138,10 @@ class AgentConfig(_Strict):
             divisors = [h for h in range(1, self.feature_size + 1) if self.feature_size % h == 0]
             raise ValueError(f"agent.heads = {self.heads} must divide agent.feature_size = {self.feature_size}; "
                              f"allowed heads: {divisors}")
+        if len(self.embedding_layers) != 2 or len(self.output_layers) != 2:
+            raise ValueError(f"agent.embedding_layers = {self.embedding_layers} and agent.output_layers = "
+                             f"{self.output_layers} must have two layers each (the reference network's depth, "
+                             "which the analyses' layer names assume)")
         if self.embedding_layers[-1] != self.feature_size:
             raise ValueError(f"agent.embedding_layers = {self.embedding_layers} must end with "
                              f"agent.feature_size = {self.feature_size}")
@@ -321,6 +345,8 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    if kind == "float_type" and isinstance(error["input"], str):
+        message += " (YAML reads a number like 1e-3 as a string: write 1.0e-3 or 0.001)"
     if kind == "value_error" and isinstance(error["input"], dict):
         return message  # a check across keys of a section: the message names them
     return f"{key} = {error['input']!r}: {message}"

@@ -227,6 +227,10 @@ class DQNAgent:
         loss.backward()
         clamp_gradients(self.value_net, self.cfg.grad_clip)
         self.optimizer.step()
+        bad = [name for name, p in self.value_net.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise FloatingPointError(f"non-finite weights {bad} after gradient step {self.updates + 1} "
+                                     f"(lr {self.cfg.lr}): training stopped")
         self.updates += 1
         if self.updates % self.cfg.target_update == 0:
             self.target_net.load_state_dict(self.value_net.state_dict())

@@ -26,7 +26,7 @@ def _deterministic_torch():
 
 def tiny_agent(**overrides) -> AgentConfig:
     """A small network and DQN that learn on toy data in milliseconds."""
-    cfg = dict(heads=2, feature_size=8, embedding_layers=[8, 8], output_layers=[8], batch_size=4,
+    cfg = dict(heads=2, feature_size=8, embedding_layers=[8, 8], output_layers=[8, 8], batch_size=4,
                memory_capacity=50, target_update=3)
     cfg.update(overrides)
     return AgentConfig(**cfg)

@@ -111,3 +111,23 @@ def test_a_file_without_state_dict_is_not_a_checkpoint(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="expected a dict with 'state_dict'"):
         checkpoint.load(tmp_path / "other.pt")
+
+
+def test_float_weights_are_refused_naming_the_file(tmp_path):
+    net, path = saved_network(tmp_path)
+    state = {k: 0.5 for k in net.state_dict()}
+    bad = tmp_path / "floats.pt"
+    checkpoint.save(bad, {"state_dict": state, "optimizer": {}})
+    with pytest.raises(CheckpointError, match=r"floats\.pt: weights that are not tensors"):
+        checkpoint.load_network(bad, EgoAttentionNetwork())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file_and_the_key(tmp_path, value):
+    net, _ = saved_network(tmp_path)
+    state = net.state_dict()
+    state["output_layer.predict.bias"][1] = value
+    bad = tmp_path / "nan.pt"
+    checkpoint.save(bad, {"state_dict": state, "optimizer": {}})
+    with pytest.raises(CheckpointError, match=r"nan\.pt: non-finite .* \['output_layer.predict.bias'\]"):
+        checkpoint.load_network(bad, EgoAttentionNetwork())

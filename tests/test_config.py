@@ -95,3 +95,38 @@ def test_path_grid_max_below_path_grid_is_refused_naming_both_keys():
     with pytest.raises(ParamsError, match=r"attributions.path_grid_max = 32 must be >= attributions.path_grid = 512"):
         validate_params(edit("attributions.path_grid_max", 32))
     assert validate_params(edit("attributions.path_grid_max", 512)).attributions.path_grid_max == 512
+
+
+PROBES = [
+    # configs that once validated and then crashed or lied after training (each must be refused at load)
+    ("one output layer", edit("agent.output_layers", [64]), "agent.output_layers"),
+    ("one embedding layer", edit("agent.embedding_layers", [64]), "agent.embedding_layers"),
+    ("three embedding layers", edit("agent.embedding_layers", [32, 32, 64]), "two layers each"),
+    ("features without x, y", edit("env.features", ["presence", "vx", "vy", "cos_h", "sin_h"]), "missing ['x', 'y']"),
+    ("infinite lr", edit("agent.lr", float("inf")), "agent.lr = inf"),
+    ("NaN lr", edit("agent.lr", float("nan")), "agent.lr = nan"),
+    ("infinite grad clip", edit("agent.grad_clip", float("inf")), "agent.grad_clip = inf"),
+    ("infinite weight decay", edit("agent.weight_decay", float("inf")), "agent.weight_decay = inf"),
+    ("epsilon rising", edit("agent.epsilon", {"start": 0.1, "final": 0.5, "tau": 100.0}),
+     "agent.epsilon.final = 0.5 must be <= agent.epsilon.start = 0.1"),
+    ("NaN target speed", edit("env.target_speeds", [0.0, float("nan"), 9.0]), "env.target_speeds.1 = nan"),
+    ("NaN collision reward", edit("env.collision_reward", float("nan")), "env.collision_reward = nan"),
+    ("infinite arrived reward", edit("env.arrived_reward", float("inf")), "env.arrived_reward = inf"),
+    ("reversed reward speed range", edit("env.reward_speed_range", [9.0, 7.0]), "env.reward_speed_range"),
+    ("decreasing target speeds", edit("env.target_speeds", [9.0, 4.5, 0.0]), "three increasing speeds"),
+    ("lr as YAML's string", edit("agent.lr", "1e-3"), "write 1.0e-3 or 0.001"),
+    ("seeds not a list", edit("seeds", 0), "seeds = 0"),
+    ("unknown loss", edit("agent.loss", "huber"), "agent.loss = 'huber'"),
+    ("zero n-step", edit("agent.n_steps", 0), "agent.n_steps = 0"),
+    ("unknown replan rule", edit("reference.replan", "sometimes"), "reference.replan = 'sometimes'"),
+    ("negative ttc threshold", edit("reference.ttc_threshold", -1.0), "reference.ttc_threshold = -1.0"),
+    ("unknown reference key", edit("reference.planner", 2), "reference.planner: unknown key"),
+    ("infinite scene horizon", edit("scene.horizon", float("inf")), "scene.horizon = inf"),
+]
+
+
+@pytest.mark.parametrize("what, params, needle", PROBES, ids=[p[0] for p in PROBES])
+def test_configs_that_would_crash_or_lie_after_training_are_refused_at_load(what, params, needle):
+    with pytest.raises(ParamsError) as err:
+        validate_params(params)
+    assert needle in str(err.value)

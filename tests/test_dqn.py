@@ -254,3 +254,20 @@ def test_training_stops_on_a_non_finite_loss():
 @pytest.mark.parametrize("overrides", [{"n_steps": 3}, {"double": False, "loss": "smooth_l1", "gamma": 0.99}])
 def test_recipes_stay_deterministic_and_resumable(overrides):
     check_deterministic_and_resumable(tiny_agent(**overrides), num_envs=2)
+
+
+def test_training_stops_when_a_weight_becomes_non_finite(monkeypatch):
+    agent = DQNAgent(tiny_agent(), seed=0, in_features=7, n_entities=4)
+    obs, _ = ToyEnv().reset(seed=1)
+    for i in range(8):
+        agent.replay.add(obs, i % 3, 1.0, obs, False)
+    step = agent.optimizer.step
+
+    def poisoned_step(*args, **kwargs):
+        step(*args, **kwargs)
+        with torch.no_grad():
+            agent.value_net.output_layer.predict.bias[0] = float("inf")
+
+    monkeypatch.setattr(agent.optimizer, "step", poisoned_step)
+    with pytest.raises(FloatingPointError, match=r"non-finite weights \['output_layer.predict.bias'\]"):
+        agent.update()
