@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from egolens.config import ParamsError, load_params, validate_params
+from egolens.config import Params, ParamsError, load_params, validate_params
 from tests.conftest import ROOT, default_params
 
 
@@ -130,3 +131,19 @@ def test_configs_that_would_crash_or_lie_after_training_are_refused_at_load(what
     with pytest.raises(ParamsError) as err:
         validate_params(params)
     assert needle in str(err.value)
+
+
+def test_params_yaml_sets_every_key_so_no_default_of_the_code_reaches_a_stage():
+    """egolens/config.py is no stage's DVC dep (tests/test_dvc_deps.py): that is sound only while
+    every value a stage reads comes from params.yaml, which DVC tracks."""
+    def missing(model, raw, prefix=""):
+        out = []
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            if name not in raw:
+                out.append(key)
+            elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                out += missing(field.annotation, raw[name], key + ".")
+        return out
+
+    assert missing(Params, default_params()) == []

@@ -1,0 +1,80 @@
+"""dvc.yaml lists, for every stage, exactly the code it runs: each module of `egolens/` and
+`stages/` that its command imports, directly or through another module (so an edit anywhere in
+that code reruns the stage and nothing else)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+PACKAGES = ("egolens", "stages")
+
+
+def module_file(name: str) -> Path | None:
+    """egolens.analysis.paths -> egolens/analysis/paths.py (or the package's __init__.py)."""
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Project modules a file imports (absolute imports of egolens.* / stages.*), at any depth of the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] in PACKAGES and module_file(n) is not None}
+    return found
+
+
+def closure(module: str) -> set[Path]:
+    """Every project file `module` runs: itself, the packages above each imported module, recursively."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]      # importing a.b.c runs a and a.b
+        todo += sorted(imports_of(module_file(name)))
+    return {module_file(n).relative_to(ROOT) for n in seen if not only_a_docstring(module_file(n))} - EXEMPT.keys()
+
+
+def only_a_docstring(path: Path) -> bool:
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
+EXEMPT = {Path("egolens/config.py"): "it only validates: the values it passes on are tracked as params, params.yaml "
+                                     "sets every key (tests/test_config.py), and `validate` depends on it"}
+"""Imported code a stage need not list, and why."""
+
+
+def stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_every_stage_lists_exactly_the_code_it_imports(name):
+    stage = stages()[name]
+    if name == "validate":
+        assert "egolens/config.py" in stage["deps"]
+    module = stage["cmd"].split("-m ")[1].split()[0]
+    needed = {str(p) for p in closure(module)}
+    listed = {d for d in stage.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
+    assert not needed - listed, f"{name} imports code dvc.yaml does not list: {sorted(needed - listed)}"
+    extra = listed - needed - ({"egolens/config.py"} if name == "validate" else set())
+    assert not extra, f"{name} lists code it never imports: {sorted(extra)}"
