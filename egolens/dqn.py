@@ -168,9 +168,10 @@ class NStepWindow:
 
 def clamp_gradients(net: nn.Module, bound: float) -> None:
     """Clamp every gradient element into [−bound, bound] (rl-agents' clamp, not norm clipping)."""
-    for param in net.parameters():
-        if param.grad is not None:
-            param.grad.data.clamp_(-bound, bound)
+    grads = [param.grad for param in net.parameters() if param.grad is not None]
+    if grads:
+        torch._foreach_clamp_min_(grads, -bound)
+        torch._foreach_clamp_max_(grads, bound)
 
 
 class DQNAgent:
@@ -183,7 +184,8 @@ class DQNAgent:
         self.value_net = EgoAttentionNetwork.from_config(cfg, in_features, n_actions)
         self.target_net = copy.deepcopy(self.value_net)
         self.target_net.eval()
-        self.optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          foreach=True)
         self.replay = ReplayBuffer(cfg.memory_capacity, (n_entities, in_features))
         self.rng = np.random.default_rng(seed)
         self.steps = 0     # action steps taken (the ε clock)
@@ -227,7 +229,9 @@ class DQNAgent:
         loss.backward()
         clamp_gradients(self.value_net, self.cfg.grad_clip)
         self.optimizer.step()
-        bad = [name for name, p in self.value_net.named_parameters() if not torch.isfinite(p).all()]
+        bad = []
+        if not torch.isfinite(torch.stack([p.sum() for p in self.value_net.parameters()])).all():   # cheap first look
+            bad = [name for name, p in self.value_net.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise FloatingPointError(f"non-finite weights {bad} after gradient step {self.updates + 1} "
                                      f"(lr {self.cfg.lr}): training stopped")
