@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ParamSpec
 
 import matplotlib as mpl
@@ -690,6 +690,41 @@ def evaluation(evaluation_table: pd.DataFrame, reference: pd.DataFrame | None = 
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
     fig.suptitle("Greedy evaluation on held-out episodes: each seed's trained and untrained network (bars, 95% "
                  "bootstrap CIs over episodes) beside reference policies on the same episodes (lines)")
+    return fig
+
+
+SWEEP_METRICS = {"success_rate": "success", "collision_rate": "collision", "timeout_rate": "timeout",
+                 "mean_return": "mean return"}
+
+
+@_styled
+def recipe_sweep(table: pd.DataFrame, reference: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
+    """Each recipe's held-out outcomes: one dot per seed and the mean over seeds (bar), per metric
+    (panels), beside the reference policies on the same episodes (lines).
+
+    table: results/sweep/recipes.csv (recipe, seed, success_rate, collision_rate, timeout_rate,
+    mean_return); reference: results/reference/metrics.json (policy -> metric -> {mean, ...}).
+    """
+    recipes = list(dict.fromkeys(table["recipe"]))
+    fig = Figure(figsize=(4.2 * len(SWEEP_METRICS), 1.6 + 0.5 * len(recipes)), layout="constrained")
+    axes = fig.subplots(1, len(SWEEP_METRICS), sharey=True)
+    for ax, (metric, title) in zip(axes, SWEEP_METRICS.items()):
+        means = table.groupby("recipe", sort=False)[metric].mean().reindex(recipes)
+        ax.barh(range(len(recipes)), means, color="#4C72B0", alpha=0.45, label="mean over seeds")
+        y = [recipes.index(r) for r in table["recipe"]]
+        ax.scatter(table[metric], y, color="#4C72B0", s=22, zorder=3, label="one seed")
+        for policy in ("constant_idle", "rule_based", "clairvoyant"):
+            label, colour, style = REFERENCE_STYLES[policy]
+            if policy in reference and metric in reference[policy]:
+                ax.axvline(reference[policy][metric]["mean"], color=colour, ls=style, lw=1.6, label=label)
+        ax.set_yticks(range(len(recipes)), recipes)
+        ax.set_title(title)
+        if metric.endswith("_rate"):
+            ax.set_xlim(0, 1.02)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    fig.suptitle("Recipe sweep: held-out greedy episodes of each recipe's agents (dots: seeds) beside the reference "
+                 "policies on the same episodes")
     return fig
 
 

@@ -1,0 +1,62 @@
+"""Recipe sweeps as DVC experiments: the `-S` overrides of each recipe, and the table of what each
+recipe's agents do on the held-out episodes, read from `dvc exp show --json`.
+
+Pure functions: `sweeps/run.py` runs DVC and writes the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pandas as pd
+
+EVALUATE = "results/seeds/seed{seed}/evaluate.json"
+RATES = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
+
+
+def overrides(common: Mapping[str, Any], recipe: Mapping[str, Any]) -> list[str]:
+    """The `dvc exp run -S` arguments of a recipe: the common keys, then the recipe's own."""
+    merged = {**common, **recipe}
+    return [f"{key}={_yaml_value(value)}" for key, value in merged.items()]
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def experiments(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(experiment name, its newest rev's data) for every experiment in `dvc exp show --json` output."""
+    for baseline in exp_show:
+        for experiment in baseline.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            if revs and revs[0].get("data"):
+                yield experiment.get("name") or revs[0].get("name"), revs[0]["data"]
+
+
+def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[str, Any]],
+                 common: Mapping[str, Any], seeds: list[int]) -> pd.DataFrame:
+    """One row per (recipe, seed) that finished: recipe, seed, overrides (the exact `-S` list),
+    and the trained agent's held-out success/collision/timeout rates and mean return (with CIs).
+
+    An experiment whose evaluate.json of a seed is missing (failed or still running) gives no row.
+    """
+    rows = []
+    for name, data in experiments(exp_show):
+        if name not in recipes:
+            continue
+        metrics = data.get("metrics") or {}
+        for seed in seeds:
+            evaluate = (metrics.get(EVALUATE.format(seed=seed)) or {}).get("data")
+            if not evaluate:
+                continue
+            row = {"recipe": name, "seed": seed, "overrides": " ".join(f"-S '{o}'" for o in
+                                                                      overrides(common, recipes[name]))}
+            for rate in RATES:
+                values = evaluate["trained"][rate]
+                row[rate] = values["mean"]
+                row[f"{rate}_ci_low"], row[f"{rate}_ci_high"] = values["ci_low"], values["ci_high"]
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,53 @@
+"""The recipe sweep with DVC's own tools.
+
+    python -m sweeps.run queue      # dvc exp run --queue -n <recipe> -S ... <target>, per recipe
+    dvc queue start -j 1            # runs them (each trains with both cores)
+    python -m sweeps.run collect    # results/sweep/recipes.csv + recipes.png from `dvc exp show -A --json`
+
+Recipes live in sweeps/recipes.yaml; the reference policies come from results/reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from egolens import checkpoint, plots
+from egolens.sweep import overrides, recipe_table
+
+RECIPES = Path("sweeps/recipes.yaml")
+OUT = Path("results/sweep")
+REFERENCE = Path("results/reference/metrics.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["queue", "collect"])
+    args = parser.parse_args()
+    spec = yaml.safe_load(RECIPES.read_text())
+    if args.action == "queue":
+        for name, recipe in spec["recipes"].items():
+            sets = [arg for o in overrides(spec["common"], recipe) for arg in ("-S", o)]
+            subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, *sets, spec["target"]], check=True)
+        return
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "-A", "--json"], check=True, capture_output=True,
+                                      text=True).stdout)
+    seeds = yaml.safe_load(str(spec["common"]["seeds"]))
+    table = recipe_table(shown, spec["recipes"], spec["common"], seeds)
+    if table.empty:
+        raise SystemExit("no finished recipe yet")
+    checkpoint.atomic_write_text(OUT / "recipes.csv", table.to_csv(index=False, float_format="%.6g"))
+    reference = json.loads(REFERENCE.read_text())
+    figure = plots.recipe_sweep(table, reference)
+    with checkpoint.atomic_path(OUT / "recipes.png") as tmp:
+        tmp.write_bytes(plots.figure_png(figure))
+    print(table.groupby("recipe")[["success_rate", "collision_rate", "timeout_rate", "mean_return"]].mean()
+          .round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()

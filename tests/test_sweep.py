@@ -1,0 +1,49 @@
+"""The recipe sweep: exact -S overrides and the table read back from `dvc exp show --json`."""
+
+from __future__ import annotations
+
+import pytest
+
+from egolens import plots
+from egolens.sweep import overrides, recipe_table
+
+COMMON = {"seeds": "[0,1]", "train.episodes": 2000}
+RECIPES = {"paper": {"agent.gamma": 0.99, "agent.timeout_terminal": True}, "other": {"agent.n_steps": 3}}
+
+
+def evaluate(success: float) -> dict:
+    rates = {"success_rate": success, "collision_rate": 1 - success, "timeout_rate": 0.0, "mean_return": 5.0}
+    return {"trained": {k: {"mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1} for k, v in rates.items()}}
+
+
+def shown() -> list[dict]:
+    """A `dvc exp show --json` payload: one baseline with two experiments, one seed of `other` missing."""
+    def exp(name, per_seed):
+        metrics = {f"results/seeds/seed{s}/evaluate.json": {"data": evaluate(v)} for s, v in per_seed.items()}
+        return {"name": name, "revs": [{"rev": "abc", "name": name, "data": {"metrics": metrics, "params": {}}}]}
+    return [{"rev": "workspace", "experiments": None},
+            {"rev": "123", "experiments": [exp("paper", {0: 0.8, 1: 0.6}), exp("other", {0: 0.5}),
+                                           exp("not-a-recipe", {0: 0.1})]}]
+
+
+def test_overrides_are_the_common_keys_then_the_recipes_own_in_dvc_syntax():
+    assert overrides(COMMON, RECIPES["paper"]) == ["seeds=[0,1]", "train.episodes=2000", "agent.gamma=0.99",
+                                                   "agent.timeout_terminal=true"]
+
+
+def test_recipe_table_has_one_row_per_finished_recipe_and_seed():
+    table = recipe_table(shown(), RECIPES, COMMON, [0, 1])
+    assert list(zip(table["recipe"], table["seed"])) == [("paper", 0), ("paper", 1), ("other", 0)]
+    assert table.loc[1, "success_rate"] == pytest.approx(0.6) and table.loc[1, "success_rate_ci_low"] == 0.5
+    assert table.loc[0, "overrides"] == ("-S 'seeds=[0,1]' -S 'train.episodes=2000' -S 'agent.gamma=0.99' "
+                                         "-S 'agent.timeout_terminal=true'")
+
+
+def test_sweep_figure_shows_each_seed_and_the_reference_lines():
+    table = recipe_table(shown(), RECIPES, COMMON, [0, 1])
+    reference = {"clairvoyant": {"success_rate": {"mean": 0.9}}, "constant_idle": {"success_rate": {"mean": 0.55}}}
+    fig = plots.recipe_sweep(table, reference)
+    success = fig.axes[0]
+    assert sorted(success.collections[0].get_offsets()[:, 0].tolist()) == pytest.approx([0.5, 0.6, 0.8])
+    assert {li.get_label(): li.get_xdata()[0] for li in success.lines} == {
+        "constant IDLE": 0.55, "clairvoyant planner (ceiling)": 0.9}
