@@ -33,6 +33,12 @@ from egolens.env import ACTIONS
 from egolens.scene import denormalize
 from egolens.video import HEAD_COLOURS
 
+OTHER_FIGURES: dict[str, str] = {
+    "recipe_sweep": "The recipe sweep (sweeps/run.py, not the plots stage): each recipe's held-out outcomes per seed "
+                    "beside the reference policies.",
+}
+"""Figure functions drawn outside the plots stage, with their captions."""
+
 FIGURES: dict[str, str] = {
     "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K (64×64, ego-embedding dimension × vehicle-embedding dimension) "
                    "for the first seed: trained and untrained on one shared symmetric colour scale, their difference "
@@ -77,6 +83,12 @@ DPI = 110
 MODELS = ("trained", "untrained")
 ENTITIES = ["ego", "others"]
 MODEL_COLOURS = {"trained": "#4C72B0", "untrained": "#A5A5A5"}
+REFERENCE_STYLES = {"constant_slower": ("constant SLOWER", "#8C8C8C", ":"),
+                    "constant_idle": ("constant IDLE", "#DD8452", "--"),
+                    "constant_faster": ("constant FASTER", "#C44E52", ":"),
+                    "rule_based": ("rule-based driver", "#8172B3", "-."),
+                    "clairvoyant": ("clairvoyant planner (ceiling)", "#55A868", "-")}
+"""Label, colour and line style of each reference policy (results/reference)."""
 DIVERGING = "RdBu_r"
 EGO_COLOUR, OTHER_COLOUR, ROAD_COLOUR = "#2CA02C", "#7F7F7F", "#E6E6E6"
 VEHICLE_SIZE = (5.0, 2.0)
@@ -610,9 +622,11 @@ def patching(patching_table: pd.DataFrame, path_patching: pd.DataFrame, n_boot: 
 # ---------------------------------------------------------------------------------------------- training, evaluation
 
 @_styled
-def learning_curves(returns: pd.DataFrame, window: int = 100) -> Figure:
+def learning_curves(returns: pd.DataFrame, window: int = 100,
+                    reference: Mapping[str, float] | None = None) -> Figure:
     """Training return per episode: every seed's trailing mean over `window` episodes (top), then one panel
-    per seed with the raw returns (faint) under that seed's trailing mean.
+    per seed with the raw returns (faint) under that seed's trailing mean; `reference` (policy ->
+    mean return on the held-out episodes, results/reference) drawn as horizontal lines in every panel.
 
     returns: results/seeds/seed<N>/train/plots/metrics/return.tsv of every seed plus `seed`: step
     (training episode, in finish order), return (undiscounted episode return).
@@ -633,7 +647,12 @@ def learning_curves(returns: pd.DataFrame, window: int = 100) -> Figure:
         ax.set_title(f"seed {seed}")
         ax.legend(loc="lower right", ncols=2)
     for ax in axes:
+        for policy, value in (reference or {}).items():
+            label, colour, style = REFERENCE_STYLES[policy]
+            ax.axhline(value, color=colour, ls=style, lw=1.2, label=f"{label} (held-out)")
         ax.set_ylabel("return (undiscounted)")
+    if reference:
+        axes[0].legend(loc="lower right", ncols=2, fontsize="small")
     axes[-1].set_xlabel("training episode")
     fig.suptitle(f"Learning curves: training return per episode, trailing mean over {window} episodes")
     return fig
@@ -643,14 +662,6 @@ EVALUATION_METRICS = {"success_rate": "success rate (fraction of episodes)",
                       "collision_rate": "collision rate (fraction of episodes)",
                       "timeout_rate": "timeout rate (fraction of episodes)",
                       "mean_return": "mean return (undiscounted, per episode)"}
-
-
-REFERENCE_STYLES = {"constant_slower": ("constant SLOWER", "#8C8C8C", ":"),
-                    "constant_idle": ("constant IDLE", "#DD8452", "--"),
-                    "constant_faster": ("constant FASTER", "#C44E52", ":"),
-                    "rule_based": ("rule-based driver", "#8172B3", "-."),
-                    "clairvoyant": ("clairvoyant planner (ceiling)", "#55A868", "-")}
-"""Label, colour and line style of each reference policy (results/reference)."""
 
 
 @_styled

@@ -45,6 +45,12 @@ def reference_table() -> pd.DataFrame:
                          for metric, values in by_metric.items() if isinstance(values, dict)])
 
 
+def reference_returns() -> dict[str, float]:
+    """Held-out mean return of constant IDLE and of the clairvoyant planner (learning-curve references)."""
+    table = reference_table().set_index(["policy", "metric"])["mean"]
+    return {policy: float(table[(policy, "mean_return")]) for policy in ("constant_idle", "clairvoyant")}
+
+
 def scene_figure(params: Params) -> Figure:
     """`attention_scene` for SCENE_STEPS evenly spaced steps of the first seed's first trained episode."""
     seed = params.seeds[0]
@@ -83,7 +89,8 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
         "patching": lambda: plots.patching(seed_table(params, "interventions/patching.csv"),
                                            seed_table(params, "interventions/path_patching.csv")),
         "learning_curves": lambda: plots.learning_curves(
-            seed_table(params, "train/plots/metrics/return.tsv", sep="\t")),
+            seed_table(params, "train/plots/metrics/return.tsv", sep="\t"),
+            reference=reference_returns()),
         "evaluation": lambda: plots.evaluation(evaluation_table(params), reference_table()),
         "attention_vs_attribution": lambda: plots.attention_vs_attribution(
             seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv")),

@@ -226,7 +226,7 @@ FIGURE_INPUTS: dict[str, Callable[[], dict]] = {
     "logit_lens": lambda: dict(zip(("lens_summary", "tuned_lens"), lens_tables())),
     "ablations": lambda: {"closed_loop": closed_loop_table()},
     "patching": lambda: dict(zip(("patching_table", "path_patching"), patching_tables())),
-    "learning_curves": lambda: {"returns": returns_table()},
+    "learning_curves": lambda: {"returns": returns_table(), "reference": {"constant_idle": 4.97, "clairvoyant": 8.3}},
     "evaluation": lambda: {"evaluation_table": evaluation_table(), "reference": reference_table()},
     "attention_vs_attribution": lambda: dict(zip(("agreement", "attention_facts"), agreement_tables())),
 }
@@ -243,7 +243,8 @@ def test_registry_has_a_caption_for_each_figure_function_and_nothing_else():
     figure_functions = {name for name, fn in inspect.getmembers(plots, inspect.isfunction)
                         if fn.__module__ == plots.__name__ and not name.startswith("_")
                         and inspect.signature(fn).return_annotation in ("Figure", Figure)}
-    assert set(plots.FIGURES) == figure_functions == set(FIGURE_INPUTS)
+    assert set(plots.FIGURES) | set(plots.OTHER_FIGURES) == figure_functions
+    assert set(plots.FIGURES) == set(FIGURE_INPUTS)
     for name, caption in plots.FIGURES.items():
         assert caption.endswith(".") and len(caption) > 40, name
 
@@ -462,6 +463,13 @@ def test_patching_points_are_each_seeds_mean_restored_fraction_per_site_and_path
 
 
 # ------------------------------------------------------------------------------------------ training, attention
+
+def test_learning_curves_draw_the_reference_returns_in_every_panel():
+    fig = plots.learning_curves(returns_table(), window=50, reference={"constant_idle": 4.97, "clairvoyant": 8.3})
+    for ax in data_axes(fig):
+        levels = {li.get_label(): li.get_ydata()[0] for li in ax.lines if li.get_label().endswith("(held-out)")}
+        assert levels == {"constant IDLE (held-out)": 4.97, "clairvoyant planner (ceiling) (held-out)": 8.3}
+
 
 def test_learning_curves_smooth_each_seed_with_a_trailing_mean_of_the_window():
     table = returns_table()
