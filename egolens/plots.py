@@ -717,7 +717,7 @@ def recipe_sweep(table: pd.DataFrame, reference: Mapping[str, Mapping[str, Mappi
     mean_return); reference: results/reference/metrics.json (policy -> metric -> {mean, ...}).
     """
     recipes = list(dict.fromkeys(table["recipe"]))
-    fig = Figure(figsize=(4.2 * len(SWEEP_METRICS), 1.6 + 0.5 * len(recipes)), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(SWEEP_METRICS), 2.4 + 0.55 * len(recipes)), layout="constrained")
     axes = fig.subplots(1, len(SWEEP_METRICS), sharey=True)
     for ax, (metric, title) in zip(axes, SWEEP_METRICS.items()):
         means = table.groupby("recipe", sort=False)[metric].mean().reindex(recipes)

@@ -28,11 +28,14 @@ def _yaml_value(value: Any) -> str:
 
 
 def experiments(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(experiment name, its newest rev's data) for every experiment in `dvc exp show --json` output."""
+    """(experiment name, its newest rev's data) for every *finished* experiment in `dvc exp show
+    --json` output. A queued, running or failed experiment is skipped: its workspace still holds
+    the base commit's metrics, which are not its own."""
     for baseline in exp_show:
         for experiment in baseline.get("experiments") or []:
             revs = experiment.get("revs") or []
-            if revs and revs[0].get("data"):
+            state = (experiment.get("executor") or {}).get("state", "success")
+            if state == "success" and revs and revs[0].get("data"):
                 yield experiment.get("name") or revs[0].get("name"), revs[0]["data"]
 
 

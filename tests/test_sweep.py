@@ -18,12 +18,15 @@ def evaluate(success: float) -> dict:
 
 def shown() -> list[dict]:
     """A `dvc exp show --json` payload: one baseline with two experiments, one seed of `other` missing."""
-    def exp(name, per_seed):
+    def exp(name, per_seed, state=None):
         metrics = {f"results/seeds/seed{s}/evaluate.json": {"data": evaluate(v)} for s, v in per_seed.items()}
-        return {"name": name, "revs": [{"rev": "abc", "name": name, "data": {"metrics": metrics, "params": {}}}]}
+        executor = {"state": state} if state else None
+        return {"name": name, "executor": executor,
+                "revs": [{"rev": "abc", "name": name, "data": {"metrics": metrics, "params": {}}}]}
+    running = exp("other", {1: 0.99}, state="running")      # shows its base commit's metrics: not counted
     return [{"rev": "workspace", "experiments": None},
             {"rev": "123", "experiments": [exp("paper", {0: 0.8, 1: 0.6}), exp("other", {0: 0.5}),
-                                           exp("not-a-recipe", {0: 0.1})]}]
+                                           exp("not-a-recipe", {0: 0.1}), running]}]
 
 
 def test_overrides_are_the_common_keys_then_the_recipes_own_in_dvc_syntax():
