@@ -91,24 +91,31 @@ def closed_loop(params: Params, num_envs: int, episodes: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--episodes", type=int, default=60, help="training episodes per run")
-    parser.add_argument("--env-steps", type=int, default=600, help="env-only steps per simulator")
-    parser.add_argument("--closed-loop-episodes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=150, help="training episodes per run")
+    parser.add_argument("--env-steps", type=int, default=1200, help="env-only steps per simulator")
+    parser.add_argument("--closed-loop-episodes", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; medians are printed")
     args = parser.parse_args()
     torch.set_num_threads(1)
     params = Params()
-    env1 = env_only(params, args.env_steps, 1)
-    env2 = env_only(params, args.env_steps, 2)
+
+    def median(measure):
+        return float(np.median([measure() for _ in range(args.repeats)]))
+
+    env1 = median(lambda: env_only(params, args.env_steps, 1))
+    env2 = median(lambda: env_only(params, args.env_steps, 2))
+    print(f"medians of {args.repeats} runs")
     print(f"env only, 1 simulator:              {env1:6.1f} steps/s")
     print(f"env only, 2 simulators side by side: {env2:6.1f} steps/s ({env2 / env1:.2f}x one)")
     speeds = {}
     for n in (1, 2):
-        speed, share = training(params, n, args.episodes)
-        speeds[n] = speed
-        print(f"training, num_envs={n}:              {speed:6.1f} steps/s, learner share of wall time {share:.0%}")
+        runs = [training(params, n, args.episodes) for _ in range(args.repeats)]
+        speeds[n] = float(np.median([speed for speed, _ in runs]))
+        share = float(np.median([share for _, share in runs]))
+        print(f"training, num_envs={n}:              {speeds[n]:6.1f} steps/s, learner share of wall time {share:.0%}")
     print(f"num_envs=2 over num_envs=1:          {speeds[2] / speeds[1]:.2f}x   (target >= 1.70x)")
     print(f"num_envs=2 over 2 side-by-side sims: {speeds[2] / env2:.0%}   (target >= 80%)")
-    loops = {n: closed_loop(params, n, args.closed_loop_episodes) for n in (1, 2)}
+    loops = {n: median(lambda n=n: closed_loop(params, n, args.closed_loop_episodes)) for n in (1, 2)}
     for n, rate in loops.items():
         print(f"closed loop (greedy, interventions runner), num_envs={n}: {rate:.2f} episodes/s")
     print(f"closed loop, num_envs=2 over 1:      {loops[2] / loops[1]:.2f}x")
