@@ -3,6 +3,8 @@
 They bracket what a learned agent can reach (REFERENCE.md, "What 'driving well' means here"):
 
 - `constant_policy(a)`: always the same meta-action (0 SLOWER, 1 IDLE, 2 FASTER).
+
+Every policy is played by `egolens.evaluation.play_policy` on the study's runner.
 - `RuleBasedDriver`: FASTER unless a vehicle threatens the ego's path soon, then SLOWER; it only
   reads the normalised observation, like the network does.
 - `plan_episode`: a clairvoyant planner. A deep copy of highway-env's env keeps the simulator's
@@ -10,7 +12,6 @@ They bracket what a learned agent can reach (REFERENCE.md, "What 'driving well' 
   open-loop "wait-then-go" plans FASTER^j SLOWER^k FASTER^rest with a pruned tree search
   (`search_plans`) and re-plans where it can matter. Its outcomes are an upper reference, not a
   policy an agent could learn from observations.
-- `play_policy`: a minimal single-env loop that plays any obs -> action policy over env seeds.
 
 Outcomes rank arrived (without a crash) > timeout > collision; within an outcome a higher return
 (undiscounted sum of rewards) is better.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,20 +38,21 @@ SLOWER, IDLE, FASTER = 0, 1, 2
 OUTCOME_RANK = {"collision": 0, "timeout": 1, "arrived": 2}
 """Higher is better: an arrival beats a timeout, which beats a collision."""
 
-Policy = Callable[[np.ndarray], int]
-"""obs: [entities, features] (normalised, row 0 = ego) -> action index."""
+Policy = Callable[[np.ndarray], np.ndarray]
+"""obs: [N, entities, features] (normalised, row 0 = ego) -> N action indices."""
 
 
 # --------------------------------------------------------------------------------------- constant
 
 
-def constant_policy(action: int) -> Policy:
-    """A policy that returns `action` whatever the observation obs: [entities, features]."""
+def constant_policy(action: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A policy that returns `action` whatever the observations: obs [N, E, F] -> [N] actions
+    (the batched form `egolens.evaluation.play_policy` calls)."""
     if action not in (SLOWER, IDLE, FASTER):
         raise ValueError(f"action must be 0 (SLOWER), 1 (IDLE) or 2 (FASTER), got {action!r}")
 
-    def policy(obs: np.ndarray) -> int:
-        return action
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return np.full(len(obs), action, dtype=np.int64)
 
     policy.__name__ = f"constant_{action}"
     return policy
@@ -117,29 +119,6 @@ class RuleBasedDriver:
     def __call__(self, obs: np.ndarray) -> int:
         """obs: [E, F] normalised -> SLOWER or FASTER."""
         return int(self.actions(np.asarray(obs)[None])[0])
-
-
-# ------------------------------------------------------------------------------ episode playing
-
-
-def play_policy(policy: Policy, env: Any, env_seeds: Iterable[int]) -> list[EpisodeResult]:
-    """Play one episode of `policy` per env seed on one gym env: reset(seed=s), step to the end.
-
-    policy: obs [entities, features] -> action. Returns one `EpisodeResult` per seed, in order.
-    """
-    results = []
-    for seed in env_seeds:
-        obs, _ = env.reset(seed=int(seed))
-        ret, length = 0.0, 0
-        while True:
-            obs, reward, terminated, truncated, info = env.step(int(policy(obs)))
-            ret += float(reward)
-            length += 1
-            if terminated or truncated:
-                break
-        results.append(EpisodeResult(env_seed=int(seed), ret=ret, length=length,
-                                     outcome=outcome(bool(terminated), bool(truncated), bool(info["crashed"]))))
-    return results
 
 
 # ------------------------------------------------------------------------------ the planner

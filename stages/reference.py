@@ -14,12 +14,8 @@ from tqdm import tqdm
 from egolens import checkpoint
 from egolens.env import make_runner
 from egolens.evaluation import episode_outcomes, play_policy, summarize_episodes
-from egolens.policies import FASTER, IDLE, SLOWER, RuleBasedDriver, plan_episode
+from egolens.policies import FASTER, IDLE, SLOWER, RuleBasedDriver, constant_policy, plan_episode
 from stages import RESULTS, study_args
-
-
-def constant(action: int):
-    return lambda obs: np.full(len(obs), action)
 
 
 def main() -> None:
@@ -28,8 +24,8 @@ def main() -> None:
     seeds = [params.evaluate.env_seed + i for i in range(params.evaluate.episodes)]
     driver = RuleBasedDriver(params.env, cfg.ttc_threshold, cfg.horizon, cfg.collision_radius, cfg.min_ego_speed,
                              cfg.lane_half_width)
-    policies = {"constant_slower": constant(SLOWER), "constant_idle": constant(IDLE),
-                "constant_faster": constant(FASTER), "rule_based": driver.actions}
+    policies = {"constant_slower": constant_policy(SLOWER), "constant_idle": constant_policy(IDLE),
+                "constant_faster": constant_policy(FASTER), "rule_based": driver.actions}
     tables, metrics = [], {}
     with make_runner(params.env, min(cfg.processes, len(seeds))) as runner:
         for name, policy in policies.items():

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from egolens.config import EnvConfig
-from egolens.env import make_env
+from egolens.env import make_env, make_runner
+from egolens.evaluation import play_policy
 from egolens.policies import (
     FASTER,
     IDLE,
@@ -19,7 +20,6 @@ from egolens.policies import (
     constant_policy,
     plan_episode,
     plan_family,
-    play_policy,
     replay_plan,
     replay_steps,
     reward_bound,
@@ -38,9 +38,9 @@ SHORT_SEEDS = (12, 26)
 
 
 def test_constant_policies_return_their_action():
-    obs = np.zeros((15, 7), dtype=np.float32)
+    obs = np.zeros((4, 15, 7), dtype=np.float32)
     for action in (SLOWER, IDLE, FASTER):
-        assert constant_policy(action)(obs) == action
+        assert constant_policy(action)(obs).tolist() == [action] * 4
     with pytest.raises(ValueError):
         constant_policy(3)
 
@@ -281,14 +281,16 @@ def test_planner_is_deterministic_and_replans_like_every_step(short_env, planned
 
 
 @pytest.mark.slow
-def test_planner_is_at_least_as_good_as_every_constant_policy(short_env, planned):
+def test_planner_is_at_least_as_good_as_every_constant_policy(planned):
+    with make_runner(SHORT, 1) as runner:
+        played = {action: play_policy(constant_policy(action), runner, SHORT_SEEDS)
+                  for action in (SLOWER, IDLE, FASTER)}
     for action in (SLOWER, IDLE, FASTER):
-        for result in play_policy(constant_policy(action), short_env, SHORT_SEEDS):
+        for result in played[action]:
             episode = planned[result.env_seed]
             assert PlanValue(episode.outcome, episode.ret, episode.length).key() >= (
                 PlanValue(result.outcome, result.ret, result.length).key())
-    crashes = play_policy(constant_policy(FASTER), short_env, SHORT_SEEDS)
-    assert all(r.outcome == "collision" for r in crashes)                 # what makes these seeds a test
+    assert all(r.outcome == "collision" for r in played[FASTER])                 # what makes these seeds a test
     assert all(planned[s].outcome != "collision" for s in SHORT_SEEDS)
 
 
@@ -305,8 +307,9 @@ def test_tree_search_matches_brute_force_on_a_short_env(short_env):
 
 
 @pytest.mark.slow
-def test_play_policy_plays_one_episode_per_seed(short_env):
-    results = play_policy(RuleBasedDriver(SHORT), short_env, [3, 4])
-    assert [r.env_seed for r in results] == [3, 4]
+def test_the_rule_based_driver_plays_one_episode_per_seed_on_the_runner():
+    with make_runner(SHORT, 2) as runner:
+        results = play_policy(RuleBasedDriver(SHORT).actions, runner, [3, 4, 5])
+    assert [r.env_seed for r in results] == [3, 4, 5]
     for r in results:
         assert 1 <= r.length <= 5 and r.outcome in ("arrived", "timeout", "collision")
