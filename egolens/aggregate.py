@@ -322,6 +322,28 @@ def holds_table(per_seed: Mapping[int, Metrics], findings: Sequence[Finding] = F
     return pd.DataFrame(rows)
 
 
+def headline(table: pd.DataFrame, holds: pd.DataFrame) -> dict[str, object]:
+    """The few numbers a researcher compares across experiments (results/headline.json, the study's
+    DVC metric): how the trained agents drive (means over seeds), their untrained networks, the
+    reference policies and the ceiling fraction, and in how many seeds each finding holds."""
+    mean = table.set_index("metric")["mean"]
+
+    def get(name: str) -> float | None:
+        value = mean.get(name)
+        return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+    rates = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
+    return {
+        "seeds": int(table["n_seeds"].max()) if len(table) else 0,
+        "trained": {r: get(f"evaluate.trained.{r}.mean") for r in rates},
+        "untrained": {r: get(f"evaluate.untrained.{r}.mean") for r in rates[:2]},
+        "ceiling_fraction": get("reference.ceiling_fraction"),
+        "clairvoyant_success": get("reference.clairvoyant.success_rate.mean"),
+        "idle_success": get("reference.constant_idle.success_rate.mean"),
+        "holds": {row.finding: int(row.n_holds) for row in holds.itertuples(index=False)},
+    }
+
+
 def holds_tree(holds: pd.DataFrame) -> dict[str, dict[str, int]]:
     """`holds_table` -> {finding: {n_holds, n_seeds}} for the metrics file."""
     return {row.finding: {"n_holds": int(row.n_holds), "n_seeds": int(row.n_seeds)}

@@ -126,3 +126,12 @@ def paired_versus(agent: pd.DataFrame, reference: pd.DataFrame, resamples: int, 
         diff, low, high = paired_bootstrap_ci(mine.to_numpy(), ref.to_numpy(), resamples, seed)
         out[name] = {"diff": round(diff, 6), "ci_low": round(low, 6), "ci_high": round(high, 6)}
     return out
+
+
+DRIVING = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
+"""The four numbers of how an agent drives: the per-seed DVC metric (driving.json)."""
+
+
+def driving_metrics(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """The trained network's `DRIVING` means from a seed's evaluate.json summary."""
+    return {name: summary["trained"][name]["mean"] for name in DRIVING}

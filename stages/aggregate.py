@@ -1,5 +1,6 @@
 """aggregate: every seed's headline numbers combined over seeds (mean and 95% Student-t CI in
-results/summary.json and results/summary.csv) and whether each finding holds per seed
+results/summary.json and results/summary.csv; the few compared across experiments in
+results/headline.json, the DVC metric) and whether each finding holds per seed
 (results/holds.csv), with each seed's trained agent set beside the reference policies on the same
 held-out episodes (results/reference). Heads are matched across seeds by their closed-loop role, not their index."""
 
@@ -40,6 +41,8 @@ def main() -> None:
     checkpoint.atomic_write_text(RESULTS / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
     checkpoint.atomic_write_text(RESULTS / "holds.csv", holds.to_csv(index=False, float_format="%.6g"))
     checkpoint.atomic_write_text(RESULTS / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n")
+    checkpoint.atomic_write_text(RESULTS / "headline.json",
+                                 json.dumps(json_safe(aggregate.headline(table, holds)), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """evaluate@seed: greedy episodes of the trained and the untrained network on held-out env
-seeds; success/collision/timeout rates, mean return and length with 95% bootstrap CIs."""
+seeds; success/collision/timeout rates, mean return and length with 95% bootstrap CIs
+(evaluate.json) and the trained agent's four headline numbers (driving.json, the DVC metric)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from egolens import checkpoint
 from egolens.env import make_runner
-from egolens.evaluation import play_greedy, summarize_episodes
+from egolens.evaluation import driving_metrics, play_greedy, summarize_episodes
 from stages import NETWORKS, load_net, seed_args, seed_results
 
 
@@ -33,6 +34,7 @@ def main() -> None:
         envs.close()
     out = seed_results(seed)
     checkpoint.atomic_write_text(out / "evaluate.json", json.dumps(metrics, indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "driving.json", json.dumps(driving_metrics(metrics), indent=2) + "\n")
     checkpoint.atomic_write_text(out / "evaluate_episodes.csv", pd.DataFrame(rows).to_csv(index=False))
 
 

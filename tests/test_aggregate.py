@@ -164,3 +164,17 @@ def test_reference_metrics_compare_with_idle_and_the_ceiling_and_feed_two_findin
     holds = aggregate.holds_table({0: metrics}).set_index("finding")
     assert holds.loc["trained_collides_less_than_idle", "seed0"] == 1.0       # 0 vs 5 collisions
     assert holds.loc["trained_beats_idle_on_success", "seed0"] == 0.0         # +0.3 on 10 pairs: CI reaches 0
+
+
+def test_headline_holds_tens_of_numbers_read_from_the_summary_and_the_findings():
+    per_seed = {0: {"evaluate.trained.success_rate.mean": 0.6, "evaluate.trained.collision_rate.mean": 0.1,
+                    "reference.ceiling_fraction": 0.66},
+                1: {"evaluate.trained.success_rate.mean": 0.8, "evaluate.trained.collision_rate.mean": 0.3,
+                    "reference.ceiling_fraction": 0.88}}
+    table, holds = summary_table(per_seed), holds_table(per_seed)
+    out = aggregate.headline(table, holds)
+    assert out["seeds"] == 2
+    assert out["trained"]["success_rate"] == pytest.approx(0.7) and out["trained"]["mean_return"] is None
+    assert out["ceiling_fraction"] == pytest.approx(0.77)
+    assert set(out["holds"]) == {f.name for f in FINDINGS}
+    assert len(flatten(out)) <= 40

@@ -29,6 +29,14 @@ def shown() -> list[dict]:
                                            exp("not-a-recipe", {0: 0.1}), running]}]
 
 
+def test_recipes_run_after_driving_json_became_the_metric_are_read_from_it():
+    metrics = {"results/seeds/seed0/driving.json": {"data": {"success_rate": 0.7, "collision_rate": 0.1,
+                                                             "timeout_rate": 0.2, "mean_return": 6.0}}}
+    shown = [{"rev": "1", "experiments": [{"name": "other", "revs": [{"data": {"metrics": metrics}}]}]}]
+    table = recipe_table(shown, RECIPES, COMMON, [0, 1])
+    assert table[["seed", "success_rate", "mean_return"]].values.tolist() == [[0, 0.7, 6.0]]
+
+
 def test_overrides_are_the_common_keys_then_the_recipes_own_in_dvc_syntax():
     assert overrides(COMMON, RECIPES["paper"]) == ["seeds=[0,1]", "train.episodes=2000", "agent.gamma=0.99",
                                                    "agent.timeout_terminal=true"]
