@@ -320,10 +320,6 @@ class Trainer:
         self.owed_updates = 0
         self.loss_sum, self.loss_count = 0.0, 0
 
-    @property
-    def done(self) -> bool:
-        return len(self.records) >= self.episodes
-
     def state_dict(self) -> dict[str, Any]:
         return {"agent": self.agent.state_dict(), "records": [asdict(r) for r in self.records],
                 "schedule": self.schedule.state_dict(), "env_actions": [list(a) for a in self.env_actions],

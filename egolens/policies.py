@@ -38,8 +38,6 @@ SLOWER, IDLE, FASTER = 0, 1, 2
 OUTCOME_RANK = {"collision": 0, "timeout": 1, "arrived": 2}
 """Higher is better: an arrival beats a timeout, which beats a collision."""
 
-Policy = Callable[[np.ndarray], np.ndarray]
-"""obs: [N, entities, features] (normalised, row 0 = ego) -> N action indices."""
 
 
 # --------------------------------------------------------------------------------------- constant
