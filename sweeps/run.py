@@ -1,6 +1,6 @@
 """The recipe sweep with DVC's own tools.
 
-    python -m sweeps.run queue      # dvc exp run --queue -n <recipe> -S ... <target>, per recipe
+    python -m sweeps.run queue [NAME ...]   # dvc exp run --queue -n <recipe> -S ... <target> (all or NAMEs)
     dvc queue start -j 1            # runs them (each trains with both cores)
     python -m sweeps.run collect    # results/sweep/recipes.csv + recipes.png from `dvc exp show -A --json`
 
@@ -27,10 +27,16 @@ REFERENCE = Path("results/reference/metrics.json")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["queue", "collect"])
+    parser.add_argument("names", nargs="*", help="recipes to queue (default: every recipe)")
     args = parser.parse_args()
     spec = yaml.safe_load(RECIPES.read_text())
     if args.action == "queue":
+        unknown = sorted(set(args.names) - set(spec["recipes"]))
+        if unknown:
+            raise SystemExit(f"unknown recipe(s) {unknown}; sweeps/recipes.yaml has {sorted(spec['recipes'])}")
         for name, recipe in spec["recipes"].items():
+            if args.names and name not in args.names:
+                continue
             sets = [arg for o in overrides(spec["common"], recipe) for arg in ("-S", o)]
             subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, *sets, spec["target"]], check=True)
         return
