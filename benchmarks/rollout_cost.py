@@ -17,6 +17,7 @@ from egolens.env import make_env
 from egolens.model import EgoAttentionNetwork
 from egolens.rollout import VehicleTracker, play_episode, rollout_arrays, steps_table, vehicles_table
 from egolens.video import episode_images, gif_bytes
+from egolens.vocabulary import present
 
 
 def record(net: EgoAttentionNetwork, episodes: int, render: bool) -> tuple[float, int, int, int]:
@@ -37,7 +38,7 @@ def record(net: EgoAttentionNetwork, episodes: int, render: bool) -> tuple[float
             rows = slice(first, first + len(episode.action))
             first = rows.stop
             media += sum(len(png_bytes(f)) for f in episode.frames)
-            images = episode_images(episode.frames, episode.pixels, episode.positions, episode.obs[..., 0] >= 0.5,
+            images = episode_images(episode.frames, episode.pixels, episode.positions, present(episode.obs),
                                     arrays["q"][rows], arrays["action"][rows], arrays["attention"][rows], "", "")
             media += len(gif_bytes(images))
     seconds = time.perf_counter() - start

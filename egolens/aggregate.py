@@ -12,7 +12,6 @@ that seed, `head_rank2` the next. Every key naming a head (`head0`, `head1_value
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from egolens.evaluation import paired_versus
+from egolens.stats import t_interval
 
 IDENTIFIERS = re.compile(r"(^|\.)(head|step|source_step|target_action_before|target_action_after|episodes|"
                          r"n_steps|n_tiny|n|factor)$")
@@ -126,49 +126,6 @@ def reference_metrics(agent: pd.DataFrame, reference: pd.DataFrame, policy_metri
 
 
 # ------------------------------------------------------------------------------- over seeds
-
-@functools.lru_cache(maxsize=64)
-def student_t_quantile(p: float, df: int) -> float:
-    """The p-quantile (0.5 < p < 1) of Student's t with `df` degrees of freedom.
-
-    Inverts the CDF, integrated with Simpson's rule from 0, by bisection (accurate to ~1e-6;
-    no scipy in the environment).
-    """
-    if not 0.5 < p < 1 or df < 1:
-        raise ValueError(f"need 0.5 < p < 1 and df >= 1, got {p}, {df}")
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(t: float) -> float:
-        x = np.linspace(0.0, t, 20001)
-        y = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
-        h = t / 20000
-        return 0.5 + h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum())
-
-    low, high = 0.0, 1.0
-    while cdf(high) < p:
-        high *= 2
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if cdf(mid) < p else (low, mid)
-    return (low + high) / 2
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
-    """Mean, its Student-t interval at `level` over the values (one per seed), and the sample sd.
-
-    NaN values are left out; with fewer than two values the interval is (NaN, NaN) and sd NaN.
-    With 3 seeds the interval is mean ± 4.30·sd/√3: wide, and honest about 3 samples.
-    """
-    x = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
-    if x.size == 0:
-        return math.nan, math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, math.nan, math.nan, math.nan
-    sd = float(x.std(ddof=1))
-    half = student_t_quantile(0.5 + level / 2, x.size - 1) * sd / math.sqrt(x.size)
-    return mean, mean - half, mean + half, sd
-
 
 def summary_table(per_seed: Mapping[int, Metrics], level: float = 0.95) -> pd.DataFrame:
     """One row per metric: metric, n_seeds (with a finite value), mean, ci_low, ci_high, sd,

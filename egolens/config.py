@@ -14,11 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from egolens.vocabulary import REFERENCE_FEATURES
+
 KINEMATICS_FEATURES = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "heading", "cos_d", "sin_d",
                        "long_off", "lat_off", "ang_off")
 """Features highway-env's Kinematics observation can produce."""
-
-REFERENCE_FEATURES = ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h"]
 
 # Episode indices are offset by seed * SEED_STRIDE to get each training episode's env seed,
 # so training env seeds of agent seed s lie in [s * SEED_STRIDE, (s + 1) * SEED_STRIDE).
@@ -27,6 +27,11 @@ SEED_STRIDE = 1_000_000
 
 class ParamsError(ValueError):
     """params.yaml is malformed; the message names the key, the value and what is allowed."""
+
+
+def held_out_seeds(env_seed: int, episodes: int) -> list[int]:
+    """The env seeds of `episodes` held-out episodes: env_seed, env_seed + 1, ..."""
+    return list(range(env_seed, env_seed + episodes))
 
 
 class _Strict(BaseModel):
@@ -167,6 +172,11 @@ class EvaluateConfig(_Strict):
     num_envs: int = Field(2, gt=0, le=16)
     bootstrap_resamples: int = Field(2000, ge=100)
 
+    @property
+    def env_seeds(self) -> list[int]:
+        """The held-out env seeds of the evaluation episodes (also the reference policies')."""
+        return held_out_seeds(self.env_seed, self.episodes)
+
 
 class RolloutConfig(_Strict):
     episodes: int = Field(50, gt=0)
@@ -177,6 +187,11 @@ class RolloutConfig(_Strict):
     num_envs: int = Field(2, gt=0, le=16)
     """Envs (one process each) playing the unrendered episodes in parallel."""
     seconds_per_frame: float = Field(1.0, gt=0.0)
+
+    @property
+    def env_seeds(self) -> list[int]:
+        """The held-out env seeds of the recorded episodes."""
+        return held_out_seeds(self.env_seed, self.episodes)
 
 
 class SceneConfig(_Strict):
@@ -273,6 +288,11 @@ class InterventionsConfig(_Strict):
         if any(s == 0 for s in sizes):
             raise ValueError("perturbation sizes must be non-zero")
         return sizes
+
+    @property
+    def env_seeds(self) -> list[int]:
+        """The held-out env seeds of every closed-loop condition (the same for each)."""
+        return held_out_seeds(self.env_seed, self.closed_loop_episodes)
 
 
 class ReferenceConfig(_Strict):

@@ -12,8 +12,6 @@ import highway_env  # noqa: F401  (registers the highway-env ids with gymnasium)
 from egolens.config import EnvConfig
 from egolens.runner import EnvRunner
 
-ACTIONS = ("SLOWER", "IDLE", "FASTER")
-
 
 def env_config(cfg: EnvConfig) -> dict[str, Any]:
     """The highway-env config dict for `cfg`.

@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from egolens.analysis.stats import bootstrap_ci, paired_bootstrap_ci
 from egolens.env import outcome
 from egolens.runner import EnvRunner
+from egolens.stats import bootstrap_ci, paired_bootstrap_ci
 
 
 @dataclass

@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from egolens.config import AgentConfig
+from egolens.vocabulary import absent_mask
 
-PRESENCE = 0
-"""Index of the presence feature; entities with presence < 0.5 are absent."""
 MASKED_SCORE = -1e9
 
 
@@ -127,10 +126,8 @@ class EgoAttentionNetwork(nn.Module):
 
     @staticmethod
     def absent_mask(obs: torch.Tensor) -> torch.Tensor:
-        """obs: [B, E, F] -> [B, E] bool, True where presence < 0.5; the ego is never masked."""
-        mask = obs[..., PRESENCE] < 0.5
-        mask[:, 0] = False
-        return mask
+        """obs: [B, E, F] -> [B, E] bool, True where no vehicle is present; the ego is never masked."""
+        return absent_mask(obs)
 
     def forward_attention(self, obs: torch.Tensor,
                           mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

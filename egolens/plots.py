@@ -27,11 +27,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from egolens import aggregate
+from egolens import stats
 from egolens.config import EnvConfig
-from egolens.env import ACTIONS
 from egolens.scene import denormalize
 from egolens.video import HEAD_COLOURS
+from egolens.vocabulary import ACTIONS
 
 OTHER_FIGURES: dict[str, str] = {
     "recipe_sweep": "The recipe sweep (sweeps/run.py, not the plots stage): each recipe's held-out outcomes per seed "
@@ -102,7 +102,7 @@ P = ParamSpec("P")
 def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """The 95% Student-t interval (low, high) of the mean of `values` (NaNs dropped; seaborn's
     `errorbar` callable); a point at the mean if n < 2. The interval of `egolens.aggregate`."""
-    mean, low, high, _ = aggregate.t_interval(np.asarray(values, dtype=np.float64))
+    mean, low, high, _ = stats.t_interval(np.asarray(values, dtype=np.float64))
     return (mean, mean) if np.isnan(low) else (low, high)
 
 
@@ -140,15 +140,6 @@ def _short_layer(layer: str) -> str:
         if layer.startswith(long):
             return short + layer[len(long):]
     return layer
-
-
-def _mean_ci(data: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    """Mean of `value` over the rows of each `by` group (seeds) with its 95% t-interval."""
-    grouped = data.groupby(by, sort=False)[value]
-    out = grouped.mean().rename("mean").to_frame()
-    intervals = grouped.apply(lambda v: t_interval(v.to_numpy()))
-    out["low"], out["high"] = [i[0] for i in intervals], [i[1] for i in intervals]
-    return out.reset_index()
 
 
 # ---------------------------------------------------------------------------------------------- circuits

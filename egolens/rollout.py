@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from egolens.config import EnvConfig
-from egolens.env import ACTIONS, outcome
+from egolens.env import outcome
 from egolens.hooks import run_with_cache
 from egolens.scene import denormalize, scene_facts
+from egolens.vocabulary import ACTIONS
 
 ABSENT = -1
 """Vehicle id of an empty observation row."""

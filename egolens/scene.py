@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from egolens.config import EnvConfig
+from egolens.vocabulary import PRESENT_AT
 
 FACTS = ("distance", "bearing_deg", "longitudinal", "lateral", "closing_speed", "ttc", "ahead", "crossing")
 """Columns of `scene_facts`, each [N, E] (the ego's own entries are NaN / False)."""
@@ -43,7 +44,7 @@ def denormalize(obs: np.ndarray, cfg: EnvConfig) -> Kinematics:
         low, high = ranges[name]
         return low + (obs[..., index[name]] + 1.0) * (high - low) / 2.0
 
-    return Kinematics(present=obs[..., index["presence"]] >= 0.5, x=scale("x"), y=scale("y"),
+    return Kinematics(present=obs[..., index["presence"]] >= PRESENT_AT, x=scale("x"), y=scale("y"),
                       vx=scale("vx"), vy=scale("vy"), cos_h=obs[..., index["cos_h"]], sin_h=obs[..., index["sin_h"]])
 
 

@@ -11,7 +11,7 @@ import json
 import pandas as pd
 
 from egolens import aggregate, checkpoint
-from egolens.analysis.attribution import json_safe
+from egolens.artifacts import json_text
 from stages import RESULTS, seed_results, study_args
 
 REFERENCE = RESULTS / "reference"
@@ -40,9 +40,9 @@ def main() -> None:
     summary = {"seeds": params.seeds, **aggregate.summary_tree(table), "holds": aggregate.holds_tree(holds)}
     checkpoint.atomic_write_text(RESULTS / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
     checkpoint.atomic_write_text(RESULTS / "holds.csv", holds.to_csv(index=False, float_format="%.6g"))
-    checkpoint.atomic_write_text(RESULTS / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n")
+    checkpoint.atomic_write_text(RESULTS / "summary.json", json_text(summary))
     checkpoint.atomic_write_text(RESULTS / "headline.json",
-                                 json.dumps(json_safe(aggregate.headline(table, holds)), indent=2) + "\n")
+                                 json_text(aggregate.headline(table, holds)))
 
 
 if __name__ == "__main__":

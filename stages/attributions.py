@@ -10,7 +10,6 @@ Shapley values and deletion/insertion remove vehicles (`ego_alone`)."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,9 +22,11 @@ from tqdm import tqdm
 
 from egolens import checkpoint
 from egolens.analysis import attribution as attr
+from egolens.artifacts import json_text
 from egolens.config import Params
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
+from egolens.vocabulary import absent_mask, present_others
 from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 QUANTITIES = ("q", "advantage")
@@ -67,7 +68,7 @@ class Steps:
 
     @property
     def present(self) -> torch.Tensor:
-        return attr.present_others(self.obs)
+        return present_others(self.obs)
 
     @property
     def action_names(self) -> list[str]:
@@ -96,7 +97,7 @@ class Analysis:
         self.cfg, self.seed, self.label, self.net, self.steps = params.attributions, seed, label, net, steps
         self.baselines = make_baselines(steps)
         # each baseline's path kinks, shared by every action, quantity and layer attributed along it
-        self.kinks = {name: attr.paths.PathKinks(net, steps.obs, base, attr.absent_mask(steps.obs),
+        self.kinks = {name: attr.paths.PathKinks(net, steps.obs, base, absent_mask(steps.obs),
                                                  params.attributions.internal_batch_size)
                       for name, base in self.baselines.items()}
         self.ig: dict[tuple[str, str], torch.Tensor] = {}
@@ -219,7 +220,7 @@ class Analysis:
         explanations.append(("shapley", "ego_alone", "q", phi))
         for method, baseline, quantity, values in explanations:
             self.add("agreement", attr.attention_attribution_agreement(
-                s.attention, values, ~attr.absent_mask(s.obs), step_ids=s.records,
+                s.attention, values, ~absent_mask(s.obs), step_ids=s.records,
                 labels={"model": self.label, "attribution": method, "baseline": baseline, "quantity": quantity}))
 
     def attention_facts(self, params: Params) -> None:
@@ -354,7 +355,7 @@ def main() -> None:
         checkpoint.atomic_write_text(out / f"{name}.csv", tables[name].to_csv(index=False, float_format="%.6g"))
     summary = {label: model_summary(tables, label) for label in NETWORKS}
     summary["sanity"] = sanity_summary(sanity_table)
-    checkpoint.atomic_write_text(out / "summary.json", json.dumps(attr.json_safe(summary), indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "summary.json", json_text(summary))
 
 
 if __name__ == "__main__":

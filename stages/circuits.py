@@ -3,16 +3,16 @@ composites, trained vs untrained vs difference; attention scores grouped by scen
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import torch
 
 from egolens import checkpoint
 from egolens.analysis import circuits
+from egolens.artifacts import json_text
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
+from egolens.vocabulary import ACTIONS, REFERENCE_FEATURES
 from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 FACT_BINS = {
@@ -44,8 +44,8 @@ def composites(nets: dict[str, EgoAttentionNetwork]) -> pd.DataFrame:
         values = {label: get(net) for label, net in nets.items()}
         values["difference"] = values["trained"] - values["untrained"]
         for label, m in values.items():
-            rows = circuits.ACTIONS if name == "output_composite" else None
-            cols = None if name == "output_composite" else circuits.FEATURES
+            rows = list(ACTIONS) if name == "output_composite" else None
+            cols = None if name == "output_composite" else list(REFERENCE_FEATURES)
             tables.append(circuits.circuit_matrix_table(m, rows, cols, model=label, matrix=name))
     return pd.concat(tables, ignore_index=True)
 
@@ -87,7 +87,7 @@ def main() -> None:
               "feature_circuits.csv": features, "scores_by_fact.csv": by_fact}
     for name, table in tables.items():
         checkpoint.atomic_write_text(out / name, table.to_csv(index=False, float_format="%.6g"))
-    checkpoint.atomic_write_text(out / "summary.json", json.dumps(summary(compare), indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "summary.json", json_text(summary(compare)))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,11 @@ seeds; success/collision/timeout rates, mean return and length with 95% bootstra
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import torch
 
 from egolens import checkpoint
+from egolens.artifacts import json_text
 from egolens.env import make_runner
 from egolens.evaluation import driving_metrics, play_greedy, summarize_episodes
 from stages import NETWORKS, load_net, seed_args, seed_results
@@ -18,7 +17,7 @@ from stages import NETWORKS, load_net, seed_args, seed_results
 def main() -> None:
     params, seed = seed_args(__doc__)
     torch.set_num_threads(1)
-    env_seeds = [params.evaluate.env_seed + i for i in range(params.evaluate.episodes)]
+    env_seeds = params.evaluate.env_seeds
     envs = make_runner(params.env, min(params.evaluate.num_envs, len(env_seeds)))
     metrics, rows = {}, []
     try:
@@ -33,8 +32,8 @@ def main() -> None:
     finally:
         envs.close()
     out = seed_results(seed)
-    checkpoint.atomic_write_text(out / "evaluate.json", json.dumps(metrics, indent=2) + "\n")
-    checkpoint.atomic_write_text(out / "driving.json", json.dumps(driving_metrics(metrics), indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "evaluate.json", json_text(metrics))
+    checkpoint.atomic_write_text(out / "driving.json", json_text(driving_metrics(metrics)))
     checkpoint.atomic_write_text(out / "evaluate_episodes.csv", pd.DataFrame(rows).to_csv(index=False))
 
 

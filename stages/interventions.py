@@ -5,7 +5,6 @@ clean/corrupted pairs; perturbation sweeps per layer; a rank-one edit and a head
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from egolens import checkpoint
+from egolens import checkpoint, vocabulary
 from egolens.analysis import interventions as iv
+from egolens.artifacts import json_text
 from egolens.env import make_runner
 from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import HookFn
@@ -66,7 +66,7 @@ def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray],
                         cfg: Any, seed: int) -> list[Condition]:
     """Heads (zero, mean), the branch (zero, mean), top-k and random neuron sets per layer (mean
     ablation), the most attended and a random vehicle removed."""
-    present = arrays["obs"][:, 1:, 0] >= 0.5
+    present = vocabulary.present(arrays["obs"])[:, 1:]
     mean_z = iv.mean_activation(arrays[iv.Z])
     mean_combined = iv.mean_activation(arrays[iv.COMBINED])
     out = [Condition("none", "none")]
@@ -146,7 +146,7 @@ def patching(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], obs: torch
 
 def perturbation(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], obs: torch.Tensor, cfg: Any,
                  seed: int) -> pd.DataFrame:
-    present = arrays["obs"][:, 1:, 0] >= 0.5
+    present = vocabulary.present(arrays["obs"])[:, 1:]
     layers = [*neuron_layers(net), iv.RESID]
     directions = {layer: iv.sweep_directions(recorded(arrays, layer, present), cfg.random_directions, seed * 1000 + i)
                   for i, layer in enumerate(layers)}
@@ -171,19 +171,6 @@ def edit_rows(name: str, goal: str, info: dict[str, Any], effects: pd.DataFrame,
 
 def _key(name: str) -> str:
     return name.replace(".", "_")
-
-
-def _finite(obj: Any) -> Any:
-    """Drop non-finite numbers (DVC metrics: plain numbers only); round floats to 6 digits."""
-    if isinstance(obj, dict):
-        out = {k: _finite(v) for k, v in obj.items()}
-        return {k: v for k, v in out.items() if v is not None and v != {}}
-    if isinstance(obj, bool | np.bool_):
-        return int(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    value = float(obj)
-    return round(value, 6) if math.isfinite(value) else None
 
 
 def _diffs(closed: pd.DataFrame, condition: str) -> dict[str, float]:
@@ -267,7 +254,7 @@ def summary(net: EgoAttentionNetwork, open_loop: pd.DataFrame, closed: pd.DataFr
                 entry[f"{r.measure}_ci_low"], entry[f"{r.measure}_ci_high"] = r.ci_low, r.ci_high
         edits[name] = entry
     out["editing"] = edits
-    return _finite(out)
+    return out
 
 
 def write_csv(path: Path, table: pd.DataFrame) -> None:
@@ -298,7 +285,7 @@ def main() -> None:
         conditions.append(Condition("edit_rank_one", "edit", brake.layer, "rank_one", edited=brake.net))
     open_rows = [open_loop_row(net, obs, c, cfg, seed) for c in tqdm(conditions, desc="open loop", unit="cond")]
 
-    env_seeds = [cfg.env_seed + i for i in range(cfg.closed_loop_episodes)]
+    env_seeds = cfg.env_seeds
     envs = make_runner(params.env, min(cfg.num_envs, len(env_seeds)))
     try:
         tables, episodes, results = closed_loop(net, conditions, envs, env_seeds, None, cfg, seed)
@@ -340,7 +327,7 @@ def main() -> None:
     for name, table in tables.items():
         write_csv(out / name, table)
     result = summary(net, open_loop, closed, act, path, perturb, editing)
-    checkpoint.atomic_write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "summary.json", json_text(result))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ the embedding and output-MLP neurons, logit and tuned lenses, and feature visual
 from __future__ import annotations
 
 import io
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ from tqdm import tqdm
 
 from egolens import checkpoint
 from egolens.analysis import lens, neurons
+from egolens.artifacts import json_text
 from egolens.config import Params
-from egolens.env import ACTIONS
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
+from egolens.vocabulary import ACTIONS, PRESENT_AT
 from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 PNG_METADATA = {"Software": None}
@@ -200,7 +200,7 @@ def feature_vis(model: str, net: EgoAttentionNetwork, layers: dict[str, Layer], 
     obs, episode, step, action = arrays["obs"], arrays["episode"], arrays["step"], arrays["action"]
     typical = neurons.typical_step(obs)
     presence = obs[typical, :, 0]
-    n_present = int((presence >= 0.5).sum())
+    n_present = int((presence >= PRESENT_AT).sum())
     rows = []
     for target in tqdm(targets(model, layers, correlations, arrays, cfg.visualise_neurons),
                        desc=f"{model} feature vis", unit="objective"):
@@ -283,7 +283,7 @@ def main() -> None:
     tables = {name: pd.concat(tables, ignore_index=True) for name, tables in parts.items()}
     for name, table in tables.items():
         checkpoint.atomic_write_text(out / f"{name}.csv", table.to_csv(index=False, float_format="%.6g"))
-    checkpoint.atomic_write_text(out / "summary.json", json.dumps(summary(tables), indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "summary.json", json_text(summary(tables)))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ training; DVC runs it once per env config. Writes results/reference/{episodes.cs
 
 from __future__ import annotations
 
-import json
 from functools import partial
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from egolens import checkpoint
+from egolens.artifacts import json_text
 from egolens.env import make_runner
 from egolens.evaluation import episode_outcomes, play_policy, summarize_episodes
 from egolens.policies import FASTER, IDLE, SLOWER, RuleBasedDriver, constant_policy, plan_episode
@@ -21,7 +21,7 @@ from stages import RESULTS, study_args
 def main() -> None:
     params = study_args(__doc__)
     cfg = params.reference
-    seeds = [params.evaluate.env_seed + i for i in range(params.evaluate.episodes)]
+    seeds = params.evaluate.env_seeds
     driver = RuleBasedDriver(params.env, cfg.ttc_threshold, cfg.horizon, cfg.collision_radius, cfg.min_ego_speed,
                              cfg.lane_half_width)
     policies = {"constant_slower": constant_policy(SLOWER), "constant_idle": constant_policy(IDLE),
@@ -46,7 +46,7 @@ def main() -> None:
     episodes = pd.concat(tables, ignore_index=True)
     episodes.insert(0, "policy", episodes.pop("policy"))
     checkpoint.atomic_write_text(out / "episodes.csv", episodes.to_csv(index=False))
-    checkpoint.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "metrics.json", json_text(metrics))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from egolens.rollout import (
     vehicles_table,
 )
 from egolens.video import episode_images, gif_bytes
+from egolens.vocabulary import present
 from stages import DATA, NETWORKS, load_net, seed_args
 
 
@@ -36,7 +37,7 @@ def play(params: Params, net: EgoAttentionNetwork, label: str) -> list[Episode]:
     """The first `render_episodes` on a rendered env of their own (once rendered, an env draws every
     intermediate frame of every later step), the others on the runner's envs in parallel."""
     cfg = params.rollout
-    seeds = [cfg.env_seed + i for i in range(cfg.episodes)]
+    seeds = cfg.env_seeds
     rendered = make_env(params.env, render_mode="rgb_array")
     tracker = VehicleTracker(rendered)
     try:
@@ -59,7 +60,7 @@ def write_videos(out, label: str, episodes: list[Episode], arrays: dict, params:
             continue
         for t, frame in enumerate(episode.frames):
             write_bytes(out / "frames" / label / f"episode{k:03d}" / f"step{t:02d}.png", png_bytes(frame))
-        images = episode_images(episode.frames, episode.pixels, episode.positions, episode.obs[..., 0] >= 0.5,
+        images = episode_images(episode.frames, episode.pixels, episode.positions, present(episode.obs),
                                 arrays["q"][steps], arrays["action"][steps], arrays["attention"][steps],
                                 f"{label}, episode {k}", episode.outcome)
         write_bytes(out / "videos" / f"{label}_episode{k:03d}.gif",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,10 +17,8 @@ from egolens.aggregate import (
     holds_tree,
     rename_heads,
     seed_metrics,
-    student_t_quantile,
     summary_table,
     summary_tree,
-    t_interval,
 )
 from egolens.evaluation import paired_versus
 
@@ -79,25 +76,6 @@ def test_seeds_whose_heads_swapped_roles_are_combined_by_role_not_index():
     assert table.loc["circuits.QK.head_rank2", "seed0"] == 2.0 and table.loc["circuits.QK.head_rank2", "seed1"] == 4.0
     # a seed's own CI bounds feed the findings but are not averaged
     assert "closed_loop.head_rank1.zero.success_diff_ci_low" not in table.index
-
-
-@pytest.mark.parametrize(("p", "df", "expected"), [(0.975, 1, 12.7062), (0.975, 2, 4.30265), (0.975, 4, 2.77645),
-                                                   (0.95, 10, 1.81246), (0.975, 30, 2.04227)])
-def test_student_t_quantiles_match_the_tables(p, df, expected):
-    assert student_t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
-
-
-def test_t_interval_is_mean_plus_minus_t_sd_over_root_n_and_skips_nan():
-    values = [1.0, 2.0, 4.0, math.nan]
-    mean, low, high, sd = t_interval(values)
-    x = np.array([1.0, 2.0, 4.0])
-    expected_sd = math.sqrt(((x - x.mean()) ** 2).sum() / 2)
-    assert mean == pytest.approx(7 / 3) and sd == pytest.approx(expected_sd)
-    assert high - mean == pytest.approx(4.302653 * expected_sd / math.sqrt(3), rel=1e-4)
-    assert mean - low == pytest.approx(high - mean)
-    single = t_interval([5.0])
-    assert single[0] == 5.0 and all(math.isnan(v) for v in single[1:])
-    assert all(math.isnan(v) for v in t_interval([]))
 
 
 def test_summary_tree_nests_the_dotted_names_for_a_metrics_file():

@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from egolens.analysis.circuits import (
-    ACTIONS,
-    FEATURES,
     circuit_matrix_table,
     compare_circuits,
     effective_rank,
@@ -31,6 +29,7 @@ from egolens.analysis.circuits import (
 )
 from egolens.hooks import run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
+from egolens.vocabulary import ACTIONS, REFERENCE_FEATURES
 from tests.conftest import random_obs, tiny_net
 
 EGO, OTHERS = "ego_embedding.hook_post.1", "others_embedding.hook_post.1"
@@ -256,10 +255,10 @@ def test_feature_projections_reproduce_scores_and_q_values_when_no_relu_is_inact
 
     table = feature_circuits(net, run="positive")
     qk0 = table[(table["matrix"] == "QK_features") & (table["head"] == 0)]
-    assert list(qk0["row"].unique()) == [*FEATURES, "bias"]
+    assert list(qk0["row"].unique()) == [*REFERENCE_FEATURES, "bias"]
     np.testing.assert_allclose(qk0["value"].to_numpy().reshape(8, 8), qk_features(net, 0, bias=True))
     ov1 = table[(table["matrix"] == "OV_actions") & (table["head"] == 1)]
-    assert list(ov1["row"].unique()) == ACTIONS and (ov1["run"] == "positive").all()
+    assert list(ov1["row"].unique()) == list(ACTIONS) and (ov1["run"] == "positive").all()
     np.testing.assert_allclose(ov1["value"].to_numpy().reshape(3, 8), ov_actions(net, 1, bias=True))
 
 

@@ -147,3 +147,17 @@ def test_params_yaml_sets_every_key_so_no_default_of_the_code_reaches_a_stage():
         return out
 
     assert missing(Params, default_params()) == []
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("env_seed", 5, "interventions.env_seed = 5 overlaps"),
+    ("top_k", 40, "interventions.top_k = 40 leaves too few units"),
+    ("perturbation_sizes", [0.1, 0.0], "non-zero"),
+    ("closed_loop_episodes", 0, "interventions.closed_loop_episodes = 0"),
+])
+def test_interventions_params_are_validated(key, value, needle):
+    params = default_params()
+    assert validate_params(params).interventions.env_seed == 970_000_000
+    params["interventions"][key] = value
+    with pytest.raises(ParamsError, match=needle):
+        validate_params(params)

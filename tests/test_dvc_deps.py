@@ -78,3 +78,34 @@ def test_every_stage_lists_exactly_the_code_it_imports(name):
     assert not needed - listed, f"{name} imports code dvc.yaml does not list: {sorted(needed - listed)}"
     extra = listed - needed - ({"egolens/config.py"} if name == "validate" else set())
     assert not extra, f"{name} lists code it never imports: {sorted(extra)}"
+
+
+def regenerate(path: Path = ROOT / "dvc.yaml") -> None:
+    """Rewrite each stage's code deps in dvc.yaml (comments and other deps kept):
+    `python -m tests.test_dvc_deps` after a refactor that changes imports."""
+    lines = path.read_text().splitlines(keepends=True)
+    out, stage, in_deps = [], None, False
+    for line in lines:
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            stage = line.strip()[:-1]
+        if line.strip() == "deps:":
+            in_deps = True
+            out.append(line)
+            indent = line[:len(line) - len(line.lstrip())] + "  "
+            module = stages()[stage]["cmd"].split("-m ")[1].split()[0]
+            own = module.replace(".", "/") + ".py"
+            needed = sorted(str(p) for p in closure(module)) + (["egolens/config.py"] if stage == "validate" else [])
+            ordered = [own] + [p for p in needed if p.startswith("egolens/")] + \
+                [p for p in needed if p.startswith("stages/") and p != own]
+            out += [f"{indent}- {p}\n" for p in dict.fromkeys(ordered)]
+            continue
+        if in_deps and line.strip().startswith("- ") and line.strip()[2:].endswith(".py"):
+            continue
+        if in_deps and not line.strip().startswith("- ") and not line.strip().startswith("#"):
+            in_deps = False
+        out.append(line)
+    path.write_text("".join(out))
+
+
+if __name__ == "__main__":
+    regenerate()

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from egolens.analysis import interventions as iv
-from egolens.analysis.stats import bootstrap_ci, paired_bootstrap_ci
-from egolens.config import ParamsError, validate_params
 from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
-from tests.conftest import default_params, random_obs, tiny_net, toy_runner
+from egolens.vocabulary import present_others
+from tests.conftest import random_obs, tiny_net, toy_runner
 
 D, H = 8, 2
 d = D // H
@@ -37,7 +36,7 @@ def w_o(net, h):
 def pair(seed=1, batch=6):
     """Clean observations and a corrupted copy with the first present other vehicle moved closer."""
     clean = random_obs(batch, seed=seed)
-    present = iv.present_vehicles(clean)
+    present = present_others(clean)
     target = torch.where(present.any(1), present.float().argmax(1), torch.full((batch,), -1)).long()
     assert (target > 0).all()
     return clean, iv.move_closer(clean, target, 0.3), target
@@ -99,7 +98,7 @@ def test_neuron_ablation_sets_only_the_chosen_units(net):
     obs = random_obs(6, seed=5)
     layer = "others_embedding.hook_post.1"
     _, cache = run_with_cache(net, obs)
-    present = iv.present_vehicles(obs)[:, 1:]
+    present = present_others(obs)[:, 1:]
     mean = iv.mean_activation(cache[layer], present)                                 # [1, D]
     torch.testing.assert_close(mean[0], cache[layer][present].mean(0))
     for mode, fill in (("zero", torch.zeros(D)), ("mean", mean[0])):
@@ -112,7 +111,7 @@ def test_neuron_ablation_sets_only_the_chosen_units(net):
 
 def test_vehicle_edits():
     obs = random_obs(8, seed=6)
-    present = iv.present_vehicles(obs)
+    present = present_others(obs)
     entity = present.float().argmax(1)
     entity[0] = -1
     removed = iv.remove_vehicle(obs, entity)
@@ -297,7 +296,7 @@ def test_path_patching_table(net):
 def test_build_pairs_filters_by_the_metric_change(net):
     obs = random_obs(20, seed=10)
     _, cache = run_with_cache(net, obs, [iv.PATTERN])
-    crossing = iv.present_vehicles(obs)
+    crossing = present_others(obs)
     crossing[:10] = False
     pairs = iv.build_pairs(net, obs, "vehicle_removed", cache[iv.PATTERN], crossing, max_pairs=100, min_change=0.0)
     assert (pairs.step >= 10).all() and len(pairs.step) == 10
@@ -414,21 +413,6 @@ def test_brake_edit_makes_the_target_step_brake(net):
 
 # --------------------------------------------------------------------------- statistics
 
-def test_paired_bootstrap_ci_on_hand_data():
-    treated = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
-    control = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
-    mean, low, high = paired_bootstrap_ci(treated, control, 2000, seed=0)
-    assert mean == pytest.approx(0.5) and 0.0 <= low < 0.5 < high <= 1.0
-    assert (mean, low, high) == bootstrap_ci(treated - control, 2000, 0)
-    # a constant difference has no spread however different the two samples are
-    assert paired_bootstrap_ci(np.arange(5.0) + 2, np.arange(5.0), 500, 1) == (2.0, 2.0, 2.0)
-    # pairing matters: the same two samples unpaired would have a wide interval
-    _, low_u, high_u = bootstrap_ci(np.arange(5.0) + 2, 500, 1)
-    assert high_u - low_u > 1.0
-    with pytest.raises(ValueError, match="paired"):
-        paired_bootstrap_ci(np.ones(3), np.ones(4), 100, 0)
-
-
 def test_paired_comparison_of_closed_loop_episodes():
     control = [EpisodeResult(s, 5.0, 10, o) for s, o in zip(range(4), ["arrived", "collision", "arrived", "timeout"])]
     treated = [EpisodeResult(s, 1.0, 8, o) for s, o in zip(range(4), ["collision", "collision", "arrived", "timeout"])]
@@ -439,22 +423,6 @@ def test_paired_comparison_of_closed_loop_episodes():
     assert (table["episodes"] == 4).all()
     with pytest.raises(ValueError, match="paired"):
         iv.paired_comparison(treated[::-1], control, 100, 0)
-
-
-# ------------------------------------------------------------------------------- params
-
-@pytest.mark.parametrize("key, value, needle", [
-    ("env_seed", 5, "interventions.env_seed = 5 overlaps"),
-    ("top_k", 40, "interventions.top_k = 40 leaves too few units"),
-    ("perturbation_sizes", [0.1, 0.0], "non-zero"),
-    ("closed_loop_episodes", 0, "interventions.closed_loop_episodes = 0"),
-])
-def test_interventions_params_are_validated(key, value, needle):
-    params = default_params()
-    assert validate_params(params).interventions.env_seed == 970_000_000
-    params["interventions"][key] = value
-    with pytest.raises(ParamsError, match=needle):
-        validate_params(params)
 
 
 def test_step_danger_ranks_collision_courses_before_mere_proximity_and_empty_roads_last():

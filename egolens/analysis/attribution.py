@@ -43,13 +43,11 @@ from captum.attr import IntegratedGradients, LayerConductance, NeuronConductance
 from torch import nn
 
 from egolens.analysis import paths
-from egolens.config import REFERENCE_FEATURES
 from egolens.hooks import activation_names
-from egolens.model import PRESENCE, EgoAttentionNetwork
+from egolens.stats import spearman
+from egolens.vocabulary import ACTIONS, PRESENCE, REFERENCE_FEATURES, absent_mask, present_others
 
-FEATURES = tuple(REFERENCE_FEATURES)
 """Feature names of the observation's last axis."""
-ACTIONS = ("SLOWER", "IDLE", "FASTER")
 """Action names of the Q-network's output axis."""
 KINEMATICS = slice(1, None)
 """Features x, y, vx, vy, cos_h, sin_h (everything but presence)."""
@@ -72,16 +70,6 @@ def _forward_fn(net: nn.Module, advantage: bool) -> Callable[..., torch.Tensor]:
     return forward
 
 
-def absent_mask(obs: torch.Tensor) -> torch.Tensor:
-    """obs [B, E, F] -> [B, E] bool, True = absent (presence < 0.5); the ego is never absent."""
-    return EgoAttentionNetwork.absent_mask(obs)
-
-
-def present_others(obs: torch.Tensor) -> torch.Tensor:
-    """obs [B, E, F] -> [B, E] bool, True for present vehicles other than the ego."""
-    present = ~absent_mask(obs)
-    present[:, 0] = False
-    return present
 
 
 def _target_tensor(target: Target, batch: int) -> torch.Tensor:
@@ -296,11 +284,6 @@ def kink_aware_integrated_gradients(net: nn.Module, obs: torch.Tensor, target: T
                     kinks)
 
 
-def _batch_for(internal_batch_size: int | None, batch: int) -> int | None:
-    """captum needs internal_batch_size >= the number of inputs."""
-    return None if internal_batch_size is None else max(internal_batch_size, batch)
-
-
 def vehicle_attribution(attr: torch.Tensor) -> torch.Tensor:
     """attr [B, E, F] -> [B, E]: the attribution of each entity (sum over its features)."""
     return attr.sum(dim=-1)
@@ -340,7 +323,7 @@ def attribution_table(attr: torch.Tensor, obs: torch.Tensor, step_ids: Sequence[
     vehicles = pd.DataFrame({**keys, "attribution": attr_np[b_idx, e_idx].sum(axis=-1)})
     features = pd.DataFrame({k: np.repeat(v, n_features) if isinstance(v, np.ndarray) else v
                              for k, v in keys.items()})
-    features["feature"] = np.tile(np.asarray(FEATURES[:n_features], dtype=object), len(b_idx))
+    features["feature"] = np.tile(np.asarray(REFERENCE_FEATURES[:n_features], dtype=object), len(b_idx))
     features["value"] = obs_np[b_idx, e_idx].reshape(-1)
     features["attribution"] = attr_np[b_idx, e_idx].reshape(-1)
     return features, vehicles
@@ -650,24 +633,6 @@ def curve_auc(curves: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------- rank correlations
 
-def spearman(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:
-    """Spearman rank correlation of two equal-length vectors (average ranks for ties).
-
-    NaN with fewer than 2 values or when either side is constant.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1)
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"lengths differ: {a.shape} vs {b.shape}")
-    if a.size < 2:
-        return math.nan
-    ra = pd.Series(a).rank(method="average").to_numpy()
-    rb = pd.Series(b).rank(method="average").to_numpy()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = math.sqrt(float((ra ** 2).sum() * (rb ** 2).sum()))
-    return float((ra * rb).sum() / denom) if denom > 0 else math.nan
-
-
 def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
@@ -851,7 +816,8 @@ def feature_summary(attr: torch.Tensor, obs: torch.Tensor, *, value_name: str = 
     per_step = {"ego": (values[:, 0], values[:, 0].abs()),
                 "others": ((values * others).sum(1), (values.abs() * others).sum(1))}
     n_features = values.shape[-1]
-    out = [{"entity": entity, "feature": FEATURES[f] if f < len(FEATURES) else f, "n_steps": values.shape[0],
+    names = REFERENCE_FEATURES
+    out = [{"entity": entity, "feature": names[f] if f < len(names) else f, "n_steps": values.shape[0],
             f"mean_{value_name}": float(signed[:, f].mean()), f"mean_abs_{value_name}": float(size[:, f].mean())}
            for entity, (signed, size) in per_step.items() for f in range(n_features)]
     return _labelled(pd.DataFrame(out), labels)
@@ -1034,23 +1000,3 @@ def step_summary(frame: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataF
             out.append({**base, "statistic": statistic, "n": int(values.size),
                         value: float(fn(values)) if values.size else math.nan})
     return pd.DataFrame(out, columns=[*by, "statistic", "n", value])
-
-
-def json_safe(obj: object) -> object:
-    """Plain-JSON copy of nested dicts/lists of numbers: numpy and torch scalars to Python,
-    bools to 0/1, NaN and ±inf to None (a DVC metrics file holds plain numbers only)."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor | np.ndarray) and np.ndim(_np(obj)) == 0:
-        obj = _np(obj).item()
-    if isinstance(obj, bool | np.bool_):
-        return int(bool(obj))
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    raise TypeError(f"not a plain JSON value: {type(obj).__name__}")

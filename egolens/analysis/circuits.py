@@ -27,9 +27,8 @@ import torch
 
 from egolens.hooks import HookFn, hooks, run_with_cache
 from egolens.model import EgoAttentionNetwork, MultiLayerPerceptron
+from egolens.vocabulary import ACTIONS, REFERENCE_FEATURES
 
-FEATURES = ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h"]
-ACTIONS = ["SLOWER", "IDLE", "FASTER"]
 BIAS = "bias"
 """Name of the constant-1 input appended to the features when a bias path is included."""
 N_SINGULAR = 5
@@ -142,8 +141,8 @@ def _features_map(net: EgoAttentionNetwork, which: Embedding, bias: bool) -> np.
 
 
 def feature_names(bias: bool = False) -> list[str]:
-    """Column names of the feature-space projections: FEATURES, plus BIAS when bias."""
-    return [*FEATURES, BIAS] if bias else list(FEATURES)
+    """Column names of the feature-space projections: the reference features, plus BIAS when bias."""
+    return [*REFERENCE_FEATURES, BIAS] if bias else list(REFERENCE_FEATURES)
 
 
 def qk_features(net: EgoAttentionNetwork, h: int, bias: bool = False) -> np.ndarray:
@@ -192,7 +191,7 @@ def feature_circuits(net: EgoAttentionNetwork, bias: bool = True, **labels: obje
     for h in range(net.attention_layer.heads):
         tables.append(circuit_matrix_table(qk_features(net, h, bias), names, names,
                                            matrix="QK_features", head=h, **labels))
-        tables.append(circuit_matrix_table(ov_actions(net, h, bias), ACTIONS, names,
+        tables.append(circuit_matrix_table(ov_actions(net, h, bias), list(ACTIONS), names,
                                            matrix="OV_actions", head=h, **labels))
     return pd.concat(tables, ignore_index=True)
 

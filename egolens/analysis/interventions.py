@@ -38,15 +38,15 @@ import torch
 from torch import nn
 
 from egolens.analysis.attribution import layer_conductance, typical_scene
-from egolens.analysis.stats import bootstrap_ci, paired_bootstrap_ci
 from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
-from egolens.model import PRESENCE, EgoAttentionNetwork
+from egolens.model import EgoAttentionNetwork
+from egolens.stats import bootstrap_ci, paired_bootstrap_ci
+from egolens.vocabulary import ACTIONS, present, present_others
 
 if TYPE_CHECKING:
     from egolens.evaluation import EpisodeResult
 
 SLOWER, IDLE, FASTER = 0, 1, 2
-ACTIONS = ("SLOWER", "IDLE", "FASTER")
 X, Y, VX, VY = 1, 2, 3, 4
 """Feature indices of the observation's position and velocity."""
 
@@ -192,13 +192,6 @@ def _attention_bhe(attention: torch.Tensor) -> torch.Tensor:
     return attention[:, :, 0] if attention.dim() == 4 else attention
 
 
-def present_vehicles(obs: torch.Tensor) -> torch.Tensor:
-    """obs [B, E, F] -> [B, E] bool: present vehicles other than the ego."""
-    present = obs[..., PRESENCE] >= 0.5
-    present[:, 0] = False
-    return present
-
-
 def most_attended_vehicle(attention: torch.Tensor, obs: torch.Tensor,
                           candidates: torch.Tensor | None = None) -> torch.Tensor:
     """Per step, the present non-ego vehicle with the largest attention summed over heads.
@@ -207,7 +200,7 @@ def most_attended_vehicle(attention: torch.Tensor, obs: torch.Tensor,
     choose among (e.g. vehicles crossing the ego's path), intersected with presence.
     Returns [B] long entity indices, −1 where no vehicle qualifies (ties: the lowest index).
     """
-    allowed = present_vehicles(obs)
+    allowed = present_others(obs)
     if candidates is not None:
         allowed = allowed & torch.as_tensor(candidates).bool()
     total = _attention_bhe(attention).double().sum(dim=1)                  # [B, E]
@@ -223,7 +216,7 @@ def random_present_vehicle(obs: torch.Tensor, seed: int) -> torch.Tensor:
     the same state gets the same vehicle whatever the batch it comes in (closed-loop runs are
     deterministic and independent of the number of envs).
     """
-    present = present_vehicles(obs)
+    present = present_others(obs)
     out = torch.full((obs.shape[0],), -1, dtype=torch.long)
     data = obs.detach().cpu().contiguous().float().numpy()
     for b in range(obs.shape[0]):
@@ -472,13 +465,13 @@ def activation_patching(net: nn.Module, clean_obs: torch.Tensor, corr_obs: torch
     with torch.no_grad():
         m_corr = q_metric(net(corr_obs))
     m_clean = q_metric(q_clean)
-    present = clean_obs[..., PRESENCE] >= 0.5
-    present[:, 0] = True
+    is_present = present(clean_obs)
+    is_present[:, 0] = True
     frames = []
     for site in sites:
         with torch.no_grad():
             m_patched = q_metric(run_with_hooks(net, corr_obs, {site.name: patch_hook(clean[site.name], site.index)}))
-        roles, entity_present = _roles(site, target, present)
+        roles, entity_present = _roles(site, target, is_present)
         frames.append(pd.DataFrame({
             "pair": np.arange(clean_obs.shape[0]), "site": site.name, "site_class": site.site_class,
             "head": site.head, "entity": site.entity, "neuron": site.neuron, "role": roles,

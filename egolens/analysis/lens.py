@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egolens.env import ACTIONS
 from egolens.hooks import HookFn, hooks, run_with_cache
 from egolens.model import EgoAttentionNetwork
+from egolens.vocabulary import ACTIONS
 
 EGO, FULL, ADDED = "ego", "full", "added"
 

@@ -23,11 +23,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrow, Patch, Rectangle
 from torch import nn
 
-from egolens.config import REFERENCE_FEATURES, EnvConfig, FeaturesRange
-from egolens.env import ACTIONS
+from egolens.config import EnvConfig, FeaturesRange
 from egolens.hooks import activation_names, run_with_hooks
-from egolens.model import PRESENCE
 from egolens.scene import denormalize
+from egolens.stats import spearman_columns
+from egolens.vocabulary import ACTIONS, PRESENT_AT, REFERENCE_FEATURES, present
 
 TTC_CAP = 20.0
 """Seconds; times to collision above it (inf included) are set to it before rank correlations."""
@@ -75,7 +75,7 @@ def vehicle_rows(acts: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndar
     acts, obs = np.asarray(acts), np.asarray(obs)
     if acts.ndim != 3 or acts.shape[:2] != (obs.shape[0], obs.shape[1] - 1):
         raise ValueError(f"acts {acts.shape} must be [N, E-1, U] for obs {obs.shape}")
-    step_index, other = np.nonzero(obs[:, 1:, PRESENCE] >= 0.5)
+    step_index, other = np.nonzero(present(obs)[:, 1:])
     return acts[step_index, other], step_index, other + 1
 
 
@@ -96,7 +96,7 @@ def vehicle_facts_frame(obs: np.ndarray, facts: dict[str, np.ndarray],
 
     obs: [N, E, F]; action: [N] action indices.
     """
-    step_index, other = np.nonzero(np.asarray(obs)[:, 1:, PRESENCE] >= 0.5)
+    step_index, other = np.nonzero(present(np.asarray(obs))[:, 1:])
     row = other + 1
     columns: dict[str, np.ndarray] = {"step_index": step_index, "row": row}
     columns |= {name: np.asarray(value)[step_index, row] for name, value in facts.items()}
@@ -167,22 +167,6 @@ def activations_over_time(acts: np.ndarray, episode: np.ndarray, step: np.ndarra
     })
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks of each column of values [n, k] (ties share their mean rank)."""
-    return pd.DataFrame(values).rank(method="average").to_numpy(dtype=np.float64)
-
-
-def _spearman(acts: np.ndarray, fact: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each column of acts [n, U] with fact [n]; NaN where constant."""
-    ra = _ranks(acts)
-    rf = _ranks(fact[:, None])[:, 0]
-    ra = ra - ra.mean(axis=0)
-    rf = rf - rf.mean()
-    denominator = np.sqrt((ra * ra).sum(axis=0) * (rf * rf).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (ra * rf[:, None]).sum(axis=0) / denominator, np.nan)
-
-
 def _numeric_facts(facts: pd.DataFrame, ttc_cap: float) -> dict[str, np.ndarray]:
     """Numeric and boolean columns as float arrays. Times to collision (`TTC_COLUMNS`) are capped
     at ttc_cap (inf included: "no collision within the cap"); other infinities become NaN."""
@@ -215,7 +199,7 @@ def neuron_fact_correlations(acts: np.ndarray, facts: pd.DataFrame, ttc_cap: flo
     parts = []
     for name, values in numeric.items():
         valid = ~np.isnan(values)
-        rho = _spearman(acts[valid], values[valid]) if valid.sum() > 1 else np.full(acts.shape[1], np.nan)
+        rho = spearman_columns(acts[valid], values[valid]) if valid.sum() > 1 else np.full(acts.shape[1], np.nan)
         parts.append(pd.DataFrame({"neuron": np.arange(acts.shape[1]), "fact": name, "spearman": rho,
                                    "n": int(valid.sum())}))
     return pd.concat(parts, ignore_index=True)
@@ -442,7 +426,7 @@ def advantage(q: np.ndarray) -> np.ndarray:
 def typical_step(obs: np.ndarray) -> int:
     """Index of a typical recorded step of obs [N, E, F]: the first whose number of present vehicles
     is the (lower) median over steps; its presence pattern suits `optimise_observation`."""
-    count = (np.asarray(obs)[:, :, PRESENCE] >= 0.5).sum(axis=1)
+    count = present(np.asarray(obs)).sum(axis=1)
     if count.size == 0:
         raise ValueError("no recorded step")
     return int(np.nonzero(count == np.quantile(count, 0.5, method="lower"))[0][0])
@@ -505,7 +489,7 @@ def _prior_mean(prior_obs: torch.Tensor) -> torch.Tensor:
     """Mean recorded state [E, F] from prior_obs [N, E, F]: row 0 is the mean ego row; every other
     row is the mean of all present other vehicles (rows are shuffled, so no row is a fixed vehicle)."""
     others = prior_obs[:, 1:].reshape(-1, prior_obs.shape[-1])
-    others = others[others[:, PRESENCE] >= 0.5]
+    others = others[present(others)]
     other_mean = others.mean(dim=0) if len(others) else torch.zeros(prior_obs.shape[-1])
     return torch.cat([prior_obs[:, 0].mean(dim=0)[None], other_mean.expand(prior_obs.shape[1] - 1, -1)])
 
@@ -514,7 +498,7 @@ def optimise_observation(net: nn.Module, objective: Callable[[torch.Tensor, Cach
                          presence: np.ndarray | torch.Tensor, n_restarts: int = 4, steps: int = 200, lr: float = 0.05,
                          prior_obs: np.ndarray | torch.Tensor | None = None, prior_weight: float = 0.1,
                          diversity: float = 0.0, seed: int = 0,
-                         features: Sequence[str] = tuple(REFERENCE_FEATURES)) -> tuple[np.ndarray, np.ndarray]:
+                         features: Sequence[str] = REFERENCE_FEATURES) -> tuple[np.ndarray, np.ndarray]:
     """Observations that maximise `objective`, by gradient ascent (Adam) from `n_restarts` seeds.
 
     presence: [E] (1 present, 0 absent; the ego, row 0, must be present), fixed: absent rows stay
@@ -529,20 +513,19 @@ def optimise_observation(net: nn.Module, objective: Callable[[torch.Tensor, Cach
 
     Returns (observations [R, E, F], objective values [R]) at the last step, as float32 numpy.
     """
-    expected = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h")
-    if tuple(features) != expected:
-        raise ValueError(f"features must be {list(expected)}, got {list(features)}")
-    present = torch.as_tensor(np.asarray(presence), dtype=torch.float32) >= 0.5
-    if present.ndim != 1 or not bool(present[0]):
+    if tuple(features) != REFERENCE_FEATURES:
+        raise ValueError(f"features must be {list(REFERENCE_FEATURES)}, got {list(features)}")
+    occupied = torch.as_tensor(np.asarray(presence), dtype=torch.float32) >= PRESENT_AT
+    if occupied.ndim != 1 or not bool(occupied[0]):
         raise ValueError("presence must be [E] with the ego (row 0) present")
-    entities = present.shape[0]
+    entities = occupied.shape[0]
     names = getattr(objective, "names", None)
     names = activation_names(net) if names is None else list(names)
     g = torch.Generator().manual_seed(seed)
     u = (torch.randn(n_restarts, entities, 4, generator=g) * 0.5).requires_grad_()
     theta = ((torch.rand(n_restarts, entities, generator=g) * 2 - 1) * torch.pi).requires_grad_()
-    keep = present.float()[None, :, None]                                       # [1, E, 1]
-    mask = (~present)[None].expand(n_restarts, entities).clone()
+    keep = occupied.float()[None, :, None]                                       # [1, E, 1]
+    mask = (~occupied)[None].expand(n_restarts, entities).clone()
     prior = None if prior_obs is None else _prior_mean(torch.as_tensor(np.asarray(prior_obs), dtype=torch.float32))
 
     def build() -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""The study's statistics: bootstrap and Student-t intervals, and rank correlations.
+
+NaN policy: a statistic that is undefined (too few values, a constant side) is NaN here; JSON
+outputs turn NaN into null (`egolens.artifacts.json_text`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of `values` [n] and its percentile-bootstrap interval at `level`.
+
+    Resamples n values with replacement `resamples` times with a generator seeded by `seed`.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("bootstrap of an empty sample")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(resamples, values.size))
+    means = values[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(values.mean()), float(low), float(high)
+
+
+def paired_bootstrap_ci(treated: np.ndarray, control: np.ndarray, resamples: int, seed: int,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the paired differences treated − control ([n] each, pair i = the same unit, e.g.
+    the same env seed) and its percentile-bootstrap interval at `level`.
+
+    The pairs are resampled together (`bootstrap_ci` of the per-pair differences), so what the
+    two conditions share (the episode's start) cancels out of the interval.
+    """
+    treated = np.asarray(treated, dtype=np.float64)
+    control = np.asarray(control, dtype=np.float64)
+    if treated.shape != control.shape or treated.ndim != 1:
+        raise ValueError(f"paired samples need equal 1-d shapes, got {treated.shape} and {control.shape}")
+    return bootstrap_ci(treated - control, resamples, seed, level)
+
+
+# ---------------------------------------------------------------------- rank correlations
+
+def spearman(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:
+    """Spearman rank correlation of two equal-length vectors (average ranks for ties).
+
+    NaN with fewer than 2 values or when either side is constant.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"lengths differ: {a.shape} vs {b.shape}")
+    if a.size < 2:
+        return math.nan
+    ra = pd.Series(a).rank(method="average").to_numpy()
+    rb = pd.Series(b).rank(method="average").to_numpy()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float((ra ** 2).sum() * (rb ** 2).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else math.nan
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks of each column of values [n, k] (ties share their mean rank)."""
+    return pd.DataFrame(values).rank(method="average").to_numpy(dtype=np.float64)
+
+
+def spearman_columns(acts: np.ndarray, fact: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each column of acts [n, U] with fact [n]; NaN where constant."""
+    ra = _ranks(acts)
+    rf = _ranks(fact[:, None])[:, 0]
+    ra = ra - ra.mean(axis=0)
+    rf = rf - rf.mean()
+    denominator = np.sqrt((ra * ra).sum(axis=0) * (rf * rf).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rf[:, None]).sum(axis=0) / denominator, np.nan)
+
+
+# ------------------------------------------------------------------------------ over seeds
+
+@functools.lru_cache(maxsize=64)
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (0.5 < p < 1) of Student's t with `df` degrees of freedom.
+
+    Inverts the CDF, integrated with Simpson's rule from 0, by bisection (accurate to ~1e-6;
+    no scipy in the environment).
+    """
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"need 0.5 < p < 1 and df >= 1, got {p}, {df}")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float) -> float:
+        x = np.linspace(0.0, t, 20001)
+        y = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+        h = t / 20000
+        return 0.5 + h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum())
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, its Student-t interval at `level` over the values (one per seed), and the sample sd.
+
+    NaN values are left out; with fewer than two values the interval is (NaN, NaN) and sd NaN.
+    With 3 seeds the interval is mean ± 4.30·sd/√3: wide, and honest about 3 samples.
+    """
+    x = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(x.std(ddof=1))
+    half = student_t_quantile(0.5 + level / 2, x.size - 1) * sd / math.sqrt(x.size)
+    return mean, mean - half, mean + half, sd

@@ -1,0 +1,67 @@
+"""The study's statistics against hand computations and published tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from egolens.stats import (
+    bootstrap_ci,
+    paired_bootstrap_ci,
+    spearman,
+    spearman_columns,
+    student_t_quantile,
+    t_interval,
+)
+
+
+@pytest.mark.parametrize(("p", "df", "expected"), [(0.975, 1, 12.7062), (0.975, 2, 4.30265), (0.975, 4, 2.77645),
+                                                   (0.95, 10, 1.81246), (0.975, 30, 2.04227)])
+def test_student_t_quantiles_match_the_tables(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_t_interval_is_mean_plus_minus_t_sd_over_root_n_and_skips_nan():
+    values = [1.0, 2.0, 4.0, math.nan]
+    mean, low, high, sd = t_interval(values)
+    x = np.array([1.0, 2.0, 4.0])
+    expected_sd = math.sqrt(((x - x.mean()) ** 2).sum() / 2)
+    assert mean == pytest.approx(7 / 3) and sd == pytest.approx(expected_sd)
+    assert high - mean == pytest.approx(4.302653 * expected_sd / math.sqrt(3), rel=1e-4)
+    assert mean - low == pytest.approx(high - mean)
+    single = t_interval([5.0])
+    assert single[0] == 5.0 and all(math.isnan(v) for v in single[1:])
+    assert all(math.isnan(v) for v in t_interval([]))
+
+
+def test_paired_bootstrap_ci_on_hand_data():
+    treated = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    control = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    mean, low, high = paired_bootstrap_ci(treated, control, 2000, seed=0)
+    assert mean == pytest.approx(0.5) and 0.0 <= low < 0.5 < high <= 1.0
+    assert (mean, low, high) == bootstrap_ci(treated - control, 2000, 0)
+    # a constant difference has no spread however different the two samples are
+    assert paired_bootstrap_ci(np.arange(5.0) + 2, np.arange(5.0), 500, 1) == (2.0, 2.0, 2.0)
+    # pairing matters: the same two samples unpaired would have a wide interval
+    _, low_u, high_u = bootstrap_ci(np.arange(5.0) + 2, 500, 1)
+    assert high_u - low_u > 1.0
+    with pytest.raises(ValueError, match="paired"):
+        paired_bootstrap_ci(np.ones(3), np.ones(4), 100, 0)
+
+
+def test_spearman_by_hand_and_nan_for_a_constant_side():
+    assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([1], [2]))
+
+
+def test_spearman_columns_is_spearman_of_each_column():
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(20, 3))
+    acts[:, 2] = 1.0
+    fact = rng.normal(size=20)
+    rho = spearman_columns(acts, fact)
+    assert rho[:2] == pytest.approx([spearman(acts[:, 0], fact), spearman(acts[:, 1], fact)])
+    assert math.isnan(rho[2])
