@@ -1,14 +1,14 @@
-"""Read or edit any named activation: `run_with_cache` and `run_with_hooks`.
+"""Read or edit any named activation: `run_with_cache`, `run_with_hooks` and `capture`.
 
 Names are module names of the network: every Linear (`attention_layer.key_all`, ...) and every
 hook point (`attention_layer.hook_pattern`, `output_layer.hook_post.0`, ...). No analysis
-re-implements the forward pass; they all go through these two functions.
+re-implements the forward pass or registers a hook of its own; they all go through this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -23,9 +23,9 @@ def activation_names(net: nn.Module) -> list[str]:
     return [name for name, module in net.named_modules() if isinstance(module, nn.Linear | HookPoint)]
 
 
-def _module(net: nn.Module, name: str) -> nn.Module:
+def _module(net: nn.Module, name: str, any_module: bool = False) -> nn.Module:
     modules = dict(net.named_modules())
-    if name not in modules or not isinstance(modules[name], nn.Linear | HookPoint):
+    if name not in modules or not (any_module or isinstance(modules[name], nn.Linear | HookPoint)):
         raise KeyError(f"no activation named {name!r}; known: {', '.join(activation_names(net))}")
     return modules[name]
 
@@ -49,20 +49,46 @@ def run_with_hooks(net: nn.Module, obs: torch.Tensor, fns: dict[str, HookFn],
         return net(obs, mask)
 
 
-def run_with_cache(net: nn.Module, obs: torch.Tensor, names: list[str] | None = None,
-                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Q-values [B, A] and a cache {name: activation} (detached) of the named activations.
+def run_with_cache(net: nn.Module, obs: torch.Tensor, names: Sequence[str] | None = None,
+                   mask: torch.Tensor | None = None, *, grad: bool = False,
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Q-values [B, A] and a cache {name: activation} of the named activations.
 
     names: None for every activation (`activation_names(net)`).
+    grad: False runs without autograd and caches detached copies; True keeps Q and every cached
+    activation in the autograd graph (for gradients of an objective of activations).
     """
-    cache: dict[str, torch.Tensor] = {}
+    names = activation_names(net) if names is None else list(names)
+    with contextlib.ExitStack() as stack:
+        if not grad:
+            stack.enter_context(torch.no_grad())
+        cache = stack.enter_context(capture(net, names, detach=not grad))
+        q = net(obs, mask)
+    return q, dict(cache)
 
-    def keep(name: str) -> HookFn:
-        def fn(activation: torch.Tensor) -> None:
-            cache[name] = activation.detach().clone()
-        return fn
 
-    names = activation_names(net) if names is None else names
-    with torch.no_grad():
-        q = run_with_hooks(net, obs, {name: keep(name) for name in names}, mask)
-    return q, cache
+@contextlib.contextmanager
+def capture(net: nn.Module, names: Sequence[str] = (), *, inputs: Sequence[str] = (),
+            detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, every forward pass of `net` (called however the caller likes: forward-
+    mode AD, a wrapper, several passes) stores the named activations in the yielded dict; the
+    latest pass wins.
+
+    names: activations (module outputs) to keep. inputs: modules (any named module, e.g. an
+    `nn.ReLU` of a hand-made net) whose first *input* to keep. detach: store detached copies
+    (False keeps them in the autograd graph, dual tensors included).
+    """
+    stored: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, tensor: torch.Tensor) -> None:
+        stored[name] = tensor.detach().clone() if detach else tensor
+
+    handles = [_module(net, name).register_forward_hook(lambda m, i, o, name=name: keep(name, o))
+               for name in names]
+    handles += [_module(net, name, any_module=True).register_forward_hook(lambda m, i, o, name=name: keep(name, i[0]))
+                for name in inputs]
+    try:
+        yield stored
+    finally:
+        for handle in handles:
+            handle.remove()

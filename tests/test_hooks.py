@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egolens.hooks import activation_names, run_with_cache, run_with_hooks
+from egolens.hooks import activation_names, capture, run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
 from tests.conftest import random_obs
 
@@ -55,3 +55,42 @@ def test_selected_names_only_and_unknown_names_refused(net):
     assert list(cache) == ["attention_layer.hook_z"]
     with pytest.raises(KeyError, match="no activation named 'attention_layer.nope'"):
         run_with_cache(net, obs, ["attention_layer.nope"])
+
+
+def test_a_cache_with_gradients_gives_the_gradient_autograd_gives_through_the_net(net):
+    obs = random_obs(4, seed=2)
+    q, cache = run_with_cache(net, obs, ["attention_layer.hook_resid"], grad=True)
+    resid = cache["attention_layer.hook_resid"]
+    assert resid.requires_grad and q.requires_grad
+    grad, = torch.autograd.grad(q[:, 1].sum(), resid)
+    # independent: the output MLP applied to the cached residual by hand
+    leaf = resid.detach().requires_grad_()
+    hidden = leaf
+    for linear in net.output_layer.layers:
+        hidden = torch.relu(linear(hidden))
+    expected, = torch.autograd.grad(net.output_layer.predict(hidden)[:, 1].sum(), leaf)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_capture_keeps_outputs_and_module_inputs_of_every_pass_latest_wins(net):
+    obs = random_obs(3, seed=3)
+    with capture(net, ["ego_embedding.layers.0"], inputs=["output_layer.layers.0"]) as seen:
+        net(obs[:1])
+        net(obs)
+    _, cache = run_with_cache(net, obs)
+    torch.testing.assert_close(seen["ego_embedding.layers.0"], cache["ego_embedding.layers.0"])
+    torch.testing.assert_close(seen["output_layer.layers.0"], cache["attention_layer.hook_resid"])
+    assert not net.ego_embedding.layers[0]._forward_hooks            # removed on exit
+
+
+def test_capture_keeps_forward_mode_tangents_when_not_detached(net):
+    net = net.double()
+    obs, direction = random_obs(2, seed=4).double(), random_obs(2, seed=5).double()
+    mask, site = net.absent_mask(obs), "attention_layer.hook_resid"
+    with capture(net, [site], detach=False) as seen, torch.autograd.forward_ad.dual_level():
+        net(torch.autograd.forward_ad.make_dual(obs, direction), mask)
+        tangent = torch.autograd.forward_ad.unpack_dual(seen[site]).tangent
+    eps = 1e-6
+    _, plus = run_with_cache(net, obs + eps * direction, [site], mask)
+    _, minus = run_with_cache(net, obs - eps * direction, [site], mask)
+    torch.testing.assert_close(tangent, (plus[site] - minus[site]) / (2 * eps), rtol=1e-5, atol=1e-7)
