@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from egolens.evaluation import paired_versus
-from egolens.stats import t_interval
+from egolens.stats import nested_bootstrap_ci, t_interval
 
 IDENTIFIERS = re.compile(r"(^|\.)(head|step|source_step|target_action_before|target_action_after|episodes|"
                          r"n_steps|n_tiny|n|factor)$")
@@ -137,9 +137,68 @@ def summary_table(per_seed: Mapping[int, Metrics], level: float = 0.95) -> pd.Da
     for name in names:
         values = [per_seed[s].get(name, math.nan) for s in seeds]
         mean, low, high, sd = t_interval(values, level)
-        rows.append({"metric": name, "n_seeds": int(np.isfinite(values).sum()), "mean": mean, "ci_low": low,
-                     "ci_high": high, "sd": sd, **{f"seed{s}": v for s, v in zip(seeds, values)}})
+        finite = [v for v in values if math.isfinite(v)]
+        rows.append({"metric": name, "n_seeds": len(finite), "mean": mean, "ci_low": low, "ci_high": high,
+                     "interval": SEED_T if math.isfinite(low) else "", "sd": sd,
+                     "min": min(finite, default=math.nan), "max": max(finite, default=math.nan),
+                     **{f"seed{s}": v for s, v in zip(seeds, values)}})
     return pd.DataFrame(rows)
+
+
+SEED_T = "student_t_over_seeds"
+SEEDS_AND_EPISODES = "bootstrap_over_seeds_and_episodes"
+"""How a summary row's interval was made (summary.csv column `interval`)."""
+OUTCOMES = {"success_rate": "arrived", "collision_rate": "collision", "timeout_rate": "timeout"}
+
+
+def evaluation_units(episodes: pd.DataFrame) -> pd.DataFrame:
+    """Per-episode values of the held-out evaluation metrics: seed, metric, value (0/1 for a rate,
+    the return for mean_return), from every seed's evaluate_episodes.csv plus a `seed` column."""
+    parts = [pd.DataFrame({"seed": episodes["seed"], "metric": f"evaluate.{{}}.{rate}.mean",
+                           "model": episodes["model"], "value": episodes["outcome"].eq(outcome).astype(float)})
+             for rate, outcome in OUTCOMES.items()]
+    parts.append(pd.DataFrame({"seed": episodes["seed"], "metric": "evaluate.{}.mean_return.mean",
+                               "model": episodes["model"], "value": episodes["return"].astype(float)}))
+    units = pd.concat(parts, ignore_index=True)
+    units["metric"] = [m.format(model) for m, model in zip(units["metric"], units["model"])]
+    return units[["seed", "metric", "value"]]
+
+
+def attention_units(attention: pd.DataFrame, ranks: Mapping[int, Mapping[int, int]]) -> pd.DataFrame:
+    """Per-episode attention share off the ego: seed, metric (`rollout.<model>.attention_off_ego.
+    head_rank<r>`, heads named by their closed-loop rank in that seed), value; from every seed's
+    rollout/attention_off_ego.csv plus a `seed` column. ranks: seed -> head -> rank."""
+    metric = [f"rollout.{model}.attention_off_ego.head_rank{ranks[seed][head]}"
+              for seed, model, head in zip(attention["seed"], attention["model"], attention["head"])]
+    return pd.DataFrame({"seed": attention["seed"], "metric": metric, "value": attention["off_ego"].astype(float)})
+
+
+def attention_summary(attention: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """One seed's attention_off_ego.csv -> {model: {attention_off_ego: {head<h>: mean over episodes}}}."""
+    means = attention.groupby(["model", "head"])["off_ego"].mean()
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (model, head), value in means.items():
+        out.setdefault(str(model), {}).setdefault("attention_off_ego", {})[f"head{head}"] = float(value)
+    return out
+
+
+def with_nested_intervals(table: pd.DataFrame, units: pd.DataFrame, resamples: int, seed: int = 0,
+                          level: float = 0.95) -> pd.DataFrame:
+    """`summary_table` with the interval of every metric that has per-episode `units` (seed, metric,
+    value) replaced by `stats.nested_bootstrap_ci` over seeds and episodes (a rate's interval then
+    stays in [0, 1]); the mean stays the mean of the seeds' means."""
+    out = table.copy()
+    index = {name: i for i, name in enumerate(out["metric"])}
+    for name, rows in units.groupby("metric", sort=True):
+        if name not in index:
+            continue
+        groups = [g["value"].to_numpy() for _, g in rows.groupby("seed", sort=True)]
+        mean, low, high = nested_bootstrap_ci(groups, resamples, seed, level)
+        i = index[name]
+        out.loc[i, ["ci_low", "ci_high", "interval"]] = [low, high, SEEDS_AND_EPISODES]
+        if not math.isclose(mean, out.loc[i, "mean"], rel_tol=1e-6, abs_tol=1e-6):
+            raise ValueError(f"{name}: the episodes' mean {mean} differs from the seeds' summary {out.loc[i, 'mean']}")
+    return out
 
 
 def summary_tree(table: pd.DataFrame) -> dict:

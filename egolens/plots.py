@@ -596,7 +596,8 @@ def patching(patching_table: pd.DataFrame, path_patching: pd.DataFrame, n_boot: 
         for r, (data, labels) in enumerate(((sites, site_labels), (paths, path_labels))):
             ax = axes[r, c]
             sns.pointplot(data[data["kind"] == kind], x="restored", y="label", hue="seed", order=labels,
-                          hue_order=seeds, palette=palette, orient="h", dodge=0.5, linestyle="none",
+                          hue_order=seeds, palette=palette, orient="h", dodge=0.5 if len(seeds) > 1 else False,
+                          linestyle="none",
                           errorbar=("ci", 95), n_boot=n_boot, seed=0, markersize=4, err_kws={"linewidth": 1.2},
                           ax=ax, legend=(r, c) == (0, len(kinds) - 1))
             ax.axvline(0, color="black", lw=0.8)

@@ -214,3 +214,17 @@ def vehicles_table(arrays: dict[str, np.ndarray], cfg: EnvConfig, horizon: float
     for h in range(arrays["attention"].shape[1]):
         columns[f"attention_h{h}"] = arrays["attention"][step_index, h, row]
     return pd.DataFrame(columns)
+
+
+def attention_off_ego(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    """How much attention the other vehicles get at all: one row per (episode, head) with the
+    episode's steps and the mean over its steps of the attention share off the ego
+    (1 − pattern[ego]), from the recorded attention [N, H, E] and episode [N]."""
+    off_ego = 1.0 - arrays["attention"][:, :, 0].astype(np.float64)           # [N, H]
+    episode = arrays["episode"]
+    rows = []
+    for e in np.unique(episode):
+        steps = episode == e
+        rows += [{"episode": int(e), "head": h, "steps": int(steps.sum()),
+                  "off_ego": round(float(off_ego[steps, h].mean()), 6)} for h in range(off_ego.shape[1])]
+    return pd.DataFrame(rows, columns=["episode", "head", "steps", "off_ego"])

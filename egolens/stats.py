@@ -45,6 +45,29 @@ def paired_bootstrap_ci(treated: np.ndarray, control: np.ndarray, resamples: int
     return bootstrap_ci(treated - control, resamples, seed, level)
 
 
+def nested_bootstrap_ci(groups: Sequence[np.ndarray], resamples: int, seed: int,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """Mean over groups of each group's mean, and its two-level percentile-bootstrap interval.
+
+    groups: one array of unit values per group (e.g. per seed, its episodes' outcomes as 0/1).
+    Each resample draws the groups with replacement, then within every drawn group its units with
+    replacement, so the interval carries both the seed-to-seed and the episode-to-episode spread.
+    A mean of values in [0, 1] gets an interval inside [0, 1]. Empty groups are left out.
+    """
+    arrays = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        raise ValueError("bootstrap of an empty sample")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for r in range(resamples):
+        drawn = rng.integers(0, len(arrays), size=len(arrays))
+        means[r] = np.mean([arrays[g][rng.integers(0, arrays[g].size, size=arrays[g].size)].mean() for g in drawn])
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(np.mean([a.mean() for a in arrays])), float(low), float(high)
+
+
 # ---------------------------------------------------------------------- rank correlations
 
 def spearman(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from functools import partial
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -17,6 +18,7 @@ from egolens.model import EgoAttentionNetwork
 from egolens.rollout import (
     Episode,
     VehicleTracker,
+    attention_off_ego,
     play_episode,
     record_episode,
     rollout_arrays,
@@ -25,7 +27,7 @@ from egolens.rollout import (
 )
 from egolens.video import episode_images, gif_bytes
 from egolens.vocabulary import present
-from stages import DATA, NETWORKS, load_net, seed_args
+from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 
 def write_bytes(path, data: bytes) -> None:
@@ -74,6 +76,7 @@ def main() -> None:
     out = DATA / f"seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     scene = params.scene
+    attention = []
     for label in NETWORKS:
         net = load_net(params, seed, label)
         episodes = play(params, net, f"rollout seed {seed} {label}")
@@ -84,7 +87,10 @@ def main() -> None:
         vehicles = vehicles_table(arrays, params.env, scene.horizon, scene.collision_radius, scene.min_ego_speed)
         checkpoint.atomic_write_text(out / f"vehicles_{label}.csv", vehicles.to_csv(index=False))
         write_videos(out, label, episodes, arrays, params)
+        attention.append(attention_off_ego(arrays).assign(model=label))
         print(f"seed {seed} {label}: {len(arrays['action'])} steps in {len(episodes)} episodes")
+    checkpoint.atomic_write_text(seed_results(seed) / "rollout" / "attention_off_ego.csv",
+                                 pd.concat(attention).to_csv(index=False))
 
 
 if __name__ == "__main__":

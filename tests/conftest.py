@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import presets
 from egolens.config import AgentConfig
 from egolens.model import EgoAttentionNetwork
 from egolens.runner import EnvRunner
@@ -43,19 +44,11 @@ def default_params() -> dict:
 
 
 def tiny_params(seeds=(0,), episodes=8, eval_episodes=4) -> dict:
-    """params.yaml with every section present (DVC needs them) and tiny run lengths."""
-    params = default_params()
+    """params.yaml with the tiny preset (presets/tiny.yaml) and these seeds and run lengths."""
+    params = presets.apply(default_params(), presets.overrides("tiny"))
     params["seeds"] = list(seeds)
-    params["train"].update(episodes=episodes, checkpoint_every=3)
-    params["agent"].update(batch_size=8, target_update=5)
-    params["evaluate"].update(episodes=eval_episodes)
-    params["rollout"].update(episodes=3, render_episodes=1)
-    params["attributions"].update(max_steps=12, path_grid=64, path_grid_max=256, neuron_steps=16, shapley_samples=3,
-                                  top_neurons=1, random_orders=1)
-    params["neurons"].update(top_k=3, over_time_neurons=2, visualise_neurons=1, restarts=1, optimisation_steps=5)
-    params["interventions"].update(closed_loop_episodes=2, top_k=2, random_sets=1, conductance_steps=8,
-                                   conductance_points=8, patch_pairs=4, random_directions=1,
-                                   perturbation_sizes=[-0.1, 0.1], bootstrap_resamples=200)
+    params["train"]["episodes"] = episodes
+    params["evaluate"]["episodes"] = eval_episodes
     return params
 
 

@@ -156,3 +156,39 @@ def test_headline_holds_tens_of_numbers_read_from_the_summary_and_the_findings()
     assert out["ceiling_fraction"] == pytest.approx(0.77)
     assert set(out["holds"]) == {f.name for f in FINDINGS}
     assert len(flatten(out)) <= 40
+
+
+def test_rates_get_a_bootstrap_interval_over_seeds_and_episodes_inside_the_unit_interval():
+    outcomes = {0: ["arrived"] * 9 + ["collision"], 1: ["collision"] * 3 + ["arrived"] * 7, 2: ["timeout"] * 10}
+    episodes = pd.DataFrame([{"seed": s, "model": "trained", "outcome": o, "return": 1.0 if o == "arrived" else 0.0}
+                             for s, outs in outcomes.items() for o in outs])
+    per_seed = {s: {"evaluate.trained.collision_rate.mean": outs.count("collision") / 10,
+                    "evaluate.trained.success_rate.mean": outs.count("arrived") / 10,
+                    "other.number": float(s)} for s, outs in outcomes.items()}
+    table = aggregate.summary_table(per_seed)
+    units = aggregate.evaluation_units(episodes)
+    assert set(units["metric"]) == {f"evaluate.trained.{m}.mean" for m in
+                                    ("success_rate", "collision_rate", "timeout_rate", "mean_return")}
+    nested = aggregate.with_nested_intervals(table, units, 500).set_index("metric")
+    t_row = table.set_index("metric").loc["evaluate.trained.collision_rate.mean"]
+    assert t_row["ci_low"] < 0                                   # the t interval over 3 seeds leaves [0, 1]
+    row = nested.loc["evaluate.trained.collision_rate.mean"]
+    assert row["mean"] == pytest.approx(4 / 30) and 0.0 <= row["ci_low"] < row["mean"] < row["ci_high"] <= 1.0
+    assert row["interval"] == aggregate.SEEDS_AND_EPISODES
+    assert nested.loc["other.number", "interval"] == aggregate.SEED_T
+    assert nested.loc["other.number", "ci_low"] == table.set_index("metric").loc["other.number", "ci_low"]
+    assert (nested.loc["other.number", ["min", "max"]] == [0.0, 2.0]).all()
+    # a per-episode table that disagrees with the seeds' summary is an error, not a silent mix
+    with pytest.raises(ValueError, match="differs"):
+        aggregate.with_nested_intervals(table, units.assign(value=1.0), 100)
+
+
+def test_attention_off_the_ego_is_summarised_per_head_and_named_by_the_heads_rank():
+    attention = pd.DataFrame({"model": ["trained"] * 4, "episode": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                              "steps": 5, "off_ego": [0.1, 0.5, 0.3, 0.7]})
+    summary = aggregate.attention_summary(attention)
+    assert summary == {"trained": {"attention_off_ego": {"head0": pytest.approx(0.2), "head1": pytest.approx(0.6)}}}
+    units = aggregate.attention_units(attention.assign(seed=4), {4: {0: 2, 1: 1}})
+    by_metric = units.groupby("metric")["value"].mean()
+    assert by_metric["rollout.trained.attention_off_ego.head_rank1"] == pytest.approx(0.6)
+    assert by_metric["rollout.trained.attention_off_ego.head_rank2"] == pytest.approx(0.2)

@@ -462,6 +462,13 @@ def test_patching_points_are_each_seeds_mean_restored_fraction_per_site_and_path
         assert any(np.allclose(x, means) for x in drawn), seed
 
 
+def test_patching_of_a_one_seed_study_draws_that_seeds_points():
+    table, paths = patching_tables()
+    one = SEEDS[0]
+    fig = plots.patching(table[table["seed"] == one], paths[paths["seed"] == one])
+    assert any(len(line.get_xdata()) == 3 for line in data_axes(fig)[0].lines)
+
+
 # ------------------------------------------------------------------------------------------ training, attention
 
 def test_learning_curves_draw_the_reference_returns_in_every_panel():

@@ -17,6 +17,7 @@ from egolens.model import EgoAttentionNetwork
 from egolens.rollout import (
     ABSENT,
     VehicleTracker,
+    attention_off_ego,
     play_episode,
     record_episode,
     rollout_arrays,
@@ -95,6 +96,14 @@ def test_tables_agree_with_the_arrays(net, episodes):
     per_step = vehicles.groupby(["episode", "step"])[["attention_h0", "attention_h1"]].sum().to_numpy()
     np.testing.assert_allclose(per_step + arrays["attention"][:, :, 0], 1.0, atol=1e-5)
     assert (vehicles["vehicle_id"] > 0).all()
+    # the share off the ego per episode and head is the attention the vehicles table gives the others
+    off_ego = attention_off_ego(arrays).set_index(["episode", "head"])
+    for h in (0, 1):
+        by_episode = vehicles.groupby(["episode", "step"])[f"attention_h{h}"].sum().groupby("episode")
+        expected = by_episode.sum() / steps.groupby("episode").size()       # steps without vehicles count 0
+        np.testing.assert_allclose(off_ego.xs(h, level="head")["off_ego"], expected.reindex(
+            range(len(episodes)), fill_value=0.0), atol=1e-5)
+    assert (off_ego["steps"].groupby("episode").first() == steps.groupby("episode").size()).all()
 
 
 def test_rendered_episode_has_real_frames_and_a_video(net):

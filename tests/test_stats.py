@@ -9,6 +9,7 @@ import pytest
 
 from egolens.stats import (
     bootstrap_ci,
+    nested_bootstrap_ci,
     paired_bootstrap_ci,
     spearman,
     spearman_columns,
@@ -65,3 +66,24 @@ def test_spearman_columns_is_spearman_of_each_column():
     rho = spearman_columns(acts, fact)
     assert rho[:2] == pytest.approx([spearman(acts[:, 0], fact), spearman(acts[:, 1], fact)])
     assert math.isnan(rho[2])
+
+
+def test_nested_bootstrap_weights_seeds_equally_and_stays_inside_the_unit_interval():
+    groups = [np.array([1, 1, 1, 0]), np.array([0, 0, 0, 0, 0, 0, 0, 1]), np.array([1.0])]
+    mean, low, high = nested_bootstrap_ci(groups, 2000, seed=0)
+    assert mean == pytest.approx((0.75 + 0.125 + 1.0) / 3)
+    assert 0.0 <= low < mean < high <= 1.0
+    assert nested_bootstrap_ci(groups, 2000, seed=0) == (mean, low, high)
+
+
+def test_nested_bootstrap_of_one_group_is_the_bootstrap_over_its_units_and_of_constants_a_point():
+    one = nested_bootstrap_ci([np.arange(10.0)], 4000, seed=1)
+    flat = bootstrap_ci(np.arange(10.0), 4000, seed=2)
+    assert one[0] == flat[0]
+    assert one[1:] == pytest.approx(flat[1:], abs=0.25)
+    assert nested_bootstrap_ci([np.ones(5), np.ones(3)], 200, seed=0) == (1.0, 1.0, 1.0)
+    # seeds that disagree widen the interval beyond what either seed's episodes alone give
+    spread = nested_bootstrap_ci([np.zeros(50), np.ones(50)], 2000, seed=0)
+    assert spread[1] < 0.1 and spread[2] > 0.9
+    with pytest.raises(ValueError, match="empty"):
+        nested_bootstrap_ci([np.array([])], 10, 0)
