@@ -1,9 +1,14 @@
-"""results/report.md, written from the study's tables: every number in it comes from
-`summary.csv` (mean and 95% CI over seeds) or `holds.csv` (in how many seeds a finding holds).
+"""results/report.md, written from the study's tables and params: every number in it comes from
+`summary.csv` (mean over seeds with its 95% CI, or the largest value over seeds) or `holds.csv`
+(in how many seeds a finding holds), and every setting it names from params.yaml.
 
-Findings are sentence templates with placeholders, filled by `fill`:
+Each finding is a function of a `Context` (the tables and the params) that returns a sentence
+template, or None when the run has nothing to say about it (e.g. a second head in a one-head
+run). Wording that depends on the numbers (whether two intervals overlap, how much attention the
+vehicles get) is decided there from the tables. Templates hold placeholders, filled by `fill`:
 - `{m:<metric>}` the mean over seeds with its 95% CI, "0.55 [0.46, 0.63]";
 - `{v:<metric>}` the mean alone; `{pct:<metric>}` the mean as a percentage, "55%";
+- `{max:<metric>}` the largest value over seeds (a worst case stays a worst case);
 - `{h:<finding>}` where a finding holds, "3/3 seeds";
 - `{fig:<name>}` a link to results/figures/<name>.png.
 A metric missing from the table renders as "n/a" and is listed under the report's limits, so a
@@ -14,20 +19,64 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
-PLACEHOLDER = re.compile(r"\{(m|v|pct|h|fig):([^}]+)\}")
+PLACEHOLDER = re.compile(r"\{(m|v|pct|max|h|fig):([^}]+)\}")
+LITTLE_ATTENTION = 0.2
+"""Below this share of attention off the ego, the report does not say a head "points" at vehicles."""
+
+
+@dataclass
+class Context:
+    """What a finding may read: the aggregate tables and params.yaml (as a dict)."""
+
+    summary: pd.DataFrame
+    holds: pd.DataFrame
+    params: Mapping[str, object]
+    table: pd.DataFrame = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.table = self.summary.set_index("metric")
+
+    def param(self, path: str) -> object:
+        node: object = self.params
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, Mapping) else None
+        return node
+
+    def value(self, metric: str, column: str = "mean") -> float:
+        """A number of summary.csv (NaN when the metric or column is missing)."""
+        if metric not in self.table.index or column not in self.table.columns:
+            return math.nan
+        return float(self.table.loc[metric, column])
+
+    def has(self, metric: str) -> bool:
+        return math.isfinite(self.value(metric))
+
+    def heads(self) -> list[str]:
+        """The head names (head_rank1, ...) this run has, from the closed-loop head ablations."""
+        return [f"head_rank{r}" for r in range(1, 17) if self.has(f"closed_loop.head_rank{r}.zero.success_diff")]
+
+    def intervals_apart(self, higher: str, lower: str) -> bool | None:
+        """True when `higher`'s CI lies above `lower`'s, False when they overlap, None without CIs."""
+        high_low, low_high = self.value(higher, "ci_low"), self.value(lower, "ci_high")
+        if not (math.isfinite(high_low) and math.isfinite(low_high)):
+            return None
+        return high_low > low_high
+
+
+Sentence = Callable[[Context], str | None]
 
 
 @dataclass(frozen=True)
 class Section:
-    """A findings section: a title and its sentence templates (one finding each)."""
+    """A findings section: a title and its sentences (one finding each)."""
 
     title: str
-    sentences: tuple[str, ...]
+    sentences: tuple[Sentence, ...]
 
 
 QUESTION = (
@@ -38,120 +87,238 @@ QUESTION = (
     "network before training."
 )
 
+
+def _join(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# ---------------------------------------------------------------------------------- performance
+
+def _held_out(c: Context) -> str:
+    compared = c.intervals_apart("evaluate.trained.success_rate.mean", "evaluate.untrained.success_rate.mean")
+    verdict = {True: " Training raised the success rate (the two intervals do not overlap).",
+               False: " The trained and untrained success rates' intervals overlap: training did not measurably "
+                      "raise how often the agent arrives.",
+               None: ""}[compared]
+    return (f"On {c.param('evaluate.episodes')} held-out episodes per seed the trained agent succeeds in "
+            "{m:evaluate.trained.success_rate.mean} of episodes, collides in {m:evaluate.trained.collision_rate.mean} "
+            "and times out in {m:evaluate.trained.timeout_rate.mean}; its untrained network succeeds in "
+            "{m:evaluate.untrained.success_rate.mean} and collides in {m:evaluate.untrained.collision_rate.mean} "
+            "({fig:evaluation})." + verdict)
+
+
+def _returns(c: Context) -> str:
+    return ("The trained agent's mean return is {m:evaluate.trained.mean_return.mean} against "
+            "{m:evaluate.untrained.mean_return.mean} untrained; non-overlapping per-seed CIs on collisions in "
+            "{h:trained_fewer_collisions}, on return in {h:trained_higher_return}, and the reference notebook's "
+            "bar (return >= 5.35, collisions <= 0.4) is met in {h:meets_reference_bar} ({fig:evaluation}).")
+
+
+def _training(c: Context) -> str:
+    episodes = c.param("train.episodes")
+    window = min(100, int(episodes)) if isinstance(episodes, int) else 100
+    return (f"Over the last {window} of {episodes} training episodes (ε-greedy) the return is "
+            "{m:train.return_last100} with {m:train.collision_last100} collisions ({fig:learning_curves}).")
+
+
+def _reference(c: Context) -> str:
+    return ("On the same held-out episodes constant IDLE succeeds in {v:reference.constant_idle.success_rate.mean} "
+            "and collides in {v:reference.constant_idle.collision_rate.mean}, the rule-based driver succeeds in "
+            "{v:reference.rule_based.success_rate.mean}, and the clairvoyant planner (the ceiling) succeeds in "
+            "{v:reference.clairvoyant.success_rate.mean} with {v:reference.clairvoyant.collision_rate.mean} "
+            "collisions; the trained agent reaches {m:reference.ceiling_fraction} of the ceiling's success rate. "
+            "It succeeds more often than constant IDLE (paired CI above 0) in {h:trained_beats_idle_on_success} "
+            "and collides less than constant IDLE in {h:trained_collides_less_than_idle} ({fig:evaluation}).")
+
+
+# ---------------------------------------------------------------------------------------- heads
+
+def _first_head(c: Context) -> str:
+    if len(c.heads()) <= 1:
+        return ("Zero-ablating the network's single head changes the closed-loop success rate by "
+                "{m:closed_loop.head_rank1.zero.success_diff} and the collision rate by "
+                "{m:closed_loop.head_rank1.zero.collision_diff}; it removes every success in "
+                "{h:critical_head_removes_all_successes} ({fig:ablations}).")
+    return ("Zero-ablating the most important head (head_rank1, chosen per seed by this very effect) changes the "
+            "closed-loop success rate by {m:closed_loop.head_rank1.zero.success_diff} and the collision rate by "
+            "{m:closed_loop.head_rank1.zero.collision_diff}; it removes every success in "
+            "{h:critical_head_removes_all_successes} ({fig:ablations}).")
+
+
+def _other_heads(c: Context) -> str | None:
+    others = c.heads()[1:]
+    if not others:
+        return None
+    parts = [f"{h} changes success by {{m:closed_loop.{h}.zero.success_diff}} and collisions by "
+             f"{{m:closed_loop.{h}.zero.collision_diff}}" for h in others]
+    return ("Zero-ablating " + _join(parts) + "; head_rank2 leaves success intact in "
+            "{h:other_head_not_needed_for_success} ({fig:ablations}).")
+
+
+def _branch(c: Context) -> str:
+    return ("Zeroing the whole attention branch changes success by "
+            "{m:interventions.branch_ablation.zero.success_diff} and collisions by "
+            "{m:interventions.branch_ablation.zero.collision_diff}; mean-ablating it changes collisions by "
+            "{m:interventions.branch_ablation.mean.collision_diff} ({fig:ablations}).")
+
+
+# ------------------------------------------------------------------------------------ attention
+
+def _attention_share(c: Context) -> str:
+    heads = c.heads() or ["head_rank1"]
+    parts = [f"{h} {{m:rollout.trained.attention_off_ego.{h}}} "
+             f"(untrained {{v:rollout.untrained.attention_off_ego.{h}}})" for h in heads]
+    shares = [c.value(f"rollout.trained.attention_off_ego.{h}") for h in heads]
+    finite = [s for s in shares if math.isfinite(s)]
+    if finite and max(finite) < LITTLE_ATTENTION:
+        verdict = (f" Every head leaves less than {LITTLE_ATTENTION:.0%} of its attention to the other vehicles, so "
+                   "the rank correlations below describe how a small remainder is spread, not where the heads look.")
+    elif finite:
+        verdict = " The findings below are about how that share is spread over the vehicles."
+    else:
+        verdict = ""
+    return ("Share of attention on the other vehicles rather than the ego, mean over recorded steps: "
+            + _join(parts) + "." + verdict)
+
+
+def _agreement(c: Context) -> str:
+    parts = [f"{h} {{m:attributions.trained.agreement.shapley.{h}.spearman_mean}} (untrained "
+             f"{{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}})" for h in c.heads() or ["head_rank1"]]
+    return ("Per step, the Spearman correlation between a head's attention over the vehicles and the vehicles' "
+            "|Shapley values| has a mean of " + _join(parts) + "; trained above untrained for every head in "
+            "{h:attention_tracks_shapley} ({fig:attention_vs_attribution}).")
+
+
+def _top1(c: Context) -> str:
+    parts = [f"{{pct:attributions.trained.agreement.shapley.{h}.top1_rate}} of steps for {h}"
+             for h in c.heads() or ["head_rank1"]]
+    return ("The vehicle a head attends to most is also the one with the largest |Shapley value| on "
+            + _join(parts) + " ({fig:attention_vs_attribution}).")
+
+
+def _removal(c: Context) -> str:
+    return ("Removing the most-attended vehicle from the observation changes closed-loop collisions by "
+            "{m:interventions.vehicle_removal.most_attended.collision_diff}, removing a random vehicle by "
+            "{m:interventions.vehicle_removal.random.collision_diff} (most-attended above random in "
+            "{h:most_attended_beats_random_vehicle}) ({fig:ablations}).")
+
+
+def _path_patching(c: Context) -> str | None:
+    closer = [f"{{m:interventions.path_patching_restored.vehicle_closer.{h}_key}} through {h} alone"
+              for h in c.heads() if c.has(f"interventions.path_patching_restored.vehicle_closer.{h}_key")]
+    if not closer:
+        return None
+    slower = ("; when the ego slows down, head_rank1's value path restores "
+              "{m:interventions.path_patching_restored.ego_slower.head_rank1_value}"
+              if c.has("interventions.path_patching_restored.ego_slower.head_rank1_value") else "")
+    return ("When a vehicle is moved closer, the share of the change in Q(SLOWER) − Q(FASTER) that path patching "
+            "its new key restores is " + _join(closer) + slower + " ({fig:patching}).")
+
+
+# --------------------------------------------------------------------------------- attributions
+
+def _ig(c: Context) -> str:
+    return ("Every integrated-gradients path is cut where a ReLU of the network switches and each piece is "
+            f"integrated with {c.param('attributions.segment_points')} Gauss-Legendre points (a mean of "
+            "{v:attributions.trained.ig_completeness.others_zeroed.q.mean_points} gradient evaluations per step, "
+            "at most {max:attributions.trained.ig_completeness.others_zeroed.q.max_points} in any seed). IG "
+            "(others-zeroed baseline, Q) is then complete within 1% of ΔQ on "
+            "{pct:attributions.trained.ig_completeness.others_zeroed.q.fraction_within} of the trained network's "
+            "analysed steps (largest relative error in any seed "
+            "{max:attributions.trained.ig_completeness.others_zeroed.q.max_rel_error}). Every IG and the "
+            "conductance at the output MLP's input are complete on every step in {h:ig_complete} "
+            "({fig:ig_features}).")
+
+
+def _conductance(c: Context) -> str:
+    return ("Layer conductance at the output MLP's input adds up to ΔQ within 1% on "
+            "{pct:attributions.trained.conductance_completeness.hook_resid.fraction_within} of steps "
+            "({fig:layer_conductance}).")
+
+
+def _shapley(c: Context) -> str:
+    return (f"Vehicle Shapley values ({c.param('attributions.shapley_samples')} permutations per step) satisfy "
+            "efficiency to a largest relative error in any seed of "
+            "{max:attributions.trained.shapley_efficiency.max_rel_error} ({h:shapley_efficient}).")
+
+
+def _deletion(c: Context) -> str:
+    verdict = c.intervals_apart("attributions.trained.deletion_auc_q.random",
+                                "attributions.trained.deletion_auc_q.ig_others_zeroed")
+    tail = {True: " (IG orders lower it faster: the intervals do not overlap).",
+            False: " (the intervals overlap).", None: "."}[verdict]
+    return ("Deleting vehicles in IG order lowers Q(chosen) with an area under the deletion curve of "
+            "{m:attributions.trained.deletion_auc_q.ig_others_zeroed} against "
+            "{m:attributions.trained.deletion_auc_q.random} for random orders" + tail)
+
+
+# ----------------------------------------------------------------------------- circuits, neurons
+
+def _circuits(c: Context) -> str:
+    heads = c.heads() or ["head_rank1"]
+    qk = _join([f"{{m:circuits.rel_diff_trained_vs_untrained.QK.{h}}} ({h})" for h in heads])
+    ov = _join([f"{{m:circuits.rel_diff_trained_vs_untrained.OV.{h}}} ({h})" for h in heads])
+    return ("Relative Frobenius difference between the trained circuits and the same network's at initialisation: "
+            f"QK {qk}; OV {ov}; the output composite "
+            "{m:circuits.rel_diff_trained_vs_untrained.output_composite} ({fig:qk_circuits}, {fig:ov_circuits}, "
+            "{fig:embedding_composites}).")
+
+
+def _neuron_ablation(c: Context) -> str:
+    k = c.param("interventions.top_k")
+    return (f"Mean-ablating the {k} top-conductance neurons of the others-embedding's first layer changes Q by a "
+            "mean |ΔQ| of {m:interventions.neuron_ablation.others_embedding_hook_post_0.top_abs_dq} against "
+            f"{{m:interventions.neuron_ablation.others_embedding_hook_post_0.random_abs_dq}} for random {k}-neuron "
+            "sets (top above random in {h:top_conductance_neurons_beat_random}) ({fig:neuron_conductance}).")
+
+
+def _lens(c: Context) -> str:
+    return ("Decoded through the output MLP, the ego's residual alone already picks the final action on "
+            "{pct:neurons.trained.logit_lens_agreement.ego} of steps, adding head_rank1's write "
+            "{pct:neurons.trained.logit_lens_agreement.head_rank1}; a tuned affine lens reaches "
+            "{pct:neurons.trained.tuned_lens_held_out_agreement.ego} on held-out steps from the ego alone "
+            "({fig:logit_lens}).")
+
+
+def _editing(c: Context) -> str:
+    return ("A rank-one edit of the output MLP makes the agent brake at its target step in "
+            "{h:rank_one_edit_hits_target}, flipping {pct:interventions.editing.edit_rank_one.side_flip_rate} of "
+            "other recorded steps, and changes closed-loop collisions by "
+            "{m:interventions.editing.edit_rank_one.closed_collision_diff} (no effect in "
+            "{h:rank_one_edit_no_closed_loop_effect}).")
+
+
 FINDINGS: tuple[Section, ...] = (
-    Section("Performance", (
-        "On held-out episodes the trained agent succeeds in {m:evaluate.trained.success_rate.mean} of episodes "
-        "and collides in {m:evaluate.trained.collision_rate.mean}; the untrained network collides in "
-        "{m:evaluate.untrained.collision_rate.mean} ({fig:evaluation}).",
-        "The trained agent's mean return is {m:evaluate.trained.mean_return.mean} against "
-        "{m:evaluate.untrained.mean_return.mean} untrained; non-overlapping per-seed CIs on collisions in "
-        "{h:trained_fewer_collisions}, on return in {h:trained_higher_return}, and the reference notebook's "
-        "bar (return >= 5.35, collisions <= 0.4) is met in {h:meets_reference_bar} ({fig:evaluation}).",
-        "Over the last 100 training episodes the return is {m:train.return_last100} with "
-        "{m:train.collision_last100} collisions ({fig:learning_curves}).",
-        "On the same held-out episodes constant IDLE succeeds in {v:reference.constant_idle.success_rate.mean} "
-        "and collides in {v:reference.constant_idle.collision_rate.mean}, the rule-based driver succeeds in "
-        "{v:reference.rule_based.success_rate.mean}, and the clairvoyant planner (the ceiling) succeeds in "
-        "{v:reference.clairvoyant.success_rate.mean} with {v:reference.clairvoyant.collision_rate.mean} "
-        "collisions; the trained agent reaches {m:reference.ceiling_fraction} of the ceiling's success rate. "
-        "It succeeds more often than constant IDLE (paired CI above 0) in {h:trained_beats_idle_on_success} "
-        "and collides less than constant IDLE in {h:trained_collides_less_than_idle} ({fig:evaluation}).",
-    )),
-    Section("One head carries the policy", (
-        "Zero-ablating the most important head (head_rank1, chosen per seed by this very effect) changes the "
-        "closed-loop success rate by {m:closed_loop.head_rank1.zero.success_diff} and the collision rate by "
-        "{m:closed_loop.head_rank1.zero.collision_diff}; it removes every success in "
-        "{h:critical_head_removes_all_successes} ({fig:ablations}).",
-        "Zero-ablating the other head (head_rank2) changes success by "
-        "{m:closed_loop.head_rank2.zero.success_diff} and collisions by "
-        "{m:closed_loop.head_rank2.zero.collision_diff}; it leaves success intact in "
-        "{h:other_head_not_needed_for_success} ({fig:ablations}).",
-        "Zeroing the whole attention branch changes success by "
-        "{m:interventions.branch_ablation.zero.success_diff} and collisions by "
-        "{m:interventions.branch_ablation.zero.collision_diff} (the agent stops driving), while mean-ablating "
-        "it raises collisions by {m:interventions.branch_ablation.mean.collision_diff} ({fig:ablations}).",
-    )),
-    Section("Attention points at the vehicles that matter", (
-        "Per step, head_rank1's attention and the vehicles' |Shapley values| have a mean Spearman correlation of "
-        "{m:attributions.trained.agreement.shapley.head_rank1.spearman_mean} (untrained "
-        "{m:attributions.untrained.agreement.shapley.head_rank1.spearman_mean}); head_rank2: "
-        "{m:attributions.trained.agreement.shapley.head_rank2.spearman_mean} (untrained "
-        "{m:attributions.untrained.agreement.shapley.head_rank2.spearman_mean}); trained above untrained for "
-        "both heads in {h:attention_tracks_shapley} ({fig:attention_vs_attribution}).",
-        "The most-attended vehicle is also the one with the largest |Shapley value| on "
-        "{pct:attributions.trained.agreement.shapley.head_rank1.top1_rate} of steps for head_rank1 and "
-        "{pct:attributions.trained.agreement.shapley.head_rank2.top1_rate} for head_rank2 "
-        "({fig:attention_vs_attribution}).",
-        "Removing the most-attended vehicle from the observation raises closed-loop collisions by "
-        "{m:interventions.vehicle_removal.most_attended.collision_diff}, removing a random vehicle by "
-        "{m:interventions.vehicle_removal.random.collision_diff} (most-attended above random in "
-        "{h:most_attended_beats_random_vehicle}) ({fig:ablations}).",
-        "When a vehicle is moved closer, path patching its new key into head_rank2 alone restores "
-        "{m:interventions.path_patching_restored.vehicle_closer.head_rank2_key} of the change in "
-        "Q(SLOWER) − Q(FASTER), into head_rank1 alone "
-        "{m:interventions.path_patching_restored.vehicle_closer.head_rank1_key}; "
-        "when the ego slows down, head_rank1's value path restores "
-        "{m:interventions.path_patching_restored.ego_slower.head_rank1_value} ({fig:patching}).",
-    )),
-    Section("Attributions are checked, not assumed", (
-        "Every integrated-gradients path is cut where a ReLU of the network switches and each piece is "
-        "integrated with Gauss-Legendre points (a mean of "
-        "{v:attributions.trained.ig_completeness.others_zeroed.q.mean_points} gradient evaluations per step, "
-        "at most {v:attributions.trained.ig_completeness.others_zeroed.q.max_points}). IG (others-zeroed "
-        "baseline, Q) is then complete within 1% of ΔQ on "
-        "{pct:attributions.trained.ig_completeness.others_zeroed.q.fraction_within} of the trained network's "
-        "analysed steps (largest relative error "
-        "{v:attributions.trained.ig_completeness.others_zeroed.q.max_rel_error}). Every IG and the "
-        "conductance at the output MLP's input are complete on every step in {h:ig_complete} "
-        "({fig:ig_features}).",
-        "Layer conductance at the output MLP's input adds up to ΔQ within 1% on "
-        "{pct:attributions.trained.conductance_completeness.hook_resid.fraction_within} of steps "
-        "({fig:layer_conductance}).",
-        "Vehicle Shapley values satisfy efficiency to a largest relative error of "
-        "{v:attributions.trained.shapley_efficiency.max_rel_error} ({h:shapley_efficient}).",
-        "Deleting vehicles in IG order lowers Q(chosen) with an area under the deletion curve of "
-        "{m:attributions.trained.deletion_auc_q.ig_others_zeroed} against "
-        "{m:attributions.trained.deletion_auc_q.random} for random orders.",
-    )),
-    Section("Circuits and neurons", (
-        "Training moved every circuit far from its initialisation: relative Frobenius difference of the QK "
-        "circuit {m:circuits.rel_diff_trained_vs_untrained.QK.head_rank1} (head_rank1) and "
-        "{m:circuits.rel_diff_trained_vs_untrained.QK.head_rank2} (head_rank2), of the OV circuit "
-        "{m:circuits.rel_diff_trained_vs_untrained.OV.head_rank1} and "
-        "{m:circuits.rel_diff_trained_vs_untrained.OV.head_rank2}, of the output composite "
-        "{m:circuits.rel_diff_trained_vs_untrained.output_composite} ({fig:qk_circuits}, {fig:ov_circuits}, "
-        "{fig:embedding_composites}).",
-        "Mean-ablating the five top-conductance neurons of the others-embedding's first layer changes Q by a "
-        "mean |ΔQ| of "
-        "{m:interventions.neuron_ablation.others_embedding_hook_post_0.top_abs_dq} against "
-        "{m:interventions.neuron_ablation.others_embedding_hook_post_0.random_abs_dq} for random five-neuron "
-        "sets (top above random in {h:top_conductance_neurons_beat_random}) ({fig:neuron_conductance}).",
-        "Decoded through the output MLP, the ego's residual alone already picks the final action on "
-        "{pct:neurons.trained.logit_lens_agreement.ego} of steps, adding head_rank1's write "
-        "{pct:neurons.trained.logit_lens_agreement.head_rank1}; a tuned affine lens reaches "
-        "{pct:neurons.trained.tuned_lens_held_out_agreement.ego} on held-out steps from the ego alone "
-        "({fig:logit_lens}).",
-    )),
-    Section("Editing", (
-        "A rank-one edit of the output MLP makes the agent brake at its target step in "
-        "{h:rank_one_edit_hits_target}, flipping {pct:interventions.editing.edit_rank_one.side_flip_rate} of "
-        "other recorded steps, yet changes closed-loop collisions by "
-        "{m:interventions.editing.edit_rank_one.closed_collision_diff} (no effect in "
-        "{h:rank_one_edit_no_closed_loop_effect}).",
-    )),
+    Section("Performance", (_held_out, _returns, _training, _reference)),
+    Section("Which head carries the policy", (_first_head, _other_heads, _branch)),
+    Section("How much attention the vehicles get, and how it ranks them",
+            (_attention_share, _agreement, _top1, _removal, _path_patching)),
+    Section("Attributions are checked, not assumed", (_ig, _conductance, _shapley, _deletion)),
+    Section("Circuits and neurons", (_circuits, _neuron_ablation, _lens)),
+    Section("Editing", (_editing,)),
 )
 
-LIMITS = (
-    "{n_seeds} seeds: every CI over seeds is a Student-t interval with {df} degrees of freedom, so it is "
-    "wide; the per-seed tables carry bootstrap CIs over episodes and steps.",
-    "Heads are matched across seeds by their closed-loop role (head_rank1 = the head whose zero-ablation "
-    "costs the most successes in that seed), which makes the head_rank1 ablation effect large by "
-    "construction; the other head's numbers are the comparison.",
-    "The untrained baseline collides in {untrained_collisions} of held-out episodes and behaves close to a "
-    "constant policy, so trained-vs-untrained contrasts are against a near no-op driver.",
-    "Attribution and circuit analyses use recorded steps of the agent's own greedy rollouts (at most "
-    "`attributions.max_steps` per network), not a designed distribution of scenes.",
-)
+
+def limits(c: Context, untrained_collisions: str) -> list[str]:
+    """The report's limits, worded for this run's number of seeds."""
+    n = len(list(c.param("seeds") or []))                                     # type: ignore[call-overload]
+    if n >= 2:
+        over_seeds = (f"{n} seeds: a CI over seeds is a Student-t interval with {n - 1} degrees of freedom "
+                      "(wide); held-out rates, returns and attention shares use a bootstrap over seeds and "
+                      "episodes, which stays inside [0, 1] for rates.")
+    else:
+        over_seeds = ("One seed: no interval over seeds exists; held-out rates, returns and attention shares carry "
+                      "a bootstrap interval over that seed's episodes, other numbers are that seed's values.")
+    return [
+        over_seeds,
+        "Heads are matched across seeds by their closed-loop role (head_rank1 = the head whose zero-ablation "
+        "costs the most successes in that seed), which makes the head_rank1 ablation effect large by "
+        "construction; the other heads' numbers are the comparison.",
+        f"The untrained baseline collides in {untrained_collisions} of held-out episodes and behaves close to a "
+        "constant policy, so trained-vs-untrained contrasts are against a near no-op driver.",
+        f"Attribution and circuit analyses use at most {c.param('attributions.max_steps')} recorded steps of the "
+        "agent's own greedy rollouts per network, not a designed distribution of scenes.",
+    ]
 
 
 # ------------------------------------------------------------------------------------ filling
@@ -195,6 +362,8 @@ def fill(template: str, summary: pd.DataFrame, holds: pd.DataFrame, figures: Map
         mean = value(name, "mean")
         if kind == "v":
             return format_number(mean)
+        if kind == "max":
+            return format_number(value(name, "max") if "max" in table.columns else mean)
         if kind == "pct":
             return "n/a" if not math.isfinite(mean) else f"{100 * mean:.0f}%"
         low, high = value(name, "ci_low"), value(name, "ci_high")
@@ -231,27 +400,30 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
     """The whole report as Markdown. summary/holds: the aggregate stage's tables; figures: name ->
     caption (`egolens.plots.FIGURES`); params: params.yaml as a dict; versions: package -> version."""
     missing: list[str] = []
-    seeds = list(params.get("seeds", []))                                     # type: ignore[arg-type]
+    context = Context(summary, holds, params)
+    heads, width = context.param("agent.heads"), context.param("agent.feature_size")
     out = ["# egolens: what an ego-attention DQN looks at, and what it uses", "",
-           "_Generated by `dvc repro` (stage `report`) from `results/summary.csv` and `results/holds.csv`; "
-           "do not edit by hand. Numbers are means over seeds with 95% CIs over seeds in brackets._", "",
+           "_Generated by `dvc repro` (stage `report`) from `results/summary.csv`, `results/holds.csv` and "
+           "params.yaml; do not edit by hand. Numbers are means over seeds with 95% CIs in brackets (see Limits "
+           "for how each interval is made)._", "",
            "## Question", "", QUESTION, "", "## Setup", "",
-           "The reference ego-attention network (2 heads, 64-wide embeddings, rl-agents layout) trained with "
-           "DQN on `intersection-v0`, one agent per seed, each compared with the same network at "
+           f"The reference ego-attention network ({heads} head{'s' if heads != 1 else ''}, {width}-wide "
+           f"embeddings, rl-agents layout) trained with DQN on `intersection-v0`, one agent per seed "
+           f"({len(list(context.param('seeds') or []))} seeds), each compared with the same network at "
            "initialisation.", "", *setup_lines(params, versions), "", "## Findings", ""]
     for section in sections:
+        sentences = [template for sentence in section.sentences if (template := sentence(context)) is not None]
         out += [f"### {section.title}", ""]
-        out += [f"- {fill(sentence, summary, holds, figures, missing)}" for sentence in section.sentences]
+        out += [f"- {fill(template, summary, holds, figures, missing)}" for template in sentences]
         out.append("")
     out += ["## Findings per seed", "", "| finding | holds | statement |", "| --- | --- | --- |"]
     out += [f"| `{row.finding}` | {row.holds} | {row.statement} |" for row in holds.itertuples(index=False)]
     out += ["", "## Figures", ""]
     out += [f"- [`{name}`](figures/{name}.png): {caption}" for name, caption in figures.items()]
     untrained = fill("{m:evaluate.untrained.collision_rate.mean}", summary, holds, figures, missing)
-    limits = [limit.format(n_seeds=len(seeds), df=max(len(seeds) - 1, 0), untrained_collisions=untrained)
-              for limit in LIMITS]
+    notes = limits(context, untrained)
     if missing:
-        limits.append("Not available in this run (rendered n/a): " + ", ".join(f"`{m}`" for m in sorted(set(missing)))
-                      + ".")
-    out += ["", "## Limits", "", *[f"- {limit}" for limit in limits], ""]
+        notes.append("Not available in this run (rendered n/a): " + ", ".join(f"`{m}`" for m in sorted(set(missing)))
+                     + ".")
+    out += ["", "## Limits", "", *[f"- {note}" for note in notes], ""]
     return "\n".join(out)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from egolens.plots import FIGURES
+from egolens.report import format_number
 from tests.conftest import ROOT, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -162,9 +163,32 @@ def test_experiments_change_a_param_and_compare_with_the_baseline(tmp_path):
     assert len(everyday.columns) <= 30, list(everyday.columns)
     circuits = json.loads((repo / "results/seeds/seed0/circuits/summary.json").read_text())
     assert "head1" not in json.dumps(circuits["rel_diff_trained_vs_untrained"])  # the workspace: one head
+    check_report_states_the_run(repo)
     run(repo, dvc, "plots", "diff", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
 
+
+
+def check_report_states_the_run(repo: Path) -> None:
+    """The report of a non-default run (1 seed, 1 head, interventions.top_k 2, 5 training episodes)
+    states those settings, and every "mean [low, high]" it prints is a row of summary.csv."""
+    report = (repo / "results/report.md").read_text()
+    findings = report.split("## Findings per seed")[0]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["agent"]["heads"] == 1 and params["seeds"] == [0] and params["train"]["episodes"] == 5
+    assert "(1 head, 64-wide" in findings and "head_rank2" not in findings
+    assert "last 5 of 5 training episodes" in findings and "One seed: no interval over seeds" in report
+    k = params["interventions"]["top_k"]
+    assert f"the {k} top-conductance neurons" in findings and f"random {k}-neuron sets" in findings
+    summary = pd.read_csv(repo / "results/summary.csv")
+    rows = {(format_number(r.mean), format_number(r.ci_low), format_number(r.ci_high))
+            for r in summary.itertuples(index=False)}
+    triples = re.findall(r"(-?[0-9][0-9.e+-]*) \[(-?[0-9][0-9.e+-]*), (-?[0-9][0-9.e+-]*)\]", findings)
+    assert triples, findings
+    assert set(triples) <= rows, set(triples) - rows
+    holds = pd.read_csv(repo / "results/holds.csv")
+    for count in re.findall(r"(\d+/\d+) seeds", findings):
+        assert count in set(holds["holds"]), count
 
 
 def commit_all(repo: Path, message: str) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from egolens.report import FINDINGS, PLACEHOLDER, build_report, fill, format_number
+from egolens.report import FINDINGS, PLACEHOLDER, Context, build_report, fill, format_number
 
 
 def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -39,24 +39,78 @@ def test_numbers_keep_three_significant_digits():
         ["0", "0.123", "-0.5", "5.97", "69.2", "123", "2.00e-04", "n/a"]
 
 
+def params(heads: int = 2, seeds=(0, 1, 2), episodes: int = 6000, top_k: int = 5) -> dict:
+    return {"seeds": list(seeds), "train": {"episodes": episodes}, "agent": {"heads": heads, "feature_size": 64},
+            "evaluate": {"episodes": 100}, "interventions": {"top_k": top_k},
+            "attributions": {"max_steps": 300, "segment_points": 2, "shapley_samples": 25}}
+
+
+def study_tables(heads: int, off_ego: float, seeds: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tables with every metric the report reads for `heads` heads; each head's attention share off the ego."""
+    rows = []
+    for h in range(1, heads + 1):
+        rows += [{"metric": f"closed_loop.head_rank{h}.zero.success_diff", "mean": -0.1 * h},
+                 {"metric": f"rollout.trained.attention_off_ego.head_rank{h}", "mean": off_ego}]
+    rows += [{"metric": "evaluate.trained.success_rate.mean", "mean": 0.6, "ci_low": 0.5, "ci_high": 0.7},
+             {"metric": "evaluate.untrained.success_rate.mean", "mean": 0.55, "ci_low": 0.45, "ci_high": 0.65},
+             {"metric": "attributions.trained.shapley_efficiency.max_rel_error", "mean": 1e-6, "max": 3e-6}]
+    summary = pd.DataFrame(rows).assign(n_seeds=seeds)
+    for column in ("ci_low", "ci_high", "max"):
+        if column not in summary:
+            summary[column] = math.nan
+    holds = pd.DataFrame([{"finding": "works", "statement": "It works.", "n_seeds": seeds, "n_holds": 2,
+                           "holds": f"2/{seeds}"}])
+    return summary, holds
+
+
 def test_report_has_every_part_and_lists_what_it_could_not_fill():
     summary, holds = tables()
-    params = {"seeds": [0, 1, 2], "train": {"episodes": 6000}, "agent": {"heads": 2}}
-    report = build_report(summary, holds, {"curves": "Learning curves."}, params, {"torch": "2.13.0"})
+    report = build_report(summary, holds, {"curves": "Learning curves."}, params(), {"torch": "2.13.0"})
     for heading in ("## Question", "## Setup", "## Findings", "## Findings per seed", "## Figures", "## Limits"):
         assert heading in report
     assert "- `train.episodes`: 6000" in report and "torch 2.13.0" in report
     assert "| `works` | 2/3 | It works. |" in report
     assert "Student-t interval with 2 degrees of freedom" in report
-    # the study's templates name metrics this toy table lacks: each is listed, none is invented
-    needed = {f"{k}:{n}" for s in FINDINGS for t in s.sentences for k, n in PLACEHOLDER.findall(t)}
+    # the study's sentences name metrics this toy table lacks: each is listed, none is invented
+    context = Context(summary, holds, params())
+    needed = {f"{k}:{n}" for s in FINDINGS for sentence in s.sentences if (t := sentence(context))
+              for k, n in PLACEHOLDER.findall(t)}
     assert "Not available in this run" in report
     for name in needed - {"m:a.rate"}:
         assert f"`{name}`" in report
 
 
-def test_the_study_templates_only_use_known_placeholder_kinds():
+def test_settings_and_head_counts_come_from_the_params_and_tables():
+    two = build_report(*study_tables(heads=2, off_ego=0.5), {}, params(), {})
+    one = build_report(*study_tables(heads=1, off_ego=0.5, seeds=1), {}, params(heads=1, seeds=(0,), episodes=5,
+                                                                                  top_k=2), {})
+    assert "(2 heads, 64-wide" in two and "(1 head, 64-wide" in one
+    assert "head_rank2" in two and "head_rank2" not in one.split("## Findings per seed")[0]
+    assert "the network's single head" in one
+    assert "the 5 top-conductance neurons" in two and "random 5-neuron sets" in two
+    assert "the 2 top-conductance neurons" in one and "random 2-neuron sets" in one and "five" not in one
+    assert "last 100 of 6000 training episodes" in two and "last 5 of 5 training episodes" in one
+    assert "One seed: no interval over seeds" in one and "0 degrees of freedom" not in one
+    # a worst case is the largest value over seeds, not a mean of per-seed maxima
+    assert "largest relative error in any seed of 3.00e-06" in two
+    # trained and untrained success are stated side by side, with what their intervals say
+    assert "succeeds in 0.6 [0.5, 0.7]" in two and "untrained network succeeds in 0.55 [0.45, 0.65]" in two
+    assert "intervals overlap" in two
+
+
+def test_attention_is_not_called_pointing_when_the_vehicles_get_little_of_it():
+    little = build_report(*study_tables(heads=2, off_ego=0.05), {}, params(), {})
+    ample = build_report(*study_tables(heads=2, off_ego=0.5), {}, params(), {})
+    assert "head_rank1 0.05" in little and "not where the heads look" in little
+    assert "not where the heads look" not in ample
+    assert "points at" not in little and "points at" not in ample
+
+
+def test_the_study_sentences_only_use_known_placeholder_kinds():
+    context = Context(*study_tables(heads=2, off_ego=0.5), params())
     for section in FINDINGS:
         for sentence in section.sentences:
-            stripped = PLACEHOLDER.sub("", sentence)
-            assert "{" not in stripped and "}" not in stripped, sentence
+            template = sentence(context)
+            if template is not None:
+                stripped = PLACEHOLDER.sub("", template)
+                assert "{" not in stripped and "}" not in stripped, template
