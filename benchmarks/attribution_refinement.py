@@ -5,7 +5,7 @@ On recorded steps of a trained network (needs `models/seed<N>/agent.pt` and
 `data/seed<N>/rollouts_trained.npz`, e.g. after `dvc pull`), integrated gradients of the recorded
 action's Q with the `others_zeroed` baseline, integrated (a) with `--max-points` Gauss-Legendre
 points for every step (captum over the whole path) and (b) cut at the ReLU kinks, 2 points per
-piece, kink grid refined per step (`attribution.kink_aware_integrated_gradients`, the study's
+piece, kink grid refined per step (`gradients.kink_aware_integrated_gradients`, the study's
 defaults). Prints seconds, the share of steps complete within 1%, the largest relative error and
 the mean gradient evaluations per step of each, and the time ratio fixed / kink-aware.
 """
@@ -18,7 +18,10 @@ import time
 import numpy as np
 import torch
 
-from egolens.analysis import attribution as attr
+from egolens.analysis.attribution_tables import select_steps
+from egolens.analysis.baselines import others_zeroed
+from egolens.analysis.faithfulness import completeness_stats, completeness_table
+from egolens.analysis.gradients import integrated_gradients, kink_aware_integrated_gradients
 from egolens.config import load_params
 from stages import DATA, load_net
 
@@ -26,7 +29,7 @@ from stages import DATA, load_net
 def completeness(net: torch.nn.Module, obs: torch.Tensor, base: torch.Tensor, ig: torch.Tensor,
                  action: torch.Tensor) -> str:
     """Share of the steps with |ΔQ| >= 1e-3 whose completeness error is below 1%, and the largest error."""
-    stats = attr.completeness_stats(attr.completeness_table(net, obs, base, ig, action))
+    stats = completeness_stats(completeness_table(net, obs, base, ig, action))
     return f"within 1%: {stats['fraction_within']:.3f}, max rel error {stats['max_rel_error']:.2e}"
 
 
@@ -40,18 +43,19 @@ def main() -> None:
     params = load_params("params.yaml")
     net = load_net(params, args.seed, "trained")
     with np.load(DATA / f"seed{args.seed}" / "rollouts_trained.npz") as arrays:
-        records = attr.select_steps(len(arrays["obs"]), args.steps)
+        records = select_steps(len(arrays["obs"]), args.steps)
         obs = torch.from_numpy(arrays["obs"][records]).float()
         action = torch.from_numpy(arrays["action"][records]).long()
-    base = attr.others_zeroed(obs)
+    base = others_zeroed(obs)
 
     start = time.perf_counter()
-    fixed, _ = attr.integrated_gradients(net, obs, action, base, args.max_points, 4096)
+    fixed, _ = integrated_gradients(net, obs, action, base, args.max_points, 4096)
     t_fixed = time.perf_counter() - start
     cfg = params.attributions
     start = time.perf_counter()
-    kinked = attr.kink_aware_integrated_gradients(net, obs, action, base, cfg.path_grid, cfg.path_grid_max,
-                                                  cfg.segment_points, cfg.internal_batch_size)
+    kinked = kink_aware_integrated_gradients(net, obs, action, base, cfg.path_grid, cfg.path_grid_max,
+                                             cfg.segment_points, cfg.internal_batch_size, tolerance=cfg.tolerance,
+                                             min_delta=cfg.min_delta)
     t_kinked = time.perf_counter() - start
 
     print(f"{len(obs)} steps of seed {args.seed}, IG of Q(recorded action), baseline others_zeroed")

@@ -15,6 +15,7 @@ import time
 import torch
 
 from egolens import checkpoint
+from egolens.analysis import editing
 from egolens.analysis import interventions as iv
 from egolens.config import Params
 from egolens.env import make_runner
@@ -52,7 +53,7 @@ def main() -> None:
         "none": iv.Intervened(net),
         "head0_zero (hook)": iv.Intervened(net, iv.head_ablation(0)),
         "vehicle_most_attended (obs edit)": iv.Intervened(net, obs_edit=iv.remove_most_attended(net)),
-        "edit_head_scale (copy)": iv.Intervened(iv.scale_head_output(net, 0, 2.0)),
+        "edit_head_scale (copy)": iv.Intervened(editing.scale_head_output(net, 0, 2.0)),
     }
     times: dict[tuple[str, int], float] = {}
     for num_envs in (1, 2):

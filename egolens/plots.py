@@ -144,52 +144,106 @@ def _short_layer(layer: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- circuits
 
-def _head_circuits(head_matrices: pd.DataFrame, matrix: str, title: str, ylabel: str, xlabel: str) -> Figure:
-    table = head_matrices[head_matrices["matrix"] == matrix]
+def _rank_name(seed: object, head: int, ranks: Mapping | None) -> str:
+    by_head = (ranks or {}).get(seed)
+    return f"head_rank{by_head[head]}" if by_head and head in by_head else f"head {head}"
+
+
+def _projected_circuits(features: pd.DataFrame, raw: pd.DataFrame, matrix: str, raw_matrix: str,
+                        ranks: Mapping | None, title: str, ylabel: str, xlabel: str, raw_labels: tuple[str, str],
+                        ) -> Figure:
+    """Top: per seed (rows) and head (by role) the trained and untrained circuit projected onto the
+    input features, one shared symmetric scale. Bottom: the first seed's raw trained matrices."""
+    table = features[features["matrix"] == matrix]
+    seeds = sorted(table["seed"].unique())
     heads = sorted(table["head"].unique())
-    mats = {(m, h): _matrix(table[(table["model"] == m) & (table["head"] == h)].sort_values(["row", "col"]))
-            for m in (*MODELS, "difference") for h in heads}
-    shared = _symmetric_limit(*(mats[m, h] for m in MODELS for h in heads))
-    diff = _symmetric_limit(*(mats["difference", h] for h in heads))
-    fig = Figure(figsize=(13.5, 4.3 * len(heads) + 0.8), layout="constrained")
-    axes = fig.subplots(len(heads), 3, squeeze=False)
-    images = {}
-    for r, h in enumerate(heads):
-        for c, model in enumerate((*MODELS, "difference")):
-            limit = diff if model == "difference" else shared
+    order = {seed: sorted(heads, key=lambda h: _rank_name(seed, h, ranks)) for seed in seeds}
+    rows_order = list(pd.unique(table["row"]))
+    cols_order = list(pd.unique(table["col"]))
+
+    def panel(seed: object, head: int, model: str) -> np.ndarray:
+        part = table[(table["seed"] == seed) & (table["head"] == head) & (table["model"] == model)]
+        return part.pivot(index="row", columns="col", values="value").reindex(index=rows_order,
+                                                                          columns=cols_order).to_numpy()
+
+    mats = {(seed, h, m): panel(seed, h, m) for seed in seeds for h in heads for m in MODELS}
+    limit = _symmetric_limit(*mats.values())
+    cell = 0.42
+    width = max(len(cols_order) * cell * len(heads) * 2 + 2.5, 9.0)
+    top_height = len(seeds) * (len(rows_order) * cell + 1.0)
+    fig = Figure(figsize=(width, top_height + 4.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[top_height, 4.2])
+    axes = top.subplots(len(seeds), 2 * len(heads), squeeze=False)
+    image = None
+    for r, seed in enumerate(seeds):
+        for c, (h, model) in enumerate((h, m) for h in order[seed] for m in MODELS):
             ax = axes[r, c]
-            images[model] = ax.imshow(mats[model, h], cmap=DIVERGING, vmin=-limit, vmax=limit, interpolation="nearest")
-            name = "trained − untrained" if model == "difference" else model
-            ax.set_title(f"head {h}, {name}\nmax |entry| {np.nanmax(np.abs(mats[model, h])):.3g}")
-            ax.set_ylabel(ylabel)
-            ax.set_xlabel(xlabel)
+            image = ax.imshow(mats[seed, h, model], cmap=DIVERGING, vmin=-limit, vmax=limit, interpolation="nearest",
+                              aspect="auto")
+            ax.set_title(f"seed {seed}, {_rank_name(seed, h, ranks)}, {model}", fontsize=9)
+            ax.set_yticks(range(len(rows_order)), rows_order if c == 0 else [""] * len(rows_order), fontsize=8)
+            ax.set_xticks(range(len(cols_order)), cols_order if r == len(seeds) - 1 else [""] * len(cols_order),
+                          rotation=60, fontsize=8)
+            ax.set_ylabel(ylabel if c == 0 else ylabel.split(" (")[0], fontsize=8)
+            ax.set_xlabel(xlabel if r == len(seeds) - 1 else xlabel.split(" (")[0], fontsize=8)
             ax.grid(False)
-    fig.colorbar(images["trained"], ax=axes[:, :2].ravel().tolist(), shrink=0.8,
-                 label=f"{matrix} entry (trained and untrained: shared symmetric scale ±{shared:.3g})")
-    fig.colorbar(images["difference"], ax=axes[:, 2].ravel().tolist(), shrink=0.8,
-                 label=f"trained − untrained (own symmetric scale ±{diff:.3g})")
+    top.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"entry (shared symmetric scale ±{limit:.3g})")
+    top.suptitle(title)
+    first = seeds[0]
+    raw_table = raw[(raw["matrix"] == raw_matrix) & (raw["model"] == "trained")]
+    raw_heads = order[first]
+    raw_axes = bottom.subplots(1, len(raw_heads), squeeze=False)[0]
+    raw_mats = {h: _matrix(raw_table[raw_table["head"] == h].sort_values(["row", "col"])) for h in raw_heads}
+    raw_limit = _symmetric_limit(*raw_mats.values())
+    for ax, h in zip(raw_axes, raw_heads):
+        image = ax.imshow(raw_mats[h], cmap=DIVERGING, vmin=-raw_limit, vmax=raw_limit, interpolation="nearest")
+        ax.set_title(f"seed {first}, {_rank_name(first, h, ranks)}, trained (raw)", fontsize=9)
+        ax.set_ylabel(raw_labels[0])
+        ax.set_xlabel(raw_labels[1])
+        ax.grid(False)
+    bottom.colorbar(image, ax=raw_axes.tolist(), shrink=0.8, label=f"raw entry (±{raw_limit:.3g})")
+    bottom.suptitle(f"Secondary: the raw {raw_matrix} matrices in embedding dimensions (first seed, trained)",
+                    fontsize=10)
     fig.suptitle(title)
     return fig
 
 
-@_styled
-def qk_circuits(head_matrices: pd.DataFrame) -> Figure:
-    """QK circuits per head (rows) × trained / untrained / difference (columns).
+CIRCUIT_VIEWS = {
+    "QK": ("QK_features", "QK circuits projected onto the input features: which ego features (rows) make a head "
+           "attend to a vehicle with which features (columns); linear parts of the embeddings",
+           "ego feature (query side)", "vehicle feature (key side)",
+           ("ego (query-side) embedding dim", "vehicle (key-side) embedding dim")),
+    "OV": ("OV_actions", "OV circuits projected onto the input features: what attending to a vehicle with each "
+           "feature (columns) writes into each action's Q-value (rows); linear parts of the network",
+           "action (Q-value written)", "vehicle feature (value side)",
+           ("attention-output dim", "vehicle (value-side) embedding dim")),
+}
+"""Raw matrix -> (projected matrix in feature_circuits.csv, title, y label, x label, raw panel labels)."""
 
-    head_matrices: circuits/head_matrices.csv of one seed: row, col (int, 0..D−1), value, model
-    (trained, untrained, difference), matrix (QK, OV), head.
+
+@_styled
+def qk_circuits(feature_circuits: pd.DataFrame, head_matrices: pd.DataFrame,
+                ranks: Mapping[int, Mapping[int, int]] | None = None) -> Figure:
+    """QK circuits projected onto the input features for every seed, heads named by role.
+
+    feature_circuits: circuits/feature_circuits.csv of every seed plus `seed`: row, col (feature names,
+    'bias' for the constant), value, matrix (QK_features, OV_actions), head, model (trained, untrained).
+    head_matrices: circuits/head_matrices.csv of the first seed (raw matrices, the secondary panel).
+    ranks: seed -> head index -> closed-loop rank.
     """
-    return _head_circuits(head_matrices, "QK", "QK circuits W_Qᵀ·W_K per head (first seed): which ego-embedding "
-                          "directions attend to which vehicle-embedding directions",
-                          "ego (query-side) embedding dim", "vehicle (key-side) embedding dim")
+    projected, title, ylabel, xlabel, raw_labels = CIRCUIT_VIEWS["QK"]
+    return _projected_circuits(feature_circuits, head_matrices, projected, "QK", ranks, title, ylabel, xlabel,
+                               raw_labels)
 
 
 @_styled
-def ov_circuits(head_matrices: pd.DataFrame) -> Figure:
-    """OV circuits per head (rows) × trained / untrained / difference (columns); input as `qk_circuits`."""
-    return _head_circuits(head_matrices, "OV", "OV circuits ½·W_O·W_V per head (first seed): what attending to a "
-                          "vehicle writes into the attention output",
-                          "attention-output dim", "vehicle (value-side) embedding dim")
+def ov_circuits(feature_circuits: pd.DataFrame, head_matrices: pd.DataFrame,
+                ranks: Mapping[int, Mapping[int, int]] | None = None) -> Figure:
+    """OV circuits read out as Q-values per action, projected onto the vehicle features, for every
+    seed; inputs as `qk_circuits`."""
+    projected, title, ylabel, xlabel, raw_labels = CIRCUIT_VIEWS["OV"]
+    return _projected_circuits(feature_circuits, head_matrices, projected, "OV", ranks, title, ylabel, xlabel,
+                               raw_labels)
 
 
 @_styled
@@ -519,30 +573,68 @@ def _seed_palette(seeds: Sequence) -> dict:
     return dict(zip(seeds, sns.color_palette("colorblind", len(seeds))))
 
 
+MLP_NAMES = {"ego_embedding": "ego embedding", "others_embedding": "others embedding", "output_layer": "output MLP"}
+
+
+def _layer_label(site: str) -> str:
+    """`others_embedding.hook_post.0` -> "others embedding, layer 1" (layers counted from 1)."""
+    mlp, _, index = site.partition(".hook_post.")
+    return f"{MLP_NAMES.get(mlp, mlp)}, layer {int(index) + 1}" if index.isdigit() else site
+
+
+def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = None) -> str:
+    """A reader's name for one closed-loop condition (a row of interventions/closed_loop.csv); heads
+    are named by their closed-loop role in that seed (head_rank<r>, `ranks`: head index -> rank) as
+    in the report, or by index without ranks."""
+    kind, target, mode = str(row["kind"]), str(row["target"]), str(row["mode"])
+
+    def head(name: str) -> str:
+        index = int(name.removeprefix("head"))
+        return f"head_rank{ranks[index]}" if ranks and index in ranks else f"head {index}"
+
+    units = str(row.get("units", "")).split() if isinstance(row.get("units"), str) else []
+    if kind == "head":
+        return f"{head(target)} {'zeroed' if mode == 'zero' else 'mean-ablated'}"
+    if kind == "branch":
+        return f"attention branch {'zeroed' if mode == 'zero' else 'mean-ablated'}"
+    if kind == "neurons":
+        which = "top-conductance" if mode == "top" else f"random set {int(mode.removeprefix('random')) + 1}:"
+        return f"{_layer_label(target)}: {which} {len(units) or ''} neurons mean-ablated".replace("  ", " ")
+    if kind == "vehicle":
+        return f"{'most-attended' if target == 'most_attended' else 'random'} vehicle removed"
+    if kind == "edit":
+        return "rank-one brake edit" if mode == "rank_one" else f"{head(target)} output scaled {mode}"
+    return str(row["condition"])
+
+
 @_styled
-def ablations(closed_loop: pd.DataFrame, metrics: Sequence[str] = ("success", "collision")) -> Figure:
+def ablations(closed_loop: pd.DataFrame, metrics: Sequence[str] = ("success", "collision"),
+              ranks: Mapping[int, Mapping[int, int]] | None = None) -> Figure:
     """Each ablation's change in `metrics` vs the unablated agent with its stored paired CI, per seed.
 
-    closed_loop: interventions/closed_loop.csv of every seed plus `seed`: condition, kind, metric,
-    diff, diff_ci_low, diff_ci_high (rate differences, fractions of episodes). The control row
-    (kind 'none') is not drawn. Conditions keep the table's names: head k of one seed is unrelated to
-    head k of another, so seeds are drawn side by side, never averaged.
+    closed_loop: interventions/closed_loop.csv of every seed plus `seed`: condition, kind, target, mode,
+    units, metric, diff, diff_ci_low, diff_ci_high (rate differences, fractions of episodes). The control
+    row (kind 'none') is not drawn. ranks: seed -> head index -> closed-loop rank, so that a head is
+    named by its role in its own seed (head_rank1 of one seed and of another play the same role); seeds
+    are drawn side by side, never averaged.
     """
     data = closed_loop[(closed_loop["kind"] != "none") & closed_loop["metric"].isin(metrics)]
-    data = data.assign(label=data["condition"])
+    labels_of = [ablation_label(row, (ranks or {}).get(row["seed"])) for row in data.to_dict("records")]
+    data = data.assign(label=labels_of)
     labels = list(pd.unique(data["label"]))
     seeds = sorted(data["seed"].unique())
     palette = _seed_palette(seeds)
-    fig = Figure(figsize=(6 * len(metrics) + 3, 0.32 * len(labels) + 2), layout="constrained")
+    fig = Figure(figsize=(6 * len(metrics) + 5, 0.32 * len(labels) + 2), layout="constrained")
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
         _per_seed_points(ax, data[data["metric"] == metric], labels, "diff", "diff_ci_low", "diff_ci_high", seeds,
                          palette)
         ax.set_title(f"{metric} rate")
         ax.set_xlabel(f"Δ {metric} rate vs unablated (fraction of episodes)")
-    axes[0].set_ylabel("ablation (condition)")
+    axes[0].set_ylabel("intervention")
     axes[-1].legend(title="agent seed", loc="lower right")
-    fig.suptitle("Closed-loop ablations: paired difference to the unablated agent with 95% bootstrap CIs, per seed")
+    fig.suptitle("Closed-loop interventions: paired difference to the unablated agent with 95% bootstrap CIs, "
+                 "per seed (heads named by their role in each seed)")
     return fig
 
 

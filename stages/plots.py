@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from egolens import checkpoint, plots
+from egolens import aggregate, checkpoint, plots
 from egolens.config import Params
 from stages import DATA, RESULTS, seed_results, study_args
 
@@ -64,17 +64,27 @@ def scene_figure(params: Params) -> Figure:
                                        "each head's attention")
 
 
+def head_ranks(params: Params) -> dict[int, dict[int, int]]:
+    """seed -> head index -> closed-loop rank (the report's head_rank<r> naming)."""
+    return {seed: aggregate.head_ranks(pd.read_csv(seed_results(seed) / "interventions/closed_loop.csv"))
+            for seed in params.seeds}
+
+
 def builders(params: Params) -> dict[str, Callable[[], Figure]]:
     """One figure builder per entry of plots.FIGURES (tables are read when the figure is built)."""
     first = seed_results(params.seeds[0])
+
+    def circuits(draw: Callable[..., Figure]) -> Figure:
+        return draw(seed_table(params, "circuits/feature_circuits.csv"),
+                    pd.read_csv(first / "circuits/head_matrices.csv"), head_ranks(params))
 
     def steps_of_first_seed() -> pd.DataFrame:
         return pd.concat([pd.read_csv(DATA / f"seed{params.seeds[0]}" / f"steps_{model}.csv").assign(model=model)
                           for model in plots.MODELS], ignore_index=True)
 
     return {
-        "qk_circuits": lambda: plots.qk_circuits(pd.read_csv(first / "circuits/head_matrices.csv")),
-        "ov_circuits": lambda: plots.ov_circuits(pd.read_csv(first / "circuits/head_matrices.csv")),
+        "qk_circuits": lambda: circuits(plots.qk_circuits),
+        "ov_circuits": lambda: circuits(plots.ov_circuits),
         "embedding_composites": lambda: plots.embedding_composites(pd.read_csv(first / "circuits/composites.csv")),
         "ig_features": lambda: plots.ig_features(seed_table(params, "attributions/ig_features.csv")),
         "layer_conductance": lambda: plots.layer_conductance(seed_table(params, "attributions/layer_conductance.csv")),
@@ -85,7 +95,8 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
         "attention_scene": lambda: scene_figure(params),
         "logit_lens": lambda: plots.logit_lens(seed_table(params, "neurons/lens_summary.csv"),
                                                seed_table(params, "neurons/tuned_lens.csv")),
-        "ablations": lambda: plots.ablations(seed_table(params, "interventions/closed_loop.csv")),
+        "ablations": lambda: plots.ablations(seed_table(params, "interventions/closed_loop.csv"),
+                                             ranks=head_ranks(params)),
         "patching": lambda: plots.patching(seed_table(params, "interventions/patching.csv"),
                                            seed_table(params, "interventions/path_patching.csv")),
         "learning_curves": lambda: plots.learning_curves(

@@ -6,16 +6,19 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from egolens.analysis.circuits import (
     circuit_matrix_table,
     compare_circuits,
+    composites,
     effective_rank,
     embedding_bias_path,
     embedding_composite,
     feature_circuits,
+    head_matrices,
     head_weights,
     head_writes,
     output_bias_path,
@@ -26,6 +29,9 @@ from egolens.analysis.circuits import (
     qk_circuit,
     qk_features,
     scores_by_fact,
+    scores_by_facts,
+    summarize,
+    weight_tables,
 )
 from egolens.hooks import run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
@@ -295,3 +301,104 @@ def test_scores_by_fact_averages_present_entities_per_head_and_bin():
 def test_head_index_out_of_range_is_refused():
     with pytest.raises(ValueError, match="out of range"):
         qk_circuit(tiny_net(2), 2)
+
+
+def test_scores_by_facts_stacks_each_facts_bins_in_order_with_the_labels_first():
+    scores = np.arange(12.0).reshape(2, 2, 3)                                      # [N=2, H=2, E=3]
+    facts = {"distance": np.array([[np.nan, 5.0, 15.0], [np.nan, 25.0, np.nan]]),
+             "ttc": np.array([[np.nan, 0.5, np.inf], [np.nan, 2.0, np.nan]])}
+    bins = {"ttc": [0, 1, np.inf], "distance": [0, 10, 20, 30]}
+    table = scores_by_facts(scores, facts, bins, model="trained", seed=3)
+    assert list(table.columns[:3]) == ["model", "seed", "fact"]
+    assert (table["model"] == "trained").all() and (table["seed"] == 3).all()
+    parts = [scores_by_fact(scores, facts, fact, edges) for fact, edges in bins.items()]
+    pd.testing.assert_frame_equal(table.drop(columns=["model", "seed"]), pd.concat(parts, ignore_index=True))
+    assert table["fact"].tolist() == ["ttc"] * 4 + ["distance"] * 6
+    assert table["bin"].tolist()[:2] == ["(0.0, 1.0]", "(1.0, inf]"]           # as pandas.cut labels them
+    assert table["bin"].tolist()[4:6] == ["(0, 10]", "(10, 20]"]                 # integer edges stay integers
+
+
+def test_head_matrices_hold_both_networks_circuits_and_their_difference():
+    trained, untrained = tiny_net(2, seed=0), tiny_net(2, seed=1)
+    table = head_matrices(trained, untrained)
+    d = trained.attention_layer.feature_size
+    assert len(table) == 2 * 2 * 3 * d * d
+    for h in range(2):
+        w_q = {n: net.attention_layer.query_ego.weight.detach().double().numpy()[h * 4:(h + 1) * 4]
+               for n, net in (("trained", trained), ("untrained", untrained))}
+        w_k = {n: net.attention_layer.key_all.weight.detach().double().numpy()[h * 4:(h + 1) * 4]
+               for n, net in (("trained", trained), ("untrained", untrained))}
+        expected = {n: w_q[n].T @ w_k[n] for n in w_q}
+        expected["difference"] = expected["trained"] - expected["untrained"]
+        for model, matrix in expected.items():
+            rows = table[(table["model"] == model) & (table["matrix"] == "QK") & (table["head"] == h)]
+            np.testing.assert_allclose(rows["value"].to_numpy().reshape(d, d), matrix, rtol=1e-12)
+    ov = table[(table["matrix"] == "OV") & (table["head"] == 1)].set_index(["model", "row", "col"])["value"]
+    np.testing.assert_allclose(ov["difference"], ov["trained"] - ov["untrained"], atol=1e-15)
+
+
+def test_composites_name_features_and_actions_and_subtract_untrained():
+    trained, untrained = tiny_net(2, seed=0), tiny_net(2, seed=1)
+    table = composites(trained, untrained)
+    assert set(table["matrix"]) == {"embedding_ego", "embedding_others", "output_composite"}
+    assert list(pd.unique(table["model"])) == ["trained", "untrained", "difference"]
+    ego = table[(table["matrix"] == "embedding_ego") & (table["model"] == "trained")]
+    assert list(pd.unique(ego["col"])) == list(REFERENCE_FEATURES)
+    w = [layer.weight.detach().double().numpy() for layer in trained.ego_embedding.layers]
+    np.testing.assert_allclose(ego["value"].to_numpy().reshape(8, 7), w[1] @ w[0], rtol=1e-12)
+    out = table[(table["matrix"] == "output_composite") & (table["model"] == "difference")]
+    assert list(pd.unique(out["row"])) == list(ACTIONS)
+    np.testing.assert_allclose(out["value"].to_numpy().reshape(3, 8),
+                               output_composite(trained) - output_composite(untrained), rtol=1e-12)
+
+
+def test_weight_tables_are_the_stages_four_weight_only_tables():
+    trained, untrained = tiny_net(2, seed=0), tiny_net(2, seed=1)
+    tables = weight_tables(trained, untrained)
+    assert list(tables) == ["compare", "head_matrices", "composites", "feature_circuits"]
+    pd.testing.assert_frame_equal(tables["compare"], compare_circuits(trained, untrained))
+    features = tables["feature_circuits"]
+    assert list(pd.unique(features["model"])) == ["trained", "untrained"]
+    assert "bias" in set(features["col"])
+
+
+def test_summarize_gives_the_relative_difference_of_each_circuit_from_the_weights():
+    trained, untrained = tiny_net(2, seed=0), tiny_net(2, seed=1)
+    summary = summarize(compare_circuits(trained, untrained))
+    rel = summary["rel_diff_trained_vs_untrained"]
+    assert list(rel) == ["QK", "OV", "QK_features", "OV_actions", "embedding_ego", "embedding_others",
+                         "output_composite"]
+    assert all(list(rel[m]) == ["head0", "head1"] for m in ("QK", "OV", "QK_features", "OV_actions"))
+
+    def weights(net, name):
+        return dict(net.named_parameters())[name].detach().double().numpy()
+
+    def relative(t, u):
+        return round(float(np.linalg.norm(t - u) / np.linalg.norm(u)), 6)
+
+    for h in range(2):
+        rows = slice(h * 4, (h + 1) * 4)
+        qk = [weights(n, "attention_layer.query_ego.weight")[rows].T
+              @ weights(n, "attention_layer.key_all.weight")[rows] for n in (trained, untrained)]
+        ov = [0.5 * weights(n, "attention_layer.attention_combine.weight")[:, rows]
+              @ weights(n, "attention_layer.value_all.weight")[rows] for n in (trained, untrained)]
+        assert rel["QK"][f"head{h}"] == relative(*qk)
+        assert rel["OV"][f"head{h}"] == relative(*ov)
+    others = [weights(n, "others_embedding.layers.1.weight") @ weights(n, "others_embedding.layers.0.weight")
+              for n in (trained, untrained)]
+    assert rel["embedding_others"] == relative(*others)
+    output = [weights(n, "output_layer.predict.weight") @ weights(n, "output_layer.layers.0.weight")
+              for n in (trained, untrained)]
+    assert rel["output_composite"] == relative(*output)
+    assert summarize(compare_circuits(trained, trained))["rel_diff_trained_vs_untrained"]["OV"] == \
+        {"head0": 0.0, "head1": 0.0}
+
+
+def test_summarize_keeps_only_circuits_and_composites_rounded_to_six_decimals():
+    compare = pd.DataFrame({
+        "matrix": ["QK", "QK", "embedding_ego", "attention_layer.key_all.weight", "OV_actions"],
+        "head": [0, 1, "-", "-", 1],
+        "rel_diff": [0.1234567891, 2.0, 0.5000004, 9.0, 1e-9],
+    })
+    assert summarize(compare) == {"rel_diff_trained_vs_untrained": {
+        "QK": {"head0": 0.123457, "head1": 2.0}, "embedding_ego": 0.5, "OV_actions": {"head1": 0.0}}}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from egolens.analysis.lens import (
+    decode,
     fit_affine_probe,
     lens_states,
     lens_summary,
@@ -224,3 +225,22 @@ def test_lens_states_count_present_entities_with_the_ego(net):
     states = lens_states(net, obs)
     assert states.n_present.tolist() == (obs[:, :, 0] >= 0.5).sum(dim=1).tolist()
     torch.testing.assert_close(states.added[-1], states.full, rtol=0, atol=0)
+
+
+def test_decode_reads_the_nets_q_off_a_state_put_in_place_of_h_in(net):
+    obs = random_obs(6, seed=10)
+    q, cache = run_with_cache(net, obs, ["attention_layer.hook_resid"])
+    h_in = cache["attention_layer.hook_resid"]
+    torch.testing.assert_close(decode(net, obs, h_in), q, rtol=0, atol=0)
+    state = torch.randn(h_in.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(decode(net, obs, state), net.output_layer(state), rtol=0, atol=0)
+
+
+def test_edits_after_the_pattern_and_values_reach_only_the_full_site(net):
+    obs = random_obs(6, seed=11)
+    plain = lens_states(net, obs)
+    edited = lens_states(net, obs, fns={"attention_layer.hook_combined": torch.zeros_like})
+    torch.testing.assert_close(edited.full, edited.ego, rtol=0, atol=0)        # (0 + e) / 2
+    torch.testing.assert_close(edited.added, plain.added, rtol=0, atol=0)      # rebuilt from pattern and values
+    torch.testing.assert_close(edited.head_added, plain.head_added, rtol=0, atol=0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
+from egolens.analysis.lens import lens_summary, logit_lens
 from egolens.analysis.neurons import (
     FIRES_FOR,
     Objective,
@@ -28,15 +29,17 @@ from egolens.analysis.neurons import (
     semantic_dictionary,
     significant,
     step_facts_frame,
+    summarize,
     top_activations,
     typical_step,
     vehicle_facts_frame,
     vehicle_rows,
 )
 from egolens.config import EnvConfig
+from egolens.hooks import run_with_cache
 from egolens.model import EgoAttentionNetwork
 from egolens.scene import scene_facts
-from tests.conftest import tiny_net
+from tests.conftest import random_obs, tiny_net
 
 CFG = EnvConfig()
 
@@ -356,3 +359,61 @@ def test_neurons_to_visualise_alternate_most_active_and_most_correlated_without_
     assert neurons_to_visualise(acts, correlations, 10)["neuron"].tolist() == [0, 2, 3, 4]
     assert neurons_to_visualise(acts, correlations.iloc[:0], 2)["neuron"].tolist() == [0, 2]
 
+
+
+# ------------------------------------------------------------------------------- summary
+
+
+def summary_tables(net: EgoAttentionNetwork, obs: torch.Tensor) -> dict[str, pd.DataFrame]:
+    """The four tables `summarize` reads, for two models: hand-made activations, descriptions and
+    tuned-lens rows, and the logit lens of `net` on obs (both models)."""
+    acts = {"trained": np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]),
+            "untrained": np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])}
+    stats = pd.concat([activation_stats(a, layer).assign(model=model) for model, a in acts.items()
+                       for layer in ("output_layer.hook_post.0", "ego_embedding.hook_post.1")], ignore_index=True)
+    descriptions = {"trained": [FIRES_FOR + "distance ≤ 4 m", "never active", FIRES_FOR + "ahead"],
+                    "untrained": ["no scene fact distinguishes its top rows", FIRES_FOR + "x", "never active"]}
+    dictionary = pd.concat([pd.DataFrame({"model": model, "layer": layer, "neuron": range(3), "description": d,
+                                          "significant": significant(d)})
+                            for model, d in descriptions.items()
+                            for layer in ("output_layer.hook_post.0", "ego_embedding.hook_post.1")], ignore_index=True)
+    lens = pd.concat([lens_summary(logit_lens(net, obs)).assign(model=model) for model in acts], ignore_index=True)
+    tuned = pd.DataFrame({
+        "model": ["trained"] * 4 + ["untrained"] * 2,
+        "site": ["ego", "ego", "added", "full", "ego", "full"],
+        "k": pd.array([None, None, 1, None, None, None], dtype="Int64"),
+        "split": ["train", "held_out", "held_out", "held_out", "held_out", "held_out"],
+        "agreement": [0.9, 0.61234567, 0.3, 1.0, 0.25, 0.5],
+    })
+    return {"stats": stats, "dictionary": dictionary, "lens_summary": lens, "tuned_lens": tuned}
+
+
+def test_summarize_gives_dead_fraction_sparsity_described_neurons_and_lens_agreement_per_model():
+    net, obs = tiny_net(heads=2), random_obs(40, seed=11)
+    summary = summarize(summary_tables(net, obs))
+    # the lens agreements, independently: U(½e) and U(h_in) against the final action
+    q, cache = run_with_cache(net, obs, ["ego_embedding.hook_post.1", "attention_layer.hook_resid"])
+    with torch.no_grad():
+        ego = (net.output_layer(0.5 * cache["ego_embedding.hook_post.1"][:, 0]).argmax(dim=1) == q.argmax(dim=1))
+    ego_agreement = float(f"{ego.double().mean().item():.6g}")
+    assert list(summary) == ["trained", "untrained"]
+    trained, untrained = summary["trained"], summary["untrained"]
+    assert trained["layers"] == {
+        "output_layer_hook_post_0": {"dead_fraction": 0.333333, "mean_sparsity": 0.666667, "described_neurons": 2},
+        "ego_embedding_hook_post_1": {"dead_fraction": 0.333333, "mean_sparsity": 0.666667, "described_neurons": 2}}
+    # untrained: neuron 0 always on, neuron 1 on 3 of 4 rows, neuron 2 dead -> mean active (1 + .75 + 0) / 3
+    assert untrained["layers"]["output_layer_hook_post_0"] == {"dead_fraction": 0.333333, "mean_sparsity": 0.416667,
+                                                               "described_neurons": 1}
+    assert (trained["described_neurons"], untrained["described_neurons"]) == (4, 2)
+    assert list(trained["logit_lens_agreement"]) == ["ego", "head0", "head1", "full"]       # sites without k
+    assert trained["logit_lens_agreement"]["ego"] == ego_agreement
+    assert trained["logit_lens_agreement"]["full"] == 1.0
+    assert trained["tuned_lens_held_out_agreement"] == {"ego": 0.612346, "full": 1.0}
+    assert untrained["tuned_lens_held_out_agreement"] == {"ego": 0.25, "full": 0.5}
+
+
+def test_summarize_refuses_a_nan_naming_its_key():
+    tables = summary_tables(tiny_net(heads=2), random_obs(6, seed=12))
+    tables["tuned_lens"].loc[1, "agreement"] = np.nan
+    with pytest.raises(ValueError, match="summary.trained.tuned_lens_held_out_agreement.ego = nan"):
+        summarize(tables)

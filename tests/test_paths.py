@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from egolens.analysis.attribution import piecewise_integrated_gradients
+from egolens.analysis.gradients import piecewise_integrated_gradients
 from egolens.analysis.paths import (
     MAX_SEGMENT,
     Crossings,
@@ -177,7 +177,7 @@ def test_refinement_recomputes_only_the_failing_steps_and_stops_when_all_pass():
 
 def test_path_kinks_are_located_once_per_step_and_grid_and_shared_by_every_job(monkeypatch):
     import egolens.analysis.paths as paths_module
-    from egolens.analysis.attribution import kink_aware_integrated_gradients
+    from egolens.analysis.gradients import kink_aware_integrated_gradients
     from egolens.vocabulary import absent_mask
 
     net = tiny_net(seed=1)

@@ -59,6 +59,25 @@ def head_matrices(size: int = 4, heads: int = 2) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), mats
 
 
+FEATURE_NAMES = ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h"]
+
+
+def feature_circuits() -> tuple[pd.DataFrame, dict]:
+    """circuits/feature_circuits.csv of every seed: QK_features [8, 8] and OV_actions [3, 8] per head and model."""
+    rng = np.random.default_rng(3)
+    columns = [*FEATURE_NAMES, "bias"]
+    mats, rows = {}, []
+    for seed in SEEDS:
+        for name, row_names in (("QK_features", columns), ("OV_actions", ["SLOWER", "IDLE", "FASTER"])):
+            for head in (0, 1):
+                for model in plots.MODELS:
+                    m = rng.normal(0, 1.0 if model == "trained" else 0.2, (len(row_names), len(columns)))
+                    mats[name, seed, head, model] = m
+                    rows += [{"row": r, "col": c, "value": m[i, j], "matrix": name, "head": head, "model": model,
+                              "seed": seed} for i, r in enumerate(row_names) for j, c in enumerate(columns)]
+    return pd.DataFrame(rows), mats
+
+
 def composites() -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(2)
     mats, rows = {}, []
@@ -140,11 +159,14 @@ def closed_loop_table() -> pd.DataFrame:
     rng = np.random.default_rng(8)
     rows = []
     for s in SEEDS:
-        for condition, kind in (("none", "none"), ("head0_zero", "head"), ("head1_zero", "head"),
-                                ("neurons_x_top", "neurons")):
+        for condition, kind, target, mode, units in (
+                ("none", "none", None, None, None), ("head0_zero", "head", "head0", "zero", None),
+                ("head1_zero", "head", "head1", "zero", None),
+                ("neurons_x_top", "neurons", "others_embedding.hook_post.0", "top", "3 9")):
             for metric in ("success", "collision", "return"):
                 diff = 0.0 if kind == "none" else rng.normal(0, 0.2)
-                rows.append({"seed": s, "condition": condition, "kind": kind, "metric": metric, "value": 0.5 + diff,
+                rows.append({"seed": s, "condition": condition, "kind": kind, "target": target, "mode": mode,
+                             "units": units, "metric": metric, "value": 0.5 + diff,
                              "control": 0.5, "diff": diff, "diff_ci_low": diff - rng.random() * 0.1,
                              "diff_ci_high": diff + rng.random() * 0.1, "episodes": 50})
     return pd.DataFrame(rows)
@@ -215,8 +237,8 @@ def scene_inputs() -> dict:
 
 
 FIGURE_INPUTS: dict[str, Callable[[], dict]] = {
-    "qk_circuits": lambda: {"head_matrices": head_matrices()[0]},
-    "ov_circuits": lambda: {"head_matrices": head_matrices()[0]},
+    "qk_circuits": lambda: {"feature_circuits": feature_circuits()[0], "head_matrices": head_matrices()[0]},
+    "ov_circuits": lambda: {"feature_circuits": feature_circuits()[0], "head_matrices": head_matrices()[0]},
     "embedding_composites": lambda: {"composites": composites()[0]},
     "ig_features": lambda: {"ig": ig_table()},
     "layer_conductance": lambda: {"conductance": layer_table()},
@@ -282,20 +304,28 @@ def test_t_interval_is_the_student_interval_over_seeds_and_a_point_for_one_seed(
 # ------------------------------------------------------------------------------------------ circuits
 
 @pytest.mark.parametrize("matrix", ["QK", "OV"])
-def test_circuit_heatmaps_show_each_matrix_with_one_shared_scale_for_trained_and_untrained(matrix):
-    table, mats = head_matrices()
-    fig = plots.qk_circuits(table) if matrix == "QK" else plots.ov_circuits(table)
-    axes = data_axes(fig)
-    shared = max(np.abs(mats[matrix, m, h]).max() for m in plots.MODELS for h in (0, 1))
-    diff = max(np.abs(mats[matrix, "difference", h]).max() for h in (0, 1))
-    assert shared == pytest.approx(9.0)                      # set by head 1's untrained entry
-    for i, (h, model) in enumerate((h, m) for h in (0, 1) for m in ("trained", "untrained", "difference")):
-        image = axes[i].images[0]
-        np.testing.assert_allclose(image.get_array(), mats[matrix, model, h])
-        limit = diff if model == "difference" else shared
-        assert image.get_clim() == pytest.approx((-limit, limit))
-    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    assert any("shared" in label for label in labels) and any("own" in label for label in labels)
+def test_circuit_figures_show_every_seeds_feature_projection_by_head_role_and_the_raw_matrices_second(matrix):
+    table, mats = feature_circuits()
+    raw, raw_mats = head_matrices()
+    ranks = {SEEDS[0]: {0: 1, 1: 2}, **{s: {0: 2, 1: 1} for s in SEEDS[1:]}}
+    fig = (plots.qk_circuits if matrix == "QK" else plots.ov_circuits)(table, raw, ranks)
+    axes = [ax for ax in data_axes(fig) if ax.images]
+    name = "QK_features" if matrix == "QK" else "OV_actions"
+    limit = max(np.abs(m).max() for (mat, *_), m in mats.items() if mat == name)
+    projected = axes[:len(SEEDS) * 4]
+    for i, seed in enumerate(SEEDS):
+        for j, (rank, model) in enumerate((r, m) for r in (1, 2) for m in plots.MODELS):
+            head = next(h for h, r in ranks[seed].items() if r == rank)
+            ax = projected[i * 4 + j]
+            assert ax.get_title() == f"seed {seed}, head_rank{rank}, {model}"
+            np.testing.assert_allclose(ax.images[0].get_array(), mats[name, seed, head, model])
+            assert ax.images[0].get_clim() == pytest.approx((-limit, limit))
+    feature_names = [t.get_text() for t in projected[-1].get_xticklabels()]
+    assert feature_names == [*FEATURE_NAMES, "bias"]
+    raw_axes = axes[len(SEEDS) * 4:]
+    assert [ax.get_title() for ax in raw_axes] == [f"seed {SEEDS[0]}, head_rank1, trained (raw)",
+                                                   f"seed {SEEDS[0]}, head_rank2, trained (raw)"]
+    np.testing.assert_allclose(raw_axes[0].images[0].get_array(), raw_mats[matrix, "trained", 0])
 
 
 def test_embedding_composites_show_neuron_by_feature_matrices_with_feature_names():
@@ -429,7 +459,8 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
     table = closed_loop_table()
     fig = plots.ablations(table)
     axes = data_axes(fig)
-    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["head0_zero", "head1_zero", "neurons_x_top"]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == [
+        "head 0 zeroed", "head 1 zeroed", "others embedding, layer 1: top-conductance 2 neurons mean-ablated"]
     for ax, metric in zip(axes, ("success", "collision")):
         containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
         assert [c.get_label() for c in containers] == [f"seed {s}" for s in SEEDS]
@@ -442,6 +473,27 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
         head0 = table[(table["condition"] == "head0_zero") & (table["metric"] == metric)]["diff"]
         plotted = np.concatenate([c.lines[0].get_xdata() for c in containers])
         assert not np.isclose(plotted, head0.mean()).any()
+
+
+def test_ablation_rows_name_heads_by_their_role_in_each_seed():
+    table = closed_loop_table()
+    ranks = {SEEDS[0]: {0: 1, 1: 2}, **{s: {0: 2, 1: 1} for s in SEEDS[1:]}}
+    fig = plots.ablations(table, ranks=ranks)
+    ax = data_axes(fig)[0]
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["head_rank1 zeroed", "head_rank2 zeroed"]
+    # seed 0's head 0 and the other seeds' head 1 share the head_rank1 row
+    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    for container, seed in zip(containers, SEEDS):
+        head = 0 if seed == SEEDS[0] else 1
+        rows = table[(table["seed"] == seed) & (table["metric"] == "success")]
+        diff = rows[rows["condition"] == f"head{head}_zero"]
+        y = container.lines[0].get_ydata()
+        x = container.lines[0].get_xdata()
+        assert x[np.argmin(y)] == pytest.approx(float(diff["diff"].iloc[0]))
+    assert plots.ablation_label({"kind": "vehicle", "target": "most_attended", "mode": "remove"}) == \
+        "most-attended vehicle removed"
+    edit = {"kind": "edit", "target": "head0", "mode": "x2"}
+    assert plots.ablation_label(edit, {0: 2}) == "head_rank2 output scaled x2"
 
 
 def test_patching_points_are_each_seeds_mean_restored_fraction_per_site_and_path():

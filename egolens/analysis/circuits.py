@@ -18,7 +18,7 @@ Matrices are returned as float64 numpy arrays; tables as tidy pandas DataFrames.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -289,3 +289,81 @@ def scores_by_fact(scores: np.ndarray, facts: dict[str, np.ndarray], fact: str, 
     out.insert(4, "bin_right", intervals.right)
     out["bin"] = out["bin"].astype(str)
     return out
+
+
+def scores_by_facts(scores: np.ndarray, facts: dict[str, np.ndarray], fact_bins: Mapping[str, int | Sequence[float]],
+                    attention: np.ndarray | None = None, **labels: object) -> pd.DataFrame:
+    """`scores_by_fact` for each fact of `fact_bins` ({fact: bins}, in that order), one table with the
+    `labels` (e.g. model="trained") as its first columns."""
+    table = pd.concat([scores_by_fact(scores, facts, fact, bins, attention) for fact, bins in fact_bins.items()],
+                      ignore_index=True)
+    for i, (key, value) in enumerate(labels.items()):
+        table.insert(i, key, value)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Trained vs untrained: the circuits stage's tables and summary
+
+MODELS = ("trained", "untrained", "difference")
+"""Labels of the two networks' matrices and of their difference (trained − untrained)."""
+
+
+def _with_difference(trained: np.ndarray, untrained: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(zip(MODELS, (trained, untrained, trained - untrained)))
+
+
+def head_matrices(trained: EgoAttentionNetwork, untrained: EgoAttentionNetwork) -> pd.DataFrame:
+    """QK and OV [D, D] per head of both networks and their difference, long format (row, col,
+    value, model, matrix, head)."""
+    tables = []
+    for h in range(trained.attention_layer.heads):
+        for name, fn in (("QK", qk_circuit), ("OV", ov_circuit)):
+            tables += [circuit_matrix_table(m, None, None, model=label, matrix=name, head=h)
+                       for label, m in _with_difference(fn(trained, h), fn(untrained, h)).items()]
+    return pd.concat(tables, ignore_index=True)
+
+
+def composites(trained: EgoAttentionNetwork, untrained: EgoAttentionNetwork) -> pd.DataFrame:
+    """The embedding composites W1·W0 [D, F] (embedding_ego, embedding_others; columns named by
+    feature) and the output composite [A, D] (output_composite; rows named by action) of both
+    networks and their difference, long format (row, col, value, model, matrix)."""
+    getters = {"embedding_ego": lambda n: embedding_composite(n, "ego"),
+               "embedding_others": lambda n: embedding_composite(n, "others"),
+               "output_composite": output_composite}
+    tables = []
+    for name, get in getters.items():
+        rows = list(ACTIONS) if name == "output_composite" else None
+        cols = None if name == "output_composite" else list(REFERENCE_FEATURES)
+        tables += [circuit_matrix_table(m, rows, cols, model=label, matrix=name)
+                   for label, m in _with_difference(get(trained), get(untrained)).items()]
+    return pd.concat(tables, ignore_index=True)
+
+
+def weight_tables(trained: EgoAttentionNetwork, untrained: EgoAttentionNetwork) -> dict[str, pd.DataFrame]:
+    """The circuits stage's tables from the weights alone: compare (`compare_circuits`),
+    head_matrices, composites and feature_circuits (`feature_circuits` with the bias path, per
+    model)."""
+    features = pd.concat([feature_circuits(net, bias=True, model=label)
+                          for label, net in (("trained", trained), ("untrained", untrained))], ignore_index=True)
+    return {"compare": compare_circuits(trained, untrained), "head_matrices": head_matrices(trained, untrained),
+            "composites": composites(trained, untrained), "feature_circuits": features}
+
+
+SUMMARY_PER_HEAD = ("QK", "OV", "QK_features", "OV_actions")
+SUMMARY_WHOLE = ("embedding_ego", "embedding_others", "output_composite")
+
+
+def summarize(compare: pd.DataFrame) -> dict:
+    """The circuits stage's summary.json from a `compare_circuits` table: the relative Frobenius
+    difference ‖T−U‖_F / ‖U‖_F of the trained vs the untrained network, rounded to 6 decimals,
+    per head (`head<h>`) for QK, OV, QK_features and OV_actions, and for the embedding and output
+    composites: {"rel_diff_trained_vs_untrained": {"QK": {"head0": …}, …, "output_composite": …}}.
+    """
+    out: dict = {}
+    for row in compare.itertuples():
+        if row.matrix in SUMMARY_PER_HEAD:
+            out.setdefault(row.matrix, {})[f"head{row.head}"] = round(row.rel_diff, 6)
+        elif row.matrix in SUMMARY_WHOLE:
+            out[row.matrix] = round(row.rel_diff, 6)
+    return {"rel_diff_trained_vs_untrained": out}

@@ -6,17 +6,18 @@ MLP (h_in -> Q). Because the attention layer is linear given its pattern,
 h_in = ½e + Σ_h ½·W_O^h Σ_j a_hj v_hj exactly, so partial sums of those writes are states of the
 same space as h_in and can be decoded by U.
 
-Sites (all [N, D] states; decoded by calling the network's own `output_layer`):
-- "ego": ½e, the direct path alone;
+Sites (all [N, D] states):
+- "ego": ½e, the direct path alone (no entity added);
 - "head{h}": ½e + ½·W_O^h z_h, the ego plus head h's write alone;
 - "added" with k = 0 … n_present: ½e + Σ_h ½·W_O^h Σ_{j among head h's first k entities by
   attention} a_hj v_hj; each head adds its own k most attended entities (the ego row is an entity
   too); k = n_present is h_in;
 - "head{h}_added" with k: the same for head h alone (k = n_present is "head{h}");
 - "full": h_in itself (the cached `attention_layer.hook_resid`); U(h_in) is the final Q.
-Intermediate states come from `run_with_cache`; W_O^h is applied by the network's own
-`attention_combine` on a concatenation whose other heads are zero, so no forward pass is
-re-implemented.
+Every state is the network's own `attention_layer.hook_resid`, read by `run_with_cache`: a partial
+sum is h_in of a pass whose pattern is patched to keep only the chosen (head, entity) weights
+(the ego embedding and the values patched to the cached ones), and a state is decoded by a pass
+whose `hook_resid` is patched to it. No part of the forward pass is re-implemented here.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egolens.hooks import HookFn, hooks, run_with_cache
+from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
 from egolens.vocabulary import ACTIONS
 
@@ -81,41 +82,53 @@ def _attention_rank(pattern: torch.Tensor, absent: torch.Tensor) -> torch.Tensor
     return torch.argsort(order, dim=-1)
 
 
+EGO_POST = "ego_embedding.hook_post.{last}"
+PATTERN, VALUES, RESID = "attention_layer.hook_pattern", "attention_layer.hook_v", "attention_layer.hook_resid"
+
+
+def _ego_name(net: EgoAttentionNetwork) -> str:
+    return EGO_POST.format(last=len(net.ego_embedding.hook_post) - 1)
+
+
 def lens_states(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tensor | None = None,
                 fns: dict[str, HookFn] | None = None) -> LensStates:
     """Every lens state of obs [N, E, F] (mask: optional [N, E] absent mask passed to the net).
 
     fns: optional activation edits (as for `run_with_hooks`) applied during the cached forward
     pass, so the lens sees the edited network (e.g. a forced attention pattern or zeroed values).
-    Partial sums are rebuilt from the cached pattern and values, so edits made after them
-    (`hook_z`, `hook_combined`) reach only the "full" site.
+    Partial sums are rebuilt from the cached ego embedding, pattern and values, so edits made after
+    them (`hook_z`, `hook_combined`) reach only the "full" site.
     """
-    attention = net.attention_layer
-    last = len(net.ego_embedding.hook_post) - 1
-    names = [f"ego_embedding.hook_post.{last}", "attention_layer.hook_pattern", "attention_layer.hook_v",
-             "attention_layer.hook_resid", "output_layer.predict"]
+    ego_name = _ego_name(net)
     with hooks(net, fns or {}):
-        q, cache = run_with_cache(net, obs, names, mask)
+        q, cache = run_with_cache(net, obs, [ego_name, PATTERN, VALUES, RESID], mask)
     absent = EgoAttentionNetwork.absent_mask(obs) if mask is None else mask.clone()
     absent[:, 0] = False
-    ego = cache[names[0]][:, 0]                                  # [N, D]
-    pattern, v = cache[names[1]], cache[names[2]]                # [N, H, 1, E], [N, H, E, d]
+    pattern = cache[PATTERN]                                     # [N, H, 1, E]
     batch, heads, _, entities = pattern.shape
     rank = _attention_rank(pattern, absent)                      # [N, H, E]
 
-    def decode_state(kept: torch.Tensor) -> torch.Tensor:
-        """½e + ½·combine(concat_h (pattern·kept)_h v_h), kept [N, H, E] of 0/1."""
-        z = (pattern * kept[:, :, None, :]) @ v                   # [N, H, 1, d], as the net does
-        concat = z.permute(0, 2, 1, 3).reshape(batch, attention.feature_size)
-        return (attention.attention_combine(concat) + ego) / 2
+    def resid(kept: torch.Tensor) -> torch.Tensor:
+        """h_in [N, D] of the pass whose pattern is the cached one times kept [N, H, E] (0/1)."""
+        patch = {ego_name: lambda _: cache[ego_name], VALUES: lambda _: cache[VALUES],
+                 PATTERN: lambda _: pattern * kept[:, :, None, :]}
+        with hooks(net, patch):
+            return run_with_cache(net, obs, [RESID], mask)[1][RESID]
 
+    only = torch.eye(heads)[:, None, :, None].expand(heads, batch, heads, entities)   # [H, N, H, E]
+    added = torch.stack([resid((rank < k).float()) for k in range(entities + 1)])
+    head_added = torch.stack([torch.stack([resid((rank < k).float() * only[h]) for k in range(entities + 1)])
+                              for h in range(heads)])
+    return LensStates(ego=added[0], heads=head_added[:, -1], added=added, head_added=head_added,
+                      full=cache[RESID], n_present=(~absent).sum(dim=1), q=q)
+
+
+def decode(net: EgoAttentionNetwork, obs: torch.Tensor, state: torch.Tensor,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Q-values [N, A] the network reads off `state` [N, D] put in place of h_in
+    (`attention_layer.hook_resid`) for obs [N, E, F]."""
     with torch.no_grad():
-        only = torch.eye(heads)[:, None, :, None].expand(heads, batch, heads, entities)   # [H, N, H, E]
-        added = torch.stack([decode_state((rank < k).float()) for k in range(entities + 1)])
-        head_added = torch.stack([torch.stack([decode_state((rank < k).float() * only[h]) for k in range(entities + 1)])
-                                  for h in range(heads)])
-        return LensStates(ego=ego / 2, heads=head_added[:, -1], added=added, head_added=head_added,
-                          full=cache["attention_layer.hook_resid"], n_present=(~absent).sum(dim=1), q=q)
+        return run_with_hooks(net, obs, {RESID: lambda _: state}, mask)
 
 
 def _q_columns(n_actions: int) -> list[str]:
@@ -141,7 +154,7 @@ def logit_lens(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tensor |
             rows = torch.arange(len(obs)) if k is None else torch.nonzero(k <= n_present)[:, 0]
             if rows.numel() == 0:
                 continue
-            q = net.output_layer(state)[rows]      # the whole batch, as the net decodes it: same bits
+            q = decode(net, obs, state, mask)[rows]       # decoded for the whole batch, then rows kept
             part = pd.DataFrame(q.numpy(), columns=_q_columns(q.shape[1]))
             part.insert(0, "index", rows.numpy())
             part.insert(1, "site", site)

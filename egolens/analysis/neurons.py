@@ -24,7 +24,7 @@ from matplotlib.patches import FancyArrow, Patch, Rectangle
 from torch import nn
 
 from egolens.config import EnvConfig, FeaturesRange
-from egolens.hooks import activation_names, run_with_hooks
+from egolens.hooks import run_with_cache
 from egolens.scene import denormalize
 from egolens.stats import spearman_columns
 from egolens.vocabulary import ACTIONS, PRESENT_AT, REFERENCE_FEATURES, present
@@ -471,20 +471,6 @@ def neurons_to_visualise(acts: np.ndarray, correlations: pd.DataFrame, n: int) -
     })
 
 
-def _forward_with_grad_cache(net: nn.Module, obs: torch.Tensor, names: Sequence[str],
-                             mask: torch.Tensor) -> tuple[torch.Tensor, Cache]:
-    """Q [R, A] and the named activations, kept in the autograd graph (run_with_hooks readers)."""
-    cache: Cache = {"obs": obs}
-
-    def keep(name: str) -> Callable[[torch.Tensor], None]:
-        def fn(activation: torch.Tensor) -> None:
-            cache[name] = activation
-        return fn
-
-    q = run_with_hooks(net, obs, {name: keep(name) for name in names}, mask)
-    return q, cache
-
-
 def _prior_mean(prior_obs: torch.Tensor) -> torch.Tensor:
     """Mean recorded state [E, F] from prior_obs [N, E, F]: row 0 is the mean ego row; every other
     row is the mean of all present other vehicles (rows are shuffled, so no row is a fixed vehicle)."""
@@ -520,7 +506,6 @@ def optimise_observation(net: nn.Module, objective: Callable[[torch.Tensor, Cach
         raise ValueError("presence must be [E] with the ego (row 0) present")
     entities = occupied.shape[0]
     names = getattr(objective, "names", None)
-    names = activation_names(net) if names is None else list(names)
     g = torch.Generator().manual_seed(seed)
     u = (torch.randn(n_restarts, entities, 4, generator=g) * 0.5).requires_grad_()
     theta = ((torch.rand(n_restarts, entities, generator=g) * 2 - 1) * torch.pi).requires_grad_()
@@ -534,8 +519,8 @@ def optimise_observation(net: nn.Module, objective: Callable[[torch.Tensor, Cach
         return rows * keep                                                      # [R, E, F]
 
     def value(obs: torch.Tensor) -> torch.Tensor:
-        q, cache = _forward_with_grad_cache(net, obs, names, mask)
-        return objective(q, cache)
+        q, cache = run_with_cache(net, obs, names, mask, grad=True)
+        return objective(q, cache | {"obs": obs})
 
     optimiser = torch.optim.Adam([u, theta], lr=lr)
     pairs = torch.triu_indices(n_restarts, n_restarts, offset=1)
@@ -621,3 +606,50 @@ def scene_pair(left: np.ndarray, right: np.ndarray, features_range: FeaturesRang
                title=f"arrows: distance covered in {seconds:g} s at the current velocity", title_fontsize=8)
     fig.suptitle(title)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+
+
+def summarize(tables: dict[str, pd.DataFrame]) -> dict:
+    """The neurons stage's summary.json from its tables (each with a `model` column, models in order
+    of first appearance in `stats`): per model, per layer (dots as underscores) the dead fraction,
+    the mean sparsity (1 − mean fraction active) and the described neurons (`significant`
+    dictionary entries); the model's described neurons; the logit-lens agreement and the tuned
+    lens's held-out agreement per site without k.
+
+    tables: "stats" (`activation_stats` rows), "dictionary" (`semantic_dictionary` rows with a
+    layer and a boolean `significant` column), "lens_summary" (`lens.lens_summary`), "tuned_lens"
+    (`lens.tuned_lens`). Numbers are rounded to 6 significant digits; NaN or inf is an error.
+    """
+    out: dict = {}
+    stats, dictionary = tables["stats"], tables["dictionary"]
+    lens_summary, tuned = tables["lens_summary"], tables["tuned_lens"]
+    for model in pd.unique(stats["model"]):
+        layers = {}
+        for layer, group in stats[stats["model"] == model].groupby("layer", sort=False):
+            entries = dictionary[(dictionary["model"] == model) & (dictionary["layer"] == layer)]
+            layers[layer.replace(".", "_")] = {"dead_fraction": float(group["dead"].mean()),
+                                               "mean_sparsity": float(1.0 - group["frac_active"].mean()),
+                                               "described_neurons": int(entries["significant"].sum())}
+        logit = lens_summary[(lens_summary["model"] == model) & lens_summary["k"].isna()]
+        held = tuned[(tuned["model"] == model) & tuned["k"].isna() & (tuned["split"] == "held_out")]
+        out[model] = {
+            "layers": layers,
+            "described_neurons": int(dictionary[dictionary["model"] == model]["significant"].sum()),
+            "logit_lens_agreement": dict(zip(logit["site"], logit["agreement"].astype(float))),
+            "tuned_lens_held_out_agreement": dict(zip(held["site"], held["agreement"].astype(float))),
+        }
+    return _finite_rounded(out)
+
+
+def _finite_rounded(value: object, path: str = "summary") -> object:
+    """Plain numbers rounded to 6 significant digits; NaN or inf is an error (DVC metrics)."""
+    if isinstance(value, dict):
+        return {k: _finite_rounded(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, bool | int | np.integer):
+        return int(value)
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{path} = {value} is not a finite number")
+    return float(f"{float(value):.6g}")

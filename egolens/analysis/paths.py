@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from egolens.hooks import capture
 from egolens.model import EgoAttentionNetwork, MultiLayerPerceptron
 
 MAX_SEGMENT = 1 / 16
@@ -39,6 +40,8 @@ MAX_SEGMENT = 1 / 16
 
 AttributeFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 """(step indices [b], kink grid) -> (attribution [b, ...], completeness delta [b], gradient evaluations [b])."""
+PieceFn = Callable[[torch.Tensor, int, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""(step indices [b], kink grid, their kinks) -> (attribution [b, ...], delta [b], gradient evaluations [b])."""
 
 
 @dataclass
@@ -64,38 +67,30 @@ class Refined:
     points: torch.Tensor  # [B] long, gradient evaluations spent on each step's path
 
 
-def relu_input_sites(net: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Where the network's ReLU inputs can be read: (module, True if its *output* is the ReLU's
+def relu_input_sites(net: nn.Module) -> list[tuple[str, bool]]:
+    """Where the network's ReLU inputs can be read: (module name, True if its *output* is the ReLU's
     input). Every hidden Linear of a `MultiLayerPerceptron` (ReLU applied by the MLP), and the
-    input of every `nn.ReLU` module (hand-made nets)."""
-    sites: list[tuple[nn.Module, bool]] = []
-    for module in net.modules():
-        if isinstance(module, MultiLayerPerceptron):
-            sites.extend((linear, True) for linear in module.layers)
+    input of every `nn.ReLU` module (hand-made nets), in module order."""
+    mlp_linears = {id(linear) for module in net.modules() if isinstance(module, MultiLayerPerceptron)
+                   for linear in module.layers}
+    sites: list[tuple[str, bool]] = []
+    for name, module in net.named_modules():
+        if id(module) in mlp_linears:
+            sites.append((name, True))
         elif isinstance(module, nn.ReLU):
-            sites.append((module, False))
+            sites.append((name, False))
     return sites
 
 
 def _relu_inputs(net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-    """Run net(x, mask) and return every ReLU input it computed ([rows, ...] each, `relu_input_sites` order)."""
-    captured: list[torch.Tensor] = []
-
-    def keep_output(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        captured.append(out.detach())
-
-    def keep_input(_m: nn.Module, inp: tuple[torch.Tensor, ...], _o: torch.Tensor) -> None:
-        captured.append(inp[0].detach())
-
-    handles = [module.register_forward_hook(keep_output if is_output else keep_input)
-               for module, is_output in relu_input_sites(net)]
-    try:
-        with torch.no_grad():
-            net(x, mask)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
+    """Run net(x, mask) and return every ReLU input it computed ([rows, ...] each, `relu_input_sites`
+    order; an `nn.ReLU` called twice in one pass keeps its last input)."""
+    sites = relu_input_sites(net)
+    outputs = [name for name, is_output in sites if is_output]
+    inputs = [name for name, is_output in sites if not is_output]
+    with torch.no_grad(), capture(net, outputs, inputs=inputs) as cached:
+        net(x, mask)
+    return [cached[name] for name, _ in sites]
 
 
 @dataclass
@@ -275,6 +270,14 @@ class PathKinks:
         return [found[i] for i in idx.tolist()]
 
 
+def located_kinks(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor, grid: int,
+                  rows: int, known: Sequence[torch.Tensor] | None = None) -> Sequence[torch.Tensor]:
+    """The paths' kinks on `grid`: `known` if given, else located now (`path_kinks`)."""
+    if known is not None:
+        return known
+    return path_kinks(net, obs, baseline, mask, grid, rows)
+
+
 def path_segments(kinks: Sequence[torch.Tensor], max_length: float = MAX_SEGMENT,
                   min_length: float = 1e-12) -> Segments:
     """Cut each path [0, 1] at its kinks and at multiples of `max_length`; pieces shorter than
@@ -348,3 +351,19 @@ def refine_until_complete(attribute: AttributeFn, delta_f: torch.Tensor, schedul
             break
     assert attr is not None
     return Refined(attr, delta, grid, points)
+
+
+def refine_on_kink_grids(piecewise: PieceFn, kinks: PathKinks, delta_f: torch.Tensor, grid: int, max_grid: int, *,
+                         tolerance: float = 0.01, min_delta: float = 1e-3) -> Refined:
+    """Run `piecewise` on every step with its kinks on `grid`, then on 4× finer grids (up to
+    `max_grid`) for the steps still incomplete by `tolerance` of |ΔQ| (`refine_until_complete`).
+
+    kinks: the `PathKinks` of the B paths (shared with other jobs on them); delta_f: [B]
+    f(obs) − f(baseline) as the attribution sees it (same mask).
+    """
+
+    def attribute(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return piecewise(idx, n, kinks.on_grid(idx, n))
+
+    return refine_until_complete(attribute, delta_f, point_schedule(grid, max_grid), tolerance=tolerance,
+                                 min_delta=min_delta)

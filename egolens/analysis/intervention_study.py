@@ -1,0 +1,394 @@
+"""The interventions stage's experiment, and its summary.
+
+`run_interventions` plays every condition on one trained network: heads (zero, mean), the
+attention branch (zero, mean), top-conductance vs random neuron sets per layer (mean ablation),
+the most attended and a random vehicle removed, a rank-one edit that makes the agent brake and a
+head-scaling edit; open loop on the recorded steps, closed loop on held-out env seeds paired with
+the unablated agent. It adds activation and path patching on clean/corrupted pairs and the
+perturbation sweeps per layer, and returns the stage's tables (`Tables`); `summarize` turns them
+into summary.json (read by `egolens.aggregate` and `egolens.report` by dotted path).
+
+No file I/O: the stage loads the network and the recorded rollout and writes what comes back.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from egolens import vocabulary
+from egolens.analysis import editing, patching
+from egolens.analysis import interventions as iv
+from egolens.evaluation import EpisodeResult, play_greedy
+from egolens.hooks import HookFn
+from egolens.model import EgoAttentionNetwork
+from egolens.progress import Progress, no_progress
+from egolens.runner import EnvRunner
+
+if TYPE_CHECKING:
+    from egolens.config import InterventionsConfig
+
+@dataclass
+class Condition:
+    """One intervention: hooks and/or an observation edit on the trained net, or an edited copy."""
+
+    name: str
+    kind: str
+    target: str = ""
+    mode: str = ""
+    units: str = ""
+    fns: dict[str, HookFn] = field(default_factory=dict)
+    obs_edit: iv.ObsEdit | None = None
+    edited: nn.Module | None = None
+
+    def labels(self) -> dict[str, str]:
+        return {"condition": self.name, "kind": self.kind, "target": self.target, "mode": self.mode,
+                "units": self.units}
+
+    def policy(self, net: nn.Module) -> nn.Module:
+        return iv.Intervened(self.edited if self.edited is not None else net, self.fns, self.obs_edit)
+
+
+@dataclass
+class Tables:
+    """The stage's tables, one CSV each (`files`)."""
+
+    open_loop: pd.DataFrame
+    closed_loop: pd.DataFrame
+    closed_loop_episodes: pd.DataFrame
+    patching: pd.DataFrame
+    path_patching: pd.DataFrame
+    perturbation: pd.DataFrame
+    editing: pd.DataFrame
+
+    def files(self) -> dict[str, pd.DataFrame]:
+        """File name -> table: open_loop.csv, closed_loop.csv, ..."""
+        return {f"{f.name}.csv": getattr(self, f.name) for f in fields(self)}
+
+
+def _recorded(arrays: dict[str, np.ndarray], layer: str, present: np.ndarray) -> np.ndarray:
+    """Recorded activations of a layer, present rows only for the others' embedding ([M, D])."""
+    acts = arrays[layer]
+    return acts[present] if layer.startswith("others_embedding") else acts.reshape(-1, acts.shape[-1])
+
+
+def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], cfg: InterventionsConfig,
+                        seed: int, progress: Progress = no_progress) -> list[Condition]:
+    """Heads (zero, mean), the branch (zero, mean), top-k and random neuron sets per layer (mean
+    ablation), the most attended and a random vehicle removed; "none" first (the control).
+
+    arrays: the recorded rollout (obs [N, E, F] and the activations mean ablation needs). Neurons
+    are ranked by `iv.neuron_importance` on cfg.conductance_steps evenly spaced recorded steps."""
+    obs = torch.as_tensor(arrays["obs"])
+    present = vocabulary.present(arrays["obs"])[:, 1:]
+    mean_z = iv.mean_activation(arrays[iv.Z])
+    mean_combined = iv.mean_activation(arrays[iv.COMBINED])
+    out = [Condition("none", "none")]
+    for h in range(net.attention_layer.heads):
+        for mode in ("zero", "mean"):
+            out.append(Condition(f"head{h}_{mode}", "head", f"head{h}", mode, fns=iv.head_ablation(h, mode, mean_z)))
+    for mode in ("zero", "mean"):
+        out.append(Condition(f"branch_{mode}", "branch", "attention_branch", mode,
+                             fns=iv.branch_ablation(mode, mean_combined)))
+    steps = np.unique(np.round(np.linspace(0, len(obs) - 1, min(cfg.conductance_steps, len(obs)))).astype(int))
+    for li, layer in enumerate(progress(iv.neuron_layers(net), "neuron conductance")):
+        importance = iv.neuron_importance(net, obs[steps], layer, cfg.conductance_points)
+        top = iv.top_units(importance, cfg.top_k)
+        mean = iv.mean_activation(arrays[layer], present if layer.startswith("others_embedding") else None)
+        sets = {"top": top} | {f"random{i}": s for i, s in enumerate(
+            iv.random_unit_sets(importance.numel(), top, cfg.top_k, cfg.random_sets, seed * 1000 + li))}
+        for set_name, units in sets.items():
+            out.append(Condition(f"neurons_{layer}_{set_name}", "neurons", layer, set_name,
+                                 " ".join(map(str, units)), fns=iv.neuron_ablation(layer, units, "mean", mean)))
+    out.append(Condition("vehicle_most_attended", "vehicle", "most_attended", "remove",
+                         obs_edit=iv.remove_most_attended(net)))
+    out.append(Condition("vehicle_random", "vehicle", "random", "remove", obs_edit=iv.remove_random_vehicle(seed)))
+    return out
+
+
+def open_loop_row(net: nn.Module, obs: torch.Tensor, condition: Condition, resamples: int, seed: int) -> dict:
+    """open_loop.csv's row of one condition: its labels and `iv.summarize_effects` on obs [N, E, F]."""
+    effects = iv.open_loop_effects(net, obs, condition.fns, condition.obs_edit, condition.edited)
+    return condition.labels() | iv.summarize_effects(effects, resamples, seed)
+
+
+@dataclass
+class ClosedLoop:
+    """Closed-loop runs of some conditions: paired comparisons (closed_loop.csv rows), episodes
+    (closed_loop_episodes.csv rows), and each condition's episode results."""
+
+    table: pd.DataFrame
+    episodes: pd.DataFrame
+    results: dict[str, list[EpisodeResult]]
+
+
+def closed_loop(net: nn.Module, conditions: Sequence[Condition], runner: EnvRunner, env_seeds: Sequence[int],
+                baseline: Sequence[EpisodeResult] | None, resamples: int, seed: int,
+                progress: Progress = no_progress) -> ClosedLoop:
+    """Play every condition greedily on the same env seeds; compare each with `baseline` (the
+    unablated agent's episodes; None: the "none" condition among `conditions`, played first)."""
+    tables, episodes, results = [], [], {}
+    for condition in progress(conditions, "closed loop"):
+        with torch.no_grad():
+            played = play_greedy(condition.policy(net), runner, env_seeds)
+        results[condition.name] = played
+        control = baseline if baseline is not None else results["none"]
+        table = iv.paired_comparison(played, control, resamples, seed)
+        for name, value in reversed(condition.labels().items()):
+            table.insert(0, name, value)
+        tables.append(table)
+        ep = iv.episode_table(played)
+        ep.insert(0, "condition", condition.name)
+        episodes.append(ep)
+    return ClosedLoop(pd.concat(tables, ignore_index=True), pd.concat(episodes, ignore_index=True), results)
+
+
+def patching_tables(net: EgoAttentionNetwork, obs: torch.Tensor, attention: torch.Tensor, crossing: torch.Tensor,
+                    cfg: InterventionsConfig, progress: Progress = no_progress) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Activation and path patching (patching.csv, path_patching.csv) on every kind of pair.
+
+    obs [N, E, F] and attention [N, H, E] recorded; crossing [N, E] bool (`egolens.scene.scene_facts`).
+    Each table gets the pair's kind, recorded step and changed entity (target)."""
+    sites = patching.patching_sites(net, obs.shape[1])
+    act_tables, path_tables = [], []
+    for kind in progress(patching.PAIR_KINDS, "patching"):
+        pairs = patching.build_pairs(net, obs, kind, attention, crossing, cfg.patch_pairs, cfg.min_metric_change,
+                                     cfg.change_factor)
+        if not len(pairs.step):
+            continue
+        for table, result in ((act_tables, patching.activation_patching(net, pairs.clean, pairs.corrupted, sites,
+                                                                         pairs.target)),
+                              (path_tables, patching.path_patching(net, pairs.clean, pairs.corrupted, pairs.target))):
+            result.insert(0, "kind", kind)
+            result.insert(2, "step", pairs.step[result["pair"].to_numpy()])
+            result.insert(3, "target", pairs.target.numpy()[result["pair"].to_numpy()])
+            table.append(result)
+    empty = pd.DataFrame(columns=["kind", "pair", "step", "target", "restored"])
+    return (pd.concat(act_tables, ignore_index=True) if act_tables else empty,
+            pd.concat(path_tables, ignore_index=True) if path_tables else empty)
+
+
+def perturbation_table(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], cfg: InterventionsConfig,
+                       seed: int) -> pd.DataFrame:
+    """perturbation.csv: `iv.perturbation_sweep` of every neuron layer and the attention output
+    (resid), directions from the recorded activations (`iv.sweep_directions`)."""
+    present = vocabulary.present(arrays["obs"])[:, 1:]
+    layers = [*iv.neuron_layers(net), iv.RESID]
+    directions = {layer: iv.sweep_directions(_recorded(arrays, layer, present), cfg.random_directions, seed * 1000 + i)
+                  for i, layer in enumerate(layers)}
+    return iv.perturbation_sweep(net, torch.as_tensor(arrays["obs"]), directions, cfg.perturbation_sizes)
+
+
+# ------------------------------------------------------------------------------------ edits
+
+@dataclass
+class Edit:
+    """An edit's condition, what it is meant to do (goal), what describes it (info) and the
+    recorded steps it is not meant to change (other [N] bool: its side effects are measured there)."""
+
+    condition: Condition
+    goal: str
+    info: dict[str, Any]
+    other: np.ndarray
+
+
+def rank_one_brake(net: EgoAttentionNetwork, obs: torch.Tensor, facts: dict[str, np.ndarray],
+                   cfg: InterventionsConfig) -> editing.BrakeEdit | None:
+    """`editing.brake_edit` on the recorded steps ranked by `editing.step_danger`; None (with a
+    warning) when the agent brakes in every recorded step."""
+    try:
+        return editing.brake_edit(net, obs, editing.step_danger(facts), cfg.edit_ridge, cfg.edit_margin)
+    except ValueError as err:
+        warnings.warn(f"no rank-one edit: {err}", stacklevel=2)
+        return None
+
+
+def edit_rows(name: str, goal: str, info: dict[str, Any], effects: pd.DataFrame, other: np.ndarray,
+              closed: pd.DataFrame) -> list[dict]:
+    """editing.csv rows of one edit: its description, intended effect, side effects (open loop on
+    the `other` steps, and on all), and its closed-loop differences with their CIs."""
+    rows = [{"edit": name, "goal": goal, "measure": key, "value": value} for key, value in info.items()]
+    side = effects[other]
+    rows += [{"edit": name, "goal": goal, "measure": "side_flip_rate", "value": float(side["flipped"].mean())},
+             {"edit": name, "goal": goal, "measure": "side_abs_dq", "value": float(side["abs_dq"].mean())},
+             {"edit": name, "goal": goal, "measure": "all_flip_rate", "value": float(effects["flipped"].mean())}]
+    for row in closed.itertuples():
+        rows.append({"edit": name, "goal": goal, "measure": f"closed_{row.metric}_diff", "value": row.diff,
+                     "ci_low": row.diff_ci_low, "ci_high": row.diff_ci_high})
+    return rows
+
+
+def editing_table(net: nn.Module, obs: torch.Tensor, edits: Sequence[Edit], brake: editing.BrakeEdit | None,
+                  closed: pd.DataFrame) -> pd.DataFrame:
+    """editing.csv: `edit_rows` of each edit; the rank-one edit also reports its target step's
+    action before and after, whether it brakes, and its Δ(Q(SLOWER) − Q(FASTER))."""
+    rows = []
+    for edit in edits:
+        name, info = edit.condition.name, dict(edit.info)
+        effects = iv.open_loop_effects(net, obs, edited=edit.condition.edited)
+        if brake is not None and name == "edit_rank_one":
+            target = effects.iloc[brake.step]
+            info |= {"target_action_before": int(target["action"]), "target_action_after": int(target["action_after"]),
+                     "target_brakes": int(target["action_after"] == iv.SLOWER), "target_dm": float(target["dm"])}
+        rows += edit_rows(name, edit.goal, info, effects, edit.other, closed[closed.condition == name])
+    return pd.DataFrame(rows, columns=["edit", "goal", "measure", "value", "ci_low", "ci_high"])
+
+
+# ------------------------------------------------------------------------------- experiment
+
+def run_interventions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], facts: dict[str, np.ndarray],
+                      cfg: InterventionsConfig, runner: EnvRunner, seed: int,
+                      progress: Progress = no_progress) -> Tables:
+    """Every intervention of the stage on `net` (eval mode), its tables.
+
+    arrays: the recorded rollout (`obs` [N, E, F], `attention` [N, H, E] and the activations of
+    `iv.Z`, `iv.COMBINED`, `iv.RESID` and every `iv.neuron_layers`); facts: `egolens.scene.scene_facts` of
+    obs (crossing, ttc, distance [N, E]); runner: the envs of the closed-loop episodes (held-out
+    env seeds cfg.env_seeds); seed: the agent seed (seeds every random choice).
+    """
+    obs = torch.as_tensor(arrays["obs"])
+    resamples = cfg.bootstrap_resamples
+    conditions = ablation_conditions(net, arrays, cfg, seed, progress)
+    edits = []
+    brake = rank_one_brake(net, obs, facts, cfg)
+    if brake is not None:
+        conditions.append(Condition("edit_rank_one", "edit", brake.layer, "rank_one", edited=brake.net))
+        edits.append(Edit(conditions[-1], "brake in the most dangerous recorded step where the agent did not",
+                          {"step": brake.step, "source_step": brake.source,
+                           "value_from_braking_step": int(brake.source >= 0)}, np.arange(len(obs)) != brake.step))
+    open_rows = [open_loop_row(net, obs, c, resamples, seed) for c in progress(conditions, "open loop")]
+    played = closed_loop(net, conditions, runner, cfg.env_seeds, None, resamples, seed, progress)
+    head, _ = most_affecting_head(played.table, net.attention_layer.heads, "zero")
+    scaled = Condition("edit_head_scale", "edit", f"head{head}", f"x{cfg.head_scale:g}",
+                       edited=editing.scale_head_output(net, head, cfg.head_scale))
+    edits.append(Edit(scaled, f"scale head {head}'s output weights by {cfg.head_scale:g} (the head whose zero "
+                      "ablation changes closed-loop outcomes most)", {"head": head, "factor": cfg.head_scale},
+                      np.ones(len(obs), dtype=bool)))
+    more = closed_loop(net, [scaled], runner, cfg.env_seeds, played.results["none"], resamples, seed, progress)
+    open_rows.append(open_loop_row(net, obs, scaled, resamples, seed))
+    closed = pd.concat([played.table, more.table], ignore_index=True)
+    edit_table = editing_table(net, obs, edits, brake, closed)
+    act, path = patching_tables(net, obs, torch.as_tensor(arrays["attention"]), torch.as_tensor(facts["crossing"]),
+                                cfg, progress)
+    return Tables(open_loop=pd.DataFrame(open_rows), closed_loop=closed,
+                  closed_loop_episodes=pd.concat([played.episodes, more.episodes], ignore_index=True),
+                  patching=act, path_patching=path, perturbation=perturbation_table(net, arrays, cfg, seed),
+                  editing=edit_table)
+
+
+# ---------------------------------------------------------------------------------- summary
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _diffs(closed: pd.DataFrame, condition: str) -> dict[str, float]:
+    """Closed-loop success and collision differences of one condition, with their CIs."""
+    rows = closed[closed.condition == condition].set_index("metric")
+    out = {}
+    for metric in ("success", "collision"):
+        row = rows.loc[metric]
+        out |= {f"{metric}_diff": row["diff"], f"{metric}_diff_ci_low": row["diff_ci_low"],
+                f"{metric}_diff_ci_high": row["diff_ci_high"]}
+    return out
+
+
+def most_affecting_head(closed: pd.DataFrame, heads: int, mode: str) -> tuple[int, dict[str, float]]:
+    """The head whose ablation changes closed-loop success or collision rate most (max of |Δ|;
+    ties: the lower head), and its `_diffs`. closed: closed_loop.csv with rows head<h>_<mode>."""
+    scored = []
+    for h in range(heads):
+        diffs = _diffs(closed, f"head{h}_{mode}")
+        scored.append((max(abs(diffs["success_diff"]), abs(diffs["collision_diff"])), -h, diffs))
+    score, neg_h, diffs = max(scored, key=lambda t: (t[0], t[1]))
+    return -neg_h, diffs
+
+
+def summarize(tables: Tables, heads: int, neuron_layers: Sequence[str], notebook_size: float) -> dict[str, Any]:
+    """summary.json of the interventions stage from its tables.
+
+    heads: the network's heads; neuron_layers: `iv.neuron_layers(net)`; notebook_size: the size
+    of the uniform perturbation reported (cfg.notebook_size). Sections:
+    - closed_loop_baseline: the unablated agent's success, collision, timeout rates and episodes;
+    - head_ablation.{zero,mean}: the most affecting head (`most_affecting_head`), its closed-loop
+      success / collision diffs with CIs and its open-loop flip rate;
+    - branch_ablation.{zero,mean}: the same for the attention branch;
+    - neuron_ablation.<layer>: the top set's and the random sets' mean open-loop flip rate,
+      |ΔQ| and closed-loop success / collision diffs;
+    - vehicle_removal.{most_attended,random}: closed-loop diffs, open-loop flip rate and |ΔQ|;
+    - patching_restored.<kind>: pairs, mean restored fraction per site class (and role), over
+      sites whose entity is present, the largest mean over one neuron (neuron_max);
+    - path_patching_restored.<kind>: mean restored fraction per head and path (and the sender);
+    - perturbation_notebook.<layer>: |ΔQ| and flip rate of +notebook_size on every unit;
+    - editing.<edit>: every measure of editing.csv, with its CI where it has one.
+    """
+    open_loop, closed, act, path = tables.open_loop, tables.closed_loop, tables.patching, tables.path_patching
+    perturb, edit_table = tables.perturbation, tables.editing
+    base = closed[closed.condition == "none"].set_index("metric")
+    ol = open_loop.set_index("condition")
+    out: dict[str, Any] = {"closed_loop_baseline": {f"{m}_rate": base.loc[m, "value"]
+                                                    for m in ("success", "collision", "timeout")}
+                           | {"episodes": int(base.loc["success", "episodes"])}}
+    head_ablation = {}
+    for mode in ("zero", "mean"):
+        h, diffs = most_affecting_head(closed, heads, mode)
+        head_ablation[mode] = {"head": h, **diffs, "flip_rate": ol.loc[f"head{h}_{mode}", "flip_rate"]}
+    out["head_ablation"] = head_ablation
+    out["branch_ablation"] = {
+        mode: _diffs(closed, f"branch_{mode}") | {"flip_rate": ol.loc[f"branch_{mode}", "flip_rate"]}
+        for mode in ("zero", "mean")}
+    neurons = {}
+    for layer in neuron_layers:
+        rows = open_loop[open_loop.target == layer]
+        top, rand = rows[rows["mode"] == "top"].iloc[0], rows[rows["mode"] != "top"]
+        entry = {"top_flip_rate": top["flip_rate"], "random_flip_rate": rand["flip_rate"].mean(),
+                 "top_abs_dq": top["abs_dq"], "random_abs_dq": rand["abs_dq"].mean()}
+        top_c = _diffs(closed, top["condition"])
+        rand_c = [_diffs(closed, c) for c in rand["condition"]]
+        for metric in ("success", "collision"):
+            entry[f"top_{metric}_diff"] = top_c[f"{metric}_diff"]
+            entry[f"random_{metric}_diff"] = float(np.mean([r[f"{metric}_diff"] for r in rand_c]))
+        neurons[_key(layer)] = entry
+    out["neuron_ablation"] = neurons
+    out["vehicle_removal"] = {
+        target: _diffs(closed, f"vehicle_{target}") | {"flip_rate": ol.loc[f"vehicle_{target}", "flip_rate"],
+                                                        "abs_dq": ol.loc[f"vehicle_{target}", "abs_dq"]}
+        for target in ("most_attended", "random")}
+    patch: dict[str, Any] = {}
+    if len(act):
+        used = act[act["entity_present"].astype(bool)]
+        for kind, group in used.groupby("kind", sort=True):
+            entry: dict[str, float] = {"pairs": int(group["pair"].nunique())}
+            for (cls, role), g in group.groupby(["site_class", "role"], sort=True):
+                entry[cls if role == "all" else f"{cls}_{role}"] = g["restored"].mean()
+            neuron_means = group[group.site_class == "neuron"].groupby(["site", "neuron"])["restored"].mean()
+            if len(neuron_means):
+                entry["neuron_max"] = neuron_means.max()
+            patch[kind] = entry
+    out["patching_restored"] = patch
+    paths: dict[str, Any] = {}
+    for kind, group in (path.groupby("kind", sort=True) if len(path) else []):
+        paths[kind] = {("sender" if h < 0 else f"head{h}_{p}"): g["restored"].mean()
+                       for (h, p), g in group.groupby(["head", "path"], sort=True)}
+    out["path_patching_restored"] = paths
+    notebook = perturb[(perturb.direction == "uniform") & np.isclose(perturb["size"], notebook_size)]
+    out["perturbation_notebook"] = {_key(r.layer): {"abs_dq": r.mean_abs_dq, "flip_rate": r.flip_rate}
+                                    for r in notebook.itertuples()}
+    edits: dict[str, Any] = {}
+    for name, group in edit_table.groupby("edit", sort=True):
+        entry = {}
+        for r in group.itertuples():
+            entry[r.measure] = r.value
+            if isinstance(r.ci_low, float) and math.isfinite(r.ci_low):
+                entry[f"{r.measure}_ci_low"], entry[f"{r.measure}_ci_high"] = r.ci_low, r.ci_high
+        edits[name] = entry
+    out["editing"] = edits
+    return out
