@@ -231,6 +231,7 @@ def _needs(*names: str) -> Callable[[Callable[..., bool]], Callable[[Metrics], b
         def test(m: Metrics) -> bool | None:
             values = [m.get(n, math.nan) for n in names]
             return None if any(not math.isfinite(v) for v in values) else bool(check(*values))
+        test.needs = names                                                   # type: ignore[attr-defined]
         return test
     return wrap
 

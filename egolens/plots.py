@@ -433,6 +433,44 @@ def neuron_activations(over_time: pd.DataFrame, steps: pd.DataFrame | None = Non
 
 # ---------------------------------------------------------------------------------------------- scene
 
+SCENE_POINTS = 330.0
+"""Width in points a scene panel of `attention_scene` has at least (label placement errs on the side of space)."""
+LABEL_SIZE = 8
+
+
+def label_offsets(centres: np.ndarray, names: Sequence[str], metres_per_point: float) -> list[tuple[float, float]]:
+    """Offsets (points, x right / y up) for labels of vehicles at centres [N, 2] (metres, y down the
+    screen as drawn), chosen greedily, nearest vehicles first, so no two label boxes overlap each other
+    or a vehicle: each label tries rings of 8 directions at growing distances and takes the first free spot."""
+    screen = np.column_stack([centres[:, 0], -centres[:, 1]]) / metres_per_point          # points, y up
+    car = np.array(VEHICLE_SIZE) / metres_per_point / 2 + 2.0
+    taken = [(x - car[0], y - car[0], x + car[0], y + car[0]) for x, y in screen]        # vehicles, any heading
+    order = np.argsort(np.hypot(*(screen - screen[:1]).T), kind="stable")
+    height = LABEL_SIZE * 1.3
+    offsets: list[tuple[float, float]] = [(0.0, 0.0)] * len(names)
+    for i in order:
+        width = 0.62 * LABEL_SIZE * len(names[i]) + 2
+        choice = None
+        for radius in (6, 14, 24, 36, 50, 66, 84):
+            for angle in np.radians([45, 135, -45, -135, 0, 180, 90, -90]):
+                dx, dy = radius * np.cos(angle), radius * np.sin(angle)
+                x0 = screen[i, 0] + dx - (width if dx < 0 else 0)
+                box = (x0, screen[i, 1] + dy - height / 2, x0 + width, screen[i, 1] + dy + height / 2)
+                if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+                    choice = (float(dx), float(dy), box)
+                    break
+            if choice:
+                break
+        if choice is None:                                  # nowhere free: the farthest ring, up-right
+            dx = dy = 84 * np.sqrt(0.5)
+            x0 = screen[i, 0] + dx
+            box = (x0, screen[i, 1] + dy - height / 2, x0 + width, screen[i, 1] + dy + height / 2)
+            choice = (float(dx), float(dy), box)
+        offsets[i] = choice[:2]
+        taken.append(choice[2])
+    return offsets
+
+
 def _head_colour(h: int) -> tuple[float, float, float]:
     return tuple(c / 255 for c in HEAD_COLOURS[h % len(HEAD_COLOURS)])
 
@@ -476,7 +514,13 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
                                       edgecolor="black", lw=0.6, zorder=3, label=names[j]))
             scene.annotate("", xy=(centre[0] + kin.vx[t, j], centre[1] + kin.vy[t, j]), xytext=tuple(centre),
                            arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.0}, zorder=4)
-            scene.annotate(names[j], tuple(centre), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=5)
+        centres = np.stack([kin.x[t, rows], kin.y[t, rows]], axis=1)
+        for j, offset in zip(rows, label_offsets(centres, [names[j] for j in rows], 2 * half / SCENE_POINTS)):
+            scene.annotate(names[j], (float(kin.x[t, j]), float(kin.y[t, j])), xytext=offset,
+                           textcoords="offset points", fontsize=LABEL_SIZE, zorder=5, va="center",
+                           ha="left" if offset[0] >= 0 else "right",
+                           arrowprops={"arrowstyle": "-", "color": "0.35", "lw": 0.6}
+                           if np.hypot(*offset) > 9 else None)
         scene.set_xlim(-half, half)
         scene.set_ylim(half, -half)
         scene.set_aspect("equal")

@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 
 from egolens import plots
 from egolens.config import EnvConfig
@@ -429,6 +430,33 @@ def test_attention_scene_draws_present_vehicles_where_the_observation_puts_them_
         assert [tl.get_text() for tl in bars.get_xticklabels()] == ["ego", "car 4", "car 7"]
         for h, container in enumerate(bars.containers):
             np.testing.assert_allclose([p.get_height() for p in container.patches], inputs["attention"][t, h, order])
+
+
+def test_vehicle_labels_of_a_crowded_scene_do_not_overlap_each_other_or_a_vehicle():
+    inputs = scene_inputs()
+    rng = np.random.default_rng(0)
+    obs = np.zeros((1, 8, 7))
+    obs[0, :, 0] = 1
+    obs[0, :, 1:3] = rng.uniform(-0.03, 0.03, (8, 2))               # eight vehicles within ±3 m of each other
+    obs[0, :, 5] = 1
+    inputs.update(obs=obs, attention=np.full((1, 2, 8), 1 / 8), action=np.array([1]), q=np.zeros((1, 3)),
+                  vehicle_id=np.arange(8)[None] * 11, steps=[0])
+    fig = plots.attention_scene(**inputs)
+    fig.canvas.draw()
+    scene = data_axes(fig)[0]
+    labels = [text for text in scene.texts if text.get_text()]
+    renderer = fig._get_renderer()
+    for label in labels:
+        label.update_positions(renderer)
+    boxes = [Text.get_window_extent(label, renderer) for label in labels]   # the text alone, not its leader line
+    assert len(boxes) == 8
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+    cars = [patch.get_window_extent() for patch in scene.patches
+            if isinstance(patch, Rectangle) and patch.get_label().strip("_")]               # vehicles, not roads
+    assert len(cars) == 8
+    assert not any(box.overlaps(car) for box in boxes for car in cars)
 
 
 # ------------------------------------------------------------------------------------------ lens, interventions
