@@ -188,7 +188,6 @@ def _projected_circuits(features: pd.DataFrame, raw: pd.DataFrame, matrix: str, 
             ax.set_xlabel(xlabel if r == len(seeds) - 1 else xlabel.split(" (")[0], fontsize=8)
             ax.grid(False)
     top.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"entry (shared symmetric scale ±{limit:.3g})")
-    top.suptitle(title)
     first = seeds[0]
     raw_table = raw[(raw["matrix"] == raw_matrix) & (raw["model"] == "trained")]
     raw_heads = order[first]
@@ -642,8 +641,11 @@ def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = 
     if kind == "branch":
         return f"attention branch {'zeroed' if mode == 'zero' else 'mean-ablated'}"
     if kind == "neurons":
-        which = "top-conductance" if mode == "top" else f"random set {int(mode.removeprefix('random')) + 1}:"
-        return f"{_layer_label(target)}: {which} {len(units) or ''} neurons mean-ablated".replace("  ", " ")
+        count = f"{len(units)} " if units else ""
+        if mode == "top":
+            return f"{_layer_label(target)}: {count}top-conductance neurons mean-ablated"
+        which = int(mode.removeprefix("random")) + 1
+        return f"{_layer_label(target)}: {count}random neurons (set {which}) mean-ablated"
     if kind == "vehicle":
         return f"{'most-attended' if target == 'most_attended' else 'random'} vehicle removed"
     if kind == "edit":

@@ -488,7 +488,7 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
     fig = plots.ablations(table)
     axes = data_axes(fig)
     assert [t.get_text() for t in axes[0].get_yticklabels()] == [
-        "head 0 zeroed", "head 1 zeroed", "others embedding, layer 1: top-conductance 2 neurons mean-ablated"]
+        "head 0 zeroed", "head 1 zeroed", "others embedding, layer 1: 2 top-conductance neurons mean-ablated"]
     for ax, metric in zip(axes, ("success", "collision")):
         containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
         assert [c.get_label() for c in containers] == [f"seed {s}" for s in SEEDS]
