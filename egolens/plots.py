@@ -437,13 +437,21 @@ SCENE_POINTS = 330.0
 LABEL_SIZE = 8
 
 
-def label_offsets(centres: np.ndarray, names: Sequence[str], metres_per_point: float) -> list[tuple[float, float]]:
+def label_offsets(centres: np.ndarray, names: Sequence[str], metres_per_point: float,
+                  tips: np.ndarray | None = None) -> list[tuple[float, float]]:
     """Offsets (points, x right / y up) for labels of vehicles at centres [N, 2] (metres, y down the
-    screen as drawn), chosen greedily, nearest vehicles first, so no two label boxes overlap each other
-    or a vehicle: each label tries rings of 8 directions at growing distances and takes the first free spot."""
-    screen = np.column_stack([centres[:, 0], -centres[:, 1]]) / metres_per_point          # points, y up
+    screen as drawn), chosen greedily, nearest vehicles first, so no two label boxes overlap each other,
+    a vehicle or a velocity arrow (centre -> tips [N, 2]): each label tries rings of 8 directions at
+    growing distances and takes the first free spot."""
+    def to_screen(points: np.ndarray) -> np.ndarray:
+        return np.column_stack([points[:, 0], -points[:, 1]]) / metres_per_point          # points, y up
+
+    screen = to_screen(centres)
     car = np.array(VEHICLE_SIZE) / metres_per_point / 2 + 2.0
     taken = [(x - car[0], y - car[0], x + car[0], y + car[0]) for x, y in screen]        # vehicles, any heading
+    if tips is not None:
+        taken += [(min(a[0], b[0]) - 2, min(a[1], b[1]) - 2, max(a[0], b[0]) + 2, max(a[1], b[1]) + 2)
+                  for a, b in zip(screen, to_screen(tips))]
     order = np.argsort(np.hypot(*(screen - screen[:1]).T), kind="stable")
     height = LABEL_SIZE * 1.3
     offsets: list[tuple[float, float]] = [(0.0, 0.0)] * len(names)
@@ -514,7 +522,9 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
             scene.annotate("", xy=(centre[0] + kin.vx[t, j], centre[1] + kin.vy[t, j]), xytext=tuple(centre),
                            arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.0}, zorder=4)
         centres = np.stack([kin.x[t, rows], kin.y[t, rows]], axis=1)
-        for j, offset in zip(rows, label_offsets(centres, [names[j] for j in rows], 2 * half / SCENE_POINTS)):
+        tips = centres + np.stack([kin.vx[t, rows], kin.vy[t, rows]], axis=1)
+        offsets = label_offsets(centres, [names[j] for j in rows], 2 * half / SCENE_POINTS, tips)
+        for j, offset in zip(rows, offsets):
             scene.annotate(names[j], (float(kin.x[t, j]), float(kin.y[t, j])), xytext=offset,
                            textcoords="offset points", fontsize=LABEL_SIZE, zorder=5, va="center",
                            ha="left" if offset[0] >= 0 else "right",
