@@ -317,13 +317,9 @@ class InterventionsConfig(_Strict):
     num_envs: int = Field(2, gt=0, le=16)
     """Envs playing a closed-loop condition in parallel (one process each; the results do not depend on it)."""
     top_k: int = Field(5, gt=0)
-    """Neurons per layer ablated as the top set (by conductance)."""
+    """Neurons per layer ablated as the top set (the best-ranked by the attributions stage's conductance)."""
     random_sets: int = Field(3, gt=0)
     """Random neuron sets of the same size per layer (the control; drawn outside the top set)."""
-    conductance_steps: int = Field(200, gt=0)
-    """Recorded steps (evenly spaced) used to rank neurons by conductance."""
-    conductance_points: int = Field(32, ge=8)
-    """Integration points of the layer conductance that ranks neurons."""
     patch_pairs: int = Field(100, gt=0)
     """Maximum clean/corrupted pairs per kind of pair."""
     min_metric_change: float = Field(0.05, ge=0.0)

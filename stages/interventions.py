@@ -1,11 +1,13 @@
 """interventions@seed: what the trained network uses. Ablations of heads, the attention branch,
-top-conductance vs random neurons and vehicles (open loop on recorded steps, closed loop on
-held-out env seeds paired with the unablated agent); activation and path patching on
-clean/corrupted pairs; perturbation sweeps per layer; a rank-one edit and a head-scaling edit."""
+top-conductance (the attributions stage's neuron ranking) vs random neurons, and vehicles (open
+loop on recorded steps, closed loop on held-out env seeds paired with the unablated agent);
+activation and path patching on clean/corrupted pairs; perturbation sweeps per layer; a rank-one
+edit and a head-scaling edit."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -29,9 +31,10 @@ def main() -> None:
         arrays = {name: data[name] for name in data.files}
     facts = scene_facts(arrays["obs"], params.env, params.scene.horizon, params.scene.collision_radius,
                         params.scene.min_ego_speed)
+    ranking = pd.read_csv(seed_results(seed) / "attributions" / "neuron_ranking.csv")
     with make_runner(params.env, min(cfg.num_envs, len(cfg.env_seeds))) as runner:
-        tables = study.run_interventions(net, arrays, facts, cfg, runner, seed,
-                                         progress=lambda items, desc: tqdm(items, desc=desc))
+        tables = study.run_interventions(net, arrays, facts, ranking[ranking["model"] == "trained"], cfg, runner,
+                                         seed, progress=lambda items, desc: tqdm(items, desc=desc))
 
     out = seed_results(seed) / "interventions"
     for name, table in tables.files().items():

@@ -13,11 +13,11 @@ def test_conductance_layers_follow_the_networks_depth():
     deep = EgoAttentionNetwork(in_features=7, feature_size=8, heads=2, embedding_layers=[8, 8, 8],
                                output_layers=[8, 8, 8])
     layers = Layers.of(deep)
-    assert layers.analysed == ("ego_embedding.hook_post.2", "others_embedding.hook_post.2",
-                               "attention_layer.hook_resid", "output_layer.hook_post.0", "output_layer.hook_post.1",
-                               "output_layer.hook_post.2")
-    assert layers.cuts == layers.analysed[2:] and layers.refined == "attention_layer.hook_resid"
-    assert layers.rows == {"ego_embedding.hook_post.2": "ego", "others_embedding.hook_post.2": "others"}
+    embeddings = tuple(f"{mlp}.hook_post.{i}" for mlp in ("ego_embedding", "others_embedding") for i in range(3))
+    assert layers.analysed == (*embeddings, "attention_layer.hook_resid", "output_layer.hook_post.0",
+                               "output_layer.hook_post.1", "output_layer.hook_post.2")
+    assert layers.cuts == layers.analysed[6:] and layers.refined == "attention_layer.hook_resid"
+    assert layers.rows == {layer: layer.split("_")[0] for layer in embeddings}
     assert Layers.of(tiny_net()).cuts == ("attention_layer.hook_resid", "output_layer.hook_post.0")
 
 

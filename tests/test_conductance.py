@@ -13,9 +13,9 @@ from egolens.analysis.conductance import (
     layer_conductance_on_grids,
     neuron_conductance,
     neuron_conductance_by_rows,
+    neuron_ranking,
     neuron_totals,
     piecewise_layer_conductance,
-    top_neurons,
 )
 from egolens.analysis.faithfulness import completeness_error
 from egolens.vocabulary import absent_mask, present_others
@@ -65,8 +65,10 @@ def test_conductance_tables_sum_entity_rows_per_neuron_and_rank_neurons_by_mean_
     assert list(table.mean_conductance) == pytest.approx([1.0, 0.0, 0.0, 2.0])
     assert list(table.mean_abs_conductance) == pytest.approx([1.0, 5.0, 0.0, 2.0])
     assert (table.layer == "L").all() and (table.n_steps == 2).all()
-    assert top_neurons(cond, 3) == [1, 3, 0]
-    assert top_neurons(torch.ones(2, 5), 2) == [0, 1]                 # ties: lower index first
+    ranking = neuron_ranking(cond, {"layer": "L"})
+    assert list(ranking.neuron) == [1, 3, 0, 2] and list(ranking["rank"]) == [0, 1, 2, 3]
+    assert list(ranking.mean_abs_conductance) == pytest.approx([5.0, 2.0, 1.0, 0.0]) and (ranking.layer == "L").all()
+    assert list(neuron_ranking(torch.ones(2, 5)).neuron) == [0, 1, 2, 3, 4]   # ties: lower index first
 
 
 def test_neuron_conductance_by_rows_sums_per_entity_units_and_skipping_absent_rows_changes_nothing():

@@ -167,11 +167,12 @@ def recorded():
 
 def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     net, arrays, facts = recorded
-    cfg = InterventionsConfig(closed_loop_episodes=3, top_k=2, random_sets=1, conductance_steps=4, conductance_points=8,
-                              patch_pairs=2, random_directions=1, perturbation_sizes=[-0.1, 0.1],
-                              bootstrap_resamples=100)
+    cfg = InterventionsConfig(closed_loop_episodes=3, top_k=2, random_sets=1, patch_pairs=2, random_directions=1,
+                              perturbation_sizes=[-0.1, 0.1], bootstrap_resamples=100)
+    ranking = pd.concat([pd.DataFrame({"layer": layer, "neuron": [3, 0, 1, 2, 4, 5, 6, 7], "rank": range(8)})
+                         for layer in iv.neuron_layers(net)])
     with toy_runner(1) as runner:
-        tables = study.run_interventions(net, arrays, facts, cfg, runner, seed=0)
+        tables = study.run_interventions(net, arrays, facts, ranking, cfg, runner, seed=0)
     assert list(tables.files()) == ["open_loop.csv", "closed_loop.csv", "closed_loop_episodes.csv", "patching.csv",
                                     "path_patching.csv", "perturbation.csv", "editing.csv"]
     layers = iv.neuron_layers(net)
@@ -179,6 +180,8 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     assert names[:7] == ["none", "head0_zero", "head0_mean", "head1_zero", "head1_mean", "branch_zero", "branch_mean"]
     assert len(names) == 7 + 2 * len(layers) + 2 + 2 and names[-2:] == ["edit_rank_one", "edit_head_scale"]
     assert list(tables.closed_loop["condition"].unique()) == names
+    tops = tables.closed_loop[tables.closed_loop["mode"] == "top"].drop_duplicates("condition")
+    assert set(tops["units"]) == {"3 0"}                             # the ranking's best two, in rank order
     assert len(tables.closed_loop_episodes) == 3 * len(names)
     none = tables.closed_loop[tables.closed_loop.condition == "none"]
     assert (none["diff"] == 0).all() and (none["episodes"] == 3).all()        # the control against itself

@@ -162,18 +162,11 @@ def test_open_loop_effects_of_no_intervention_are_zero_and_of_an_ablation_consis
 
 # -------------------------------------------------------------------------------- neurons
 
-def test_top_and_random_unit_sets(net):
-    obs = random_obs(6, seed=9)
-    importance = iv.neuron_importance(net, obs, "output_layer.hook_post.0", n_steps=16)
-    assert importance.shape == (8,) and (importance >= 0).all()
-    top = iv.top_units(importance, 3)
-    assert importance[top].min() >= importance[[u for u in range(8) if u not in top]].max()
-    assert iv.top_units(torch.tensor([1.0, 3.0, 3.0, 0.0]), 2) == [1, 2]
+def test_random_unit_sets_are_seeded_and_avoid_the_top_set():
+    top = [5, 1, 2]
     sets = iv.random_unit_sets(8, top, 3, 4, seed=1)
     assert sets == iv.random_unit_sets(8, top, 3, 4, seed=1) and len(sets) == 4
     assert all(len(s) == 3 and not set(s) & set(top) for s in sets)
-    per_entity = iv.neuron_importance(net, obs, "others_embedding.hook_post.0", n_steps=16)
-    assert per_entity.shape == (8,)
 
 
 # --------------------------------------------------------------------------- perturbation

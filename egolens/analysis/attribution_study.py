@@ -43,7 +43,7 @@ from egolens.analysis.conductance import (
     layer_conductance_on_grids,
     neuron_conductance,
     neuron_conductance_by_rows,
-    top_neurons,
+    neuron_ranking,
 )
 from egolens.analysis.faithfulness import (
     attribution_order,
@@ -69,8 +69,8 @@ FACTS = ("ttc", "distance", "closing_speed")
 """Scene facts (`egolens.scene.scene_facts`) the attention is ranked against."""
 ORDER_IG = "ig_others_zeroed"
 """Name of the deletion/insertion order by |IG| (others_zeroed baseline, Q of the chosen action)."""
-OUTPUTS = ("ig_features", "ig_vehicles", "completeness", "layer_conductance", "neuron_conductance", "shapley",
-           "curves", "curves_auc", "agreement", "attention_facts", "sanity")
+OUTPUTS = ("ig_features", "ig_vehicles", "completeness", "layer_conductance", "neuron_ranking", "neuron_conductance",
+           "shapley", "curves", "curves_auc", "agreement", "attention_facts", "sanity")
 """The tables the attributions stage writes (one CSV each)."""
 
 
@@ -128,16 +128,17 @@ class Layers:
 
     @classmethod
     def of(cls, net: nn.Module) -> Layers:
-        """The last hidden layer of each embedding, the output MLP's input (`attention_layer.hook_resid`)
-        and every hidden layer of the output MLP (`hook_post.i`, post-ReLU)."""
+        """Every hidden layer of each embedding (`hook_post.i`, post-ReLU), the output MLP's input
+        (`attention_layer.hook_resid`) and every hidden layer of the output MLP."""
         names = activation_names(net)
 
         def hidden(mlp: str) -> list[str]:
             return [name for name in names if name.startswith(f"{mlp}.hook_post.")]
 
-        ego, others, resid = hidden("ego_embedding")[-1], hidden("others_embedding")[-1], "attention_layer.hook_resid"
+        ego, others, resid = hidden("ego_embedding"), hidden("others_embedding"), "attention_layer.hook_resid"
         output = tuple(hidden("output_layer"))
-        return cls((ego, others, resid, *output), (resid, *output), resid, {ego: "ego", others: "others"})
+        rows = {layer: "ego" for layer in ego} | {layer: "others" for layer in others}
+        return cls((*ego, *others, resid, *output), (resid, *output), resid, rows)
 
 
 class NetworkAnalysis:
@@ -241,7 +242,10 @@ class NetworkAnalysis:
             self.add("layer_conductance", conductance_table(cond, {
                 "model": self.label, "layer": layer, "baseline": CONDUCTANCE_BASELINE, "quantity": "q",
                 "action": "chosen"}))
-            neurons += [(layer, rank, neuron) for rank, neuron in enumerate(top_neurons(cond, cfg.top_neurons))]
+            ranking = neuron_ranking(cond, {"model": self.label, "layer": layer})
+            self.add("neuron_ranking", ranking)
+            top = ranking["neuron"].head(cfg.top_neurons)
+            neurons += [(layer, rank, int(neuron)) for rank, neuron in enumerate(top)]
         for layer, rank, neuron in tqdm(neurons, desc=f"{self.desc}: neuron conductance", unit="neuron"):
             # a fixed grid (captum's NeuronConductance): it only breaks a top neuron's conductance
             # down over input features; the neuron's total is the layer conductance above

@@ -195,12 +195,19 @@ def conductance_table(cond: torch.Tensor, labels: Mapping[str, object] | None = 
     return labelled(frame, labels)
 
 
-def top_neurons(cond: torch.Tensor, k: int) -> list[int]:
-    """The k neurons with the largest mean |conductance| over steps (`neuron_totals`), largest
-    first; ties go to the lower index."""
+def neuron_ranking(cond: torch.Tensor, labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Every neuron of a layer ranked by conductance, the study's one ranking of neurons (the
+    attributions' neuron breakdowns and the interventions' top-k ablations both read it).
+
+    cond: the layer's conductance [B, ..., D] (of the chosen action's Q, from the attributions'
+    reference baseline). Returns columns [labels], neuron, rank (0 = most conductance; ties go to
+    the lower index), mean_abs_conductance (mean over steps of |neuron total|).
+    """
     score = neuron_totals(cond).double().abs().mean(0)
-    order = torch.argsort(-score, stable=True)
-    return [int(i) for i in order[:k]]
+    order = [int(i) for i in torch.argsort(-score, stable=True)]
+    frame = pd.DataFrame({"neuron": order, "rank": range(len(order)),
+                          "mean_abs_conductance": [round(float(score[i]), 9) for i in order]})
+    return labelled(frame, labels)
 
 
 def neuron_conductance_by_rows(net: nn.Module, obs: torch.Tensor, layer_name: str, neuron: int, target: Target,

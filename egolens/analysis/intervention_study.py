@@ -80,14 +80,23 @@ def _recorded(arrays: dict[str, np.ndarray], layer: str, present: np.ndarray) ->
     return acts[present] if layer.startswith("others_embedding") else acts.reshape(-1, acts.shape[-1])
 
 
-def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], cfg: InterventionsConfig,
-                        seed: int, progress: Progress = no_progress) -> list[Condition]:
+def top_units(ranking: pd.DataFrame, layer: str, k: int) -> list[int]:
+    """The k best-ranked neurons of `layer` in the study's neuron ranking (the attributions stage's
+    neuron_ranking.csv of the trained network: layer, neuron, rank)."""
+    rows = ranking[ranking["layer"] == layer].sort_values("rank")
+    if rows.empty:
+        raise ValueError(f"the neuron ranking has no layer {layer!r}; it ranks {sorted(set(ranking['layer']))}")
+    return [int(n) for n in rows["neuron"].head(k)]
+
+
+def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], ranking: pd.DataFrame,
+                        cfg: InterventionsConfig, seed: int) -> list[Condition]:
     """Heads (zero, mean), the branch (zero, mean), top-k and random neuron sets per layer (mean
     ablation), the most attended and a random vehicle removed; "none" first (the control).
 
-    arrays: the recorded rollout (obs [N, E, F] and the activations mean ablation needs). Neurons
-    are ranked by `iv.neuron_importance` on cfg.conductance_steps evenly spaced recorded steps."""
-    obs = torch.as_tensor(arrays["obs"])
+    arrays: the recorded rollout (obs [N, E, F] and the activations mean ablation needs); ranking:
+    the study's neuron ranking of this network (`conductance.neuron_ranking`, made by the
+    attributions stage), whose top-k neurons per layer are the top set."""
     present = vocabulary.present(arrays["obs"])[:, 1:]
     mean_z = iv.mean_activation(arrays[iv.Z])
     mean_combined = iv.mean_activation(arrays[iv.COMBINED])
@@ -98,13 +107,11 @@ def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray],
     for mode in ("zero", "mean"):
         out.append(Condition(f"branch_{mode}", "branch", "attention_branch", mode,
                              fns=iv.branch_ablation(mode, mean_combined)))
-    steps = np.unique(np.round(np.linspace(0, len(obs) - 1, min(cfg.conductance_steps, len(obs)))).astype(int))
-    for li, layer in enumerate(progress(iv.neuron_layers(net), "neuron conductance")):
-        importance = iv.neuron_importance(net, obs[steps], layer, cfg.conductance_points)
-        top = iv.top_units(importance, cfg.top_k)
+    for li, layer in enumerate(iv.neuron_layers(net)):
+        top = top_units(ranking, layer, cfg.top_k)
         mean = iv.mean_activation(arrays[layer], present if layer.startswith("others_embedding") else None)
         sets = {"top": top} | {f"random{i}": s for i, s in enumerate(
-            iv.random_unit_sets(importance.numel(), top, cfg.top_k, cfg.random_sets, seed * 1000 + li))}
+            iv.random_unit_sets(arrays[layer].shape[-1], top, cfg.top_k, cfg.random_sets, seed * 1000 + li))}
         for set_name, units in sets.items():
             out.append(Condition(f"neurons_{layer}_{set_name}", "neurons", layer, set_name,
                                  " ".join(map(str, units)), fns=iv.neuron_ablation(layer, units, "mean", mean)))
@@ -245,18 +252,19 @@ def editing_table(net: nn.Module, obs: torch.Tensor, edits: Sequence[Edit], brak
 # ------------------------------------------------------------------------------- experiment
 
 def run_interventions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], facts: dict[str, np.ndarray],
-                      cfg: InterventionsConfig, runner: EnvRunner, seed: int,
+                      ranking: pd.DataFrame, cfg: InterventionsConfig, runner: EnvRunner, seed: int,
                       progress: Progress = no_progress) -> Tables:
     """Every intervention of the stage on `net` (eval mode), its tables.
 
     arrays: the recorded rollout (`obs` [N, E, F], `attention` [N, H, E] and the activations of
     `iv.Z`, `iv.COMBINED`, `iv.RESID` and every `iv.neuron_layers`); facts: `egolens.scene.scene_facts` of
-    obs (crossing, ttc, distance [N, E]); runner: the envs of the closed-loop episodes (held-out
+    obs (crossing, ttc, distance [N, E]); ranking: the trained network's rows of the attributions
+    stage's neuron_ranking.csv (layer, neuron, rank); runner: the envs of the closed-loop episodes (held-out
     env seeds cfg.env_seeds); seed: the agent seed (seeds every random choice).
     """
     obs = torch.as_tensor(arrays["obs"])
     resamples = cfg.bootstrap_resamples
-    conditions = ablation_conditions(net, arrays, cfg, seed, progress)
+    conditions = ablation_conditions(net, arrays, ranking, cfg, seed)
     edits = []
     brake = rank_one_brake(net, obs, facts, cfg)
     if brake is not None:

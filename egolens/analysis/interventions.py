@@ -31,8 +31,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from egolens.analysis.baselines import typical_scene
-from egolens.analysis.conductance import layer_conductance
 from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
 from egolens.stats import bootstrap_ci, paired_bootstrap_ci
@@ -319,34 +317,6 @@ def neuron_layers(net: EgoAttentionNetwork) -> list[str]:
     """Every hidden layer whose units are ablated as neurons: the embeddings' and the output MLP's
     `hook_post.i`, in that order."""
     return [name for mlp in ("ego_embedding", "others_embedding", "output_layer") for name in mlp_posts(net, mlp)]
-
-
-def neuron_importance(net: nn.Module, obs: torch.Tensor, layer: str, n_steps: int = 32,
-                      baseline: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean |layer conductance| per unit of activation `layer` for the greedy action's Q.
-
-    obs [B, E, F]; layer: a `*.hook_post.i` point ([B, D], [B, 1, D] or [B, E−1, D]; per-entity
-    conductances are summed over entities first, so a unit's importance is its total
-    conductance in a step). baseline: [B, E, F], default `typical_scene(obs, obs,
-    replace_ego=True)` (every present vehicle and the ego replaced by the typical recorded one,
-    so ego-embedding units get conductance too). Returns [D] = mean over steps of |conductance|.
-    """
-    obs = obs.detach()
-    if baseline is None:
-        baseline = typical_scene(obs, obs, replace_ego=True)
-    with torch.no_grad():
-        target = net(obs).argmax(dim=1)
-    cond, _ = layer_conductance(net, obs, layer, target, baseline, n_steps)
-    cond = cond.double()
-    if cond.dim() == 3:
-        cond = cond.sum(dim=1)
-    return cond.abs().mean(dim=0)
-
-
-def top_units(importance: torch.Tensor, k: int) -> list[int]:
-    """The k units with the largest importance [D] (ties: the lower index first)."""
-    order = torch.argsort(-importance.double(), stable=True)
-    return [int(i) for i in order[:k]]
 
 
 def random_unit_sets(n_units: int, exclude: Sequence[int], size: int, n_sets: int, seed: int) -> list[list[int]]:
