@@ -560,6 +560,43 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
     return fig
 
 
+SCENE_STEPS = 4
+"""Steps of the first recorded episode drawn by `first_episode_scene` (evenly spaced)."""
+
+
+def first_episode_scene(arrays: Mapping[str, np.ndarray], env: EnvConfig, seed: int) -> dict[str, object]:
+    """The `attention_scene` arguments for SCENE_STEPS evenly spaced steps of the first recorded episode.
+
+    arrays: a rollout's episode [N], obs, attention [N, H, E], action, q and vehicle_id rows."""
+    episode = int(arrays["episode"].min())
+    rows = np.nonzero(arrays["episode"] == episode)[0]
+    steps = np.unique(np.linspace(0, len(rows) - 1, SCENE_STEPS).round().astype(int))
+    return {**{key: arrays[key][rows] for key in ("obs", "attention", "action", "q", "vehicle_id")},
+            "steps": list(steps), "env": env,
+            "title": f"Trained network, seed {seed}, recorded episode {episode}: the scene and each head's attention"}
+
+
+def evaluation_rows(metrics: Mapping[int, Mapping[str, Mapping[str, Mapping[str, float]]]]) -> pd.DataFrame:
+    """Every seed's evaluate.json ({model: {metric: {mean, ci_low, ci_high}}}, by seed) as rows:
+    seed, model, metric, mean, ci_low, ci_high (the input of `evaluation`)."""
+    return pd.DataFrame([{"seed": seed, "model": model, "metric": metric, **values}
+                         for seed, by_model in metrics.items() for model, by_metric in by_model.items()
+                         for metric, values in by_metric.items()])
+
+
+def reference_rows(metrics: Mapping[str, Mapping[str, object]]) -> pd.DataFrame:
+    """results/reference/metrics.json as rows: policy, metric, mean, ci_low, ci_high."""
+    return pd.DataFrame([{"policy": policy, "metric": metric, **values} for policy, by_metric in metrics.items()
+                         for metric, values in by_metric.items() if isinstance(values, dict)])
+
+
+def reference_returns(reference: pd.DataFrame) -> dict[str, float]:
+    """Held-out mean return of constant IDLE and of the clairvoyant planner (`reference_rows`), the
+    learning curves' reference lines."""
+    table = reference.set_index(["policy", "metric"])["mean"]
+    return {policy: float(table[(policy, "mean_return")]) for policy in ("constant_idle", "clairvoyant")}
+
+
 # ---------------------------------------------------------------------------------------------- logit lens
 
 @_styled

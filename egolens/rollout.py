@@ -9,7 +9,9 @@ draws) to an index array, so the map is exact and the observations are unchanged
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from egolens.config import EnvConfig
-from egolens.env import outcome
+from egolens.env import make_env, make_runner, outcome
 from egolens.hooks import run_with_cache
 from egolens.scene import denormalize, scene_facts
 from egolens.vocabulary import ACTIONS
@@ -228,3 +230,21 @@ def attention_off_ego(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
         rows += [{"episode": int(e), "head": h, "steps": int(steps.sum()),
                   "off_ego": round(float(off_ego[steps, h].mean()), 6)} for h in range(off_ego.shape[1])]
     return pd.DataFrame(rows, columns=["episode", "head", "steps", "off_ego"])
+
+
+def play_episodes(net: nn.Module, cfg: EnvConfig, env_seeds: Sequence[int], render_episodes: int, num_envs: int,
+                  progress: Callable[[], None] = lambda: None) -> list[Episode]:
+    """Greedy episodes of `net` from each of `env_seeds`, in order. The first `render_episodes` play
+    on a rendered env of their own (once rendered, an env draws every intermediate frame of every
+    later step), the others unrendered on `num_envs` envs in parallel (`EnvRunner.map`); `progress`
+    is called once per unrendered episode."""
+    rendered = make_env(cfg, render_mode="rgb_array")
+    tracker = VehicleTracker(rendered)
+    try:
+        episodes = [play_episode(net, rendered, tracker, seed, render=True) for seed in env_seeds[:render_episodes]]
+    finally:
+        rendered.close()
+    plain = list(env_seeds[render_episodes:])
+    with make_runner(cfg, min(num_envs, max(len(plain), 1))) as runner:
+        episodes += runner.map(partial(record_episode, net), plain, progress=progress)
+    return episodes

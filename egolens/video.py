@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from egolens.vocabulary import ACTIONS
+from egolens.artifacts import png_bytes
+from egolens.rollout import Episode
+from egolens.vocabulary import ACTIONS, present
 
 HEAD_COLOURS = [(230, 60, 60), (40, 110, 240), (30, 170, 80), (200, 120, 20), (150, 60, 200), (20, 170, 180)]
 PANEL_WIDTH = 280
@@ -122,3 +124,24 @@ def episode_images(frames: Sequence[np.ndarray], pixels: Sequence[Callable[[np.n
             panel = side_panel(frame.shape[0], f"{title}: {outcome}", None, None, heads, None)
         images.append(compose(scene, panel))
     return images
+
+
+def episode_media(label: str, episodes: Sequence[Episode], arrays: dict[str, np.ndarray],
+                  seconds_per_frame: float) -> dict[str, bytes]:
+    """Every rendered episode's frames (PNG) and attention video (GIF), by path relative to the
+    rollout's directory: frames/<label>/episode<k>/step<t>.png and videos/<label>_episode<k>.gif.
+    arrays: `rollout_arrays` of the episodes (q, action, attention rows in episode order)."""
+    files: dict[str, bytes] = {}
+    start = 0
+    for k, episode in enumerate(episodes):
+        steps = slice(start, start + len(episode.action))
+        start = steps.stop
+        if not episode.frames:
+            continue
+        for t, frame in enumerate(episode.frames):
+            files[f"frames/{label}/episode{k:03d}/step{t:02d}.png"] = png_bytes(frame)
+        images = episode_images(episode.frames, episode.pixels, episode.positions, present(episode.obs),
+                                arrays["q"][steps], arrays["action"][steps], arrays["attention"][steps],
+                                f"{label}, episode {k}", episode.outcome)
+        files[f"videos/{label}_episode{k:03d}.gif"] = gif_bytes(images, seconds_per_frame)
+    return files

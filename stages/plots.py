@@ -18,8 +18,6 @@ from egolens.config import Params
 from stages import DATA, RESULTS, seed_results, study_args
 
 FIGURES_DIR = RESULTS / "figures"
-SCENE_STEPS = 4
-"""Steps of the first recorded episode drawn in `attention_scene` (evenly spaced)."""
 
 
 def seed_table(params: Params, relative: str, sep: str = ",") -> pd.DataFrame:
@@ -29,39 +27,19 @@ def seed_table(params: Params, relative: str, sep: str = ",") -> pd.DataFrame:
 
 
 def evaluation_table(params: Params) -> pd.DataFrame:
-    """evaluate.json of every seed as rows (seed, model, metric, mean, ci_low, ci_high)."""
-    rows = []
-    for seed in params.seeds:
-        metrics = json.loads((seed_results(seed) / "evaluate.json").read_text())
-        rows += [{"seed": seed, "model": model, "metric": metric, **values}
-                 for model, by_metric in metrics.items() for metric, values in by_metric.items()]
-    return pd.DataFrame(rows)
+    return plots.evaluation_rows({seed: json.loads((seed_results(seed) / "evaluate.json").read_text())
+                                  for seed in params.seeds})
 
 
 def reference_table() -> pd.DataFrame:
-    """results/reference/metrics.json as rows (policy, metric, mean, ci_low, ci_high)."""
-    metrics = json.loads((RESULTS / "reference" / "metrics.json").read_text())
-    return pd.DataFrame([{"policy": policy, "metric": metric, **values} for policy, by_metric in metrics.items()
-                         for metric, values in by_metric.items() if isinstance(values, dict)])
-
-
-def reference_returns() -> dict[str, float]:
-    """Held-out mean return of constant IDLE and of the clairvoyant planner (learning-curve references)."""
-    table = reference_table().set_index(["policy", "metric"])["mean"]
-    return {policy: float(table[(policy, "mean_return")]) for policy in ("constant_idle", "clairvoyant")}
+    return plots.reference_rows(json.loads((RESULTS / "reference" / "metrics.json").read_text()))
 
 
 def scene_figure(params: Params) -> Figure:
-    """`attention_scene` for SCENE_STEPS evenly spaced steps of the first seed's first trained episode."""
     seed = params.seeds[0]
     with np.load(DATA / f"seed{seed}" / "rollouts_trained.npz") as rollout:
-        episode = int(rollout["episode"].min())
-        rows = np.nonzero(rollout["episode"] == episode)[0]
-        arrays = {key: rollout[key][rows] for key in ("obs", "attention", "action", "q", "vehicle_id")}
-    steps = np.unique(np.linspace(0, len(rows) - 1, SCENE_STEPS).round().astype(int))
-    return plots.attention_scene(**arrays, steps=list(steps), env=params.env,
-                                 title=f"Trained network, seed {seed}, recorded episode {episode}: the scene and "
-                                       "each head's attention")
+        arrays = {key: rollout[key] for key in ("episode", "obs", "attention", "action", "q", "vehicle_id")}
+    return plots.attention_scene(**plots.first_episode_scene(arrays, params.env, seed))
 
 
 def head_ranks(params: Params) -> dict[int, dict[int, int]]:
@@ -101,7 +79,7 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
                                            seed_table(params, "interventions/path_patching.csv")),
         "learning_curves": lambda: plots.learning_curves(
             seed_table(params, "train/plots/metrics/return.tsv", sep="\t"),
-            reference=reference_returns()),
+            reference=plots.reference_returns(reference_table())),
         "evaluation": lambda: plots.evaluation(evaluation_table(params), reference_table()),
         "attention_vs_attribution": lambda: plots.attention_vs_attribution(
             seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv")),

@@ -3,46 +3,27 @@ training log. Resumes from `.resume/train_seed<N>.pt` if a run with the same par
 
 from __future__ import annotations
 
-import math
-import shutil
-
-from dvclive import Live
 from tqdm import tqdm
 
 from egolens import checkpoint
-from egolens.config import Params, fingerprint
-from egolens.dqn import RESUME_FORMAT, EpisodeRecord, Trainer, training_summary
+from egolens.config import fingerprint
+from egolens.dqn import EpisodeRecord, Trainer
 from egolens.env import make_runner
+from egolens.training import run_identity, write_log
 from stages import MODELS, RESUME, seed_args, seed_results
-
-
-def write_log(records: list[EpisodeRecord], directory: str) -> None:
-    """Per-episode metrics through dvclive (step = episode in finish order); summary = last 100."""
-    shutil.rmtree(directory, ignore_errors=True)
-    with Live(directory, report=None, save_dvc_exp=False, dvcyaml=False) as live:
-        for record in records:
-            live.log_metric("return", round(record.ret, 6))
-            live.log_metric("length", record.length)
-            live.log_metric("arrived", int(record.outcome == "arrived"))
-            live.log_metric("crashed", int(record.outcome == "collision"))
-            live.log_metric("epsilon", round(record.epsilon, 6))
-            if not math.isnan(record.loss):
-                live.log_metric("loss", round(record.loss, 6))
-            live.next_step()
-        live.summary = training_summary(records)
 
 
 def main() -> None:
     params, seed = seed_args(__doc__)
     n_entities, in_features = params.env.vehicles_count, len(params.env.features)
     trainer = Trainer(params.agent, seed, params.train.episodes, params.train.num_envs, in_features, n_entities)
-    meta = {"config": _run_identity(params), "seed": seed, "versions": checkpoint.versions()}
+    meta = {"config": run_identity(params), "seed": seed, "versions": checkpoint.versions()}
     out = MODELS / f"seed{seed}"
     checkpoint.save(out / "untrained.pt", {"state_dict": trainer.initial_state_dict,
                                            "optimizer": trainer.agent.optimizer.state_dict(),
                                            "egolens": {**meta, "steps": 0, "episode": 0}})
 
-    run_key = fingerprint(_run_identity(params), seed)
+    run_key = fingerprint(run_identity(params), seed)
     resume_path = RESUME / f"train_seed{seed}.pt"
     if resume_path.exists():
         saved = checkpoint.load_safe(resume_path)
@@ -72,14 +53,6 @@ def main() -> None:
         agent.value_net, agent.optimizer, {**meta, "steps": agent.steps, "episode": len(records)}))
     write_log(records, str(seed_results(seed) / "train"))
     resume_path.unlink(missing_ok=True)
-
-
-def _run_identity(params: Params) -> dict:
-    """Everything that changes the run's numbers (what a resume state must match, and all of the
-    params a checkpoint embeds: nothing else, so no other edit changes its bytes)."""
-    return {"format": RESUME_FORMAT, "env": params.env.model_dump(mode="json"),
-            "agent": params.agent.model_dump(mode="json"),
-            "episodes": params.train.episodes, "num_envs": params.train.num_envs}
 
 
 if __name__ == "__main__":

@@ -622,3 +622,17 @@ def test_patching_without_pairs_draws_a_labelled_figure_that_says_why():
     ax = fig.axes[0]
     assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     assert any("no clean/corrupted pairs" in text.get_text() for text in ax.texts)
+
+
+def test_tables_for_the_evaluation_figure_and_the_first_episodes_scene():
+    rows = plots.evaluation_rows({3: {"trained": {"success_rate": {"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7}}}})
+    assert rows.to_dict("records") == [{"seed": 3, "model": "trained", "metric": "success_rate", "mean": 0.6,
+                                        "ci_low": 0.5, "ci_high": 0.7}]
+    reference = plots.reference_rows({"constant_idle": {"mean_return": {"mean": 4.9}, "note": "x"},
+                                      "clairvoyant": {"mean_return": {"mean": 8.1}}})
+    assert plots.reference_returns(reference) == {"constant_idle": 4.9, "clairvoyant": 8.1}
+    episode = np.array([2, 2, 2, 2, 2, 2, 3, 3])
+    arrays = {"episode": episode, **{key: np.arange(8) for key in ("obs", "attention", "action", "q", "vehicle_id")}}
+    inputs = plots.first_episode_scene(arrays, EnvConfig(), seed=7)
+    assert list(inputs["obs"]) == [0, 1, 2, 3, 4, 5] and inputs["steps"] == [0, 2, 3, 5]
+    assert "seed 7, recorded episode 2" in inputs["title"]

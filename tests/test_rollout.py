@@ -19,13 +19,14 @@ from egolens.rollout import (
     VehicleTracker,
     attention_off_ego,
     play_episode,
+    play_episodes,
     record_episode,
     rollout_arrays,
     steps_table,
     vehicles_table,
 )
 from egolens.scene import denormalize
-from egolens.video import episode_images, gif_bytes
+from egolens.video import episode_images, episode_media, gif_bytes
 
 CFG = EnvConfig()
 
@@ -135,3 +136,15 @@ def test_runner_workers_record_the_same_episodes_as_one_env(net, episodes):
         for field in ("obs", "action", "reward", "vehicle_id", "positions"):
             np.testing.assert_array_equal(getattr(mine, field), getattr(theirs, field))
         assert (mine.env_seed, mine.outcome) == (theirs.env_seed, theirs.outcome)
+
+
+def test_play_episodes_renders_the_first_and_plays_the_rest_like_one_env_and_names_their_media(net, episodes):
+    played = play_episodes(net, CFG, [5, 11, 12, 13], render_episodes=1, num_envs=2)
+    assert [e.env_seed for e in played] == [5, 11, 12, 13]
+    assert played[0].frames and not any(e.frames for e in played[1:])
+    for mine, theirs in zip(played[1:], episodes):
+        np.testing.assert_array_equal(mine.obs, theirs.obs)
+    media = episode_media("trained", played, rollout_arrays(played, net), seconds_per_frame=0.5)
+    frames = [path for path in media if path.startswith("frames/trained/episode000/")]
+    assert len(frames) == len(played[0].frames) and set(media) - set(frames) == {"videos/trained_episode000.gif"}
+    assert Image.open(io.BytesIO(media["videos/trained_episode000.gif"])).n_frames == len(played[0].frames)

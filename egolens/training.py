@@ -1,0 +1,38 @@
+"""What a training run is and what it leaves behind: the params that identify it (a resume
+state must match them; a checkpoint embeds them and nothing else) and its per-episode log."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from dvclive import Live
+
+from egolens.config import Params
+from egolens.dqn import RESUME_FORMAT, EpisodeRecord, training_summary
+
+
+def run_identity(params: Params) -> dict:
+    """Everything that changes the run's numbers: the env, the agent, the episode budget and the
+    number of envs (and the resume format). Nothing else, so no other edit changes a checkpoint's bytes."""
+    return {"format": RESUME_FORMAT, "env": params.env.model_dump(mode="json"),
+            "agent": params.agent.model_dump(mode="json"),
+            "episodes": params.train.episodes, "num_envs": params.train.num_envs}
+
+
+def write_log(records: list[EpisodeRecord], directory: str | Path) -> None:
+    """Per-episode metrics through dvclive into `directory` (step = episode in finish order; its
+    metrics.json summary = `training_summary`, the last 100 episodes). Replaces what was there."""
+    shutil.rmtree(directory, ignore_errors=True)
+    with Live(str(directory), report=None, save_dvc_exp=False, dvcyaml=False) as live:
+        for record in records:
+            live.log_metric("return", round(record.ret, 6))
+            live.log_metric("length", record.length)
+            live.log_metric("arrived", int(record.outcome == "arrived"))
+            live.log_metric("crashed", int(record.outcome == "collision"))
+            live.log_metric("epsilon", round(record.epsilon, 6))
+            if not math.isnan(record.loss):
+                live.log_metric("loss", round(record.loss, 6))
+            live.next_step()
+        live.summary = training_summary(records)
