@@ -71,7 +71,12 @@ def _replay(env: Any, seed: int, actions: Sequence[int]) -> np.ndarray:
     return obs
 
 
-def _worker(conn: Any, factory: EnvFactory) -> None:
+def _worker(conn: Any, factory: EnvFactory, inherited: Sequence[Any] = ()) -> None:
+    # A forked worker inherits the main process's ends of every pipe made so far (its own
+    # included); closing them lets recv() see EOF, and the worker exit, when the main process
+    # dies without closing the runner (e.g. a killed training run).
+    for other in inherited:
+        other.close()
     env = factory()
     try:
         while True:
@@ -114,7 +119,7 @@ class EnvRunner:
         self._conns, self._procs = [], []
         for factory in factories:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, factory), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, factory, [*self._conns, parent]), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)

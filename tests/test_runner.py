@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from egolens.runner import EpisodeSchedule
-from tests.conftest import ToyEnv, toy_runner
+from tests.conftest import ROOT, ToyEnv, toy_runner
 
 
 def simulate(schedule: EpisodeSchedule, ends: list[set[int]]) -> list[tuple[int, int]]:
@@ -79,3 +85,26 @@ def test_map_runs_whole_episode_jobs_on_free_envs_in_item_order(num_envs):
         results = runner.map(episode_length, [5, 2, 7, 4, 0], progress=lambda: done.append(1))
     assert results == [(5, 3), (2, 4), (7, 5), (4, 2), (0, 2)]     # seed s lasts 2 + s % 4 steps
     assert len(done) == 5
+
+
+def test_workers_exit_when_the_main_process_is_killed_without_closing_the_runner():
+    script = ("import sys, time\nfrom tests.conftest import toy_runner\nrunner = toy_runner(3)\n"
+              "print(' '.join(str(p.pid) for p in runner._procs), flush=True)\ntime.sleep(60)\n")
+    main = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in main.stdout.readline().split()]
+    assert len(workers) == 3
+    main.send_signal(signal.SIGKILL)
+    main.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), "orphaned env workers kept running"
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited child nobody reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state
