@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from egolens.evaluation import paired_versus
+from egolens.evaluation import EPISODE_CLASSES, episode_classes, paired_versus, success_by_class
 from egolens.stats import nested_bootstrap_ci, t_interval
 
 IDENTIFIERS = re.compile(r"(^|\.)(head|step|source_step|target_action_before|target_action_after|episodes|"
@@ -114,13 +114,18 @@ def reference_metrics(agent: pd.DataFrame, reference: pd.DataFrame, policy_metri
     reference: results/reference/episodes.csv (policy, env_seed, return, outcome);
     policy_metrics: results/reference/metrics.json (each policy's own rates with CIs).
     Returns {vs_<policy>: paired differences (`evaluation.paired_versus`), ceiling_fraction:
-    the agent's success rate over the clairvoyant planner's, <policy>: its own metrics}.
+    the agent's success rate over the clairvoyant planner's, success_by_episode_class: the agent's
+    success within each class of episode (`evaluation.episode_classes`: go / timing / unsolved),
+    episode_class_share: each class's share of the episodes, <policy>: its own metrics}.
     """
     out: dict[str, object] = {}
     for policy in ("constant_idle", "rule_based", "clairvoyant"):
         out[f"vs_{policy}"] = paired_versus(agent, reference[reference["policy"] == policy], resamples, seed)
     ceiling = reference.loc[reference["policy"] == "clairvoyant", "outcome"].eq("arrived").mean()
     out["ceiling_fraction"] = round(float(agent["outcome"].eq("arrived").mean() / ceiling), 6) if ceiling else None
+    classes = episode_classes(reference)
+    out["success_by_episode_class"] = success_by_class(agent, classes)
+    out["episode_class_share"] = {name: float(classes.eq(name).mean()) for name in EPISODE_CLASSES}
     out.update({policy: policy_metrics[policy] for policy in REFERENCE_POLICIES if policy in policy_metrics})
     return out
 
@@ -162,6 +167,14 @@ def evaluation_units(episodes: pd.DataFrame) -> pd.DataFrame:
     units = pd.concat(parts, ignore_index=True)
     units["metric"] = [m.format(model) for m, model in zip(units["metric"], units["model"])]
     return units[["seed", "metric", "value"]]
+
+
+def episode_class_units(agent: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Per-episode success of the trained agent within each episode class: seed, metric
+    (`reference.success_by_episode_class.<class>`), value; agent: its evaluation episodes plus `seed`."""
+    joined = agent.join(episode_classes(reference), on="env_seed", how="inner")
+    return pd.DataFrame({"seed": joined["seed"], "value": joined["outcome"].eq("arrived").astype(float),
+                         "metric": "reference.success_by_episode_class." + joined["episode_class"]})
 
 
 def attention_units(attention: pd.DataFrame, ranks: Mapping[int, Mapping[int, int]]) -> pd.DataFrame:
@@ -355,6 +368,8 @@ def headline(table: pd.DataFrame, holds: pd.DataFrame) -> dict[str, object]:
         "trained": {r: get(f"evaluate.trained.{r}.mean") for r in rates},
         "untrained": {r: get(f"evaluate.untrained.{r}.mean") for r in rates[:2]},
         "ceiling_fraction": get("reference.ceiling_fraction"),
+        "success_on_go_episodes": get("reference.success_by_episode_class.go"),
+        "success_on_timing_episodes": get("reference.success_by_episode_class.timing"),
         "clairvoyant_success": get("reference.clairvoyant.success_rate.mean"),
         "idle_success": get("reference.constant_idle.success_rate.mean"),
         "holds": {row.finding: int(row.n_holds) for row in holds.itertuples(index=False)},

@@ -135,3 +135,27 @@ DRIVING = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
 def driving_metrics(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
     """The trained network's `DRIVING` means from a seed's evaluate.json summary."""
     return {name: summary["trained"][name]["mean"] for name in DRIVING}
+
+
+EPISODE_CLASSES = ("go", "timing", "unsolved")
+"""What a held-out episode asks of a driver, from the reference policies on it: `go` (driving on at a
+constant speed arrives: constant FASTER or IDLE does), `timing` (only the clairvoyant planner
+arrives: it takes waiting for the right gap), `unsolved` (not even the clairvoyant planner arrives)."""
+
+
+def episode_classes(reference: pd.DataFrame) -> pd.Series:
+    """env_seed -> its class (`EPISODE_CLASSES`), from results/reference/episodes.csv (policy, env_seed,
+    outcome) with the constant_faster, constant_idle and clairvoyant policies."""
+    outcome = reference.pivot(index="env_seed", columns="policy", values="outcome")
+    arrived = outcome.eq("arrived")
+    go = arrived["constant_faster"] | arrived["constant_idle"]
+    classes = np.where(go, "go", np.where(arrived["clairvoyant"], "timing", "unsolved"))
+    return pd.Series(classes, index=outcome.index, name="episode_class")
+
+
+def success_by_class(episodes: pd.DataFrame, classes: pd.Series) -> dict[str, float]:
+    """An agent's success rate within each episode class: episodes (env_seed, outcome) on the
+    classified env seeds. A class with no episode of the agent gives NaN."""
+    joined = episodes.set_index("env_seed")["outcome"].to_frame().join(classes, how="inner")
+    rates = joined["outcome"].eq("arrived").groupby(joined["episode_class"]).mean()
+    return {name: float(rates.get(name, np.nan)) for name in EPISODE_CLASSES}

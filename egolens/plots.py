@@ -882,7 +882,8 @@ def evaluation(evaluation_table: pd.DataFrame, reference: pd.DataFrame | None = 
 
 
 SWEEP_METRICS = {"success_rate": "success", "collision_rate": "collision", "timeout_rate": "timeout",
-                 "mean_return": "mean return"}
+                 "mean_return": "mean return", "success_go": "success where driving on arrives",
+                 "success_timing": "success where only waiting for a gap arrives"}
 
 
 @_styled
@@ -891,12 +892,15 @@ def recipe_sweep(table: pd.DataFrame, reference: Mapping[str, Mapping[str, Mappi
     (panels), beside the reference policies on the same episodes (lines).
 
     table: results/sweep/recipes.csv (recipe, seed, success_rate, collision_rate, timeout_rate,
-    mean_return); reference: results/reference/metrics.json (policy -> metric -> {mean, ...}).
+    mean_return, and success_go / success_timing when present: success within the episodes a
+    constant policy solves / only the clairvoyant planner solves); reference:
+    results/reference/metrics.json (policy -> metric -> {mean, ...}).
     """
     recipes = list(dict.fromkeys(table["recipe"]))
-    fig = Figure(figsize=(4.2 * len(SWEEP_METRICS), 2.4 + 0.55 * len(recipes)), layout="constrained")
-    axes = fig.subplots(1, len(SWEEP_METRICS), sharey=True)
-    for ax, (metric, title) in zip(axes, SWEEP_METRICS.items()):
+    metrics = {metric: title for metric, title in SWEEP_METRICS.items() if metric in table}
+    fig = Figure(figsize=(3.6 * len(metrics), 2.4 + 0.55 * len(recipes)), layout="constrained")
+    axes = fig.subplots(1, len(metrics), sharey=True)
+    for ax, (metric, title) in zip(axes, metrics.items()):
         means = table.groupby("recipe", sort=False)[metric].mean().reindex(recipes)
         ax.barh(range(len(recipes)), means, color="#4C72B0", alpha=0.45, label="mean over seeds")
         y = [recipes.index(r) for r in table["recipe"]]
@@ -906,8 +910,9 @@ def recipe_sweep(table: pd.DataFrame, reference: Mapping[str, Mapping[str, Mappi
             if policy in reference and metric in reference[policy]:
                 ax.axvline(reference[policy][metric]["mean"], color=colour, ls=style, lw=1.6, label=label)
         ax.set_yticks(range(len(recipes)), recipes)
-        ax.set_title(title)
-        if metric.endswith("_rate"):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("fraction of episodes" if metric != "mean_return" else "return")
+        if metric != "mean_return":
             ax.set_xlim(0, 1.02)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))

@@ -131,6 +131,15 @@ def _reference(c: Context) -> str:
             "and collides less than constant IDLE in {h:trained_collides_less_than_idle} ({fig:evaluation}).")
 
 
+def _episode_classes(c: Context) -> str:
+    return ("What the held-out episodes ask: {pct:reference.episode_class_share.go} are solved by driving on at a "
+            "constant speed (constant FASTER or IDLE arrives), {pct:reference.episode_class_share.timing} only by "
+            "waiting for the right gap (only the clairvoyant planner arrives) and "
+            "{pct:reference.episode_class_share.unsolved} by neither. The trained agent arrives in "
+            "{m:reference.success_by_episode_class.go} of the first kind and "
+            "{m:reference.success_by_episode_class.timing} of the second.")
+
+
 # ---------------------------------------------------------------------------------------- heads
 
 def _first_head(c: Context) -> str:
@@ -289,7 +298,7 @@ def _editing(c: Context) -> str:
 
 
 FINDINGS: tuple[Section, ...] = (
-    Section("Performance", (_held_out, _returns, _training, _reference)),
+    Section("Performance", (_held_out, _returns, _training, _reference, _episode_classes)),
     Section("Which head carries the policy", (_first_head, _other_heads, _branch)),
     Section("How much attention the vehicles get, and how it ranks them",
             (_attention_share, _agreement, _top1, _removal, _path_patching)),

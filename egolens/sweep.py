@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from egolens.evaluation import EPISODE_CLASSES, success_by_class
+
 DRIVING = "results/seeds/seed{seed}/driving.json"
 """A seed's DVC metric: the trained agent's held-out rates and mean return."""
 EVALUATE = "results/seeds/seed{seed}/evaluate.json"
@@ -39,7 +41,7 @@ def experiments(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str,
             revs = experiment.get("revs") or []
             state = (experiment.get("executor") or {}).get("state", "success")
             if state == "success" and revs and revs[0].get("data"):
-                yield experiment.get("name") or revs[0].get("name"), revs[0]["data"]
+                yield experiment.get("name") or revs[0].get("name"), {**revs[0]["data"], "rev": revs[0].get("rev")}
 
 
 def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[str, Any]],
@@ -59,12 +61,26 @@ def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[s
             driving = (metrics.get(DRIVING.format(seed=seed)) or {}).get("data")
             if not evaluate and not driving:
                 continue
-            row = {"recipe": name, "seed": seed, "overrides": " ".join(f"-S '{o}'" for o in
-                                                                      overrides(common, recipes[name]))}
+            row = {"recipe": name, "seed": seed, "rev": data.get("rev"),
+                   "overrides": " ".join(f"-S '{o}'" for o in overrides(common, recipes[name]))}
             for rate in RATES:
                 values = evaluate["trained"][rate] if evaluate else {"mean": driving[rate]}
                 row[rate] = values["mean"]
                 row[f"{rate}_ci_low"] = values.get("ci_low", float("nan"))
                 row[f"{rate}_ci_high"] = values.get("ci_high", float("nan"))
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_episode_classes(table: pd.DataFrame, episodes: Mapping[tuple[str, int], pd.DataFrame],
+                         classes: pd.Series) -> pd.DataFrame:
+    """`recipe_table` plus success_<class> for every episode class (`evaluation.episode_classes`):
+    how often each (recipe, seed) agent arrives in the episodes driving on solves and in those that
+    need waiting for the right gap. episodes: (recipe, seed) -> its evaluate_episodes.csv."""
+    rows = []
+    for row in table.to_dict("records"):
+        frame = episodes.get((row["recipe"], row["seed"]))
+        rates = (success_by_class(frame[frame["model"] == "trained"], classes) if frame is not None
+                 else dict.fromkeys(EPISODE_CLASSES, float("nan")))
+        rows.append(row | {f"success_{name}": rate for name, rate in rates.items()})
     return pd.DataFrame(rows)

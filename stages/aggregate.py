@@ -31,10 +31,10 @@ def load_seed(seed: int, resamples: int) -> tuple[aggregate.Metrics, pd.DataFram
     attention = pd.read_csv(root / "rollout" / "attention_off_ego.csv").assign(seed=seed)
     closed_loop = pd.read_csv(root / "interventions" / "closed_loop.csv")
     summaries["rollout"] = aggregate.attention_summary(attention)
+    trained, reference = episodes[episodes["model"] == "trained"], pd.read_csv(REFERENCE / "episodes.csv")
     summaries["reference"] = aggregate.reference_metrics(
-        episodes[episodes["model"] == "trained"], pd.read_csv(REFERENCE / "episodes.csv"),
-        json.loads((REFERENCE / "metrics.json").read_text()), resamples, seed)
-    units = pd.concat([aggregate.evaluation_units(episodes),
+        trained, reference, json.loads((REFERENCE / "metrics.json").read_text()), resamples, seed)
+    units = pd.concat([aggregate.evaluation_units(episodes), aggregate.episode_class_units(trained, reference),
                        aggregate.attention_units(attention, {seed: aggregate.head_ranks(closed_loop)})])
     return aggregate.seed_metrics(summaries, closed_loop), units
 

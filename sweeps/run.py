@@ -10,14 +10,17 @@ Recipes live in sweeps/recipes.yaml; the reference policies come from results/re
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from egolens import checkpoint, plots
-from egolens.sweep import overrides, recipe_table
+from egolens.evaluation import episode_classes
+from egolens.sweep import overrides, recipe_table, with_episode_classes
 
 RECIPES = Path("sweeps/recipes.yaml")
 OUT = Path("results/sweep")
@@ -46,13 +49,24 @@ def main() -> None:
     table = recipe_table(shown, spec["recipes"], spec["common"], seeds)
     if table.empty:
         raise SystemExit("no finished recipe yet")
+    episodes = {(row.recipe, row.seed): _episodes_at(row.rev, row.seed) for row in table.itertuples(index=False)}
+    classes = episode_classes(pd.read_csv(REFERENCE.parent / "episodes.csv"))
+    table = with_episode_classes(table, episodes, classes)
     checkpoint.atomic_write_text(OUT / "recipes.csv", table.to_csv(index=False, float_format="%.6g"))
     reference = json.loads(REFERENCE.read_text())
     figure = plots.recipe_sweep(table, reference)
     with checkpoint.atomic_path(OUT / "recipes.png") as tmp:
         tmp.write_bytes(plots.figure_png(figure))
-    print(table.groupby("recipe")[["success_rate", "collision_rate", "timeout_rate", "mean_return"]].mean()
-          .round(3).to_string())
+    print(table.groupby("recipe")[["success_rate", "collision_rate", "timeout_rate", "mean_return", "success_go",
+                                   "success_timing"]].mean().round(3).to_string())
+    print("episode classes of the held-out seeds:", classes.value_counts().to_dict())
+
+
+def _episodes_at(rev: str, seed: int) -> pd.DataFrame | None:
+    """An experiment's evaluate_episodes.csv of one seed, read from its commit (None if absent)."""
+    shown = subprocess.run(["git", "show", f"{rev}:results/seeds/seed{seed}/evaluate_episodes.csv"],
+                           capture_output=True, text=True)
+    return pd.read_csv(io.StringIO(shown.stdout)) if shown.returncode == 0 else None
 
 
 if __name__ == "__main__":

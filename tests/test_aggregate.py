@@ -20,7 +20,6 @@ from egolens.aggregate import (
     summary_table,
     summary_tree,
 )
-from egolens.evaluation import paired_versus
 
 
 def closed_loop(effects: dict[int, tuple[float, float]]) -> pd.DataFrame:
@@ -118,24 +117,20 @@ def episodes(outcomes: str, start: int = 100) -> pd.DataFrame:
                          "return": [{"a": 9.0, "c": -5.0, "t": 3.0}[o] for o in outcomes]})
 
 
-def test_paired_versus_differences_are_per_episode_means_with_a_paired_interval():
-    agent, idle = episodes("aaaat"), episodes("aacct")
-    out = paired_versus(agent, idle, resamples=500, seed=0)
-    assert out["success"]["diff"] == pytest.approx(0.4) and out["collision"]["diff"] == pytest.approx(-0.4)
-    assert out["timeout"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}        # identical in every pair
-    assert out["return"]["diff"] == pytest.approx((14 + 14) / 5)
-    assert out["success"]["ci_low"] <= 0.4 <= out["success"]["ci_high"]
-    with pytest.raises(ValueError):
-        paired_versus(episodes("aa", start=0), idle, resamples=100, seed=0)
-
-
 def test_reference_metrics_compare_with_idle_and_the_ceiling_and_feed_two_findings():
     reference = pd.concat([episodes("cccccaaaaa").assign(policy="constant_idle"),
+                           episodes("cccccaaaaa").assign(policy="constant_faster"),
                            episodes("aaaaaaaaat").assign(policy="clairvoyant"),
                            episodes("tttttttttt").assign(policy="rule_based")])
     agent = episodes("aaaaaaaatt")
     out = aggregate.reference_metrics(agent, reference, {"constant_idle": {"success_rate": {"mean": 0.5}}}, 500, 0)
     assert out["ceiling_fraction"] == pytest.approx(0.8 / 0.9, abs=1e-6)
+    # episodes 5-9 a constant policy solves (the planner's timeout in 9 notwithstanding), 0-4 only the planner
+    assert out["episode_class_share"] == {"go": 0.5, "timing": 0.5, "unsolved": 0.0}
+    by_class = out["success_by_episode_class"]
+    assert by_class["go"] == pytest.approx(3 / 5) and by_class["timing"] == 1.0 and math.isnan(by_class["unsolved"])
+    units = aggregate.episode_class_units(agent.assign(seed=0), reference)
+    assert units.groupby("metric")["value"].mean()["reference.success_by_episode_class.go"] == pytest.approx(0.6)
     assert out["vs_constant_idle"]["success"]["diff"] == pytest.approx(0.3)
     assert out["constant_idle"] == {"success_rate": {"mean": 0.5}}
     metrics = aggregate.flatten(out, "reference")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from egolens import plots
-from egolens.sweep import overrides, recipe_table
+from egolens.sweep import overrides, recipe_table, with_episode_classes
 
 COMMON = {"seeds": "[0,1]", "train.episodes": 2000}
 RECIPES = {"paper": {"agent.gamma": 0.99, "agent.timeout_terminal": True}, "other": {"agent.n_steps": 3}}
@@ -58,3 +59,14 @@ def test_sweep_figure_shows_each_seed_and_the_reference_lines():
     assert sorted(success.collections[0].get_offsets()[:, 0].tolist()) == pytest.approx([0.5, 0.6, 0.8])
     assert {li.get_label(): li.get_xdata()[0] for li in success.lines} == {
         "constant IDLE": 0.55, "clairvoyant planner (ceiling)": 0.9}
+
+
+def test_each_recipe_seed_gets_its_success_in_each_episode_class():
+    table = recipe_table(shown(), {"paper": {}, "other": {}}, {}, [0, 1])
+    assert set(table["rev"]) == {"abc"}
+    classes = pd.Series(["go", "go", "timing", "unsolved"], index=[10, 11, 12, 13], name="episode_class")
+    played = pd.DataFrame({"model": ["trained"] * 4 + ["untrained"], "env_seed": [10, 11, 12, 13, 10],
+                           "outcome": ["arrived", "collision", "arrived", "timeout", "collision"]})
+    out = with_episode_classes(table, {("paper", 0): played}, classes).set_index(["recipe", "seed"])
+    assert out.loc[("paper", 0), ["success_go", "success_timing", "success_unsolved"]].tolist() == [0.5, 1.0, 0.0]
+    assert out.loc[("paper", 1), ["success_go", "success_timing"]].isna().all()       # its episodes were not read
