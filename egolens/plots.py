@@ -187,7 +187,7 @@ def _projected_circuits(features: pd.DataFrame, raw: pd.DataFrame, matrix: str, 
             ax.set_ylabel(ylabel if c == 0 else ylabel.split(" (")[0], fontsize=8)
             ax.set_xlabel(xlabel if r == len(seeds) - 1 else xlabel.split(" (")[0], fontsize=8)
             ax.grid(False)
-    top.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"entry (shared symmetric scale ±{limit:.3g})")
+    top.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"entry (shared scale ±{limit:.3g})")
     first = seeds[0]
     raw_table = raw[(raw["matrix"] == raw_matrix) & (raw["model"] == "trained")]
     raw_heads = order[first]
@@ -811,6 +811,7 @@ def learning_curves(returns: pd.DataFrame, window: int = 100,
     seeds = sorted(returns["seed"].unique())
     palette = _seed_palette(seeds)
     runs = {seed: returns[returns["seed"] == seed].sort_values("step") for seed in seeds}
+    window = max(1, min(window, min(len(run) for run in runs.values())))      # a short run: a shorter window
     smooth = {seed: run["return"].rolling(window, min_periods=window).mean() for seed, run in runs.items()}
     fig = Figure(figsize=(11, 3.2 + 2.4 * len(seeds)), layout="constrained")
     axes = fig.subplots(len(seeds) + 1, 1, sharex=True, height_ratios=[1.4] + [1] * len(seeds))

@@ -636,3 +636,11 @@ def test_tables_for_the_evaluation_figure_and_the_first_episodes_scene():
     inputs = plots.first_episode_scene(arrays, EnvConfig(), seed=7)
     assert list(inputs["obs"]) == [0, 1, 2, 3, 4, 5] and inputs["steps"] == [0, 2, 3, 5]
     assert "seed 7, recorded episode 2" in inputs["title"]
+
+
+def test_a_run_shorter_than_the_window_is_smoothed_over_all_its_episodes():
+    short = pd.DataFrame({"seed": 0, "step": range(8), "return": np.arange(8.0)})
+    fig = plots.learning_curves(short, window=100)
+    line = data_axes(fig)[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata()[-1], np.arange(8.0).mean())
+    assert "over 8 episodes" in fig._suptitle.get_text()
