@@ -455,26 +455,23 @@ def label_offsets(centres: np.ndarray, names: Sequence[str], metres_per_point: f
     order = np.argsort(np.hypot(*(screen - screen[:1]).T), kind="stable")
     height = LABEL_SIZE * 1.3
     offsets: list[tuple[float, float]] = [(0.0, 0.0)] * len(names)
+    rings = [(radius * np.cos(angle), radius * np.sin(angle)) for radius in (6, 14, 24, 36, 50, 66, 84)
+             for angle in np.radians([45, 135, -45, -135, 0, 180, 90, -90])]
     for i in order:
         width = 0.62 * LABEL_SIZE * len(names[i]) + 2
-        choice = None
-        for radius in (6, 14, 24, 36, 50, 66, 84):
-            for angle in np.radians([45, 135, -45, -135, 0, 180, 90, -90]):
-                dx, dy = radius * np.cos(angle), radius * np.sin(angle)
-                x0 = screen[i, 0] + dx - (width if dx < 0 else 0)
-                box = (x0, screen[i, 1] + dy - height / 2, x0 + width, screen[i, 1] + dy + height / 2)
-                if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
-                    choice = (float(dx), float(dy), box)
-                    break
-            if choice:
-                break
-        if choice is None:                                  # nowhere free: the farthest ring, up-right
-            dx = dy = 84 * np.sqrt(0.5)
-            x0 = screen[i, 0] + dx
-            box = (x0, screen[i, 1] + dy - height / 2, x0 + width, screen[i, 1] + dy + height / 2)
-            choice = (float(dx), float(dy), box)
-        offsets[i] = choice[:2]
-        taken.append(choice[2])
+
+        def box(dx: float, dy: float, x: float = screen[i, 0], y: float = screen[i, 1],
+                w: float = width) -> tuple[float, float, float, float]:
+            x0 = x + dx - (w if dx < 0 else 0)
+            return x0, y + dy - height / 2, x0 + w, y + dy + height / 2
+
+        def free(b: tuple[float, float, float, float]) -> bool:
+            return not any(b[0] < t[2] and t[0] < b[2] and b[1] < t[3] and t[1] < b[3] for t in taken)
+
+        # nowhere free: the farthest ring's first spot, up-right
+        dx, dy = next((spot for spot in rings if free(box(*spot))), rings[-8])
+        offsets[i] = (float(dx), float(dy))
+        taken.append(box(dx, dy))
     return offsets
 
 
