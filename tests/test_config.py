@@ -18,8 +18,9 @@ def test_the_default_params_file_is_valid_and_matches_the_reference():
     params = load_params(ROOT / "params.yaml")
     assert params.env.features == ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h"]
     assert params.env.target_speeds == [0, 4.5, 9]
-    assert (params.agent.heads, params.agent.gamma, params.agent.target_update) == (2, 0.95, 512)
-    assert len(params.seeds) == 3 and params.evaluate.episodes == 100
+    assert (params.agent.heads, params.agent.feature_size, params.agent.embedding_layers) == (2, 64, [64, 64])
+    assert (params.agent.gamma, params.agent.n_steps, params.agent.target_update) == (0.9, 3, 50)
+    assert len(params.seeds) >= 5 and params.evaluate.episodes == 100
 
 
 def edit(path: str, value=None, delete: bool = False) -> dict:
