@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from egolens.recipes import VERDICTS, driving_table, holds_comparison, recipe_of, recipe_text
+
 PLACEHOLDER = re.compile(r"\{(m|v|pct|max|h|fig):([^}]+)\}")
 LITTLE_ATTENTION = 0.2
 """Below this share of attention off the ego, the report does not say a head "points" at vehicles."""
@@ -383,6 +385,49 @@ def fill(template: str, summary: pd.DataFrame, holds: pd.DataFrame, figures: Map
     return PLACEHOLDER.sub(replace, template)
 
 
+# ------------------------------------------------------------------------------ other recipe
+
+@dataclass(frozen=True)
+class OtherStudy:
+    """Another recipe's study, for the comparison section: its recipe description (name, preset,
+    code, seeds and the `recipes.RECIPE_KEYS` settings), its headline.json and its holds.csv."""
+
+    recipe: Mapping[str, object]
+    headline: Mapping[str, object]
+    holds: pd.DataFrame
+    folder: str = "results/paper"
+
+
+def comparison_lines(params: Mapping[str, object], headline: Mapping[str, object], holds: pd.DataFrame,
+                     other: OtherStudy) -> list[str]:
+    """The "Under both recipes" section: how the two studies' agents drive, side by side, and each
+    finding's verdict (holds under both / neither / one recipe only, by majority of seeds)."""
+    name = str(other.recipe.get("name", "other recipe"))
+    lines = [f"This study: {recipe_text(recipe_of(params))}. Beside it, the {name} "
+             f"(`python -m presets {other.recipe.get('preset')}`: {recipe_text(other.recipe)}), whose aggregate "
+             f"is kept in `{other.folder}/`; it was made by earlier code (commit {other.recipe.get('code')}), so "
+             "its numbers are comparable in kind, not to the last digit. A finding holds in a study when it holds "
+             "in more than half of its seeds.", "",
+             f"| held-out episodes (mean over seeds) | this study | {name} |", "| --- | --- | --- |"]
+    driving = driving_table(headline, other.headline)
+    lines += [f"| {row.measure} | {format_number(row.this)} | {format_number(row.other)} |"
+              for row in driving.itertuples(index=False)]
+    compared = holds_comparison(holds, other.holds)
+    counts = compared["verdict"].value_counts()
+    depends = compared[compared["verdict"].isin(VERDICTS[2:])]
+    summary = (f"{counts.get(VERDICTS[0], 0)} of {len(compared)} findings hold under both recipes and "
+               f"{counts.get(VERDICTS[1], 0)} under neither.")
+    if len(depends):
+        summary += " These depend on the recipe (this study, the other): " + _join(
+            [f"`{row.finding}` ({row.this}, {row.other})" for row in depends.itertuples(index=False)]) + "."
+    else:
+        summary += " No finding depends on the recipe."
+    lines += ["", summary, "", f"| finding | this study | {name} | verdict |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{row.finding}` | {row.this} | {row.other} | {row.verdict} |"
+              for row in compared.itertuples(index=False)]
+    return lines
+
+
 # ------------------------------------------------------------------------------------- report
 
 def setup_lines(params: Mapping[str, object], versions: Mapping[str, str]) -> list[str]:
@@ -405,9 +450,12 @@ def setup_lines(params: Mapping[str, object], versions: Mapping[str, str]) -> li
 
 def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[str, str],
                  params: Mapping[str, object], versions: Mapping[str, str],
-                 sections: Sequence[Section] = FINDINGS) -> str:
+                 sections: Sequence[Section] = FINDINGS, headline: Mapping[str, object] | None = None,
+                 other: OtherStudy | None = None) -> str:
     """The whole report as Markdown. summary/holds: the aggregate stage's tables; figures: name ->
-    caption (`egolens.plots.FIGURES`); params: params.yaml as a dict; versions: package -> version."""
+    caption (`egolens.plots.FIGURES`); params: params.yaml as a dict; versions: package -> version;
+    headline: the aggregate's headline.json and other: another recipe's study, which together add
+    the "Under both recipes" section (left out when either is None)."""
     missing: list[str] = []
     context = Context(summary, holds, params)
     heads, width = context.param("agent.heads"), context.param("agent.feature_size")
@@ -427,6 +475,8 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
         out.append("")
     out += ["## Findings per seed", "", "| finding | holds | statement |", "| --- | --- | --- |"]
     out += [f"| `{row.finding}` | {row.holds} | {row.statement} |" for row in holds.itertuples(index=False)]
+    if headline is not None and other is not None:
+        out += ["", "## Under both recipes", "", *comparison_lines(params, headline, holds, other)]
     out += ["", "## Figures", ""]
     out += [f"- [`{name}`](figures/{name}.png): {caption}" for name, caption in figures.items()]
     untrained = fill("{m:evaluate.untrained.collision_rate.mean}", summary, holds, figures, missing)

@@ -15,7 +15,7 @@ import yaml
 
 from presets import ROOT, apply, overrides, set_args
 
-COPIED = ("egolens", "stages", "dvc.yaml", ".gitignore", ".dvcignore")
+COPIED = ("egolens", "stages", "dvc.yaml", ".gitignore", ".dvcignore", "results/paper")
 
 
 def study_copy(dest: Path, params: dict) -> Path:

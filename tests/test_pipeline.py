@@ -20,26 +20,16 @@ import yaml
 
 from egolens.plots import FIGURES
 from egolens.report import format_number
-from tests.conftest import ROOT, tiny_params
+from presets.__main__ import study_copy
+from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
 def project_copy(tmp_path: Path, params: dict) -> Path:
-    """The repository's code and pipeline in a fresh git + DVC repo, with `params`."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("egolens", "stages"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "git", "init", "-q")
-    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
-    run(repo, str(BIN / "dvc"), "init", "-q")
-    run(repo, str(BIN / "dvc"), "config", "core.analytics", "false")
-    return repo
+    """The repository's code and pipeline in a fresh git + DVC repo, with `params` (as the tiny preset builds it)."""
+    return study_copy(tmp_path / "repo", params)
 
 
 def environment() -> dict:
@@ -71,12 +61,12 @@ def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(t
     expected = {"models/seed0/agent.pt", "models/seed0/untrained.pt", "results/seeds/seed0/train/metrics.json"}
     assert expected <= set(reference)
     shutil.rmtree(repo / "models")
-    shutil.rmtree(repo / "results")
+    shutil.rmtree(repo / "results" / "seeds")
     train(repo)
     assert digests(repo, "models", "results") == reference
 
     shutil.rmtree(repo / "models")
-    shutil.rmtree(repo / "results")
+    shutil.rmtree(repo / "results" / "seeds")
     resume = repo / ".resume" / "train_seed0.pt"
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--seed", "0"], cwd=repo, env=environment(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,6 +101,7 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     assert figures == set(FIGURES)
     report = (repo / "results/report.md").read_text()
     assert "## Findings" in report
+    assert "## Under both recipes" in report and "| `ig_complete` |" in report.split("## Under both recipes")[1]
     # every template is filled, except patching: tiny rollouts have no clean/corrupted pairs
     missing = [line for line in report.splitlines() if line.startswith("- Not available in this run")]
     names = re.findall(r"`([^`]+)`", missing[0]) if missing else []

@@ -114,3 +114,30 @@ def test_the_study_sentences_only_use_known_placeholder_kinds():
             if template is not None:
                 stripped = PLACEHOLDER.sub("", template)
                 assert "{" not in stripped and "}" not in stripped, template
+
+
+def test_another_recipes_study_is_set_beside_this_one_with_a_verdict_per_finding():
+    from egolens.report import OtherStudy
+
+    summary, holds = study_tables(heads=2, off_ego=0.5, seeds=5)
+    holds = pd.DataFrame([{"finding": "works", "statement": "It works.", "n_seeds": 5, "n_holds": 4, "holds": "4/5"},
+                          {"finding": "fails", "statement": "It fails.", "n_seeds": 5, "n_holds": 1, "holds": "1/5"}])
+    other = OtherStudy(recipe={"name": "reference recipe", "preset": "paper", "code": "abc1234", "seeds": [0, 1, 2],
+                               "train.episodes": 6000, "agent.gamma": 0.95},
+                       headline={"seeds": 3, "trained": {"success_rate": 0.553}},
+                       holds=pd.DataFrame([{"finding": "works", "n_seeds": 3, "n_holds": 1, "holds": "1/3"},
+                                           {"finding": "fails", "n_seeds": 3, "n_holds": 0, "holds": "0/3"}]))
+    this_headline = {"seeds": 5, "trained": {"success_rate": 0.61}}
+    report = build_report(summary, holds, {}, {**params(seeds=range(5), episodes=2000),
+                                               "agent": {"heads": 2, "feature_size": 64, "gamma": 0.9}},
+                          {}, headline=this_headline, other=other)
+    section = report.split("## Under both recipes")[1].split("## Figures")[0]
+    assert "This study: 5 seeds × 2000 episodes, gamma 0.9" in section
+    assert "`python -m presets paper`: 3 seeds × 6000 episodes, gamma 0.95" in section and "abc1234" in section
+    assert "| success rate | 0.61 | 0.553 |" in section and "| collision rate | n/a | n/a |" in section
+    assert "| `works` | 4/5 | 1/3 | holds only in this study |" in section
+    assert "| `fails` | 1/5 | 0/3 | holds under neither |" in section
+    assert "0 of 2 findings hold under both recipes and 1 under neither" in section
+    assert "depend on the recipe (this study, the other): `works` (4/5, 1/3)" in section
+    # without another study the section is left out
+    assert "## Under both recipes" not in build_report(summary, holds, {}, params(), {})
