@@ -1,0 +1,1 @@
+"""Repository tools that are not stages: `python -m tools.readme_findings`."""
