@@ -50,7 +50,10 @@ def recipe_text(recipe: Mapping[str, object]) -> str:
     """'3 seeds x 6000 episodes, gamma 0.95, n_steps 1, ...' from a recipe description."""
     seeds = recipe.get("seeds")
     count = len(seeds) if isinstance(seeds, list | tuple) else seeds
-    settings = ", ".join(f"{key.split('.')[-1]} {recipe[key]}" for key in RECIPE_KEYS[1:] if key in recipe)
+    def shown(value: object) -> object:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    settings = ", ".join(f"{key.split('.')[-1]} {shown(recipe[key])}" for key in RECIPE_KEYS[1:] if key in recipe)
     return f"{count} seeds × {recipe.get('train.episodes')} episodes, {settings}"
 
 

@@ -45,9 +45,9 @@ def test_the_driving_table_reads_both_headlines_and_marks_what_one_lacks():
 
 def test_a_recipe_is_described_by_its_seeds_and_the_swept_settings():
     params = {"seeds": [0, 1, 2, 3, 4], "train": {"episodes": 2000, "num_envs": 2},
-              "agent": {"gamma": 0.9, "n_steps": 3, "target_update": 50, "epsilon": {"tau": 5000}, "loss": "l2",
+              "agent": {"gamma": 0.9, "n_steps": 3, "target_update": 50, "epsilon": {"tau": 5000.0}, "loss": "l2",
                         "timeout_terminal": False, "lr": 0.0005}}
     recipe = recipe_of(params)
-    assert recipe["agent.epsilon.tau"] == 5000 and "agent.lr" not in recipe
+    assert recipe["agent.epsilon.tau"] == 5000.0 and "agent.lr" not in recipe
     assert recipe_text(recipe) == ("5 seeds × 2000 episodes, gamma 0.9, n_steps 3, target_update 50, tau 5000, "
                                    "loss l2, timeout_terminal False")
