@@ -35,15 +35,17 @@ DRIVING = (("seeds", "seeds"),
 VERDICTS = ("holds under both", "holds under neither", "holds only in this study", "holds only under the other")
 
 
+def dotted(tree: Mapping[str, object], path: str) -> object:
+    """tree["a"]["b"] for path "a.b"; None where a key is missing."""
+    node: object = tree
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
 def recipe_of(params: Mapping[str, object]) -> dict[str, object]:
     """The recipe settings (`RECIPE_KEYS`) and seeds of a params.yaml dict, as a recipe description."""
-    def get(path: str) -> object:
-        node: object = params
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, Mapping) else None
-        return node
-
-    return {"seeds": get("seeds"), **{key: get(key) for key in RECIPE_KEYS}}
+    return {"seeds": dotted(params, "seeds"), **{key: dotted(params, key) for key in RECIPE_KEYS}}
 
 
 def recipe_text(recipe: Mapping[str, object]) -> str:
@@ -57,10 +59,8 @@ def recipe_text(recipe: Mapping[str, object]) -> str:
     return f"{count} seeds × {recipe.get('train.episodes')} episodes, {settings}"
 
 
-def _lookup(tree: Mapping[str, object], dotted: str) -> float:
-    node: object = tree
-    for key in dotted.split("."):
-        node = node.get(key) if isinstance(node, Mapping) else None
+def _lookup(tree: Mapping[str, object], path: str) -> float:
+    node = dotted(tree, path)
     if isinstance(node, list | tuple):
         return float(len(node))
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else math.nan

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from egolens.recipes import VERDICTS, driving_table, holds_comparison, recipe_of, recipe_text
+from egolens.recipes import VERDICTS, dotted, driving_table, holds_comparison, recipe_of, recipe_text
 
 PLACEHOLDER = re.compile(r"\{(m|v|pct|max|h|fig):([^}]+)\}")
 LITTLE_ATTENTION = 0.2
@@ -44,10 +44,7 @@ class Context:
         self.table = self.summary.set_index("metric")
 
     def param(self, path: str) -> object:
-        node: object = self.params
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, Mapping) else None
-        return node
+        return dotted(self.params, path)
 
     def value(self, metric: str, column: str = "mean") -> float:
         """A number of summary.csv (NaN when the metric or column is missing)."""
@@ -433,10 +430,7 @@ def comparison_lines(params: Mapping[str, object], headline: Mapping[str, object
 def setup_lines(params: Mapping[str, object], versions: Mapping[str, str]) -> list[str]:
     """The setup section: seeds, the knobs a reader needs, package versions."""
     def get(path: str) -> object:
-        node: object = params
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, Mapping) else None
-        return node
+        return dotted(params, path)
 
     knobs = ("seeds", "train.episodes", "train.num_envs", "agent.heads", "agent.feature_size", "agent.gamma",
              "agent.lr", "agent.target_update", "evaluate.episodes", "rollout.episodes",
