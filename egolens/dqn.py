@@ -166,9 +166,11 @@ class NStepWindow:
         self.windows = [[(o.numpy(), a, r, n.numpy(), t) for o, a, r, n, t in w] for w in state["windows"]]
 
 
-def clamp_gradients(net: nn.Module, bound: float) -> None:
-    """Clamp every gradient element into [−bound, bound] (rl-agents' clamp, not norm clipping)."""
-    grads = [param.grad for param in net.parameters() if param.grad is not None]
+def clamp_gradients(params: nn.Module | list[torch.Tensor], bound: float) -> None:
+    """Clamp every gradient element of a net (or of a list of its parameters) into
+    [−bound, bound] (rl-agents' clamp, not norm clipping)."""
+    params = list(params.parameters()) if isinstance(params, nn.Module) else params
+    grads = [param.grad for param in params if param.grad is not None]
     if grads:
         torch._foreach_clamp_min_(grads, -bound)
         torch._foreach_clamp_max_(grads, bound)
@@ -184,6 +186,7 @@ class DQNAgent:
         self.value_net = EgoAttentionNetwork.from_config(cfg, in_features, n_actions)
         self.target_net = copy.deepcopy(self.value_net)
         self.target_net.eval()
+        self.params = list(self.value_net.parameters())   # listed once: named_modules() costs ~5% of an update
         self.optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           foreach=True)
         self.replay = ReplayBuffer(cfg.memory_capacity, (n_entities, in_features))
@@ -203,11 +206,19 @@ class DQNAgent:
     def act(self, obs: np.ndarray) -> np.ndarray:
         """ε-greedy actions for a batch of N envs; each counts as one action step. obs: [N, E, F]."""
         actions = self.greedy(obs)
-        for i in range(len(actions)):
-            if self.rng.random() < self.epsilon:
-                actions[i] = self.rng.integers(self.n_actions)
-            self.steps += 1
+        for i, explore in enumerate(self.explore(len(actions))):
+            if explore is not None:
+                actions[i] = explore
         return actions
+
+    def explore(self, n: int) -> list[int | None]:
+        """The ε draws of n action steps in order: a random action, or None where the greedy
+        one is taken. They do not depend on the observations, so they can be made first."""
+        draws: list[int | None] = []
+        for _ in range(n):
+            draws.append(int(self.rng.integers(self.n_actions)) if self.rng.random() < self.epsilon else None)
+            self.steps += 1
+        return draws
 
     def update(self) -> float | None:
         """One gradient step on a replay batch; None while the replay holds less than a batch."""
@@ -227,10 +238,10 @@ class DQNAgent:
                                      f"(lr {self.cfg.lr}, gamma {self.cfg.gamma}): training stopped")
         self.optimizer.zero_grad()
         loss.backward()
-        clamp_gradients(self.value_net, self.cfg.grad_clip)
+        clamp_gradients(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         bad = []
-        if not torch.isfinite(torch.stack([p.sum() for p in self.value_net.parameters()])).all():   # cheap first look
+        if not torch.isfinite(torch.stack([p.sum() for p in self.params])).all():   # cheap first look
             bad = [name for name, p in self.value_net.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise FloatingPointError(f"non-finite weights {bad} after gradient step {self.updates + 1} "
@@ -295,15 +306,26 @@ class Trainer:
 
     Episode k of agent seed s always runs on env seed s·SEED_STRIDE + k; episodes are handed
     to envs by an `EpisodeSchedule` (deterministic for a given N). With one env the loop is
-    the reference algorithm: act, step, store, one gradient step. With N > 1 envs (one worker
-    process each) the learner works while the simulators step: the actions are sent, the
-    gradient steps owed for the *previous* step's N transitions run, then the new transitions
-    are collected and stored. So each gradient step samples a replay that lacks the N newest
-    transitions, and every action is still chosen by the network after all gradient steps
-    owed so far; the total number of gradient steps is the same (the last ones run after the
-    final step). `run` can stop at any checkpoint; a new Trainer loaded with that state
-    continues to the same final bytes (in-progress episodes are restored by replaying their
-    recorded actions from their seeds).
+    the reference algorithm: act, step, store, one gradient step.
+
+    With N > 1 envs (one worker process each) the algorithm runs in rounds. Round r: every
+    playing env gets an ε-greedy action (the greedy ones are rows of the network applied to
+    the batch of the playing envs' observations, the ε draws made in env order); the gradient
+    steps owed for round r−1's transitions run; round r's transitions are stored in env order
+    and finished episodes recorded. So each gradient step samples a replay that lacks the N
+    newest transitions, every action is chosen by the network after all gradient steps owed
+    so far, and the total number of gradient steps is the same as with one env (the last ones
+    run after the final step). The rounds fix the order of every draw and weight change, not
+    the timing: round r's gradient steps run while the simulators step, and an env whose step
+    is done starts its round r+1 step at once, before a slower env has finished round r
+    (`_Pipeline`). No number changes, because an action needs only the round's ε draws (they
+    need no observation), its own env's observation (a row of a network output depends on the
+    batch size, not on the other rows, so it is computed in a batch of copies), the weights
+    after round r's gradient steps, and the episode the env starts if its step ends one.
+
+    `run` can stop at any checkpoint; a new Trainer loaded with that state continues to the
+    same final bytes (in-progress episodes are restored by replaying their recorded actions
+    from their seeds).
     """
 
     def __init__(self, cfg: AgentConfig, seed: int, episodes: int, num_envs: int,
@@ -361,62 +383,218 @@ class Trainer:
         """Train until `episodes` episodes have finished; return their records in finish order.
 
         runner: an `EnvRunner` of `num_envs` envs. on_checkpoint(state) is called every
-        `checkpoint_every` finished episodes (at the end of a step, the state a resume needs).
+        `checkpoint_every` finished episodes (at the end of a round, the state a resume needs).
         """
         if runner.num_envs != self.num_envs:
             raise ValueError(f"runner has {runner.num_envs} envs, the trainer was built for {self.num_envs}")
         obs = self.restore_envs(runner)
-        overlap = self.num_envs > 1
-        agent, schedule = self.agent, self.schedule
-        while not schedule.done:
-            active = schedule.active
-            actions = [int(a) for a in agent.act(np.stack([obs[i] for i in active]))]
-            offers = schedule.offers()
-            runner.step_async(dict(zip(active, actions)), {i: self.env_seed(e) for i, e in offers.items()})
-            if overlap:
-                runner.wait_any()    # learn on the core the first env to finish leaves free
-                self._learn()
-            results = runner.step_wait()
-            ended = []
-            for i, action in zip(active, actions):
-                step = results[i]
-                terminal = step.terminated or (step.truncated and agent.cfg.timeout_terminal)
-                for transition in self.window.push(i, obs[i], action, step.reward, step.obs, terminal, step.ended):
-                    agent.replay.add(*transition)
-                self.env_actions[i].append(action)
-                self.env_return[i] += step.reward
-                self.owed_updates += 1
-                if step.ended:
-                    ended.append(i)
-                obs[i] = step.reset_obs if step.reset_obs is not None else step.obs
-            if not overlap:
-                self._learn()
-            crossed = False
-            for i in ended:
-                record = self._finish(i, results[i])
-                if progress is not None:
-                    progress(record)
-                crossed |= len(self.records) % checkpoint_every == 0
-            schedule.advance(ended, offers)
-            if crossed and on_checkpoint is not None and not schedule.done:
-                on_checkpoint(self.state_dict())
+        if self.num_envs == 1:
+            self._run_one(runner, obs, on_checkpoint, checkpoint_every, progress)
+        else:
+            _Pipeline(self, runner, obs).run(on_checkpoint, checkpoint_every, progress)
         self._learn()
         return self.records
 
-    def _finish(self, i: int, last: Transition) -> EpisodeRecord:
+    def _run_one(self, runner: EnvRunner, obs: dict[int, np.ndarray],
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None, checkpoint_every: int,
+                 progress: Callable[[EpisodeRecord], None] | None) -> None:
+        """The reference loop of one env: act, step, store, learn."""
+        agent, schedule = self.agent, self.schedule
+        while not schedule.done:
+            action = int(agent.act(obs[0][None])[0])
+            offers = schedule.offers()
+            runner.step_async({0: action}, {i: self.env_seed(e) for i, e in offers.items()})
+            step = runner.step_wait()[0]
+            self._store(0, obs[0], action, step)
+            obs[0] = step.reset_obs if step.reset_obs is not None else step.obs
+            self._learn()
+            if step.ended:
+                self._close_round({0: action}, {0: step}, offers, agent.steps, on_checkpoint, checkpoint_every,
+                                  progress, lambda: self.state_dict())
+
+    def _store(self, i: int, obs: np.ndarray, action: int, step: Transition) -> None:
+        """Env i's transition into its n-step window (and what leaves it into the replay)."""
+        agent = self.agent
+        terminal = step.terminated or (step.truncated and agent.cfg.timeout_terminal)
+        for transition in self.window.push(i, obs, action, step.reward, step.obs, terminal, step.ended):
+            agent.replay.add(*transition)
+        self.env_actions[i].append(action)
+        self.env_return[i] += step.reward
+        self.owed_updates += 1
+
+    def _close_round(self, actions: dict[int, int], results: dict[int, Transition], offers: dict[int, int],
+                     steps: int, on_checkpoint: Callable[[dict[str, Any]], None] | None, checkpoint_every: int,
+                     progress: Callable[[EpisodeRecord], None] | None,
+                     state: Callable[[], dict[str, Any]]) -> None:
+        """Record the episodes that ended this round (`steps`: the ε clock after the round's
+        actions), hand out the next episodes, and checkpoint with `state()` when due."""
+        ended = [i for i in actions if results[i].ended]
+        crossed = False
+        for i in ended:
+            record = self._finish(i, results[i], steps)
+            if progress is not None:
+                progress(record)
+            crossed |= len(self.records) % checkpoint_every == 0
+        self.schedule.advance(ended, offers)
+        if crossed and on_checkpoint is not None and not self.schedule.done:
+            on_checkpoint(state())
+
+    def _finish(self, i: int, last: Transition, steps: int) -> EpisodeRecord:
         agent = self.agent
         episode = self.schedule.playing[i]
         assert episode is not None
         record = EpisodeRecord(
             episode=episode, env_seed=self.env_seed(episode), ret=self.env_return[i], length=len(self.env_actions[i]),
-            outcome=outcome(last.terminated, last.truncated, last.crashed), epsilon=agent.epsilon,
+            outcome=outcome(last.terminated, last.truncated, last.crashed), epsilon=epsilon(steps, agent.cfg.epsilon),
             loss=self.loss_sum / self.loss_count if self.loss_count else float("nan"),
-            steps=agent.steps, updates=agent.updates)
+            steps=steps, updates=agent.updates)
         self.records.append(record)
         self.loss_sum, self.loss_count = 0.0, 0
         self.env_actions[i] = []
         self.env_return[i] = 0.0
         return record
+
+
+class _Pipeline:
+    """The rounds of `Trainer` with N > 1 envs, run so that no simulator waits for another.
+
+    Round r is open while its steps run. As soon as its actions are all sent, the gradient
+    steps owed for round r−1 run (the learner works while the simulators step), and then the
+    ε draws of round r+1 are made (in env order; they need no observation). When env i's
+    round-r result is in, env i gets its round r+1 action and steps again, provided what that
+    action depends on is known: round r+1's draws, how many envs play round r+1 (the batch
+    its greedy row is computed in) and the episode it starts if its step ends one. When every
+    round-r result is in, the round closes: transitions are stored in env order, episodes
+    recorded, next episodes handed out, the remaining round r+1 actions chosen and sent. Every
+    draw and weight change happens in the order the plain round loop makes them, so the bytes
+    are the same; only the waiting goes. An env is at most one round ahead of the slowest.
+    """
+
+    def __init__(self, trainer: Trainer, runner: EnvRunner, obs: dict[int, np.ndarray]) -> None:
+        self.trainer, self.runner, self.agent, self.schedule = trainer, runner, trainer.agent, trainer.schedule
+        self.obs = obs                                        # env -> obs its round-r action was chosen on
+        self.active: list[int] = []                           # envs playing round r, in env order
+        self.offers: dict[int, int] = {}                      # round r's episode offers
+        self.actions: dict[int, int] = {}                     # round r's actions (all sent)
+        self.results: dict[int, Transition] = {}              # round r's results received so far
+        self.upcoming: list[int] | None = None                # envs playing round r+1, once known
+        self.draws: dict[int, int | None] = {}                # round r+1's ε draws, once made
+        self.early: dict[int, tuple[int, int | None]] = {}    # env -> its round r+1 (action, offer), sent
+        self.ahead: dict[int, Transition] = {}                # round r+1 results of early envs
+        self.learned = False
+        self.snapshot: dict[str, Any] = {}                    # ε clock and RNGs when round r's learning ended
+
+    def run(self, on_checkpoint: Callable[[dict[str, Any]], None] | None, checkpoint_every: int,
+            progress: Callable[[EpisodeRecord], None] | None) -> None:
+        trainer = self.trainer
+        self._open_round()
+        while True:
+            if not self.learned:
+                trainer._learn()
+                self.learned = True
+                self.snapshot = {"steps": self.agent.steps, "rng": _rng_state(self.agent.rng),
+                                 "torch_rng": torch.get_rng_state()}
+                self._act_early()
+            if len(self.results) < len(self.active):
+                for i, result in self.runner.receive().items():
+                    (self.ahead if i in self.early else self.results)[i] = result
+                self._act_early()
+                continue
+            for i in self.active:
+                trainer._store(i, self.obs[i], self.actions[i], self.results[i])
+            trainer._close_round(self.actions, self.results, self.offers, self.snapshot["steps"], on_checkpoint,
+                                 checkpoint_every, progress, self._round_end_state)
+            if self.schedule.done:
+                return
+            for i in self.active:
+                self.obs[i] = _next_obs(self.results[i])
+            self._open_round()
+
+    def _open_round(self) -> None:
+        """The next round becomes round r: its actions not sent early are chosen and sent."""
+        self.active, self.offers = self.schedule.active, self.schedule.offers()
+        if self.upcoming is None:
+            self.draws = dict(zip(self.active, self.agent.explore(len(self.active))))
+        elif self.upcoming != self.active or any(self.offers.get(i) != offer for i, (_, offer) in self.early.items()):
+            raise RuntimeError("the round's envs or episode offers differ from those foreseen")   # never expected
+        rest = [i for i in self.active if i not in self.early]
+        chosen = dict(zip(rest, self._actions(rest)))
+        for i in rest:
+            self.runner.send(i, chosen[i], self._env_seed(self.offers.get(i)))
+        self.actions = {i: chosen[i] if i in chosen else self.early[i][0] for i in self.active}   # env order
+        self.results, self.early, self.ahead = self.ahead, {}, {}
+        self.upcoming, self.draws = None, {}
+        self.learned = False
+
+    def _actions(self, envs: list[int]) -> list[int]:
+        """The actions of `envs` (their obs in self.obs) from the draws of the round they play,
+        greedy rows computed in a batch of that round's size."""
+        greedy = [i for i in envs if self.draws[i] is None]
+        if greedy:
+            rows = [self.obs[i] for i in greedy]
+            size = len(self.draws)
+            best = dict(zip(greedy, self.agent.greedy(np.stack(rows + rows[:1] * (size - len(rows)))).tolist()))
+        return [self.draws[i] if self.draws[i] is not None else int(best[i]) for i in envs]
+
+    def _act_early(self) -> None:
+        """Send round r+1 steps to the envs whose action is already determined."""
+        if not self.learned:
+            return
+        foreseen = self._next_round()
+        if foreseen is None:
+            return
+        active, offers = foreseen
+        if self.upcoming is None:
+            self.upcoming = active
+            self.draws = dict(zip(active, self.agent.explore(len(active))))
+        for i in active:
+            if i in self.early or i not in self.results or i not in offers:
+                continue
+            obs = _next_obs(self.results[i])
+            action = self.draws[i] if self.draws[i] is not None else self._greedy_alone(obs, len(active))
+            self.runner.send(i, action, self._env_seed(offers[i]))
+            self.early[i] = (action, offers[i])
+
+    def _greedy_alone(self, obs: np.ndarray, size: int) -> int:
+        """The greedy action of one obs [E, F] as its row in a batch of `size` rows."""
+        return int(self.agent.greedy(np.repeat(obs[None], size, axis=0))[0])
+
+    def _next_round(self) -> tuple[list[int], dict[int, int | None]] | None:
+        """Round r+1's envs and those of their episode offers that round r's missing results
+        cannot change; None while the envs of round r+1 are not known yet.
+
+        An env still stepping keeps playing if it has an offer; given that, an env's next offer
+        is the k-th lowest unstarted episode for a fixed k, and every missing result that ends
+        an episode removes one more from the unstarted ones. So the offer lies between the one
+        computed as if no missing step ended an episode and the one as if all did.
+        """
+        pending = [i for i in self.active if i not in self.results]
+        if any(i not in self.offers for i in pending):
+            return None
+        ended = [i for i in self.active if i in self.results and self.results[i].ended]
+        outcomes = []
+        for extra in ([], pending):
+            schedule = EpisodeSchedule(self.schedule.total, self.schedule.num_envs)
+            schedule.load_state_dict(self.schedule.state_dict())
+            schedule.advance(ended + extra, self.offers)
+            outcomes.append((schedule.active, schedule.offers()))
+        (active, low), (_, high) = outcomes
+        return active, {i: low.get(i) for i in active if low.get(i) == high.get(i)}
+
+    def _env_seed(self, offer: int | None) -> int | None:
+        return None if offer is None else self.trainer.env_seed(offer)
+
+    def _round_end_state(self) -> dict[str, Any]:
+        """The trainer's state at the end of round r as the plain round loop has it: without
+        the draws made early for round r+1 (a resume makes them again)."""
+        state = self.trainer.state_dict()
+        state["agent"].update(self.snapshot)
+        return state
+
+
+def _next_obs(step: Transition) -> np.ndarray:
+    """The observation an env's next action is chosen on (the new episode's, after a reset)."""
+    return step.reset_obs if step.reset_obs is not None else step.obs
 
 
 def training_summary(records: list[EpisodeRecord], window: int = 100) -> dict[str, float | int]:
