@@ -7,6 +7,10 @@ Prints, in one run on this machine:
   learner's share of the trainer process's wall time;
 - the ratios the trainer is judged by: num_envs=2 over num_envs=1, and num_envs=2 over two
   side-by-side simulators;
+- where the CPU goes with num_envs=2: CPU ms per collected step in the simulators' workers
+  and in the trainer process (learner, actions, bookkeeping), the share of the two cores kept
+  busy, and the packing bound: the steps/s if that CPU kept both cores busy all the time (no
+  schedule of the same work on two cores can go faster);
 - closed-loop episodes/s of the runner that plays `evaluate` and the interventions'
   conditions (greedy, num_envs = 1 and 2).
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,8 +62,25 @@ def env_only(params: Params, steps: int, processes: int) -> float:
     return processes * steps / (time.perf_counter() - start)
 
 
-def training(params: Params, num_envs: int, episodes: int) -> tuple[float, float]:
-    """(transitions/s, learner share of wall time) of a short training run with learning on."""
+@dataclass
+class TrainingRun:
+    """A short training run with learning on: transitions/s, the learner's share of wall time,
+    CPU seconds per transition in the trainer process and in the env workers, wall seconds."""
+
+    speed: float
+    learner_share: float
+    main_cpu: float
+    worker_cpu: float
+    wall: float
+
+    @property
+    def busy(self) -> float:
+        """CPU seconds per wall second (2.0: both cores busy all the time)."""
+        return self.speed * (self.main_cpu + self.worker_cpu)
+
+
+def training(params: Params, num_envs: int, episodes: int) -> TrainingRun:
+    """Time a `Trainer` run of `episodes` episodes (seed 0) on `num_envs` envs."""
     seed_everything(0)
     trainer = Trainer(params.agent, 0, episodes, num_envs, len(params.env.features), params.env.vehicles_count)
     learn_time = 0.0
@@ -71,11 +94,15 @@ def training(params: Params, num_envs: int, episodes: int) -> tuple[float, float
         return loss
 
     trainer.agent.update = timed_update  # type: ignore[method-assign]
+    before = os.times()
     with make_runner(params.env, num_envs) as runner:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         trainer.run(runner)
-        wall = time.perf_counter() - start
-    return trainer.agent.steps / wall, learn_time / wall
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    after = os.times()    # the workers have been joined: their CPU is in the children's times
+    workers = (after.children_user + after.children_system) - (before.children_user + before.children_system)
+    steps = trainer.agent.steps
+    return TrainingRun(steps / wall, learn_time / wall, cpu / steps, workers / steps, wall)
 
 
 def closed_loop(params: Params, num_envs: int, episodes: int) -> float:
@@ -107,14 +134,22 @@ def main() -> None:
     print(f"medians of {args.repeats} runs")
     print(f"env only, 1 simulator:              {env1:6.1f} steps/s")
     print(f"env only, 2 simulators side by side: {env2:6.1f} steps/s ({env2 / env1:.2f}x one)")
-    speeds = {}
+    speeds, runs = {}, {}
     for n in (1, 2):
-        runs = [training(params, n, args.episodes) for _ in range(args.repeats)]
-        speeds[n] = float(np.median([speed for speed, _ in runs]))
-        share = float(np.median([share for _, share in runs]))
+        runs[n] = [training(params, n, args.episodes) for _ in range(args.repeats)]
+        speeds[n] = float(np.median([run.speed for run in runs[n]]))
+        share = float(np.median([run.learner_share for run in runs[n]]))
         print(f"training, num_envs={n}:              {speeds[n]:6.1f} steps/s, learner share of wall time {share:.0%}")
     print(f"num_envs=2 over num_envs=1:          {speeds[2] / speeds[1]:.2f}x   (target >= 1.70x)")
     print(f"num_envs=2 over 2 side-by-side sims: {speeds[2] / env2:.0%}   (target >= 80%)")
+    main_cpu = float(np.median([run.main_cpu for run in runs[2]])) * 1000
+    worker_cpu = float(np.median([run.worker_cpu for run in runs[2]])) * 1000
+    busy = float(np.median([run.busy for run in runs[2]]))
+    bound = 2000 / (main_cpu + worker_cpu)
+    print(f"num_envs=2, CPU per step: workers {worker_cpu:.1f} ms (a simulator alone: {1000 / env1:.1f} ms), "
+          f"trainer process {main_cpu:.1f} ms; cores busy {busy / 2:.0%}")
+    print(f"num_envs=2, packing bound (that CPU on 2 cores never idle): {bound:.1f} steps/s = "
+          f"{bound / speeds[1]:.2f}x num_envs=1, {bound / env2:.0%} of 2 side-by-side sims")
     loops = {n: median(lambda n=n: closed_loop(params, n, args.closed_loop_episodes)) for n in (1, 2)}
     for n, rate in loops.items():
         print(f"closed loop (greedy, interventions runner), num_envs={n}: {rate:.2f} episodes/s")

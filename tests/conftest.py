@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 from pathlib import Path
 
@@ -89,6 +90,35 @@ class ToyEnv:
 def toy_runner(num_envs: int, entities: int = 4) -> EnvRunner:
     """An EnvRunner of `num_envs` toy envs (worker processes when more than one)."""
     return EnvRunner([partial(ToyEnv, entities) for _ in range(num_envs)])
+
+
+class SlowToyEnv(ToyEnv):
+    """A ToyEnv whose steps take time: step t of the episode of seed s sleeps delay·((s + t) % 3)
+    seconds and a reset 3·delay (as a simulator's, slower than a step), so that of two envs
+    now one, now the other is the slower. Appends each step's wall-clock (start, end) to `log`
+    (a file: the env runs in a worker process)."""
+
+    def __init__(self, delay: float, log: Path | None = None, entities: int = 4) -> None:
+        super().__init__(entities)
+        self.delay, self.log = delay, log
+
+    def reset(self, seed: int):
+        time.sleep(3 * self.delay)
+        return super().reset(seed)
+
+    def step(self, action: int):
+        start = time.time()
+        time.sleep(self.delay * ((self.seed + self.t) % 3))
+        result = super().step(action)
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(f"{start} {time.time()}\n")
+        return result
+
+
+def slow_toy_runner(delays: list[float], logs: list[Path] | None = None) -> EnvRunner:
+    """`SlowToyEnv`s in worker processes, env i with delays[i] (its steps logged to logs[i])."""
+    return EnvRunner([partial(SlowToyEnv, d, logs[i] if logs else None) for i, d in enumerate(delays)])
 
 
 def reference_q(state_dict: dict[str, torch.Tensor], obs: torch.Tensor, heads: int) -> torch.Tensor:

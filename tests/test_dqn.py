@@ -12,6 +12,7 @@ from torch import nn
 from egolens.config import EpsilonConfig
 from egolens.dqn import (
     DQNAgent,
+    EpisodeRecord,
     NStepWindow,
     ReplayBuffer,
     Trainer,
@@ -20,7 +21,8 @@ from egolens.dqn import (
     dqn_target,
     epsilon,
 )
-from tests.conftest import ToyEnv, tiny_agent, toy_runner
+from egolens.env import outcome
+from tests.conftest import ToyEnv, random_obs, slow_toy_runner, tiny_agent, toy_runner
 
 
 class TableQ(nn.Module):
@@ -142,15 +144,16 @@ def test_training_is_deterministic_and_resumes_to_the_same_result(num_envs):
     check_deterministic_and_resumable(tiny_agent(), num_envs)
 
 
-def check_deterministic_and_resumable(cfg, num_envs: int) -> None:
+def check_deterministic_and_resumable(cfg, num_envs: int, runner=None) -> None:
     """Two runs give the same records and weights; a run killed after its second checkpoint and
-    resumed from it (with fresh envs, as after a crash) ends in the same bytes."""
+    resumed from it (with fresh envs, as after a crash) ends in the same bytes. runner: a
+    factory of the runner (default: toy envs)."""
     def trainer() -> Trainer:
         return Trainer(cfg, seed=3, episodes=30, num_envs=num_envs, in_features=7, n_entities=4)
 
     def run(t: Trainer, **kwargs) -> None:
-        with toy_runner(num_envs) as runner:
-            t.run(runner, **kwargs)
+        with (runner() if runner else toy_runner(num_envs)) as envs:
+            t.run(envs, **kwargs)
 
     full = trainer()
     run(full)
@@ -271,3 +274,105 @@ def test_training_stops_when_a_weight_becomes_non_finite(monkeypatch):
     monkeypatch.setattr(agent.optimizer, "step", poisoned_step)
     with pytest.raises(FloatingPointError, match=r"non-finite weights \['output_layer.predict.bias'\]"):
         agent.update()
+
+
+# ------------------------------------------------------------------------------ N envs: rounds, pipelined
+
+def plain_round_loop(cfg, num_envs: int, episodes: int, seed: int = 3) -> Trainer:
+    """The spec of training with N envs, on in-process toy envs, one round at a time: every
+    playing env acts on one batch of observations, every env steps, the gradient steps the
+    previous round owes run, the transitions are stored and the ended episodes recorded in
+    env order, the ended envs start the episodes they were offered."""
+    t = Trainer(cfg, seed=seed, episodes=episodes, num_envs=num_envs, in_features=7, n_entities=4)
+    agent, schedule = t.agent, t.schedule
+    envs = [ToyEnv() for _ in range(num_envs)]
+    obs = {i: envs[i].reset(seed=t.env_seed(e))[0] for i, e in schedule.start().items()}
+    owed, losses, ret, length = 0, [], [0.0] * num_envs, [0] * num_envs
+    while not schedule.done:
+        active, offers = schedule.active, schedule.offers()
+        actions = agent.act(np.stack([obs[i] for i in active]))
+        losses += [loss for loss in (agent.update() for _ in range(owed)) if loss is not None]
+        owed, ended = 0, []
+        for i, action in zip(active, actions):
+            o, reward, terminated, truncated, info = envs[i].step(int(action))
+            terminal = terminated or (truncated and cfg.timeout_terminal)
+            for transition in t.window.push(i, obs[i], int(action), reward, o, terminal, terminated or truncated):
+                agent.replay.add(*transition)
+            ret[i] += reward
+            length[i] += 1
+            owed += 1
+            obs[i] = o
+            if terminated or truncated:
+                ended.append((i, outcome(terminated, truncated, info["crashed"])))
+                if i in offers:
+                    obs[i] = envs[i].reset(seed=t.env_seed(offers[i]))[0]
+        for i, how in ended:
+            e = schedule.playing[i]
+            t.records.append(EpisodeRecord(e, t.env_seed(e), ret[i], length[i], how, agent.epsilon,
+                                           sum(losses) / len(losses) if losses else math.nan,
+                                           agent.steps, agent.updates))
+            losses, ret[i], length[i] = [], 0.0, 0
+        schedule.advance([i for i, _ in ended], offers)
+    for _ in range(owed):
+        agent.update()
+    return t
+
+
+def same_run(a: Trainer, b: Trainer) -> bool:
+    def optimizer_tensors(t: Trainer) -> list[torch.Tensor]:
+        return [v for s in t.agent.optimizer.state_dict()["state"].values() for v in s.values()]
+    return (repr(a.records) == repr(b.records)
+            and all(torch.equal(x, y) for x, y in zip(final_state(a).values(), final_state(b).values()))
+            and all(torch.equal(x, y) for x, y in zip(optimizer_tensors(a), optimizer_tensors(b)))
+            and (a.agent.steps, a.agent.updates) == (b.agent.steps, b.agent.updates))
+
+
+@pytest.mark.parametrize("delays", [[0.0, 0.0], [0.003, 0.0], [0.0, 0.002, 0.003]])
+@pytest.mark.parametrize("overrides", [{}, {"n_steps": 3, "gamma": 0.9}])
+def test_pipelined_training_equals_the_plain_round_loop(delays, overrides):
+    cfg = tiny_agent(**overrides)
+    pipelined = Trainer(cfg, seed=3, episodes=40, num_envs=len(delays), in_features=7, n_entities=4)
+    with slow_toy_runner(delays) as runner:
+        pipelined.run(runner)
+    assert same_run(pipelined, plain_round_loop(cfg, len(delays), 40))
+
+
+def test_more_envs_than_episodes_equals_the_plain_round_loop():
+    trainer = Trainer(tiny_agent(), seed=3, episodes=2, num_envs=3, in_features=7, n_entities=4)
+    with slow_toy_runner([0.001, 0.0, 0.002]) as runner:
+        trainer.run(runner)
+    assert same_run(trainer, plain_round_loop(tiny_agent(), 3, 2))
+
+
+def test_an_env_whose_step_is_done_steps_on_while_the_other_is_still_stepping(tmp_path):
+    """Env k's step of round r+1 starts before the other env has finished round r, both ways."""
+    logs = [tmp_path / "env0.log", tmp_path / "env1.log"]
+    trainer = Trainer(tiny_agent(), seed=3, episodes=20, num_envs=2, in_features=7, n_entities=4)
+    with slow_toy_runner([0.01, 0.01], logs) as runner:
+        trainer.run(runner)
+    steps = [[tuple(map(float, line.split())) for line in log.read_text().splitlines()] for log in logs]
+    rounds = min(len(s) for s in steps)
+    assert rounds > 20
+    for me, other in ((0, 1), (1, 0)):
+        ahead = [r for r in range(1, rounds) if steps[me][r][0] < steps[other][r - 1][1]]
+        assert ahead, f"env {me} never started a step before env {other} had finished the round before"
+
+
+@pytest.mark.parametrize("delays", [[0.0, 0.004], [0.003, 0.0, 0.001]])
+def test_pipelined_training_resumes_to_the_same_bytes_when_a_checkpoint_falls_while_an_env_is_ahead(delays):
+    check_deterministic_and_resumable(tiny_agent(), len(delays), lambda: slow_toy_runner(delays))
+
+
+def test_a_row_of_the_q_network_depends_on_the_batch_size_not_on_the_other_rows():
+    """What the pipelined trainer relies on to choose an env's greedy action on its own."""
+    from egolens.config import AgentConfig
+    from egolens.model import EgoAttentionNetwork
+    torch.manual_seed(0)
+    net = EgoAttentionNetwork.from_config(AgentConfig(), in_features=7, n_actions=3).eval()
+    obs = random_obs(6, seed=1)
+    with torch.no_grad():
+        for size in (2, 3):
+            batch = net(obs[:size])
+            for row in range(size):
+                copies = net(obs[row:row + 1].repeat(size, 1, 1))
+                assert torch.equal(copies[0], batch[row])
