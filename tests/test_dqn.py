@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from egolens.config import EpsilonConfig
+from egolens.config import AgentConfig, EpsilonConfig
 from egolens.dqn import (
     DQNAgent,
     EpisodeRecord,
@@ -22,6 +22,7 @@ from egolens.dqn import (
     epsilon,
 )
 from egolens.env import outcome
+from egolens.model import EgoAttentionNetwork
 from tests.conftest import ToyEnv, random_obs, slow_toy_runner, tiny_agent, toy_runner
 
 
@@ -365,8 +366,6 @@ def test_pipelined_training_resumes_to_the_same_bytes_when_a_checkpoint_falls_wh
 
 def test_a_row_of_the_q_network_depends_on_the_batch_size_not_on_the_other_rows():
     """What the pipelined trainer relies on to choose an env's greedy action on its own."""
-    from egolens.config import AgentConfig
-    from egolens.model import EgoAttentionNetwork
     torch.manual_seed(0)
     net = EgoAttentionNetwork.from_config(AgentConfig(), in_features=7, n_actions=3).eval()
     obs = random_obs(6, seed=1)
