@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -406,11 +406,11 @@ class Trainer:
             runner.step_async({0: action}, {i: self.env_seed(e) for i, e in offers.items()})
             step = runner.step_wait()[0]
             self._store(0, obs[0], action, step)
-            obs[0] = step.reset_obs if step.reset_obs is not None else step.obs
+            obs[0] = _next_obs(step)
             self._learn()
             if step.ended:
-                self._close_round({0: action}, {0: step}, offers, agent.steps, on_checkpoint, checkpoint_every,
-                                  progress, lambda: self.state_dict())
+                self._close_round([0], {0: step}, offers, agent.steps, on_checkpoint, checkpoint_every, progress,
+                                  self.state_dict)
 
     def _store(self, i: int, obs: np.ndarray, action: int, step: Transition) -> None:
         """Env i's transition into its n-step window (and what leaves it into the replay)."""
@@ -422,13 +422,13 @@ class Trainer:
         self.env_return[i] += step.reward
         self.owed_updates += 1
 
-    def _close_round(self, actions: dict[int, int], results: dict[int, Transition], offers: dict[int, int],
+    def _close_round(self, active: list[int], results: dict[int, Transition], offers: dict[int, int],
                      steps: int, on_checkpoint: Callable[[dict[str, Any]], None] | None, checkpoint_every: int,
                      progress: Callable[[EpisodeRecord], None] | None,
                      state: Callable[[], dict[str, Any]]) -> None:
-        """Record the episodes that ended this round (`steps`: the ε clock after the round's
-        actions), hand out the next episodes, and checkpoint with `state()` when due."""
-        ended = [i for i in actions if results[i].ended]
+        """Record the episodes that ended this round in env order (`steps`: the ε clock after the
+        round's actions), hand out the next episodes, and checkpoint with `state()` when due."""
+        ended = [i for i in active if results[i].ended]
         crossed = False
         for i in ended:
             record = self._finish(i, results[i], steps)
@@ -477,8 +477,7 @@ class _Pipeline:
         self.offers: dict[int, int] = {}                      # round r's episode offers
         self.actions: dict[int, int] = {}                     # round r's actions (all sent)
         self.results: dict[int, Transition] = {}              # round r's results received so far
-        self.upcoming: list[int] | None = None                # envs playing round r+1, once known
-        self.draws: dict[int, int | None] = {}                # round r+1's ε draws, once made
+        self.draws: dict[int, int | None] = {}                # env -> its round r+1 ε draw, once made (env order)
         self.early: dict[int, tuple[int, int | None]] = {}    # env -> its round r+1 (action, offer), sent
         self.ahead: dict[int, Transition] = {}                # round r+1 results of early envs
         self.learned = False
@@ -502,7 +501,7 @@ class _Pipeline:
                 continue
             for i in self.active:
                 trainer._store(i, self.obs[i], self.actions[i], self.results[i])
-            trainer._close_round(self.actions, self.results, self.offers, self.snapshot["steps"], on_checkpoint,
+            trainer._close_round(self.active, self.results, self.offers, self.snapshot["steps"], on_checkpoint,
                                  checkpoint_every, progress, self._round_end_state)
             if self.schedule.done:
                 return
@@ -513,27 +512,27 @@ class _Pipeline:
     def _open_round(self) -> None:
         """The next round becomes round r: its actions not sent early are chosen and sent."""
         self.active, self.offers = self.schedule.active, self.schedule.offers()
-        if self.upcoming is None:
+        if not self.draws:
             self.draws = dict(zip(self.active, self.agent.explore(len(self.active))))
-        elif self.upcoming != self.active or any(self.offers.get(i) != offer for i, (_, offer) in self.early.items()):
+        elif list(self.draws) != self.active or any(self.offers.get(i) != o for i, (_, o) in self.early.items()):
             raise RuntimeError("the round's envs or episode offers differ from those foreseen")   # never expected
         rest = [i for i in self.active if i not in self.early]
-        chosen = dict(zip(rest, self._actions(rest)))
+        chosen = dict(zip(rest, self._actions(rest, self.obs)))
         for i in rest:
             self.runner.send(i, chosen[i], self._env_seed(self.offers.get(i)))
         self.actions = {i: chosen[i] if i in chosen else self.early[i][0] for i in self.active}   # env order
-        self.results, self.early, self.ahead = self.ahead, {}, {}
-        self.upcoming, self.draws = None, {}
+        self.results, self.early, self.ahead, self.draws = self.ahead, {}, {}, {}
         self.learned = False
 
-    def _actions(self, envs: list[int]) -> list[int]:
-        """The actions of `envs` (their obs in self.obs) from the draws of the round they play,
-        greedy rows computed in a batch of that round's size."""
+    def _actions(self, envs: list[int], obs: Mapping[int, np.ndarray]) -> list[int]:
+        """The actions of `envs` on their observations obs[i] [E, F]: the round's ε draws, and
+        greedy rows computed in a batch of one row per env of the round (padded with copies)."""
         greedy = [i for i in envs if self.draws[i] is None]
+        best: dict[int, int] = {}
         if greedy:
-            rows = [self.obs[i] for i in greedy]
-            size = len(self.draws)
-            best = dict(zip(greedy, self.agent.greedy(np.stack(rows + rows[:1] * (size - len(rows)))).tolist()))
+            rows = [obs[i] for i in greedy]
+            batch = np.stack(rows + rows[:1] * (len(self.draws) - len(rows)))
+            best = dict(zip(greedy, self.agent.greedy(batch).tolist()))
         return [self.draws[i] if self.draws[i] is not None else int(best[i]) for i in envs]
 
     def _act_early(self) -> None:
@@ -544,20 +543,14 @@ class _Pipeline:
         if foreseen is None:
             return
         active, offers = foreseen
-        if self.upcoming is None:
-            self.upcoming = active
+        if not self.draws:
             self.draws = dict(zip(active, self.agent.explore(len(active))))
         for i in active:
             if i in self.early or i not in self.results or i not in offers:
                 continue
-            obs = _next_obs(self.results[i])
-            action = self.draws[i] if self.draws[i] is not None else self._greedy_alone(obs, len(active))
+            action = self._actions([i], {i: _next_obs(self.results[i])})[0]
             self.runner.send(i, action, self._env_seed(offers[i]))
             self.early[i] = (action, offers[i])
-
-    def _greedy_alone(self, obs: np.ndarray, size: int) -> int:
-        """The greedy action of one obs [E, F] as its row in a batch of `size` rows."""
-        return int(self.agent.greedy(np.repeat(obs[None], size, axis=0))[0])
 
     def _next_round(self) -> tuple[list[int], dict[int, int | None]] | None:
         """Round r+1's envs and those of their episode offers that round r's missing results
