@@ -39,14 +39,15 @@ def driving_table(evaluations: Mapping[int, Mapping[str, Mapping]], reference: M
     """Markdown rows: each seed's trained and untrained network, then each reference policy."""
     lines = ["| seed | driver | success | collision | timeout | mean return | mean length |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
+    def cells(rates: Mapping[str, Mapping[str, float]]) -> str:
+        return " | ".join(_interval(rates[r], 1 if r == "mean_length" else 2) for r in RATES)
+
     for seed, evaluation in sorted(evaluations.items()):
         for model in ("trained", "untrained"):
-            cells = [_interval(evaluation[model][r], 1 if r == "mean_length" else 2) for r in RATES]
-            lines.append(f"| {seed} | {model} | " + " | ".join(cells) + " |")
+            lines.append(f"| {seed} | {model} | {cells(evaluation[model])} |")
     for policy in POLICIES:
         if policy in reference:
-            cells = [_interval(reference[policy][r], 1 if r == "mean_length" else 2) for r in RATES]
-            lines.append(f"| all | {policy.replace('_', ' ')} | " + " | ".join(cells) + " |")
+            lines.append(f"| all | {policy.replace('_', ' ')} | {cells(reference[policy])} |")
     return lines
 
 
