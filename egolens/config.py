@@ -364,6 +364,33 @@ class InterventionsConfig(_Strict):
         return held_out_seeds(self.env_seed, self.closed_loop_episodes)
 
 
+class DemonstrationsConfig(_Strict):
+    """Clairvoyant-planner episodes recorded step by step (egolens.demonstrations): behaviour cloning's
+    targets and DQfD's demonstrations. Played with `reference.replan` on `reference.processes` workers."""
+
+    episodes: int = Field(120, gt=0, lt=10_000_000)
+    """Planner episodes (about 15 s each on one core: 120 take ~15 min on 2 idle cores)."""
+    env_seed: int = Field(800_000_000, ge=0)
+    """Their env seeds are env_seed, env_seed + 1, ...: disjoint from every training and held-out seed."""
+
+    @property
+    def env_seeds(self) -> list[int]:
+        """The env seeds of the demonstration episodes."""
+        return held_out_seeds(self.env_seed, self.episodes)
+
+
+class ImitationConfig(_Strict):
+    """Behaviour cloning of the demonstrations by the reference network (egolens.imitation): the
+    representation bound, a diagnostic beside the reference policies, never the study's agent."""
+
+    epochs: int = Field(200, gt=0)
+    """Passes over every demonstration step."""
+    batch_size: int = Field(64, gt=0)
+    """Steps per Adam step (the last batch of an epoch may be smaller)."""
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
 class ReferenceConfig(_Strict):
     """Reference policies on evaluate's held-out episodes (egolens.policies): constant actions, a
     rule-based driver (thresholds below) and the clairvoyant planner (the ceiling)."""
@@ -399,6 +426,8 @@ class Params(_Strict):
     neurons: NeuronsConfig = NeuronsConfig()
     interventions: InterventionsConfig = InterventionsConfig()
     reference: ReferenceConfig = ReferenceConfig()
+    demonstrations: DemonstrationsConfig = DemonstrationsConfig()
+    imitation: ImitationConfig = ImitationConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -417,6 +446,7 @@ class Params(_Strict):
             if start < train_top:
                 raise ValueError(f"{key} = {start} overlaps the training env seeds [0, {train_top}); "
                                  f"allowed: >= {train_top}")
+        self._demonstrations_apart(train_top)
         if self.rollout.render_episodes > self.rollout.episodes:
             raise ValueError(f"rollout.render_episodes = {self.rollout.render_episodes} must be <= "
                              f"rollout.episodes = {self.rollout.episodes}")
@@ -425,6 +455,25 @@ class Params(_Strict):
             raise ValueError(f"interventions.top_k = {self.interventions.top_k} leaves too few units for random "
                              f"control sets in a layer of {smallest}; allowed: <= {smallest // 2}")
         return self
+
+    def _demonstrations_apart(self, train_top: int) -> None:
+        """The demonstration episodes share no env seed with training or with any held-out episode (BC and
+        DQfD would otherwise see the very episodes they are judged on)."""
+        demos = self.demonstrations
+        if demos.env_seed < train_top:
+            raise ValueError(f"demonstrations.env_seed = {demos.env_seed} overlaps the training env seeds "
+                             f"[0, {train_top}); allowed: >= {train_top}")
+        end = demos.env_seed + demos.episodes
+        for key, start, count in (("evaluate", self.evaluate.env_seed, self.evaluate.episodes),
+                                  ("rollout", self.rollout.env_seed, self.rollout.episodes),
+                                  ("interventions", self.interventions.env_seed,
+                                   self.interventions.closed_loop_episodes)):
+            if start < end and demos.env_seed < start + count:
+                raise ValueError(f"demonstrations.env_seed = {demos.env_seed} with demonstrations.episodes = "
+                                 f"{demos.episodes} overlaps the {key} stage's held-out env seeds "
+                                 f"[{start}, {start + count}); "
+                                 f"allowed: an env_seed whose {demos.episodes} seeds end at or below {start} or "
+                                 f"start at or above {start + count}")
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -14,6 +14,8 @@ RESULTS = Path("results")
 """Study-level outputs (summary, figures, report); per-seed ones live under `seed_results(seed)`."""
 DATA = Path("data")
 RESUME = Path(".resume")
+DEMONSTRATIONS = DATA / "demonstrations" / "demonstrations.npz"
+"""The planner's recorded steps (the demonstrations stage writes them; imitate and DQfD read them)."""
 VALID_MARKER = RESULTS / "params_valid.txt"
 """Written by the `validate` stage; every other stage depends on it (see stages/validate.py)."""
 NETWORKS = {"trained": "agent.pt", "untrained": "untrained.pt"}

@@ -124,6 +124,17 @@ PROBES = [
     ("negative ttc threshold", edit("reference.ttc_threshold", -1.0), "reference.ttc_threshold = -1.0"),
     ("unknown reference key", edit("reference.planner", 2), "reference.planner: unknown key"),
     ("infinite scene horizon", edit("scene.horizon", float("inf")), "scene.horizon = inf"),
+    ("demonstrations on training seeds", edit("demonstrations.env_seed", 4_000_000),
+     "demonstrations.env_seed = 4000000 overlaps the training env seeds"),
+    ("demonstrations running into evaluate's seeds", edit("demonstrations.env_seed", 899_999_990),
+     "overlaps the evaluate stage's held-out env seeds [900000000, 900000100)"),
+    ("demonstrations on rollout's seeds", edit("demonstrations.env_seed", 950_000_010),
+     "overlaps the rollout stage's held-out env seeds"),
+    ("demonstrations on interventions' seeds", edit("demonstrations.env_seed", 969_999_999),
+     "overlaps the interventions stage's held-out env seeds"),
+    ("no demonstrations", edit("demonstrations.episodes", 0), "demonstrations.episodes = 0"),
+    ("zero imitation epochs", edit("imitation.epochs", 0), "imitation.epochs = 0"),
+    ("imitation lr as YAML's string", edit("imitation.lr", "1e-3"), "imitation.lr = '1e-3'"),
 ]
 
 
