@@ -11,8 +11,9 @@ from tqdm import tqdm
 
 from egolens import checkpoint
 from egolens.artifacts import json_text, npz_bytes
-from egolens.demonstrations import check_arrays, demonstrate, demonstration_arrays, demonstration_summary
+from egolens.demonstrations import check_arrays, demonstration_arrays
 from egolens.env import make_runner
+from egolens.planner_steps import demonstrate, demonstration_summary
 from stages import DEMONSTRATIONS, RESULTS, study_args
 
 

@@ -9,15 +9,9 @@ import pytest
 
 from egolens.artifacts import npz_bytes
 from egolens.config import EnvConfig
-from egolens.demonstrations import (
-    check_arrays,
-    demonstrate,
-    demonstration_arrays,
-    demonstration_summary,
-    load_demonstrations,
-    record_episode,
-)
+from egolens.demonstrations import check_arrays, demonstration_arrays, load_demonstrations
 from egolens.env import make_env
+from egolens.planner_steps import demonstrate, demonstration_summary, episode_outcome, record_episode
 from egolens.policies import replay_plan
 from tests.conftest import ToyEnv
 
@@ -35,7 +29,7 @@ def test_a_recorded_episode_chains_its_observations_and_ends_on_its_last_step():
     np.testing.assert_array_equal(steps.obs[1:], steps.next_obs[:-1])
     assert steps.action.tolist() == [2, 0, 1, 2] and steps.obs.dtype == np.float32
     assert steps.terminated.tolist() == [False, False, False, True] and not steps.truncated.any()
-    assert steps.outcome == "collision"
+    assert episode_outcome(steps) == "collision"
     # rewards are the env's own: 0.5·a − 0.1·t + (s % 5)·0.01
     np.testing.assert_allclose(steps.reward, [1.0 - 0.1 + 0.01, -0.2 + 0.01, 0.5 - 0.3 + 0.01, 1.0 - 0.4 + 0.01])
 
@@ -82,7 +76,7 @@ def test_a_planner_demonstration_replays_to_the_planners_episode():
     env = make_env(cfg)
     planned, steps = demonstrate(env, 800_000_002)          # brakes twice, then goes (about 15 s)
     assert steps.action.tolist() == list(planned.actions) and 0 in planned.actions
-    assert steps.outcome == planned.outcome and planned.replay_matched
+    assert episode_outcome(steps) == planned.outcome and planned.replay_matched
     assert replay_plan(make_env(cfg), 800_000_002, planned.actions).outcome == planned.outcome
     np.testing.assert_array_equal(steps.obs[0], make_env(cfg).reset(seed=800_000_002)[0])
     summary = demonstration_summary([planned], [steps])
