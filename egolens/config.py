@@ -19,6 +19,8 @@ from egolens.vocabulary import REFERENCE_FEATURES
 KINEMATICS_FEATURES = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "heading", "cos_d", "sin_d",
                        "long_off", "lat_off", "ang_off")
 """Features highway-env's Kinematics observation can produce."""
+INTENTION_FEATURES = ("cos_d", "sin_d")
+"""The destination features, non-zero only with `observe_intentions`."""
 
 # Episode indices are offset by seed * SEED_STRIDE to get each training episode's env seed,
 # so training env seeds of agent seed s lie in [s * SEED_STRIDE, (s + 1) * SEED_STRIDE).
@@ -56,12 +58,15 @@ class FeaturesRange(_Strict):
 class EnvConfig(_Strict):
     """intersection-v0 as the reference used it (REFERENCE.md, 'Environment')."""
 
-    id: Literal["intersection-v0"] = "intersection-v0"
+    id: Literal["intersection-v0", "intersection-v2"] = "intersection-v0"
+    """v0 is the reference (it keeps highway-env's neighbour-search bug); v2 fixes that bug."""
     vehicles_count: int = Field(15, ge=2, le=50)
     features: list[Literal[KINEMATICS_FEATURES]] = Field(default_factory=lambda: list(REFERENCE_FEATURES))  # type: ignore[valid-type]
     features_range: FeaturesRange = FeaturesRange()
     absolute: bool = True
     order: Literal["shuffled", "sorted"] = "shuffled"
+    observe_intentions: bool = False
+    """Give the other vehicles' destinations as the features `cos_d`, `sin_d` (which must then be listed)."""
     target_speeds: list[float] = Field(default_factory=lambda: [0.0, 4.5, 9.0], min_length=2)
     duration: int = Field(13, gt=0)
     policy_frequency: int = Field(1, gt=0)
@@ -93,6 +98,14 @@ class EnvConfig(_Strict):
         low, high = self.reward_speed_range
         if not low < high:
             raise ValueError(f"env.reward_speed_range = {self.reward_speed_range}: low must be < high")
+        intentions = [f for f in INTENTION_FEATURES if f in self.features]
+        if self.observe_intentions and len(intentions) < len(INTENTION_FEATURES):
+            raise ValueError(f"env.observe_intentions = true without {list(INTENTION_FEATURES)} in env.features "
+                             f"= {self.features} does nothing (highway-env only stops zeroing those features); "
+                             f"add {[f for f in INTENTION_FEATURES if f not in intentions]} to env.features")
+        if intentions and not self.observe_intentions:
+            raise ValueError(f"env.features = {self.features} lists {intentions}, which highway-env zeroes unless "
+                             "env.observe_intentions = true; set env.observe_intentions: true or drop them")
         if sorted(self.target_speeds) != list(self.target_speeds) or len(self.target_speeds) != 3:
             raise ValueError(f"env.target_speeds = {self.target_speeds}: give three increasing speeds "
                              "(SLOWER, IDLE, FASTER)")
@@ -113,6 +126,20 @@ class EpsilonConfig(_Strict):
         return self
 
 
+class ExplorationConfig(_Strict):
+    """How long an exploratory action lasts once ε has chosen to explore.
+
+    `one`: one step (ε-greedy). `zeta`: temporally-extended ε-greedy (εz-greedy, Dabney, Ostrovski &
+    Barreto 2021): a uniformly drawn action repeated for n steps, n ~ zeta(zeta_mu) capped at
+    max_duration; no ε draw is made while an option runs."""
+
+    duration: Literal["one", "zeta"] = "one"
+    zeta_mu: float = Field(2.0, gt=1.0)
+    """Exponent of the zeta distribution P(n) ∝ n^-mu (the paper's mu = 2)."""
+    max_duration: int = Field(10, ge=1)
+    """Longest option, in action steps."""
+
+
 class AgentConfig(_Strict):
     """The EgoAttentionNetwork and DQN of REFERENCE.md ('Network', 'DQN')."""
 
@@ -128,6 +155,7 @@ class AgentConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     epsilon: EpsilonConfig = EpsilonConfig()
+    exploration: ExplorationConfig = ExplorationConfig()
     n_steps: int = Field(1, ge=1, le=20)
     """Transitions collapsed into one n-step return (rl-agents' memory `n_steps`)."""
     loss: Literal["l2", "smooth_l1"] = "l2"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -192,33 +192,62 @@ class DQNAgent:
         self.replay = ReplayBuffer(cfg.memory_capacity, (n_entities, in_features))
         self.rng = np.random.default_rng(seed)
         self.steps = 0     # action steps taken (the ε clock)
+        self.options: dict[int, tuple[int, int]] = {}   # env -> (action, steps left) of its running option
         self.updates = 0   # gradient steps taken (the target-copy clock)
 
     @property
     def epsilon(self) -> float:
         return epsilon(self.steps, self.cfg.epsilon)
 
-    def greedy(self, obs: np.ndarray) -> np.ndarray:
-        """obs: [N, E, F] -> argmax_a Q(obs, a): [N] int."""
-        with torch.no_grad():
-            return self.value_net(torch.as_tensor(obs)).argmax(dim=1).numpy()
+    def greedy(self, obs: np.ndarray, batch: int | None = None) -> np.ndarray:
+        """obs: [N, E, F] -> argmax_a Q(obs, a): [N] int.
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """ε-greedy actions for a batch of N envs; each counts as one action step. obs: [N, E, F]."""
+        Each row's action is computed on its own, as row 0 of a batch of `batch` (default N)
+        copies of that observation: which observations share a forward pass can change the last
+        bits of a row on some CPUs (MKL), so by construction no env's action depends on another's.
+        """
+        size = len(obs) if batch is None else batch
+        with torch.no_grad():
+            rows = [self.value_net(torch.as_tensor(o)[None].expand(size, *o.shape))[0] for o in obs]
+            return torch.stack(rows).argmax(dim=1).numpy()
+
+    def act(self, obs: np.ndarray, envs: Sequence[int] | None = None) -> np.ndarray:
+        """ε-greedy actions for a batch of N envs (`envs`, default 0..N−1, one per row); each
+        counts as one action step. obs: [N, E, F]."""
         actions = self.greedy(obs)
-        for i, explore in enumerate(self.explore(len(actions))):
+        for i, explore in enumerate(self.explore(range(len(actions)) if envs is None else envs)):
             if explore is not None:
                 actions[i] = explore
         return actions
 
-    def explore(self, n: int) -> list[int | None]:
-        """The ε draws of n action steps in order: a random action, or None where the greedy
-        one is taken. They do not depend on the observations, so they can be made first."""
+    def explore(self, envs: Sequence[int]) -> list[int | None]:
+        """The exploration draws of one action step of each env in `envs`, in order: a random
+        action, or None where the greedy one is taken. They need no observation, so they can be
+        made first.
+
+        With probability ε an env starts an option: a uniformly drawn action kept for a duration
+        (one step, or zeta-distributed: `ExplorationConfig`); no ε draw is made while it runs.
+        Options run on across an env's episode boundary: the draws of a step are made before
+        it is known whether the env's previous step ended its episode.
+        """
         draws: list[int | None] = []
-        for _ in range(n):
-            draws.append(int(self.rng.integers(self.n_actions)) if self.rng.random() < self.epsilon else None)
+        for env in envs:
+            action, left = self.options.pop(env, (None, 0))
+            if left == 0:
+                action = None
+                if self.rng.random() < self.epsilon:
+                    action, left = int(self.rng.integers(self.n_actions)), self._option_length()
+            if action is not None and left > 1:
+                self.options[env] = (action, left - 1)
+            draws.append(action)
             self.steps += 1
         return draws
+
+    def _option_length(self) -> int:
+        cfg = self.cfg.exploration
+        if cfg.duration == "one":
+            return 1
+        return int(min(self.rng.zipf(cfg.zeta_mu), cfg.max_duration))
 
     def update(self) -> float | None:
         """One gradient step on a replay batch; None while the replay holds less than a batch."""
@@ -255,7 +284,7 @@ class DQNAgent:
         return {"value_net": self.value_net.state_dict(), "target_net": self.target_net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "replay": self.replay.state_dict(),
                 "rng": _rng_state(self.rng), "torch_rng": torch.get_rng_state(),
-                "steps": self.steps, "updates": self.updates}
+                "steps": self.steps, "updates": self.updates, "options": _options_state(self.options)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value_net.load_state_dict(state["value_net"])
@@ -265,6 +294,7 @@ class DQNAgent:
         self.rng.bit_generator.state = _rng_from_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         self.steps, self.updates = state["steps"], state["updates"]
+        self.options = {int(env): (a, left) for env, (a, left) in state.get("options", {}).items()}
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
@@ -273,6 +303,11 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return {"bit_generator": state["bit_generator"], "state": str(state["state"]["state"]),
             "inc": str(state["state"]["inc"]), "has_uint32": int(state["has_uint32"]),
             "uinteger": int(state["uinteger"])}
+
+
+def _options_state(options: Mapping[int, tuple[int, int]]) -> dict[str, list[int]]:
+    """Running options as plain types (string keys, safe under weights_only)."""
+    return {str(env): [a, left] for env, (a, left) in options.items()}
 
 
 def _rng_from_state(saved: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +333,8 @@ class EpisodeRecord:
 
 
 RESUME_FORMAT = 2
-"""Version of `Trainer.state_dict`'s layout (part of a resume state's fingerprint)."""
+"""Version of `Trainer.state_dict`'s layout (part of a resume state's fingerprint). A state without
+running exploration options (written before they existed) loads as one with none."""
 
 
 class Trainer:
@@ -309,8 +345,9 @@ class Trainer:
     the reference algorithm: act, step, store, one gradient step.
 
     With N > 1 envs (one worker process each) the algorithm runs in rounds. Round r: every
-    playing env gets an ε-greedy action (the greedy ones are rows of the network applied to
-    the batch of the playing envs' observations, the ε draws made in env order); the gradient
+    playing env gets an ε-greedy action (a greedy one is row 0 of the network applied to a
+    batch of copies of the env's observation, one per playing env; the exploration draws are
+    made in env order); the gradient
     steps owed for round r−1's transitions run; round r's transitions are stored in env order
     and finished episodes recorded. So each gradient step samples a replay that lacks the N
     newest transitions, every action is chosen by the network after all gradient steps owed
@@ -319,8 +356,8 @@ class Trainer:
     the timing: round r's gradient steps run while the simulators step, and an env whose step
     is done starts its round r+1 step at once, before a slower env has finished round r
     (`_Pipeline`). No number changes, because an action needs only the round's ε draws (they
-    need no observation), its own env's observation (a row of a network output depends on the
-    batch size, not on the other rows, so it is computed in a batch of copies), the weights
+    need no observation), its own env's observation (computed in a batch of copies of it alone,
+    so no other env's observation can touch its bits), the weights
     after round r's gradient steps, and the episode the env starts if its step ends one.
 
     `run` can stop at any checkpoint; a new Trainer loaded with that state continues to the
@@ -491,7 +528,8 @@ class _Pipeline:
             if not self.learned:
                 trainer._learn()
                 self.learned = True
-                self.snapshot = {"steps": self.agent.steps, "rng": _rng_state(self.agent.rng),
+                self.snapshot = {"steps": self.agent.steps, "options": _options_state(self.agent.options),
+                                 "rng": _rng_state(self.agent.rng),
                                  "torch_rng": torch.get_rng_state()}
                 self._act_early()
             if len(self.results) < len(self.active):
@@ -513,7 +551,7 @@ class _Pipeline:
         """The next round becomes round r: its actions not sent early are chosen and sent."""
         self.active, self.offers = self.schedule.active, self.schedule.offers()
         if not self.draws:
-            self.draws = dict(zip(self.active, self.agent.explore(len(self.active))))
+            self.draws = dict(zip(self.active, self.agent.explore(self.active)))
         elif list(self.draws) != self.active or any(self.offers.get(i) != o for i, (_, o) in self.early.items()):
             raise RuntimeError("the round's envs or episode offers differ from those foreseen")   # never expected
         rest = [i for i in self.active if i not in self.early]
@@ -525,14 +563,13 @@ class _Pipeline:
         self.learned = False
 
     def _actions(self, envs: list[int], obs: Mapping[int, np.ndarray]) -> list[int]:
-        """The actions of `envs` on their observations obs[i] [E, F]: the round's ε draws, and
-        greedy rows computed in a batch of one row per env of the round (padded with copies)."""
+        """The actions of `envs` on their observations obs[i] [E, F]: the round's exploration
+        draws, and greedy ones each computed in a batch of as many copies as the round has envs."""
         greedy = [i for i in envs if self.draws[i] is None]
         best: dict[int, int] = {}
         if greedy:
-            rows = [obs[i] for i in greedy]
-            batch = np.stack(rows + rows[:1] * (len(self.draws) - len(rows)))
-            best = dict(zip(greedy, self.agent.greedy(batch).tolist()))
+            rows = np.stack([obs[i] for i in greedy])
+            best = dict(zip(greedy, self.agent.greedy(rows, batch=len(self.draws)).tolist()))
         return [self.draws[i] if self.draws[i] is not None else int(best[i]) for i in envs]
 
     def _act_early(self) -> None:
@@ -544,7 +581,7 @@ class _Pipeline:
             return
         active, offers = foreseen
         if not self.draws:
-            self.draws = dict(zip(active, self.agent.explore(len(active))))
+            self.draws = dict(zip(active, self.agent.explore(active)))
         for i in active:
             if i in self.early or i not in self.results or i not in offers:
                 continue

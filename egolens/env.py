@@ -1,4 +1,5 @@
-"""intersection-v0 built exactly as the reference configured it (REFERENCE.md, 'Environment')."""
+"""intersection-v0 built exactly as the reference configured it, or intersection-v2 (the NPC fix) and the
+other vehicles' destinations when params ask for them."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def env_config(cfg: EnvConfig) -> dict[str, Any]:
             "normalize": True,
             "clip": True,
             "see_behind": False,
-            "observe_intentions": False,
+            "observe_intentions": cfg.observe_intentions,
             "order": cfg.order,
         },
         "action": {

@@ -15,9 +15,16 @@ from egolens.dqn import RESUME_FORMAT, EpisodeRecord, training_summary
 
 def run_identity(params: Params) -> dict:
     """Everything that changes the run's numbers: the env, the agent, the episode budget and the
-    number of envs (and the resume format). Nothing else, so no other edit changes a checkpoint's bytes."""
-    return {"format": RESUME_FORMAT, "env": params.env.model_dump(mode="json"),
-            "agent": params.agent.model_dump(mode="json"),
+    number of envs (and the resume format). Nothing else, so no other edit changes a checkpoint's bytes:
+    options that are off (one-step exploration, unobserved intentions) are left out, so adding such
+    an option keeps the checkpoints of runs that do not use it byte for byte."""
+    env = params.env.model_dump(mode="json")
+    agent = params.agent.model_dump(mode="json")
+    if not params.env.observe_intentions:
+        del env["observe_intentions"]
+    if params.agent.exploration.duration == "one":
+        del agent["exploration"]
+    return {"format": RESUME_FORMAT, "env": env, "agent": agent,
             "episodes": params.train.episodes, "num_envs": params.train.num_envs}
 
 

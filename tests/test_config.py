@@ -173,3 +173,30 @@ def test_interventions_params_are_validated(key, value, needle):
     params["interventions"][key] = value
     with pytest.raises(ParamsError, match=needle):
         validate_params(params)
+
+
+NINE_FEATURES = ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "cos_d", "sin_d"]
+
+
+def test_observe_intentions_without_the_destination_features_is_refused_naming_both_keys():
+    with pytest.raises(ParamsError) as err:
+        validate_params(edit("env.observe_intentions", True))
+    assert "env.observe_intentions" in str(err.value) and "env.features" in str(err.value)
+    assert "cos_d" in str(err.value) and "sin_d" in str(err.value)
+
+
+def test_destination_features_without_observe_intentions_are_refused():
+    with pytest.raises(ParamsError, match="env.observe_intentions"):
+        validate_params(edit("env.features", NINE_FEATURES))
+
+
+def test_observed_intentions_on_intersection_v2_are_accepted():
+    params = edit("env.features", NINE_FEATURES)
+    params["env"].update(observe_intentions=True, id="intersection-v2")
+    env = validate_params(params).env
+    assert (env.id, env.observe_intentions, len(env.features)) == ("intersection-v2", True, 9)
+
+
+def test_an_unknown_env_id_names_the_allowed_ids():
+    with pytest.raises(ParamsError, match="intersection-v2"):
+        validate_params(edit("env.id", "intersection-v1"))

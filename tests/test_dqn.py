@@ -22,7 +22,6 @@ from egolens.dqn import (
     epsilon,
 )
 from egolens.env import outcome
-from egolens.model import EgoAttentionNetwork
 from tests.conftest import ToyEnv, random_obs, slow_toy_runner, tiny_agent, toy_runner
 
 
@@ -291,7 +290,7 @@ def plain_round_loop(cfg, num_envs: int, episodes: int, seed: int = 3) -> Traine
     owed, losses, ret, length = 0, [], [0.0] * num_envs, [0] * num_envs
     while not schedule.done:
         active, offers = schedule.active, schedule.offers()
-        actions = agent.act(np.stack([obs[i] for i in active]))
+        actions = agent.act(np.stack([obs[i] for i in active]), active)
         losses += [loss for loss in (agent.update() for _ in range(owed)) if loss is not None]
         owed, ended = 0, []
         for i, action in zip(active, actions):
@@ -368,14 +367,76 @@ def test_pipelined_training_resumes_to_the_same_bytes_when_a_checkpoint_falls_wh
     check_deterministic_and_resumable(tiny_agent(), len(delays), lambda: slow_toy_runner(delays))
 
 
-def test_a_row_of_the_q_network_depends_on_the_batch_size_not_on_the_other_rows():
-    """What the pipelined trainer relies on to choose an env's greedy action on its own."""
-    torch.manual_seed(0)
-    net = EgoAttentionNetwork.from_config(AgentConfig(), in_features=7, n_actions=3).eval()
-    obs = random_obs(6, seed=1)
+def test_an_envs_greedy_action_is_computed_from_copies_of_its_own_observation_alone(monkeypatch):
+    """By construction no env's greedy action depends on which other envs share the forward pass
+    (on some CPUs a row's last bits do): every batch the network sees holds one observation."""
+    agent = DQNAgent(AgentConfig(), seed=0, in_features=7, n_entities=6)
+    seen = []
+    forward = agent.value_net.forward
+    monkeypatch.setattr(agent.value_net, "forward", lambda x: seen.append(x.clone()) or forward(x))
+    obs = random_obs(3, seed=1).numpy()
+    actions = agent.greedy(obs)
+    assert [tuple(batch.shape[:1]) for batch in seen] == [(3,)] * 3
+    assert all(torch.equal(batch, batch[:1].expand_as(batch)) for batch in seen)
     with torch.no_grad():
-        for size in (2, 3):
-            batch = net(obs[:size])
-            for row in range(size):
-                copies = net(obs[row:row + 1].repeat(size, 1, 1))
-                assert torch.equal(copies[0], batch[row])
+        alone = [int(forward(torch.as_tensor(o)[None].repeat(3, 1, 1))[0].argmax()) for o in obs]
+    assert actions.tolist() == alone
+
+
+# ------------------------------------------------------------------------------ exploration: ε and εz
+
+def reference_epsilon_greedy_draws(cfg, seed: int, steps: int) -> list[int | None]:
+    """Today's ε-greedy written out: per step one uniform draw against ε, then a uniform action."""
+    rng, draws = np.random.default_rng(seed), []
+    for t in range(steps):
+        draws.append(int(rng.integers(3)) if rng.random() < epsilon(t, cfg.epsilon) else None)
+    return draws
+
+
+def test_options_of_duration_one_are_epsilon_greedy_draw_for_draw():
+    cfg = tiny_agent(epsilon={"start": 1.0, "final": 0.05, "tau": 40.0})
+    agent = DQNAgent(cfg, seed=5, in_features=7, n_entities=4)
+    draws = [d for _ in range(100) for d in agent.explore([0, 1])]
+    assert draws == reference_epsilon_greedy_draws(cfg, seed=5, steps=200)
+    assert agent.options == {}
+
+
+def test_zeta_options_repeat_their_action_and_make_no_epsilon_draw_while_running():
+    cfg = tiny_agent(epsilon={"start": 1.0, "final": 1.0, "tau": 40.0},
+                     exploration={"duration": "zeta", "zeta_mu": 2.0, "max_duration": 6})
+    agent = DQNAgent(cfg, seed=5, in_features=7, n_entities=4)
+    rng = np.random.default_rng(5)   # the agent's own draws, replayed by hand
+    expected, lengths = [], []
+    while len(expected) < 300:
+        assert rng.random() < 1.0
+        action, length = int(rng.integers(3)), int(min(rng.zipf(2.0), 6))
+        expected += [action] * length
+        lengths.append(length)
+    draws = [agent.explore([0])[0] for _ in range(300)]
+    assert draws == expected[:300]
+    assert max(lengths) == 6 and min(lengths) == 1 and len(set(lengths)) > 2   # heavy-tailed, capped
+
+
+def test_each_env_keeps_its_own_option():
+    cfg = tiny_agent(epsilon={"start": 1.0, "final": 1.0, "tau": 40.0},
+                     exploration={"duration": "zeta", "zeta_mu": 1.5, "max_duration": 50})
+    agent = DQNAgent(cfg, seed=2, in_features=7, n_entities=4)
+    first = agent.explore([0, 1])
+    assert agent.options                       # an option of more than one step is running
+    for env, (action, _) in list(agent.options.items()):
+        assert action == first[env]
+        assert agent.explore([env]) == [action]
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_zeta_exploration_is_deterministic_and_resumable(num_envs):
+    cfg = tiny_agent(exploration={"duration": "zeta", "zeta_mu": 2.0, "max_duration": 4})
+    check_deterministic_and_resumable(cfg, num_envs)
+
+
+def test_pipelined_zeta_exploration_equals_the_plain_round_loop():
+    cfg = tiny_agent(exploration={"duration": "zeta", "zeta_mu": 2.0, "max_duration": 4})
+    pipelined = Trainer(cfg, seed=3, episodes=40, num_envs=2, in_features=7, n_entities=4)
+    with slow_toy_runner([0.003, 0.0]) as runner:
+        pipelined.run(runner)
+    assert same_run(pipelined, plain_round_loop(cfg, 2, 40))
