@@ -140,6 +140,25 @@ class ExplorationConfig(_Strict):
     """Longest option, in action steps."""
 
 
+class DQfDConfig(_Strict):
+    """Deep Q-learning from demonstrations (Hester et al. 2018) on the demonstrations stage's planner
+    episodes: they stay in a store of their own (never overwritten), every gradient batch takes a
+    fixed share of its rows from it, and the loss is 1-step TD + n-step TD (agent.n_steps) on every
+    row + weight · large-margin term on the demonstration rows; optional pre-training on
+    demonstration batches alone before the first env step."""
+
+    enabled: bool = False
+    margin: float = Field(0.8, gt=0.0)
+    """l(a_E, a) for a ≠ a_E in the large-margin term max_a[Q(s,a) + l(a_E,a)] − Q(s,a_E)."""
+    weight: float = Field(1.0, ge=0.0)
+    """λ of the large-margin term (its mean over the batch's demonstration rows)."""
+    demo_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    """Share of each batch drawn from the demonstrations: round(demo_fraction · batch_size) rows."""
+    pretrain_steps: int = Field(1000, ge=0)
+    """Gradient steps on demonstration batches alone before the first env step (they count as
+    gradient steps for the target copies)."""
+
+
 class AgentConfig(_Strict):
     """The EgoAttentionNetwork and DQN of REFERENCE.md ('Network', 'DQN')."""
 
@@ -164,6 +183,8 @@ class AgentConfig(_Strict):
     """Double DQN (the online net picks a′, the target net values it) or plain DQN's max."""
     timeout_terminal: bool = False
     """Treat the end at the time limit as terminal (no bootstrap), as the paper's period did."""
+    dqfd: DQfDConfig = DQfDConfig()
+    """Demonstrations in the replay with DQfD's losses (off: the plain DQN, byte for byte)."""
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> AgentConfig:
@@ -183,7 +204,24 @@ class AgentConfig(_Strict):
         if self.memory_capacity < self.batch_size:
             raise ValueError(f"agent.memory_capacity = {self.memory_capacity} must be >= "
                              f"agent.batch_size = {self.batch_size}")
+        if self.dqfd.enabled:
+            self._dqfd_fits()
         return self
+
+    def _dqfd_fits(self) -> None:
+        if self.n_steps < 2:
+            raise ValueError(f"agent.dqfd.enabled needs agent.n_steps >= 2 (got {self.n_steps}): DQfD's n-step "
+                             "TD term would repeat its 1-step term")
+        rows = self.dqfd_rows
+        if not 1 <= rows <= self.batch_size - 1:
+            raise ValueError(f"agent.dqfd.demo_fraction = {self.dqfd.demo_fraction} gives {rows} demonstration "
+                             f"rows of agent.batch_size = {self.batch_size}; allowed: a fraction giving 1 to "
+                             f"{self.batch_size - 1} rows (round(demo_fraction * batch_size))")
+
+    @property
+    def dqfd_rows(self) -> int:
+        """Demonstration rows of a DQfD gradient batch (the rest are the agent's own transitions)."""
+        return round(self.dqfd.demo_fraction * self.batch_size)
 
 
 class TrainConfig(_Strict):

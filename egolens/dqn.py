@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from egolens.config import SEED_STRIDE, AgentConfig, EpsilonConfig
+from egolens.demonstrations import Demonstrations
 from egolens.env import outcome
 from egolens.model import EgoAttentionNetwork
 from egolens.runner import EnvRunner, EpisodeSchedule, Transition
@@ -53,9 +54,11 @@ class ReplayBuffer:
     A transition may span k ≥ 1 env steps (n-step returns): r is then the discounted sum of
     its k rewards and s′ the state k steps later.
     obs, next_obs: [capacity, E, F] float32; action: [capacity] int64; reward, terminal, steps: [capacity].
+    With `one_step` (DQfD) each transition also keeps its first step alone: reward1, terminal1
+    [capacity] and next_obs1 [capacity, E, F].
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...]) -> None:
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], one_step: bool = False) -> None:
         self.capacity = capacity
         self.obs = torch.zeros((capacity, *obs_shape))
         self.next_obs = torch.zeros((capacity, *obs_shape))
@@ -63,6 +66,12 @@ class ReplayBuffer:
         self.reward = torch.zeros(capacity)
         self.terminal = torch.zeros(capacity)
         self.steps = torch.ones(capacity)
+        self.keys = ("obs", "next_obs", "action", "reward", "terminal", "steps")
+        if one_step:
+            self.reward1 = torch.zeros(capacity)
+            self.next_obs1 = torch.zeros((capacity, *obs_shape))
+            self.terminal1 = torch.zeros(capacity)
+            self.keys += ONE_STEP_KEYS
         self.position = 0
         self.size = 0
 
@@ -70,8 +79,9 @@ class ReplayBuffer:
         return self.size
 
     def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminal: bool,
-            steps: int = 1) -> None:
-        """Store one transition spanning `steps` env steps."""
+            steps: int = 1, first: tuple[float, np.ndarray, bool] | None = None) -> None:
+        """Store one transition spanning `steps` env steps; `first` = its first step's (reward,
+        next_obs, terminal), kept only by a buffer made with `one_step`."""
         i = self.position
         self.obs[i] = torch.as_tensor(obs)
         self.next_obs[i] = torch.as_tensor(next_obs)
@@ -79,25 +89,26 @@ class ReplayBuffer:
         self.reward[i] = float(reward)
         self.terminal[i] = float(terminal)
         self.steps[i] = float(steps)
+        if "reward1" in self.keys:
+            if first is None:
+                raise ValueError("a one-step replay needs each transition's first step")
+            self.reward1[i], self.next_obs1[i], self.terminal1[i] = float(first[0]), torch.as_tensor(first[1]), \
+                float(first[2])
         self.position = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """A uniform batch of `batch_size` distinct stored transitions (as rl-agents' random.sample)."""
         idx = torch.as_tensor(rng.choice(self.size, size=batch_size, replace=False))
-        return {"obs": self.obs[idx], "action": self.action[idx], "reward": self.reward[idx],
-                "next_obs": self.next_obs[idx], "terminal": self.terminal[idx], "steps": self.steps[idx]}
+        return {key: getattr(self, key)[idx] for key in self.keys}
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size
-        return {"obs": self.obs[:n].clone(), "next_obs": self.next_obs[:n].clone(),
-                "action": self.action[:n].clone(), "reward": self.reward[:n].clone(),
-                "terminal": self.terminal[:n].clone(), "steps": self.steps[:n].clone(),
-                "position": self.position, "size": n}
+        return {**{key: getattr(self, key)[:n].clone() for key in self.keys}, "position": self.position, "size": n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = state["size"]
-        for key in ("obs", "next_obs", "action", "reward", "terminal", "steps"):
+        for key in self.keys:
             getattr(self, key)[:n] = state[key]
         self.position, self.size = state["position"], n
 
@@ -140,11 +151,19 @@ class NStepWindow:
 
     def push(self, env: int, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray,
              terminal: bool, ended: bool) -> list[tuple[np.ndarray, int, float, np.ndarray, bool, int]]:
+        return [collapsed for collapsed, _ in self.push_with_first(env, obs, action, reward, next_obs, terminal,
+                                                                     ended)]
+
+    def push_with_first(self, env: int, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray,
+                        terminal: bool, ended: bool
+                        ) -> list[tuple[tuple[np.ndarray, int, float, np.ndarray, bool, int],
+                                        tuple[float, np.ndarray, bool]]]:
+        """`push`, each leaving transition paired with its first step alone: (reward, next_obs, terminal)."""
         window = self.windows[env]
         window.append((obs, action, reward, next_obs, terminal))
         ready = []
         while window and (ended or len(window) >= self.n):
-            ready.append(self._collapse(window))
+            ready.append((self._collapse(window), window[0][2:]))
             window.pop(0)
         return ready
 
@@ -164,6 +183,60 @@ class NStepWindow:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.windows = [[(o.numpy(), a, r, n.numpy(), t) for o, a, r, n, t in w] for w in state["windows"]]
+
+
+ONE_STEP_KEYS = ("reward1", "next_obs1", "terminal1")
+"""What a DQfD batch holds besides the n-step transition: its first step alone (1-step TD)."""
+
+
+class DemoStore:
+    """Demonstration transitions for DQfD, kept apart from the replay and never overwritten.
+
+    Built from a demonstration table by the trainer's own n-step window (so a demonstration
+    transition is what the agent would have stored had it played those actions), each with its
+    first step alone. Tensors as a `ReplayBuffer` with `one_step`, of length N (the table's steps).
+    """
+
+    def __init__(self, demos: Demonstrations, n_steps: int, gamma: float, timeout_terminal: bool) -> None:
+        window = NStepWindow(n_steps, gamma, 1)
+        rows = []
+        for t in range(len(demos)):
+            terminal = bool(demos.terminated[t]) or (bool(demos.truncated[t]) and timeout_terminal)
+            rows += window.push_with_first(0, demos.obs[t], int(demos.action[t]), float(demos.reward[t]),
+                                           demos.next_obs[t], terminal, bool(demos.ended[t]))
+        if window.windows[0]:
+            raise ValueError("the demonstrations' last episode does not end")
+        self.obs = torch.as_tensor(np.stack([r[0][0] for r in rows]))
+        self.action = torch.as_tensor([r[0][1] for r in rows], dtype=torch.int64)
+        self.reward = torch.as_tensor([r[0][2] for r in rows], dtype=torch.float32)
+        self.next_obs = torch.as_tensor(np.stack([r[0][3] for r in rows]))
+        self.terminal = torch.as_tensor([float(r[0][4]) for r in rows])
+        self.steps = torch.as_tensor([float(r[0][5]) for r in rows])
+        self.reward1 = torch.as_tensor([r[1][0] for r in rows], dtype=torch.float32)
+        self.next_obs1 = torch.as_tensor(np.stack([r[1][1] for r in rows]))
+        self.terminal1 = torch.as_tensor([float(r[1][2]) for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """`batch_size` distinct demonstration transitions, uniformly (as `ReplayBuffer.sample`)."""
+        idx = torch.as_tensor(rng.choice(len(self), size=batch_size, replace=False))
+        return {key: getattr(self, key)[idx] for key in ("obs", "next_obs", "action", "reward", "terminal", "steps",
+                                                          *ONE_STEP_KEYS)}
+
+
+def large_margin(q: torch.Tensor, action: torch.Tensor, demo: torch.Tensor, margin: float) -> torch.Tensor:
+    """DQfD's supervised term per row: max_a[Q(s,a) + l(a_E,a)] − Q(s,a_E), l = margin for a ≠ a_E
+    and 0 for a = a_E, on demonstration rows; exactly 0 on the others.
+
+    q: [B, A] Q-values; action: [B] the demonstrator's a_E; demo: [B] bool -> [B] (≥ 0; 0 where
+    Q(s,a_E) already beats every other action by at least the margin).
+    """
+    bonus = torch.full_like(q, margin).scatter(1, action[:, None], 0.0)
+    chosen = q.gather(1, action[:, None]).squeeze(1)
+    per_row = (q + bonus).max(dim=1).values - chosen
+    return torch.where(demo, per_row, torch.zeros_like(per_row))
 
 
 def clamp_gradients(params: nn.Module | list[torch.Tensor], bound: float) -> None:
@@ -189,7 +262,8 @@ class DQNAgent:
         self.params = list(self.value_net.parameters())   # listed once: named_modules() costs ~5% of an update
         self.optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           foreach=True)
-        self.replay = ReplayBuffer(cfg.memory_capacity, (n_entities, in_features))
+        self.replay = ReplayBuffer(cfg.memory_capacity, (n_entities, in_features), one_step=cfg.dqfd.enabled)
+        self.demos: DemoStore | None = None   # DQfD's demonstrations (`use_demonstrations`)
         self.rng = np.random.default_rng(seed)
         self.steps = 0     # action steps taken (the ε clock)
         self.options: dict[int, tuple[int, int]] = {}   # env -> (action, steps left) of its running option
@@ -249,19 +323,71 @@ class DQNAgent:
             return 1
         return int(min(self.rng.zipf(cfg.zeta_mu), cfg.max_duration))
 
+    def use_demonstrations(self, demos: DemoStore) -> None:
+        """Keep `demos` for DQfD (agent.dqfd must be enabled); checks there are enough for a batch."""
+        if not self.cfg.dqfd.enabled:
+            raise ValueError("demonstrations given but agent.dqfd.enabled is false")
+        need = self.cfg.batch_size if self.cfg.dqfd.pretrain_steps else self.cfg.dqfd_rows
+        if len(demos) < need:
+            raise ValueError(f"{len(demos)} demonstration transitions, fewer than the {need} a batch draws "
+                             "(demonstrations.episodes too small for agent.batch_size)")
+        self.demos = demos
+
+    def _target(self, reward: torch.Tensor, next_obs: torch.Tensor, terminal: torch.Tensor,
+                steps: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.double:
+            return double_dqn_target(self.value_net, self.target_net, reward, next_obs, terminal, self.cfg.gamma,
+                                     steps)
+        return dqn_target(self.target_net, reward, next_obs, terminal, self.cfg.gamma, steps)
+
+    def _td(self, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(q, target) if self.cfg.loss == "l2" else F.smooth_l1_loss(q, target)
+
+    def dqfd_loss(self, batch: dict[str, torch.Tensor], demo: torch.Tensor) -> torch.Tensor:
+        """1-step TD + n-step TD on every row + weight · mean large margin over the demonstration rows.
+
+        batch: a one-step batch (`ReplayBuffer` with one_step, or `DemoStore`), B rows; demo: [B] bool.
+        """
+        q_all = self.value_net(batch["obs"])                                        # [B, A]
+        q = q_all.gather(1, batch["action"][:, None]).squeeze(1)
+        n_step = self._target(batch["reward"], batch["next_obs"], batch["terminal"], batch["steps"])
+        one_step = self._target(batch["reward1"], batch["next_obs1"], batch["terminal1"], None)
+        margin = large_margin(q_all, batch["action"], demo, self.cfg.dqfd.margin).sum() / demo.sum()
+        return self._td(q, one_step) + self._td(q, n_step) + self.cfg.dqfd.weight * margin
+
+    def _dqfd_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The agent's rows, then round(demo_fraction · batch_size) demonstration rows; demo mask [B]."""
+        assert self.demos is not None
+        rows = self.cfg.dqfd_rows
+        own = self.replay.sample(self.cfg.batch_size - rows, self.rng)
+        demos = self.demos.sample(rows, self.rng)
+        batch = {key: torch.cat([own[key], demos[key]]) for key in own}
+        return batch, torch.arange(self.cfg.batch_size) >= self.cfg.batch_size - rows
+
+    def pretrain(self) -> list[float]:
+        """DQfD's pre-training: agent.dqfd.pretrain_steps gradient steps on demonstration batches alone."""
+        if self.demos is None:
+            raise ValueError("pre-training needs demonstrations (use_demonstrations)")
+        losses = []
+        for _ in range(self.cfg.dqfd.pretrain_steps):
+            batch = self.demos.sample(self.cfg.batch_size, self.rng)
+            losses.append(self._step(self.dqfd_loss(batch, torch.ones(self.cfg.batch_size, dtype=torch.bool))))
+        return losses
+
     def update(self) -> float | None:
-        """One gradient step on a replay batch; None while the replay holds less than a batch."""
+        """One gradient step on a replay batch; None while the replay holds less than a batch.
+        With demonstrations (DQfD) the batch mixes both and the loss is `dqfd_loss`."""
         if len(self.replay) < self.cfg.batch_size:
             return None
+        if self.demos is not None:
+            return self._step(self.dqfd_loss(*self._dqfd_batch()))
         batch = self.replay.sample(self.cfg.batch_size, self.rng)
         q = self.value_net(batch["obs"]).gather(1, batch["action"][:, None]).squeeze(1)
-        if self.cfg.double:
-            target = double_dqn_target(self.value_net, self.target_net, batch["reward"], batch["next_obs"],
-                                       batch["terminal"], self.cfg.gamma, batch["steps"])
-        else:
-            target = dqn_target(self.target_net, batch["reward"], batch["next_obs"], batch["terminal"],
-                                self.cfg.gamma, batch["steps"])
-        loss = F.mse_loss(q, target) if self.cfg.loss == "l2" else F.smooth_l1_loss(q, target)
+        target = self._target(batch["reward"], batch["next_obs"], batch["terminal"], batch["steps"])
+        return self._step(self._td(q, target))
+
+    def _step(self, loss: torch.Tensor) -> float:
+        """One Adam step on `loss` (gradients clamped), the target copy when due; the loss's value."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite TD loss {loss.item()} at gradient step {self.updates + 1} "
                                      f"(lr {self.cfg.lr}, gamma {self.cfg.gamma}): training stopped")
@@ -363,14 +489,22 @@ class Trainer:
     `run` can stop at any checkpoint; a new Trainer loaded with that state continues to the
     same final bytes (in-progress episodes are restored by replaying their recorded actions
     from their seeds).
+
+    With agent.dqfd enabled, `demonstrations` (required then) go to a `DemoStore` and `run`
+    pre-trains on them before the first env step (DQfD).
     """
 
     def __init__(self, cfg: AgentConfig, seed: int, episodes: int, num_envs: int,
-                 in_features: int, n_entities: int, n_actions: int = 3) -> None:
+                 in_features: int, n_entities: int, n_actions: int = 3,
+                 demonstrations: Demonstrations | None = None) -> None:
         seed_everything(seed)
         self.seed, self.episodes, self.num_envs = seed, episodes, num_envs
         self.agent = DQNAgent(cfg, seed, in_features, n_entities, n_actions)
         self.initial_state_dict = copy.deepcopy(self.agent.value_net.state_dict())
+        if cfg.dqfd.enabled:
+            if demonstrations is None:
+                raise ValueError("agent.dqfd.enabled needs the demonstrations (the demonstrations stage's output)")
+            self.agent.use_demonstrations(DemoStore(demonstrations, cfg.n_steps, cfg.gamma, cfg.timeout_terminal))
         self.records: list[EpisodeRecord] = []
         self.schedule = EpisodeSchedule(episodes, num_envs)
         self.env_actions: list[list[int]] = [[] for _ in range(num_envs)]
@@ -424,6 +558,8 @@ class Trainer:
         """
         if runner.num_envs != self.num_envs:
             raise ValueError(f"runner has {runner.num_envs} envs, the trainer was built for {self.num_envs}")
+        if self.agent.demos is not None and not self.schedule.playing and not self.records:
+            self.agent.pretrain()      # before the first env step only (a resumed run is past it)
         obs = self.restore_envs(runner)
         if self.num_envs == 1:
             self._run_one(runner, obs, on_checkpoint, checkpoint_every, progress)
@@ -453,8 +589,9 @@ class Trainer:
         """Env i's transition into its n-step window (and what leaves it into the replay)."""
         agent = self.agent
         terminal = step.terminated or (step.truncated and agent.cfg.timeout_terminal)
-        for transition in self.window.push(i, obs, action, step.reward, step.obs, terminal, step.ended):
-            agent.replay.add(*transition)
+        for transition, first in self.window.push_with_first(i, obs, action, step.reward, step.obs, terminal,
+                                                             step.ended):
+            agent.replay.add(*transition, first=first)
         self.env_actions[i].append(action)
         self.env_return[i] += step.reward
         self.owed_updates += 1

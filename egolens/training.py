@@ -3,6 +3,7 @@ state must match them; a checkpoint embeds them and nothing else) and its per-ep
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from pathlib import Path
@@ -13,19 +14,34 @@ from egolens.config import Params
 from egolens.dqn import RESUME_FORMAT, EpisodeRecord, training_summary
 
 
-def run_identity(params: Params) -> dict:
+def run_identity(params: Params, demonstrations: str | None = None) -> dict:
     """Everything that changes the run's numbers: the env, the agent, the episode budget and the
     number of envs (and the resume format). Nothing else, so no other edit changes a checkpoint's bytes:
-    options that are off (one-step exploration, unobserved intentions) are left out, so adding such
-    an option keeps the checkpoints of runs that do not use it byte for byte."""
+    options that are off (one-step exploration, unobserved intentions, DQfD) are left out, so adding such
+    an option keeps the checkpoints of runs that do not use it byte for byte.
+
+    demonstrations: with agent.dqfd enabled (required then), a digest of the demonstrations file,
+    so a run is identified by the demonstrations it learned from."""
     env = params.env.model_dump(mode="json")
     agent = params.agent.model_dump(mode="json")
     if not params.env.observe_intentions:
         del env["observe_intentions"]
     if params.agent.exploration.duration == "one":
         del agent["exploration"]
-    return {"format": RESUME_FORMAT, "env": env, "agent": agent,
-            "episodes": params.train.episodes, "num_envs": params.train.num_envs}
+    identity = {"format": RESUME_FORMAT, "env": env, "agent": agent,
+                "episodes": params.train.episodes, "num_envs": params.train.num_envs}
+    if not params.agent.dqfd.enabled:
+        del agent["dqfd"]
+    elif demonstrations is None:
+        raise ValueError("a DQfD run is identified by its demonstrations: give their digest")
+    else:
+        identity["demonstrations"] = demonstrations
+    return identity
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_log(records: list[EpisodeRecord], directory: str | Path) -> None:

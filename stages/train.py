@@ -7,23 +7,29 @@ from tqdm import tqdm
 
 from egolens import checkpoint
 from egolens.config import fingerprint
+from egolens.demonstrations import load_demonstrations
 from egolens.dqn import EpisodeRecord, Trainer
 from egolens.env import make_runner
-from egolens.training import run_identity, write_log
-from stages import MODELS, RESUME, seed_args, seed_results
+from egolens.training import file_digest, run_identity, write_log
+from stages import DEMONSTRATIONS, MODELS, RESUME, seed_args, seed_results
 
 
 def main() -> None:
     params, seed = seed_args(__doc__)
     n_entities, in_features = params.env.vehicles_count, len(params.env.features)
-    trainer = Trainer(params.agent, seed, params.train.episodes, params.train.num_envs, in_features, n_entities)
-    meta = {"config": run_identity(params), "seed": seed, "versions": checkpoint.versions()}
+    # DVC always lists the demonstrations as a dep (deps cannot depend on a param); only DQfD reads them
+    dqfd = params.agent.dqfd.enabled
+    demos = load_demonstrations(DEMONSTRATIONS) if dqfd else None
+    identity = run_identity(params, file_digest(DEMONSTRATIONS) if dqfd else None)
+    trainer = Trainer(params.agent, seed, params.train.episodes, params.train.num_envs, in_features, n_entities,
+                      demonstrations=demos)
+    meta = {"config": identity, "seed": seed, "versions": checkpoint.versions()}
     out = MODELS / f"seed{seed}"
     checkpoint.save(out / "untrained.pt", {"state_dict": trainer.initial_state_dict,
                                            "optimizer": trainer.agent.optimizer.state_dict(),
                                            "egolens": {**meta, "steps": 0, "episode": 0}})
 
-    run_key = fingerprint(run_identity(params), seed)
+    run_key = fingerprint(identity, seed)
     resume_path = RESUME / f"train_seed{seed}.pt"
     if resume_path.exists():
         saved = checkpoint.load_safe(resume_path)
