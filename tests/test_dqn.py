@@ -144,12 +144,12 @@ def test_training_is_deterministic_and_resumes_to_the_same_result(num_envs):
     check_deterministic_and_resumable(tiny_agent(), num_envs)
 
 
-def check_deterministic_and_resumable(cfg, num_envs: int, runner=None) -> None:
+def check_deterministic_and_resumable(cfg, num_envs: int, runner=None, **trainer_kwargs) -> None:
     """Two runs give the same records and weights; a run killed after its second checkpoint and
     resumed from it (with fresh envs, as after a crash) ends in the same bytes. runner: a
-    factory of the runner (default: toy envs)."""
+    factory of the runner (default: toy envs); trainer_kwargs go to every Trainer."""
     def trainer() -> Trainer:
-        return Trainer(cfg, seed=3, episodes=30, num_envs=num_envs, in_features=7, n_entities=4)
+        return Trainer(cfg, seed=3, episodes=30, num_envs=num_envs, in_features=7, n_entities=4, **trainer_kwargs)
 
     def run(t: Trainer, **kwargs) -> None:
         with (runner() if runner else toy_runner(num_envs)) as envs:
