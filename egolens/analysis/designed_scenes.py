@@ -37,7 +37,7 @@ from highway_env import utils
 from torch import nn
 
 from egolens.config import INTENTION_FEATURES, EnvConfig
-from egolens.env import make_env, outcome
+from egolens.env import env_config, make_env, outcome
 from egolens.policies import FASTER, SLOWER, reward_bound, search_plans, steps_until_truncation
 from egolens.vocabulary import ACTIONS, present_others
 
@@ -234,8 +234,9 @@ def build_scene(cfg: EnvConfig, spec: SceneSpec, env: gym.Env | None = None) -> 
         env = make_env(scene_config(cfg))
     env.reset(seed=int(spec.env_seed))
     sim = env.unwrapped
-    if sim.config["spawn_probability"] != 0.0:
-        raise ValueError("build_scene needs an env made from scene_config(cfg) (no spawns)")
+    wanted = env_config(scene_config(cfg))
+    if any(sim.config.get(key) != value for key, value in wanted.items()):
+        raise ValueError("build_scene needs an env made from scene_config(cfg) (the same config, no spawns)")
     road, network = sim.road, sim.road.network
     ego_lanes = route_lanes(network, EGO_APPROACH, cfg.destination)
     ego_lane = network.get_lane(ego_lanes[0])
