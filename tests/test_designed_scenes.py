@@ -20,6 +20,7 @@ from torch import nn
 
 from egolens.analysis.designed_scenes import (
     SceneSpec,
+    arrival_times_for_gaps,
     build_scene,
     evaluate_scene,
     first_crossing,
@@ -102,6 +103,14 @@ def test_switch_points_bracket_each_change():
 
 
 # ------------------------------------------------------------------------------ placement (quick)
+
+
+def test_gaps_are_counted_from_the_ego_reaching_the_conflict_point():
+    """The ego's route to the conflict point: the rest of its 100 m approach lane, then the left-turn
+    arc of radius 13 m up to the angle whose sine is 9 / 13."""
+    spec = SceneSpec(arrival_time=0.0, ego_longitudinal=70.0, ego_speed=4.5)
+    ego_time = (100.0 - 70.0 + 13.0 * math.asin(9.0 / 13.0)) / 4.5
+    assert arrival_times_for_gaps(CFG, spec, [0.0, 1.5]) == pytest.approx([ego_time, ego_time + 1.5], abs=1e-4)
 
 
 @pytest.mark.parametrize("arrival_time", [3.0, -0.5])
@@ -193,9 +202,8 @@ def test_arrival_time_at_the_conflict_point_is_the_requested_one(env):
 @pytest.mark.slow
 @pytest.mark.parametrize(("gap", "expected"), [(0.0, "collision"), (6.0, "arrived"), (-3.0, "arrived")])
 def test_going_now_collides_at_zero_gap_and_arrives_with_a_large_one(env, gap, expected):
-    spec = SceneSpec(arrival_time=0.0)
-    ego_time = build_scene(CFG, spec, env).ego_time_to_conflict
-    scene = build_scene(CFG, SceneSpec(arrival_time=ego_time + gap), env)
+    (arrival,) = arrival_times_for_gaps(CFG, SceneSpec(arrival_time=0.0), [gap])
+    scene = build_scene(CFG, SceneSpec(arrival_time=float(arrival)), env)
     row = evaluate_scene(scene, BrakeBelowThreshold(CONFLICT_X, 3.0), clairvoyant=False)
     assert row["gap"] == pytest.approx(gap)
     assert row["go_outcome"] == expected
@@ -203,9 +211,8 @@ def test_going_now_collides_at_zero_gap_and_arrives_with_a_large_one(env, gap, e
 
 @pytest.mark.slow
 def test_the_clairvoyant_planner_waits_at_zero_gap_and_goes_with_a_large_one(env):
-    ego_time = build_scene(CFG, SceneSpec(arrival_time=0.0), env).ego_time_to_conflict
     table = sweep_arrival_times(CFG, BrakeBelowThreshold(CONFLICT_X, 3.0), SceneSpec(arrival_time=0.0),
-                                [ego_time, ego_time + 6.0])
+                                arrival_times_for_gaps(CFG, SceneSpec(arrival_time=0.0), [0.0, 6.0]))
     zero, large = table.to_dict("records")
     assert zero["go_outcome"] == "collision"
     assert zero["clairvoyant_outcome"] == "arrived" and zero["clairvoyant_wait"] > 0

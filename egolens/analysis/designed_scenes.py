@@ -63,7 +63,7 @@ class SceneSpec:
     arrival_time: float
     ego_longitudinal: float = 80.0
     """Position along the ego's approach lane (100 m long; the junction starts at its end). At 80 m and
-    9 m/s the ego's centre reaches the default conflict point in 3.3 s: braking now or later differs."""
+    9 m/s the ego's centre reaches the default conflict point in 3.3 s."""
     ego_speed: float = 9.0
     """The ego's speed; its target speed is the closest of the action's target speeds."""
     approach: str = "o1"
@@ -347,6 +347,17 @@ def evaluate_scene(scene: Scene, net: nn.Module, *, clairvoyant: bool = True, go
     if going:
         out.update(go_now(scene.env))
     return out
+
+
+def arrival_times_for_gaps(cfg: EnvConfig, spec: SceneSpec, gaps: Sequence[float]) -> np.ndarray:
+    """Arrival times [G] at which the conflicting vehicle reaches the conflict point `gaps` [G] seconds
+    after the ego would if it went on at its speed (gap 0: both centres there at once)."""
+    env = make_env(scene_config(cfg))
+    try:
+        ego_time = build_scene(cfg, replace(spec, arrival_time=0.0), env).ego_time_to_conflict
+    finally:
+        env.close()
+    return ego_time + np.asarray(gaps, dtype=np.float64)
 
 
 def sweep_arrival_times(cfg: EnvConfig, net: nn.Module, spec: SceneSpec, arrival_times: Sequence[float], *,
