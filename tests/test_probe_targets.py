@@ -27,9 +27,25 @@ def test_comes_close_follows_the_vehicle_id_within_the_window_and_the_episode():
     close = pt.comes_close(episode, ids, positions, steps=2, radius=5.0)
     expected = np.zeros((10, 3), dtype=bool)
     expected[1, 1] = expected[2, 1] = True                             # steps 1, 2 see step 3 within 2 steps
+    expected[3, 2] = expected[5, 1] = True                             # within the radius now
     np.testing.assert_array_equal(close, expected)
     wide = pt.comes_close(episode, ids, positions, steps=3, radius=5.0)
     assert wide[0, 1] and not wide[4, 1] and not wide[0, 2]           # not at step 0 with 2, never vehicle 8
+
+
+def test_comes_close_counts_a_pass_between_two_recorded_states():
+    # Vehicle 1 drives past the ego 2 m to its side: 8 m behind at step 0, 8 m ahead at step 1.
+    episode = np.zeros(3, dtype=int)
+    ids = np.tile([0, 1], (3, 1))
+    positions = np.zeros((3, 2, 2))
+    positions[:, 1] = [[-8.0, 2.0], [8.0, 2.0], [24.0, 2.0]]
+    np.testing.assert_array_equal(pt.comes_close(episode, ids, positions, steps=1, radius=5.0)[:, 1],
+                                  [True, False, False])
+    np.testing.assert_array_equal(pt.comes_close(episode, ids, positions, steps=1, radius=1.9)[:, 1],
+                                  [False, False, False])
+    start = np.array([[-8.0, 2.0], [np.nan, np.nan], [3.0, 4.0]])
+    end = np.array([[8.0, 2.0], [3.0, 4.0], [3.0, 4.0]])
+    np.testing.assert_allclose(pt.closest_approach(start, end), [2.0, 5.0, 5.0])
 
 
 def test_action_ahead_is_nan_past_the_episode_end():

@@ -184,6 +184,22 @@ def test_categorical_probe_and_nan_targets_are_dropped():
     assert table.loc[("probe", "accuracy"), "n_train"] + table.loc[("probe", "accuracy"), "n_test"] == 216
 
 
+def test_a_target_with_one_class_is_reported_not_fitted():
+    rng = np.random.default_rng(7)
+    episode = np.repeat(np.arange(10), 5)
+    fit_me = pr.ProbeData(rng.standard_normal((50, 3)), (rng.uniform(size=50) < 0.5).astype(float), episode,
+                          np.arange(50))
+    one_class = pr.ProbeData(rng.standard_normal((50, 3)), np.zeros(50), episode, np.arange(50))
+    table = pr.probe_table({"site": fit_me, "untrained": one_class}, "binary", np.array([1, 4, 7]), seed=0,
+                           resamples=20).set_index(["input", "task", "metric"])
+    assert table.loc[("untrained", "probe", "accuracy"), "note"] == \
+        "a classification probe needs at least 2 classes in its training rows"
+    assert np.isnan(table.loc[("untrained", "site_minus_input", "auc"), "value"])
+    assert table.loc[("site", "probe", "accuracy"), "note"] == ""
+    assert np.isfinite(table.loc[("site", "probe", "accuracy"), "value"])
+    assert table.loc[("untrained", "probe", "accuracy"), "n_test"] == 15
+
+
 def test_site_features_follow_the_vehicle_rows():
     obs, _, _ = vehicle_episodes(episodes=2, steps=3, entities=5, seed=1)
     obs[1, 2] = 0.0                                                    # an absent vehicle

@@ -101,32 +101,60 @@ def bearing_sector(bearing_deg: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(bearing), np.nan, sector)
 
 
+def closest_approach(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Least distance to the origin on the segment start → end ([..., 2] each, m): a relative
+    position moving linearly between two recorded states. A NaN start gives |end|; a NaN end NaN."""
+    step = end - start
+    length2 = np.sum(step * step, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = np.clip(np.where(length2 > 0, -np.sum(start * step, axis=-1) / length2, 0.0), 0.0, 1.0)
+    along = np.linalg.norm(start + u[..., None] * step, axis=-1)
+    return np.where(np.isnan(start).any(axis=-1), np.linalg.norm(end, axis=-1), along)
+
+
 def comes_close(episode: np.ndarray, vehicle_id: np.ndarray, positions: np.ndarray, steps: int,
                 radius: float) -> np.ndarray:
     """Whether each (step, other vehicle) comes within `radius` (m, centre to centre) of the ego
-    in the next `steps` recorded steps of the same episode: [N, E] bool (the ego's row False).
+    from that step to `steps` steps later in the same episode: [N, E] bool (the ego's row and empty rows
+    False).
 
     episode [N]; vehicle_id [N, E] (row 0 the ego, −1 an empty row, ids fixed per vehicle within
     an episode); positions [N, E, 2] (m): the tracker's world positions, or x, y of the
-    de-normalised observation. A vehicle is followed by its id, whatever row it is shown in; a
-    step where it is not observed does not count as close. The window ends with the episode: the
-    state after its last action is not recorded, so a crash counts only from the states before.
+    de-normalised observation. A vehicle is followed by its id, whatever row it is shown in.
+    Between two recorded states its position relative to the ego moves linearly
+    (`closest_approach`): at one decision per second a vehicle passing the ego is seldom within
+    the radius at a recorded state. A step where it is not observed breaks the path there. The
+    window ends with the episode: the state after its last action is not recorded, so a crash
+    counts only from the approach before it.
     """
     episode = np.asarray(episode)
     vehicle_id = np.asarray(vehicle_id)
     positions = np.asarray(positions, dtype=np.float64)
     n, entities = vehicle_id.shape
-    gap = np.linalg.norm(positions - positions[:, :1], axis=-1)               # [N, E]
-    close = (gap <= radius) & (vehicle_id >= 0) & (np.arange(entities) > 0)[None, :]
-    hit = np.zeros((n, entities), dtype=bool)
+    others = (vehicle_id >= 0) & (np.arange(entities) > 0)[None, :]
+    relative = positions - positions[:, :1]
+    step_index, row = np.nonzero(others)
+    ids = vehicle_id[step_index, row]
+
+    def seen_at(offset: int) -> np.ndarray:
+        """Each vehicle's position relative to the ego `offset` steps later [R, 2]; NaN where it
+        is not observed, the episode has ended or the rows have."""
+        later = np.minimum(step_index + offset, n - 1)
+        match = (vehicle_id[later] == ids[:, None]) & others[later]
+        valid = (step_index + offset < n) & (episode[later] == episode[step_index]) & match.any(axis=1)
+        seen = relative[later, match.argmax(axis=1)]
+        return np.where(valid[:, None], seen, np.nan)
+
+    close = np.zeros(len(ids), dtype=bool)
+    previous = seen_at(0)
     for offset in range(1, steps + 1):
-        now = np.arange(n - offset)
-        same = episode[now + offset] == episode[now]
-        later_ids = np.where(close[now + offset], vehicle_id[now + offset], -2)  # [n-o, E], −2 never matches
-        met = (vehicle_id[now][:, :, None] == later_ids[:, None, :]).any(axis=-1)
-        hit[now] |= met & same[:, None]
-    hit[:, 0] = False
-    return hit & (vehicle_id >= 0)
+        current = seen_at(offset)
+        with np.errstate(invalid="ignore"):
+            close |= closest_approach(previous, current) <= radius
+        previous = current
+    hit = np.zeros((n, entities), dtype=bool)
+    hit[step_index, row] = close
+    return hit
 
 
 def action_ahead(action: np.ndarray, episode: np.ndarray, steps: int) -> np.ndarray:

@@ -58,6 +58,11 @@ _VEHICLE_SITE = re.compile(r"others_embedding\.hook_post\.\d+|attention_layer\.h
 _STEP_SITE = re.compile(r"(ego_embedding|output_layer)\.hook_post\.\d+|attention_layer\.hook_(q|z|combined|resid)")
 
 
+class ProbeFitError(ValueError):
+    """The data cannot fit a probe (one class only, too few episodes, no held-out rows with a
+    target): `probe_table` reports such a probe as NaN with the reason instead of failing."""
+
+
 # ------------------------------------------------------------------------------ features
 
 def site_level(site: str) -> Level | None:
@@ -122,7 +127,7 @@ def control_labels(target: np.ndarray, identity: np.ndarray, seed: int) -> np.nd
     ids, inverse = np.unique(np.asarray(identity), return_inverse=True)
     finite = target[np.isfinite(target)]
     if finite.size == 0:
-        raise ValueError("the control task needs a target with finite values")
+        raise ProbeFitError("the control task needs a target with finite values")
     return np.random.default_rng(seed).choice(finite, size=len(ids))[inverse]
 
 
@@ -168,7 +173,7 @@ def _choose_c(scaled: np.ndarray, y: np.ndarray, splits: Sequence[tuple[np.ndarr
             losses[fold, i] = log_loss(y[val], model.predict_proba(scaled[val]), labels=model.classes_)
     scored = ~np.all(np.isnan(losses), axis=0)
     if not scored.any():
-        raise ValueError("no cross-validation fold holds every class on both sides; too few episodes")
+        raise ProbeFitError("no cross-validation fold holds every class on both sides; too few episodes")
     mean = np.where(scored, np.nanmean(np.where(scored, losses, 0.0), axis=0), np.inf)
     return float(grid[int(np.argmin(mean))])
 
@@ -184,7 +189,7 @@ def fit_probe(features: np.ndarray, target: np.ndarray, episode: np.ndarray, kin
     features, target, episode = np.asarray(features, dtype=np.float64), np.asarray(target), np.asarray(episode)
     groups = len(np.unique(episode))
     if groups < 2:
-        raise ValueError(f"cross-validation by episode needs at least 2 training episodes, got {groups}")
+        raise ProbeFitError(f"cross-validation by episode needs at least 2 training episodes, got {groups}")
     splits = list(GroupKFold(n_splits=min(folds, groups)).split(features, target, episode))
     scaler = StandardScaler().fit(features)
     scaled = scaler.transform(features)
@@ -197,7 +202,7 @@ def fit_probe(features: np.ndarray, target: np.ndarray, episode: np.ndarray, kin
         else:
             y = target.astype(np.int64)
             if len(np.unique(y)) < 2:
-                raise ValueError("a classification probe needs at least 2 classes in its training rows")
+                raise ProbeFitError("a classification probe needs at least 2 classes in its training rows")
             penalty = _choose_c(scaled, y, splits, sorted(penalties or LOGISTIC_C))
             linear = LogisticRegression(C=penalty, max_iter=MAX_ITER).fit(scaled, y)
     coef = np.atleast_2d(linear.coef_) / scaler.scale_
@@ -289,7 +294,7 @@ def fit_held_out(data: ProbeData, kind: Kind, test_episodes: np.ndarray, *, fold
     test = np.isin(data.episode, test_episodes) & keep
     train = ~np.isin(data.episode, test_episodes) & keep
     if not train.any() or not test.any():
-        raise ValueError("the episode split left no training or no held-out rows with a target")
+        raise ProbeFitError("the episode split left no training or no held-out rows with a target")
     y = target if kind == "continuous" else np.where(keep, target, -1).astype(np.int64)
     fit = fit_probe(data.features[train], y[train], data.episode[train], kind, folds=folds, penalties=penalties)
     predicted, probability = predictions(fit, data.features[test])
@@ -325,6 +330,45 @@ def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+@dataclass(frozen=True)
+class InputScores:
+    """One input's probe and control task: point[task][metric] on all held-out rows,
+    samples[task][metric] [resamples] on the episode draws, penalty[task], n_train / n_test rows
+    with a target, and note: why it could not be fitted (all scores NaN), else empty."""
+
+    point: dict[str, dict[str, float]]
+    samples: dict[str, dict[str, np.ndarray]]
+    penalty: dict[str, float]
+    n_train: int
+    n_test: int
+    note: str
+
+
+TASKS = ("probe", "control")
+
+
+def input_scores(data: ProbeData, kind: Kind, test_episodes: np.ndarray, draws: np.ndarray, *, seed: int,
+                 folds: int = 5, penalties: Sequence[float] | None = None) -> InputScores:
+    """Fit and score the probe of `data` and its control task (labels by `control_labels` seeded
+    by `seed`) on the held-out episodes and each draw of them (`episode_draws`)."""
+    target = np.asarray(data.target, dtype=np.float64)
+    test = np.isin(data.episode, test_episodes)
+    n_train, n_test = int(np.sum(~test & np.isfinite(target))), int(np.sum(test & np.isfinite(target)))
+    try:
+        control = ProbeData(data.features, control_labels(target, data.identity, seed), data.episode, data.identity)
+        fitted = {task: fit_held_out(d, kind, test_episodes, folds=folds, penalties=penalties)
+                  for task, d in zip(TASKS, (data, control))}
+    except ProbeFitError as error:
+        nan = np.full(len(draws), np.nan)
+        return InputScores({task: dict.fromkeys(METRICS[kind], math.nan) for task in TASKS},
+                           {task: dict.fromkeys(METRICS[kind], nan) for task in TASKS},
+                           dict.fromkeys(TASKS, math.nan), n_train, n_test, str(error))
+    held = {task: h for task, (_, h) in fitted.items()}
+    return InputScores({task: scores(kind, h.y, h.predicted, h.probability) for task, h in held.items()},
+                       {task: resampled_scores(kind, h, draws) for task, h in held.items()},
+                       {task: fit.penalty for task, (fit, _) in fitted.items()}, n_train, n_test, "")
+
+
 def probe_table(inputs: Mapping[str, ProbeData], kind: Kind, test_episodes: np.ndarray, *, seed: int,
                 resamples: int, level: float = 0.95, folds: int = 5,
                 penalties: Sequence[float] | None = None) -> pd.DataFrame:
@@ -339,35 +383,27 @@ def probe_table(inputs: Mapping[str, ProbeData], kind: Kind, test_episodes: np.n
     - "site_minus_input" (inputs after the first): the first input's probe score − this one's.
     value on all held-out rows; ci_low / ci_high: percentile interval over `resamples` episode
     draws shared by every input and task (seeded by `seed`), so differences are paired; n_train /
-    n_test: rows with a target; penalty: the chosen C or alpha (NaN for differences).
+    n_test: rows with a target; penalty: the chosen C or alpha (NaN for differences); note: why a
+    probe could not be fitted (`ProbeFitError`; its scores are NaN), else empty.
     """
     _check_kind(kind)
     draws = episode_draws(test_episodes, resamples, seed)
+    results = {name: input_scores(data, kind, test_episodes, draws, seed=seed, folds=folds, penalties=penalties)
+               for name, data in inputs.items()}
+    site = next(iter(results.values()))
     rows = []
-    site_samples: dict[str, np.ndarray] = {}
-    site_point: dict[str, float] = {}
-    for position, (name, data) in enumerate(inputs.items()):
-        control = ProbeData(data.features, control_labels(data.target, data.identity, seed), data.episode,
-                            data.identity)
-        fitted = {task: fit_held_out(d, kind, test_episodes, folds=folds, penalties=penalties)
-                  for task, d in (("probe", data), ("control", control))}
-        samples = {task: resampled_scores(kind, held, draws) for task, (_, held) in fitted.items()}
-        point = {task: scores(kind, held.y, held.predicted, held.probability) for task, (_, held) in fitted.items()}
-        target = np.asarray(data.target, dtype=np.float64)
-        sizes = {"n_train": int(np.sum(~np.isin(data.episode, test_episodes) & np.isfinite(target))),
-                 "n_test": len(fitted["probe"][1].y)}
+    for position, (name, result) in enumerate(results.items()):
         for metric in METRICS[kind]:
-            results = {task: (point[task][metric], samples[task][metric], fitted[task][0].penalty)
-                       for task in ("probe", "control")}
-            results["selectivity"] = (point["probe"][metric] - point["control"][metric],
-                                      samples["probe"][metric] - samples["control"][metric], math.nan)
-            if position == 0:
-                site_point[metric], site_samples[metric] = point["probe"][metric], samples["probe"][metric]
-            else:
-                results["site_minus_input"] = (site_point[metric] - point["probe"][metric],
-                                               site_samples[metric] - samples["probe"][metric], math.nan)
-            for task, (value, sample, penalty) in results.items():
+            point, samples = result.point, result.samples
+            values = {task: (point[task][metric], samples[task][metric], result.penalty[task]) for task in TASKS}
+            values["selectivity"] = (point["probe"][metric] - point["control"][metric],
+                                     samples["probe"][metric] - samples["control"][metric], math.nan)
+            if position:
+                values["site_minus_input"] = (site.point["probe"][metric] - point["probe"][metric],
+                                              site.samples["probe"][metric] - samples["probe"][metric], math.nan)
+            for task, (value, sample, penalty) in values.items():
                 low, high = _interval(sample, level)
                 rows.append({"input": name, "task": task, "metric": metric, "value": value, "ci_low": low,
-                             "ci_high": high, **sizes, "penalty": penalty})
+                             "ci_high": high, "n_train": result.n_train, "n_test": result.n_test,
+                             "penalty": penalty, "note": result.note})
     return pd.DataFrame(rows)
