@@ -48,6 +48,33 @@ def test_comes_close_counts_a_pass_between_two_recorded_states():
     np.testing.assert_allclose(pt.closest_approach(start, end), [2.0, 5.0, 5.0])
 
 
+# The ego's left turn from the south (o0) to the west (o1), against every other movement.
+LEFT_TURN_CONFLICTS = {
+    (1, 0): False,   # from the west, right turn into the south exit: hugs its own corner
+    (1, 2): True,    # from the west, left turn
+    (1, 3): True,    # from the west, straight across
+    (2, 0): True,    # oncoming straight traffic
+    (2, 1): True,    # oncoming right turn into the ego's exit (merge)
+    (2, 3): False,   # oncoming left turn: the two left turns pass in front of each other
+    (3, 0): True,    # from the east, left turn
+    (3, 1): True,    # from the east, straight into the ego's exit (merge)
+    (3, 2): False,   # from the east, right turn
+    (0, 3): False,   # behind the ego from its own entry
+}
+
+
+def test_routes_cross_a_left_turn_as_the_junction_geometry_says():
+    movements = np.array(list(LEFT_TURN_CONFLICTS))
+    crosses = pt.routes_cross(movements[:, 0], movements[:, 1], 0, 1)
+    assert dict(zip(LEFT_TURN_CONFLICTS, crosses.tolist())) == LEFT_TURN_CONFLICTS
+    # the ego going straight north (0 -> 2): the west's straight crosses, its right turn does not
+    np.testing.assert_array_equal(pt.routes_cross(np.array([1, 1, 3, -1]), np.array([3, 0, 2, 2]), 0, 2),
+                                  [True, False, True, False])
+    # symmetric under rotating the whole junction
+    rotated = pt.routes_cross((movements[:, 0] + 1) % 4, (movements[:, 1] + 1) % 4, 1, 2)
+    np.testing.assert_array_equal(rotated, crosses)
+
+
 def test_action_ahead_is_nan_past_the_episode_end():
     episode = np.array([0, 0, 0, 1, 1])
     action = np.array([2, 1, 0, 2, 0])
@@ -82,6 +109,11 @@ def test_vehicle_and_step_targets_of_a_hand_made_scene():
     assert [pt.SECTORS[int(s)] for s in first["bearing_sector"]] == ["ahead", "behind", "right", "ahead"]
     assert first.loc[3, "crossing"] == 1 and first.loc[1, "crossing"] == 0
     assert (vehicles["comes_close"] == 0).all()
+    assert "route_crosses" not in vehicles
+    routes = np.tile(np.array([[0, 1], [2, 0], [3, 2], [1, 3], [-1, 2], [0, 0]]), (2, 1, 1))
+    with_routes = pt.vehicle_targets(obs, episode, ids, kin_positions, CFG, horizon=5.0, radius=5.0,
+                                     min_ego_speed=4.5, ttc_cap=20.0, close_steps=3, routes=routes)
+    np.testing.assert_array_equal(with_routes["route_crosses"][:4], [1.0, 0.0, 1.0, np.nan])
     steps = pt.step_targets(obs, episode, step, np.array([0, 2]), np.array(["arrived", "arrived"]), CFG,
                             horizon=5.0, radius=5.0, min_ego_speed=4.5, threat_ttc=3.0)
     np.testing.assert_allclose(steps["ego_speed"], 5.0)

@@ -50,6 +50,7 @@ TARGETS: dict[str, Target] = {
     "crossing": Target("binary", "vehicle", "its straight path crosses the ego's"),
     "bearing_sector": Target("categorical", "vehicle", "where it is around the ego (ahead, right, behind, left)"),
     "comes_close": Target("binary", "vehicle", "comes within the collision radius of the ego in the next seconds"),
+    "route_crosses": Target("binary", "vehicle", "its planned route crosses or merges into the ego's"),
     "ego_speed": Target("continuous", "step", "the ego's speed (m/s)"),
     "junction_distance": Target("continuous", "step", "the ego's distance to the junction centre (m)"),
     "crossing_threat": Target("binary", "step", "a crossing vehicle with a short time to collision"),
@@ -157,6 +158,36 @@ def comes_close(episode: np.ndarray, vehicle_id: np.ndarray, positions: np.ndarr
     return hit
 
 
+def _side_angles(side: np.ndarray, offset: float) -> np.ndarray:
+    """Angle (rad) around the junction centre of the lane end on `side` (0 south, 1 west, 2 north,
+    3 east, as highway-env's nodes o0 … o3) at `offset` lane-half-widths across: +1 the incoming
+    lane, −1 the outgoing one (right-hand traffic; intersection-v0's lanes are 4 m wide and end
+    11 m from the centre, which fixes only the order of the angles, all this needs)."""
+    x, y = 2.0 * offset, 11.0
+    turn = np.radians(90.0) * np.asarray(side, dtype=np.float64)
+    return np.mod(np.arctan2(np.sin(turn) * x + np.cos(turn) * y, np.cos(turn) * x - np.sin(turn) * y), 2 * np.pi)
+
+
+def routes_cross(entry: np.ndarray, exit_: np.ndarray, ego_entry: np.ndarray, ego_exit: np.ndarray) -> np.ndarray:
+    """Whether a vehicle's route through the junction (entry side → exit side, ints 0–3, −1
+    unknown) crosses the ego's or merges into the same exit: bool [...] (False where unknown).
+
+    Each route joins two lane ends on the junction's boundary; two such paths cross exactly when
+    their ends interleave around the boundary (a left turn crosses oncoming straight traffic, two
+    right turns do not). A route from the ego's own entry only follows or leaves it: no conflict.
+    """
+    entry, exit_, ego_entry, ego_exit = np.broadcast_arrays(*map(np.asarray, (entry, exit_, ego_entry, ego_exit)))
+    a, b = _side_angles(ego_entry, 1.0), _side_angles(ego_exit, -1.0)
+    arc = np.mod(b - a, 2 * np.pi)
+
+    def inside(angle: np.ndarray) -> np.ndarray:
+        return (np.mod(angle - a, 2 * np.pi) > 0) & (np.mod(angle - a, 2 * np.pi) < arc)
+
+    interleave = inside(_side_angles(entry, 1.0)) != inside(_side_angles(exit_, -1.0))
+    known = (entry >= 0) & (exit_ >= 0) & (ego_entry >= 0) & (ego_exit >= 0)
+    return known & (entry != ego_entry) & ((exit_ == ego_exit) | interleave)
+
+
 def action_ahead(action: np.ndarray, episode: np.ndarray, steps: int) -> np.ndarray:
     """The action taken `steps` steps later in the same episode: [N] floats, NaN where the episode
     ends first. action, episode: [N] in recorded order."""
@@ -187,14 +218,15 @@ def crossing_threat(crossing: np.ndarray, ttc: np.ndarray, threshold: float) -> 
 
 def vehicle_targets(obs: np.ndarray, episode: np.ndarray, vehicle_id: np.ndarray, positions: np.ndarray,
                     cfg: EnvConfig, *, horizon: float, radius: float, min_ego_speed: float, ttc_cap: float,
-                    close_steps: int) -> pd.DataFrame:
+                    close_steps: int, routes: np.ndarray | None = None) -> pd.DataFrame:
     """Per-vehicle targets, one row per (step, present other vehicle) in `vehicle_rows` order:
     step_index (row of the step arrays), row (entity), episode, vehicle_id and every per-vehicle
-    target of `TARGETS`.
+    target of `TARGETS` (route_crosses only with `routes`).
 
     obs [N, E, F]; episode [N]; vehicle_id [N, E]; positions [N, E, 2] (m); horizon, radius,
     min_ego_speed: `egolens.scene.scene_facts`'s; ttc_cap (s); close_steps: the window of
-    `comes_close` in steps (seconds × the env's policy frequency).
+    `comes_close` in steps (seconds × the env's policy frequency); routes [N, E, 2]: each row's
+    (entry side, exit side) from the simulator (row 0 the ego's; −1 unknown, target NaN there).
     """
     facts = scene_facts(obs, cfg, horizon, radius, min_ego_speed)
     close = comes_close(episode, vehicle_id, positions, close_steps, radius)
@@ -206,6 +238,11 @@ def vehicle_targets(obs: np.ndarray, episode: np.ndarray, vehicle_id: np.ndarray
         "bearing_sector": bearing_sector(facts["bearing_deg"]),
         "comes_close": close.astype(np.int64),
     }
+    if routes is not None:
+        routes = np.asarray(routes)
+        crosses = routes_cross(routes[..., 0], routes[..., 1], routes[:, :1, 0], routes[:, :1, 1])
+        known = (routes >= 0).all(axis=-1) & (routes[:, :1] >= 0).all(axis=-1)
+        values["route_crosses"] = np.where(known, crosses.astype(np.float64), np.nan)
     return pd.DataFrame({"step_index": step_index, "row": row, "episode": np.asarray(episode)[step_index],
                          "vehicle_id": np.asarray(vehicle_id)[step_index, row],
                          **{name: value[step_index, row] for name, value in values.items()}})
