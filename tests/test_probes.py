@@ -5,6 +5,7 @@ scikit-learn's, intervals resample whole episodes, and bad names fail naming the
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn import metrics
@@ -191,13 +192,38 @@ def test_a_target_with_one_class_is_reported_not_fitted():
                           np.arange(50))
     one_class = pr.ProbeData(rng.standard_normal((50, 3)), np.zeros(50), episode, np.arange(50))
     table = pr.probe_table({"site": fit_me, "untrained": one_class}, "binary", np.array([1, 4, 7]), seed=0,
-                           resamples=20).set_index(["input", "task", "metric"])
+                           resamples=20, **FAST).set_index(["input", "task", "metric"])
     assert table.loc[("untrained", "probe", "accuracy"), "note"] == \
         "a classification probe needs at least 2 classes in its training rows"
     assert np.isnan(table.loc[("untrained", "site_minus_input", "auc"), "value"])
     assert table.loc[("site", "probe", "accuracy"), "note"] == ""
     assert np.isfinite(table.loc[("site", "probe", "accuracy"), "value"])
     assert table.loc[("untrained", "probe", "accuracy"), "n_test"] == 15
+
+
+FAST = {"folds": 3, "penalties": (0.1, 1.0)}
+"""A small grid for tests about the table, not about the fit."""
+
+
+def test_the_table_is_the_same_on_every_run_and_moves_with_the_seed():
+    rng = np.random.default_rng(8)
+    episode = np.repeat(np.arange(12), 6)
+    features = rng.standard_normal((72, 4))
+    data = pr.ProbeData(features, (features[:, 0] + rng.standard_normal(72) > 0).astype(float), episode,
+                        np.tile(np.arange(6), 12))
+    test = pr.held_out_episodes(episode, 0.25, seed=0)
+    first = pr.probe_table({"site": data}, "binary", test, seed=0, resamples=50, **FAST)
+    pd.testing.assert_frame_equal(first, pr.probe_table({"site": data}, "binary", test, seed=0, resamples=50, **FAST))
+    other = pr.probe_table({"site": data}, "binary", test, seed=1, resamples=50, **FAST)
+    assert not first[["ci_low", "ci_high"]].equals(other[["ci_low", "ci_high"]])
+    # an input shared by several sites (the raw observation) can be scored once and reused
+    raw = pr.ProbeData(rng.standard_normal((72, 3)), data.target, episode, data.identity)
+    draws = pr.episode_draws(test, 50, seed=0)
+    shared = pr.input_scores(raw, "binary", test, draws, seed=0, **FAST)
+    site = pr.input_scores(data, "binary", test, draws, seed=0, **FAST)
+    reused = pr.score_table({"site": site, "obs": shared}, "binary")
+    pd.testing.assert_frame_equal(reused, pr.probe_table({"site": data, "obs": raw}, "binary", test, seed=0,
+                                                         resamples=50, **FAST))
 
 
 def test_site_features_follow_the_vehicle_rows():

@@ -372,24 +372,31 @@ def input_scores(data: ProbeData, kind: Kind, test_episodes: np.ndarray, draws: 
 def probe_table(inputs: Mapping[str, ProbeData], kind: Kind, test_episodes: np.ndarray, *, seed: int,
                 resamples: int, level: float = 0.95, folds: int = 5,
                 penalties: Sequence[float] | None = None) -> pd.DataFrame:
-    """Probe every input and its control task on the same held-out episodes. The first input is
-    the site under study; the others are its controls (e.g. {"site": the trained network's
-    activations, "obs": the raw observation, "untrained": the untrained network's activations
-    at the same site, from its own rollouts of the same env seeds}).
-
-    One row per (input, task, metric), task:
-    - "probe": the real target; "control": the control task (labels from the input's own target
-      and identity, seeded by `seed`); "selectivity": probe − control;
-    - "site_minus_input" (inputs after the first): the first input's probe score − this one's.
-    value on all held-out rows; ci_low / ci_high: percentile interval over `resamples` episode
-    draws shared by every input and task (seeded by `seed`), so differences are paired; n_train /
-    n_test: rows with a target; penalty: the chosen C or alpha (NaN for differences); note: why a
-    probe could not be fitted (`ProbeFitError`; its scores are NaN), else empty.
-    """
+    """Probe every input and its control task on the same held-out episodes (`input_scores` on
+    the draws `episode_draws(test_episodes, resamples, seed)`), tabulated by `score_table`. The
+    first input is the site under study, the others its controls (e.g. {"site": the trained
+    network's activations, "obs": the raw observation, "untrained": the untrained network's
+    activations at the same site, from its own rollouts of the same env seeds})."""
     _check_kind(kind)
     draws = episode_draws(test_episodes, resamples, seed)
-    results = {name: input_scores(data, kind, test_episodes, draws, seed=seed, folds=folds, penalties=penalties)
-               for name, data in inputs.items()}
+    return score_table({name: input_scores(data, kind, test_episodes, draws, seed=seed, folds=folds,
+                                           penalties=penalties)
+                        for name, data in inputs.items()}, kind, level)
+
+
+def score_table(results: Mapping[str, InputScores], kind: Kind, level: float = 0.95) -> pd.DataFrame:
+    """Tabulate inputs scored on the same episode draws (`input_scores`; the first is the site,
+    the others its controls: an input shared by several sites, such as the raw observation, is
+    scored once and passed to each).
+
+    One row per (input, task, metric), task:
+    - "probe": the real target; "control": the control task; "selectivity": probe − control;
+    - "site_minus_input" (inputs after the first): the first input's probe score − this one's.
+    value on all held-out rows; ci_low / ci_high: percentile interval at `level` over the draws,
+    paired across inputs and tasks; n_train / n_test: rows with a target; penalty: the chosen C
+    or alpha (NaN for differences); note: why a probe could not be fitted (`ProbeFitError`; its
+    scores are NaN), else empty.
+    """
     site = next(iter(results.values()))
     rows = []
     for position, (name, result) in enumerate(results.items()):
