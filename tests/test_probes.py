@@ -101,8 +101,27 @@ def test_metrics_match_scikit_learn():
     value = rng.standard_normal(200)
     guess = value + 0.5 * rng.standard_normal(200)
     assert pr.r2(value, guess) == pytest.approx(metrics.r2_score(value, guess))
+    probability = rng.dirichlet(np.ones(3), 200)
+    assert pr.mean_log_loss(y, probability, np.arange(3)) == pytest.approx(metrics.log_loss(y, probability))
     assert np.isnan(pr.auc(np.ones(5), np.arange(5.0)))
     assert np.isnan(pr.r2(np.ones(5), np.arange(5.0)))
+
+
+@pytest.mark.parametrize("kind", ["binary", "categorical", "continuous"])
+def test_weighted_scores_count_a_row_as_often_as_its_weight(kind):
+    rng = np.random.default_rng(9)
+    classes = 3 if kind == "categorical" else 2
+    y = rng.integers(0, classes, 60).astype(float) if kind != "continuous" else rng.standard_normal(60)
+    predicted = np.where(rng.uniform(size=60) < 0.6, y, rng.integers(0, classes, 60)) if kind != "continuous" \
+        else y + rng.standard_normal(60)
+    probability = np.round(rng.uniform(size=60) * 0.7 + 0.3 * (y == 1), 1) if kind == "binary" else None
+    weights = rng.integers(0, 3, (4, 60))
+    weighted = pr.weighted_scores(kind, y, predicted, probability, weights)
+    for d in range(4):
+        index = np.repeat(np.arange(60), weights[d])
+        repeated = pr.scores(kind, y[index], predicted[index], None if probability is None else probability[index])
+        for metric, value in repeated.items():
+            assert weighted[metric][d] == pytest.approx(value, rel=1e-9)
 
 
 def test_intervals_resample_whole_episodes():

@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -158,6 +157,13 @@ MAX_ITER = 1000
 """lbfgs iterations per logistic fit (separable data with a large C stops here)."""
 
 
+def mean_log_loss(y: np.ndarray, probability: np.ndarray, classes: np.ndarray) -> float:
+    """Mean of −log p(y) over rows: y [R] (each one of `classes`), probability [R, classes] with
+    columns in the order of `classes`; p is clipped at 1e-15 (a confident miss costs 34.5)."""
+    column = np.searchsorted(classes, y)
+    return float(-np.mean(np.log(np.clip(probability[np.arange(len(y)), column], 1e-15, 1.0))))
+
+
 def _choose_c(scaled: np.ndarray, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
               grid: Sequence[float]) -> float:
     """The C of `grid` (ascending) with the least mean validation log-loss over `splits`; each
@@ -170,7 +176,7 @@ def _choose_c(scaled: np.ndarray, y: np.ndarray, splits: Sequence[tuple[np.ndarr
         model = LogisticRegression(warm_start=True, max_iter=MAX_ITER)
         for i, c in enumerate(grid):
             model.set_params(C=c).fit(scaled[train], y[train])
-            losses[fold, i] = log_loss(y[val], model.predict_proba(scaled[val]), labels=model.classes_)
+            losses[fold, i] = mean_log_loss(y[val], model.predict_proba(scaled[val]), model.classes_)
     scored = ~np.all(np.isnan(losses), axis=0)
     if not scored.any():
         raise ProbeFitError("no cross-validation fold holds every class on both sides; too few episodes")
@@ -262,6 +268,43 @@ def scores(kind: Kind, y: np.ndarray, predicted: np.ndarray, probability: np.nda
     return out
 
 
+def weighted_scores(kind: Kind, y: np.ndarray, predicted: np.ndarray, probability: np.ndarray | None,
+                    weights: np.ndarray) -> dict[str, np.ndarray]:
+    """`scores` of rows y, predicted, probability [R] under each row of weights [D, R] at once: a
+    weight k counts the row k times (an episode drawn k times by the bootstrap). {metric: [D]},
+    NaN where undefined."""
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    total = w.sum(axis=1)
+    nan = np.full(len(w), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # nanmean of draws without any row
+        if kind == "continuous":
+            mean = (w @ y) / total
+            spread = (w * (y[None, :] - mean[:, None]) ** 2).sum(axis=1)
+            return {"r2": np.where(spread > 0, 1.0 - (w @ (y - predicted) ** 2) / spread, nan)}
+        correct = (y == predicted).astype(np.float64)
+        recall = [(w[:, y == c] @ correct[y == c]) / w[:, y == c].sum(axis=1) for c in np.unique(y)]
+        out = {"accuracy": (w @ correct) / total,
+               "balanced_accuracy": np.nanmean(np.stack(recall), axis=0) if recall else nan}
+    if kind == "binary":
+        out["auc"] = _weighted_auc(y, probability, w) if len(y) else nan
+    return out
+
+
+def _weighted_auc(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUC of score for y ∈ {0, 1} under row weights w [D, R]: the weighted share of (positive,
+    negative) pairs ranked right, ties counted half. [D], NaN where a class has no weight."""
+    order = np.argsort(score, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(score[order])) + 1]            # groups of tied scores
+    positive = y[order] == 1
+    pos = np.add.reduceat(w[:, order] * positive, starts, axis=1)
+    neg = np.add.reduceat(w[:, order] * ~positive, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+
 # ------------------------------------------------------------------------------ probes with controls
 
 @dataclass(frozen=True)
@@ -310,15 +353,11 @@ def episode_draws(test_episodes: np.ndarray, resamples: int, seed: int) -> np.nd
 
 def resampled_scores(kind: Kind, held: HeldOut, draws: np.ndarray) -> dict[str, np.ndarray]:
     """Each metric on each draw of episodes [resamples, n_test]: an episode drawn k times adds its
-    rows k times. {metric: [resamples]}."""
-    rows = {e: np.flatnonzero(held.episode == e) for e in np.unique(draws)}
-    out: dict[str, list[float]] = {m: [] for m in METRICS[kind]}
-    for draw in draws:
-        index = np.concatenate([rows[e] for e in draw])
-        probability = None if held.probability is None else held.probability[index]
-        for metric, value in scores(kind, held.y[index], held.predicted[index], probability).items():
-            out[metric].append(value)
-    return {metric: np.asarray(values) for metric, values in out.items()}
+    rows k times (`weighted_scores`). {metric: [resamples]}."""
+    ids = np.union1d(draws, held.episode)
+    counts = np.stack([np.bincount(np.searchsorted(ids, draw), minlength=len(ids)) for draw in draws])
+    weights = counts[:, np.searchsorted(ids, held.episode)]                  # [resamples, R_test]
+    return weighted_scores(kind, held.y, held.predicted, held.probability, weights)
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
