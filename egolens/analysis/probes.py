@@ -49,6 +49,8 @@ LOGISTIC_C = tuple(float(c) for c in np.logspace(-3, 2, 6))
 """Inverse regularisation strengths tried for logistic probes (on standardised features)."""
 RIDGE_ALPHA = tuple(float(a) for a in np.logspace(-2, 4, 7))
 """Ridge penalties tried for continuous probes (on standardised features)."""
+MAX_ITER = 1000
+"""lbfgs iterations per logistic fit (separable data with a large C stops here)."""
 RAW = "obs"
 """The raw observation as a probe input: a vehicle's row [F] for per-vehicle targets, the whole
 observation [E·F] for per-step targets."""
@@ -153,10 +155,6 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown target kind {kind!r}; kinds: {', '.join(KINDS)}")
 
 
-MAX_ITER = 1000
-"""lbfgs iterations per logistic fit (separable data with a large C stops here)."""
-
-
 def mean_log_loss(y: np.ndarray, probability: np.ndarray, classes: np.ndarray) -> float:
     """Mean of −log p(y) over rows: y [R] (each one of `classes`), probability [R, classes] with
     columns in the order of `classes`; p is clipped at 1e-15 (a confident miss costs 34.5)."""
@@ -186,11 +184,11 @@ def _choose_c(scaled: np.ndarray, y: np.ndarray, splits: Sequence[tuple[np.ndarr
 
 def fit_probe(features: np.ndarray, target: np.ndarray, episode: np.ndarray, kind: Kind, *, folds: int = 5,
               penalties: Sequence[float] | None = None) -> ProbeFit:
-    """Fit a probe of target [R] on features [R, U] (standardised on these rows), its penalty
-    chosen from `penalties` (default `LOGISTIC_C` / `RIDGE_ALPHA`) by `GroupKFold` with up to
-    `folds` folds grouped by episode [R]: log-loss for classification (`LogisticRegressionCV`,
-    warm-started along the path), R² for regression; then refitted on all rows. Deterministic
-    (lbfgs / closed-form ridge)."""
+    """Fit a probe of target [R] on features [R, U], its penalty chosen from `penalties` (default
+    `LOGISTIC_C` / `RIDGE_ALPHA`) by `GroupKFold` with up to `folds` folds grouped by episode [R]:
+    validation log-loss for classification (`_choose_c`), R² for regression; then refitted on all
+    rows. Features are standardised with the mean and sd of all these rows (before the folds: no
+    label enters them). Deterministic (lbfgs, closed-form ridge, unshuffled folds)."""
     _check_kind(kind)
     features, target, episode = np.asarray(features, dtype=np.float64), np.asarray(target), np.asarray(episode)
     groups = len(np.unique(episode))
@@ -310,7 +308,8 @@ def _weighted_auc(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray
 @dataclass(frozen=True)
 class ProbeData:
     """One probe input: features [R, U], target [R] (NaN rows are dropped), episode [R] and
-    identity [R] (the control task's unit: the vehicle id for per-vehicle rows)."""
+    identity [R], the control task's unit: the vehicle id for per-vehicle rows; per-step rows have
+    no vehicle, so the caller names the unit (e.g. the step within its episode)."""
 
     features: np.ndarray
     target: np.ndarray
