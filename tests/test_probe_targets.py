@@ -122,6 +122,13 @@ def test_vehicle_and_step_targets_of_a_hand_made_scene():
     assert list(steps["outcome"]) == [pt.OUTCOMES.index("arrived")] * 2
 
 
+def test_outcome_per_step_from_the_last_steps_flags():
+    episode = np.array([0, 0, 0, 1, 1, 2])
+    crashed = np.array([False, False, True, False, False, False])
+    arrived = np.array([False, False, False, False, False, True])
+    assert list(pt.outcome_per_step(episode, crashed, arrived)) == ["collision"] * 3 + ["timeout"] * 2 + ["arrived"]
+
+
 def test_crossing_threat_needs_both_crossing_and_a_short_ttc():
     crossing = np.array([[False, True, True], [False, True, False], [False, False, True]])
     ttc = np.array([[np.nan, 5.0, 2.0], [np.nan, 4.0, 1.0], [np.nan, np.nan, np.inf]])

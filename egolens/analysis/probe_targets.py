@@ -200,6 +200,19 @@ def action_ahead(action: np.ndarray, episode: np.ndarray, steps: int) -> np.ndar
     return ahead
 
 
+def outcome_per_step(episode: np.ndarray, crashed: np.ndarray, arrived: np.ndarray) -> np.ndarray:
+    """Each step's episode outcome name [N] from the rollout's steps table (`steps_table`: crashed
+    and arrived [N] are True only on an episode's last step): collision, arrived, else timeout."""
+    episode = np.asarray(episode)
+    ids, inverse = np.unique(episode, return_inverse=True)
+    crash = np.zeros(len(ids), dtype=bool)
+    arrival = np.zeros(len(ids), dtype=bool)
+    np.logical_or.at(crash, inverse, np.asarray(crashed, dtype=bool))
+    np.logical_or.at(arrival, inverse, np.asarray(arrived, dtype=bool))
+    names = np.where(crash, "collision", np.where(arrival, "arrived", "timeout"))
+    return names[inverse]
+
+
 def outcome_codes(outcome: np.ndarray) -> np.ndarray:
     """Codes of `OUTCOMES` for outcome names [N]; an unknown name raises, naming it."""
     outcome = np.asarray(outcome)
