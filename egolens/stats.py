@@ -147,3 +147,73 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     sd = float(x.std(ddof=1))
     half = student_t_quantile(0.5 + level / 2, x.size - 1) * sd / math.sqrt(x.size)
     return mean, mean - half, mean + half, sd
+
+
+# ------------------------------------------------------------------------------ crossed designs
+
+def crossed_bootstrap_ci(values: np.ndarray, resamples: int, seed: int,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """Grand mean of values [seeds, episodes] and its percentile interval when every seed plays
+    the same episodes (seeds and episodes crossed, not nested).
+
+    Each resample draws the episodes once, for all seeds (the same env seeds for every agent), and
+    the seeds with replacement; the resample's statistic is the mean of the drawn cells. Episode
+    draws come from the generator `bootstrap_ci` uses with this seed, seed draws from another, so
+    with one seed, or several identical ones, the interval is exactly the single seed's.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"crossed bootstrap needs values [seeds, episodes], got shape {values.shape}")
+    n_seeds, n_episodes = values.shape
+    episodes = np.random.default_rng(seed).integers(0, n_episodes, size=(resamples, n_episodes))
+    seeds = np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(resamples, n_seeds))
+    # cell means over drawn episodes per seed: [resamples, seeds], then over the drawn seeds
+    per_seed = np.stack([values[:, draw].mean(axis=1) for draw in episodes])
+    means = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(values.mean()), float(low), float(high)
+
+
+def paired_crossed_ci(treated: np.ndarray, control: np.ndarray, resamples: int, seed: int,
+                      level: float = 0.95) -> tuple[float, float, float]:
+    """Mean paired difference treated − control, both [seeds, episodes] on the same episodes (a
+    control with one row, e.g. a reference policy, is shared by every seed), with the crossed
+    interval of the differences: what the two share (the episode) cancels out."""
+    treated = np.asarray(treated, dtype=np.float64)
+    control = np.broadcast_to(np.asarray(control, dtype=np.float64), treated.shape)
+    return crossed_bootstrap_ci(treated - control, resamples, seed, level)
+
+
+# ------------------------------------------------------------------------------ "no effect"
+
+NORMAL_975 = 1.959964
+NORMAL_80 = 0.841621
+
+
+def equivalence_test(differences: np.ndarray, margin: float, resamples: int, seed: int,
+                     alpha: float = 0.05) -> dict[str, float | bool]:
+    """Two one-sided tests (TOST) that the mean of paired `differences` [n] (or [seeds, episodes],
+    crossed) lies inside (−margin, margin): both one-sided tests at `alpha` reject exactly when the
+    1 − 2·alpha bootstrap interval lies inside the margin. Returns the mean, that interval,
+    `equivalent`, and the effect a two-sided test at `alpha` with 80% power would detect."""
+    if margin <= 0:
+        raise ValueError(f"the equivalence margin must be positive, got {margin}")
+    values = np.asarray(differences, dtype=np.float64)
+    level = 1.0 - 2.0 * alpha
+    if values.ndim == 2:
+        mean, low, high = crossed_bootstrap_ci(values, resamples, seed, level)
+    else:
+        mean, low, high = bootstrap_ci(values, resamples, seed, level)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "margin": margin,
+            "equivalent": bool(-margin < low and high < margin),
+            "detectable_effect": detectable_effect(values.reshape(-1))}
+
+
+def detectable_effect(values: np.ndarray, power_z: float = NORMAL_80, alpha_z: float = NORMAL_975) -> float:
+    """The smallest mean difference a two-sided 5% test on these paired differences [n] detects
+    with 80% power (normal approximation): (z_0.975 + z_0.8)·sd/√n. NaN with fewer than 2 values."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size < 2:
+        return math.nan
+    return float((alpha_z + power_z) * values.std(ddof=1) / math.sqrt(values.size))

@@ -10,8 +10,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from egolens.evaluation import EPISODE_CLASSES, success_by_class
+from egolens.evaluation import EPISODE_CLASSES, paired_versus, success_by_class
+
+ARRIVED = "arrived"
 
 DRIVING = "results/seeds/seed{seed}/driving.json"
 """A seed's DVC metric: the trained agent's held-out rates and mean return."""
@@ -83,4 +86,45 @@ def with_episode_classes(table: pd.DataFrame, episodes: Mapping[tuple[str, int],
         rates = (success_by_class(frame[frame["model"] == "trained"], classes) if frame is not None
                  else dict.fromkeys(EPISODE_CLASSES, float("nan")))
         rows.append(row | {f"success_{name}": rate for name, rate in rates.items()})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ the diagnosis ladder
+
+OBSERVATION_ONLY = ("features", "observe_intentions")
+"""env keys that change what the agent sees but not the simulation: a recipe that changes only these
+plays the very episodes of the study's reference policies."""
+
+
+def env_overrides(common: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's `env.*` overrides as YAML values (`-S` strings parsed as DVC parses them)."""
+    merged = {**common, **recipe}
+    return {key.removeprefix("env."): yaml.safe_load(_yaml_value(value))
+            for key, value in merged.items() if key.startswith("env.")}
+
+
+def same_episodes(changes: Mapping[str, Any]) -> bool:
+    """True when env `changes` leave the simulation as it is (the reference's episodes are the agent's)."""
+    return all(key in OBSERVATION_ONLY for key in changes)
+
+
+def versus_idle(table: pd.DataFrame, episodes: Mapping[tuple[str, int], pd.DataFrame | None],
+                idle: Mapping[str, pd.DataFrame], resamples: int) -> pd.DataFrame:
+    """`recipe_table` plus, per (recipe, seed), constant IDLE's success on the recipe's own env and
+    episodes (`idle_success`) and the agent's paired success difference against it with its 95%
+    bootstrap interval over episodes (`success_vs_idle`, `_ci_low`, `_ci_high`; joined on env seed).
+
+    idle: recipe -> constant IDLE's episode table (env_seed, return, outcome) on that recipe's env."""
+    rows = []
+    for row in table.to_dict("records"):
+        frame, reference = episodes.get((row["recipe"], row["seed"])), idle.get(row["recipe"])
+        extra = dict.fromkeys(("idle_success", "success_vs_idle", "success_vs_idle_ci_low",
+                               "success_vs_idle_ci_high"), float("nan"))
+        if frame is not None and reference is not None:
+            trained = frame[frame["model"] == "trained"]
+            paired = paired_versus(trained, reference, resamples, row["seed"])["success"]
+            extra = {"idle_success": float(reference["outcome"].eq(ARRIVED).mean()),
+                     "success_vs_idle": paired["diff"], "success_vs_idle_ci_low": paired["ci_low"],
+                     "success_vs_idle_ci_high": paired["ci_high"]}
+        rows.append(row | extra)
     return pd.DataFrame(rows)

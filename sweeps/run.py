@@ -19,8 +19,18 @@ import pandas as pd
 import yaml
 
 from egolens import checkpoint, plots
-from egolens.evaluation import episode_classes
-from egolens.sweep import overrides, recipe_table, with_episode_classes
+from egolens.config import EnvConfig, fingerprint, load_params
+from egolens.env import make_runner
+from egolens.evaluation import episode_classes, episode_outcomes, play_policy
+from egolens.policies import IDLE, constant_policy
+from egolens.sweep import (
+    env_overrides,
+    overrides,
+    recipe_table,
+    same_episodes,
+    versus_idle,
+    with_episode_classes,
+)
 
 RECIPES = Path("sweeps/recipes.yaml")
 OUT = Path("results/sweep")
@@ -50,16 +60,36 @@ def main() -> None:
     if table.empty:
         raise SystemExit("no finished recipe yet")
     episodes = {(row.recipe, row.seed): _episodes_at(row.rev, row.seed) for row in table.itertuples(index=False)}
-    classes = episode_classes(pd.read_csv(REFERENCE.parent / "episodes.csv"))
-    table = with_episode_classes(table, episodes, classes)
+    reference = pd.read_csv(REFERENCE.parent / "episodes.csv")
+    classes = episode_classes(reference)
+    changes = {name: env_overrides(spec["common"], spec["recipes"][name]) for name in table["recipe"].unique()}
+    # episode classes come from the reference's episodes: only recipes that play those episodes get them
+    table = with_episode_classes(table, {key: frame if same_episodes(changes[key[0]]) else None
+                                         for key, frame in episodes.items()}, classes)
+    idle = {name: (reference[reference["policy"] == "constant_idle"] if same_episodes(env)
+                   else _constant_idle(env)) for name, env in changes.items()}
+    table = versus_idle(table, episodes, idle, resamples=2000)
     checkpoint.atomic_write_text(OUT / "recipes.csv", table.to_csv(index=False, float_format="%.6g"))
     reference = json.loads(REFERENCE.read_text())
     figure = plots.recipe_sweep(table, reference)
     with checkpoint.atomic_path(OUT / "recipes.png") as tmp:
         tmp.write_bytes(plots.figure_png(figure))
     print(table.groupby("recipe")[["success_rate", "collision_rate", "timeout_rate", "mean_return", "success_go",
-                                   "success_timing"]].mean().round(3).to_string())
+                                   "success_timing", "idle_success", "success_vs_idle"]].mean().round(3).to_string())
     print("episode classes of the held-out seeds:", classes.value_counts().to_dict())
+
+
+def _constant_idle(changes: dict) -> pd.DataFrame:
+    """Constant IDLE's held-out episodes on the params.yaml env with `changes` (another simulation than
+    the reference's), computed once per env and kept in results/sweep/idle/<env fingerprint>.csv."""
+    params = load_params()
+    env = EnvConfig.model_validate({**params.env.model_dump(), **changes})
+    path = OUT / "idle" / f"{fingerprint(env.model_dump(mode='json'))}.csv"
+    if not path.exists():
+        with make_runner(env, 2) as runner:
+            results = play_policy(constant_policy(IDLE), runner, params.evaluate.env_seeds)
+        checkpoint.atomic_write_text(path, episode_outcomes(results).to_csv(index=False))
+    return pd.read_csv(path)
 
 
 def _episodes_at(rev: str, seed: int) -> pd.DataFrame | None:

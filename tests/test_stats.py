@@ -9,8 +9,11 @@ import pytest
 
 from egolens.stats import (
     bootstrap_ci,
+    crossed_bootstrap_ci,
+    equivalence_test,
     nested_bootstrap_ci,
     paired_bootstrap_ci,
+    paired_crossed_ci,
     spearman,
     spearman_columns,
     student_t_quantile,
@@ -87,3 +90,56 @@ def test_nested_bootstrap_of_one_group_is_the_bootstrap_over_its_units_and_of_co
     assert spread[1] < 0.1 and spread[2] > 0.9
     with pytest.raises(ValueError, match="empty"):
         nested_bootstrap_ci([np.array([])], 10, 0)
+
+
+# ------------------------------------------------------------------------------ crossed designs, TOST
+
+def test_crossed_bootstrap_of_five_identical_seeds_is_the_single_seed_interval():
+    outcomes = np.random.default_rng(3).integers(0, 2, size=100).astype(float)
+    single = bootstrap_ci(outcomes, 2000, seed=7)
+    crossed = crossed_bootstrap_ci(np.tile(outcomes, (5, 1)), 2000, seed=7)
+    np.testing.assert_allclose(crossed, single, atol=1e-12)
+
+
+def test_the_nested_bootstrap_of_identical_seeds_is_too_narrow_where_the_crossed_one_is_not():
+    """Five copies of one seed's outcomes carry one seed's information: nesting treats them as five."""
+    outcomes = np.random.default_rng(3).integers(0, 2, size=100).astype(float)
+    _, low, high = crossed_bootstrap_ci(np.tile(outcomes, (5, 1)), 2000, seed=7)
+    _, n_low, n_high = nested_bootstrap_ci([outcomes] * 5, 2000, seed=7)
+    assert (n_high - n_low) < 0.6 * (high - low)
+
+
+def test_crossed_bootstrap_widens_with_seed_to_seed_spread():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, size=(1, 100)).astype(float)
+    spread = np.clip(base + rng.normal(0, 1, size=(5, 1)) * 0.3, 0, 1)
+    _, low0, high0 = crossed_bootstrap_ci(np.tile(base, (5, 1)), 2000, seed=1)
+    _, low1, high1 = crossed_bootstrap_ci(spread, 2000, seed=1)
+    assert high1 - low1 > high0 - low0
+
+
+def test_paired_crossed_differences_cancel_what_the_episodes_share():
+    control = np.random.default_rng(4).normal(size=(1, 80))
+    treated = np.tile(control, (3, 1)) + 0.5
+    mean, low, high = paired_crossed_ci(treated, control, 500, seed=2)
+    assert mean == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
+
+
+def test_an_equivalence_test_that_must_pass():
+    differences = np.random.default_rng(5).normal(0.0, 0.1, size=400)
+    result = equivalence_test(differences, margin=0.05, resamples=2000, seed=3)
+    assert result["equivalent"] and -0.05 < result["ci_low"] < result["ci_high"] < 0.05
+
+
+def test_an_equivalence_test_that_must_fail_on_too_few_episodes_and_reports_what_it_could_detect():
+    differences = np.random.default_rng(5).integers(-1, 2, size=50).astype(float)   # outcome changes of 50 episodes
+    result = equivalence_test(differences, margin=0.05, resamples=2000, seed=3)
+    assert not result["equivalent"]
+    sd = differences.std(ddof=1)
+    assert result["detectable_effect"] == pytest.approx((1.959964 + 0.841621) * sd / np.sqrt(50))
+    assert result["detectable_effect"] > 0.05
+
+
+def test_an_equivalence_margin_must_be_positive():
+    with pytest.raises(ValueError, match="margin"):
+        equivalence_test(np.zeros(10), margin=0.0, resamples=100, seed=0)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from egolens import plots
-from egolens.sweep import overrides, recipe_table, with_episode_classes
+from egolens.sweep import (
+    env_overrides,
+    overrides,
+    recipe_table,
+    same_episodes,
+    versus_idle,
+    with_episode_classes,
+)
 
 COMMON = {"seeds": "[0,1]", "train.episodes": 2000}
 RECIPES = {"paper": {"agent.gamma": 0.99, "agent.timeout_terminal": True}, "other": {"agent.n_steps": 3}}
@@ -70,3 +78,33 @@ def test_each_recipe_seed_gets_its_success_in_each_episode_class():
     out = with_episode_classes(table, {("paper", 0): played}, classes).set_index(["recipe", "seed"])
     assert out.loc[("paper", 0), ["success_go", "success_timing", "success_unsolved"]].tolist() == [0.5, 1.0, 0.0]
     assert out.loc[("paper", 1), ["success_go", "success_timing"]].isna().all()       # its episodes were not read
+
+
+def test_env_overrides_are_parsed_as_dvc_parses_them():
+    recipe = {"env.features": "[presence,x,y,vx,vy,cos_h,sin_h,cos_d,sin_d]", "env.observe_intentions": True,
+              "agent.gamma": 0.9}
+    changes = env_overrides({"seeds": "[0,1]"}, recipe)
+    assert changes == {"features": ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "cos_d", "sin_d"],
+                       "observe_intentions": True}
+    assert same_episodes(changes)
+    assert not same_episodes(env_overrides({}, {"env.policy_frequency": 2}))
+    assert not same_episodes({"id": "intersection-v2"})
+
+
+def test_versus_idle_pairs_episodes_by_env_seed_not_by_row_order():
+    table = pd.DataFrame([{"recipe": "r", "seed": 0}])
+    agent = pd.DataFrame({"model": ["trained"] * 4 + ["untrained"] * 4, "env_seed": [10, 11, 12, 13] * 2,
+                          "return": [1.0] * 8,
+                          "outcome": ["arrived", "arrived", "collision", "arrived"] + ["timeout"] * 4})
+    idle = pd.DataFrame({"env_seed": [13, 12, 11, 10], "return": [0.0] * 4,
+                         "outcome": ["collision", "arrived", "arrived", "collision"]})
+    row = versus_idle(table, {("r", 0): agent}, {"r": idle}, resamples=200).iloc[0]
+    # per seed 10..13: agent 1,1,0,1 against IDLE 0,1,1,0 -> differences +1, 0, -1, +1
+    assert row["idle_success"] == 0.5 and row["success_vs_idle"] == 0.25
+    assert row["success_vs_idle_ci_low"] <= 0.25 <= row["success_vs_idle_ci_high"]
+
+
+def test_a_recipe_without_episodes_gets_no_comparison():
+    table = pd.DataFrame([{"recipe": "r", "seed": 0}])
+    row = versus_idle(table, {("r", 0): None}, {"r": pd.DataFrame()}, resamples=200).iloc[0]
+    assert np.isnan(row["success_vs_idle"])
