@@ -51,7 +51,8 @@ def main() -> None:
             if args.names and name not in args.names:
                 continue
             sets = [arg for o in overrides(spec["common"], recipe) for arg in ("-S", o)]
-            subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, *sets, spec["target"]], check=True)
+            target = spec.get("targets", {}).get(name, spec["target"])
+            subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, *sets, target], check=True)
         return
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "-A", "--json"], check=True, capture_output=True,
                                       text=True).stdout)
