@@ -16,6 +16,7 @@ from egolens.analysis.paths import (
     Segments,
     gauss_legendre_nodes,
     grid_crossings,
+    integrate_on_grids,
     path_kinks,
     path_segments,
     point_schedule,
@@ -174,6 +175,19 @@ def test_refinement_recomputes_only_the_failing_steps_and_stops_when_all_pass():
     assert refined.points.tolist() == [24, 96, 24, 384, 24]
     assert refined.attr[:, 1].tolist() == [8, 32, 8, 128, 8]          # each step keeps its last result
     torch.testing.assert_close(refined.delta, (errors * 8 / refined.grid).double())
+
+
+def test_per_step_grids_run_the_steps_of_each_grid_together_smallest_first():
+    calls = []
+
+    def attribute(idx, grid):
+        calls.append((idx.tolist(), grid))
+        return idx.double()[:, None] * grid, torch.full_like(idx, grid, dtype=torch.float64), torch.full_like(idx, 2)
+
+    result = integrate_on_grids(attribute, torch.tensor([64, 16, 64, 256]))
+    assert calls == [([1], 16), ([0, 2], 64), ([3], 256)]
+    assert result.attr[:, 0].tolist() == [0, 16, 128, 768] and result.grid.tolist() == [64, 16, 64, 256]
+    assert result.delta.tolist() == [64, 16, 64, 256] and result.points.tolist() == [2, 2, 2, 2]
 
 
 def test_path_kinks_are_located_once_per_step_and_grid_and_shared_by_every_job(monkeypatch):

@@ -88,10 +88,6 @@ Scheme = FixedGrid | KinkCut
 """How a path method integrates along its paths."""
 KINK_CUT = KinkCut()
 """The path methods' default scheme: kinks on 512 points, refined up to 32768, 2 points a piece."""
-Scheme = FixedGrid | KinkCut
-"""How a path method integrates along its paths."""
-KINK_CUT = KinkCut()
-"""The path methods' default scheme: kinks on 512 points, refined up to 32768, 2 points a piece."""
 
 
 @dataclass(frozen=True)
