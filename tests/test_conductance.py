@@ -71,7 +71,7 @@ def test_conductance_tables_sum_entity_rows_per_neuron_and_rank_neurons_by_mean_
     assert list(neuron_ranking(torch.ones(2, 5)).neuron) == [0, 1, 2, 3, 4]   # ties: lower index first
 
 
-def test_neuron_conductance_by_rows_sums_per_entity_units_and_skipping_absent_rows_changes_nothing():
+def test_neuron_conductance_over_rows_sums_per_entity_units_and_skipping_absent_rows_changes_nothing():
     net = tiny_net(seed=3)
     obs = random_obs(4, seed=11)
     baseline = typical_scene(obs, random_obs(16, seed=12), replace_ego=True)
@@ -96,7 +96,7 @@ def test_neuron_conductance_by_rows_sums_per_entity_units_and_skipping_absent_ro
                                                        target, sixteen))
 
 
-def test_piecewise_conductance_equals_captum_layer_conductance_on_a_fine_grid():
+def test_kink_cut_conductance_on_one_grid_equals_captum_layer_conductance_on_a_fine_grid():
     net = tiny_net(seed=3)
     obs = random_obs(3, seed=7)
     baseline = typical_scene(obs, random_obs(20, seed=8), replace_ego=True)
@@ -106,7 +106,7 @@ def test_piecewise_conductance_equals_captum_layer_conductance_on_a_fine_grid():
         torch.testing.assert_close(cond, captum_cond, rtol=2e-3, atol=5e-5)
 
 
-def test_kink_aware_conductance_adds_up_at_a_cut_and_other_layers_share_its_grids():
+def test_refined_kink_cut_conductance_adds_up_at_a_cut_and_other_layers_share_its_grids():
     net = tiny_net(seed=3)
     obs = random_obs(5, seed=7)
     baseline = typical_scene(obs, random_obs(20, seed=8), replace_ego=True)

@@ -80,7 +80,7 @@ class KinkedQ(nn.Module):
         return self.relu(obs[:, 3, VX] - self.c)[:, None] * self.w
 
 
-def test_kink_aware_ig_is_exact_on_a_kinked_net_that_a_fixed_grid_misses():
+def test_refined_kink_cut_ig_is_exact_on_a_kinked_net_that_a_fixed_grid_misses():
     net = KinkedQ()
     obs = planted_obs(6, seed=2)
     baseline = others_zeroed(obs)                     # vx₃ goes 0 -> [0.3, 0.9]: every path crosses the kink
@@ -99,7 +99,7 @@ def test_kink_aware_ig_is_exact_on_a_kinked_net_that_a_fixed_grid_misses():
     assert others.abs().max() == 0
 
 
-def test_piecewise_ig_equals_captum_ig_on_a_fine_grid_and_is_complete():
+def test_kink_cut_ig_on_one_grid_equals_captum_ig_on_a_fine_grid_and_is_complete():
     net = tiny_net(seed=5)
     obs = random_obs(4, seed=11)
     baseline = typical_scene(obs, random_obs(20, seed=12), replace_ego=True)
@@ -111,7 +111,7 @@ def test_piecewise_ig_equals_captum_ig_on_a_fine_grid_and_is_complete():
     assert (points >= 2 * 16).all()                   # at least the 16 uniform pieces, 2 points each
 
 
-def test_piecewise_ig_pieces_add_up_whatever_the_grid():
+def test_kink_cut_ig_pieces_add_up_whatever_the_grid():
     # IG is additive along a straight path: cutting it anywhere (any grid) changes only the
     # quadrature error, which stays small because each piece is smooth
     net = tiny_net(seed=6)
@@ -122,7 +122,7 @@ def test_piecewise_ig_pieces_add_up_whatever_the_grid():
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
-def test_kink_aware_advantage_ig_explains_the_advantage():
+def test_refined_kink_cut_ig_of_the_advantage_explains_the_advantage():
     net = tiny_net(seed=7)
     obs = random_obs(5, seed=14)
     baseline = others_zeroed(obs)
