@@ -5,7 +5,7 @@ On recorded steps of a trained network (needs `models/seed<N>/agent.pt` and
 `data/seed<N>/rollouts_trained.npz`, e.g. after `dvc pull`), integrated gradients of the recorded
 action's Q with the `others_zeroed` baseline, integrated (a) with `--max-points` Gauss-Legendre
 points for every step (captum over the whole path) and (b) cut at the ReLU kinks, 2 points per
-piece, kink grid refined per step (`gradients.kink_aware_integrated_gradients`, the study's
+piece, kink grid refined per step (`attribution_study.kink_cut`, the study's
 defaults). Prints seconds, the share of steps complete within 1%, the largest relative error and
 the mean gradient evaluations per step of each, and the time ratio fixed / kink-aware.
 """
@@ -18,10 +18,12 @@ import time
 import numpy as np
 import torch
 
+from egolens.analysis.attribution_study import kink_cut
 from egolens.analysis.attribution_tables import select_steps
 from egolens.analysis.baselines import others_zeroed
 from egolens.analysis.faithfulness import completeness_stats, completeness_table
-from egolens.analysis.gradients import integrated_gradients, kink_aware_integrated_gradients
+from egolens.analysis.gradients import integrated_gradients
+from egolens.analysis.schemes import FixedGrid
 from egolens.config import load_params
 from stages import DATA, load_net
 
@@ -49,13 +51,10 @@ def main() -> None:
     base = others_zeroed(obs)
 
     start = time.perf_counter()
-    fixed, _ = integrated_gradients(net, obs, action, base, args.max_points, 4096)
+    fixed = integrated_gradients(net, obs, base, action, FixedGrid(args.max_points, internal_batch_size=4096)).attr
     t_fixed = time.perf_counter() - start
-    cfg = params.attributions
     start = time.perf_counter()
-    kinked = kink_aware_integrated_gradients(net, obs, action, base, cfg.path_grid, cfg.path_grid_max,
-                                             cfg.segment_points, cfg.internal_batch_size, tolerance=cfg.tolerance,
-                                             min_delta=cfg.min_delta)
+    kinked = integrated_gradients(net, obs, base, action, kink_cut(params.attributions))
     t_kinked = time.perf_counter() - start
 
     print(f"{len(obs)} steps of seed {args.seed}, IG of Q(recorded action), baseline others_zeroed")

@@ -7,6 +7,7 @@ import torch
 from egolens.analysis.attribution_tables import chosen
 from egolens.analysis.baselines import changed_entries, others_zeroed, typical_scene
 from egolens.analysis.gradients import integrated_gradients
+from egolens.analysis.schemes import FixedGrid
 from tests.attribution_nets import LinearQ
 from tests.conftest import random_obs
 
@@ -44,5 +45,5 @@ def test_chosen_picks_each_steps_action_and_changed_entries_mark_where_path_attr
     moved = changed_entries(obs, baseline)
     assert not moved[:, 0].any() and not moved[..., 0].any()
     assert torch.equal(moved[:, 1:, 1:], (obs[:, 1:, 1:] != 0))
-    attr, _ = integrated_gradients(net, obs, 0, baseline, n_steps=4)
+    attr = integrated_gradients(net, obs, baseline, 0, FixedGrid(4)).attr
     assert (attr[~moved] == 0).all()

@@ -20,6 +20,7 @@ from egolens.analysis.faithfulness import (
     randomisation_check,
 )
 from egolens.analysis.gradients import integrated_gradients
+from egolens.analysis.schemes import FixedGrid
 from egolens.vocabulary import present_others
 from tests.attribution_nets import LinearQ, PlantedVx3, planted_obs
 from tests.conftest import random_obs
@@ -29,7 +30,7 @@ def test_deleting_the_planted_vehicle_first_drops_q_at_once_and_random_orders_la
     net = PlantedVx3()
     obs = planted_obs(8)
     present = present_others(obs)
-    attr, _ = integrated_gradients(net, obs, 0, others_zeroed(obs), n_steps=8)
+    attr = integrated_gradients(net, obs, others_zeroed(obs), 0, FixedGrid(8)).attr
     order = attribution_order(vehicle_attribution(attr), present)
     assert (order[:, 0] == 3).all()
     curves = deletion_insertion_curves(net, obs, order, order_name="ig", labels={"model": "planted",
@@ -96,7 +97,8 @@ def test_completeness_table_flags_tiny_changes_and_measures_errors_relative_to_d
     obs = random_obs(3, seed=4)
     baseline = others_zeroed(obs)
     baseline[2] = obs[2]                                            # nothing changes at step 2
-    attr, delta = integrated_gradients(net, obs, 1, baseline, n_steps=4)
+    ig = integrated_gradients(net, obs, baseline, 1, FixedGrid(4))
+    attr, delta = ig.attr, ig.delta
     table = completeness_table(net, obs, baseline, attr, 1, convergence_delta=delta, step_ids=[7, 8, 9],
                                labels={"model": "m"})
     assert list(table.columns[:2]) == ["model", "step"] and list(table.step) == [7, 8, 9]
@@ -118,7 +120,7 @@ def test_completeness_table_records_the_points_of_each_step():
     net = LinearQ()
     obs = random_obs(3, seed=4)
     baseline = others_zeroed(obs)
-    attr, _ = integrated_gradients(net, obs, 1, baseline, n_steps=4)
+    attr = integrated_gradients(net, obs, baseline, 1, FixedGrid(4)).attr
     table = completeness_table(net, obs, baseline, attr, 1, points=torch.tensor([4, 16, 64]))
     assert table.points.tolist() == [4, 16, 64]
     stats = completeness_stats(table)

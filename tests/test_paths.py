@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from egolens.analysis.gradients import piecewise_integrated_gradients
+from egolens.analysis.gradients import integrated_gradients
 from egolens.analysis.paths import (
     MAX_SEGMENT,
     Crossings,
@@ -16,6 +16,7 @@ from egolens.analysis.paths import (
     Segments,
     gauss_legendre_nodes,
     grid_crossings,
+    integrate_on_grids,
     path_kinks,
     path_segments,
     point_schedule,
@@ -23,6 +24,7 @@ from egolens.analysis.paths import (
     refine_until_complete,
     relu_input_sites,
 )
+from egolens.analysis.schemes import KinkCut
 from tests.conftest import tiny_net
 
 
@@ -101,9 +103,9 @@ def test_a_deeper_units_kink_is_its_root_where_linear_interpolation_misses_it():
     assert interpolated.tolist() == pytest.approx([1 / 3 + 0.13 / 1.3, 0.45])   # the bent unit is off by 0.08
     assert path_kinks(net, obs, baseline, mask, 3)[0].tolist() == pytest.approx([0.45, 0.515], abs=1e-6)
     # so IG on the pieces is complete: f(obs) − f(baseline) = 2·0.55 − 0.13 = 0.97, all of it on x₀
-    attr, delta, _ = piecewise_integrated_gradients(net, obs, 0, baseline, grid=3)
-    assert attr[0, 0].tolist() == pytest.approx([0.97, 0.0], abs=1e-5)
-    assert abs(delta.item()) < 1e-5
+    piecewise = integrated_gradients(net, obs, baseline, 0, KinkCut(grid=3, max_grid=None))
+    assert piecewise.attr[0, 0].tolist() == pytest.approx([0.97, 0.0], abs=1e-5)
+    assert abs(piecewise.delta.item()) < 1e-5
 
 
 def test_kinks_are_found_in_every_mlp_of_the_attention_net_and_unchanged_rows_add_none():
@@ -175,9 +177,21 @@ def test_refinement_recomputes_only_the_failing_steps_and_stops_when_all_pass():
     torch.testing.assert_close(refined.delta, (errors * 8 / refined.grid).double())
 
 
+def test_per_step_grids_run_the_steps_of_each_grid_together_smallest_first():
+    calls = []
+
+    def attribute(idx, grid):
+        calls.append((idx.tolist(), grid))
+        return idx.double()[:, None] * grid, torch.full_like(idx, grid, dtype=torch.float64), torch.full_like(idx, 2)
+
+    result = integrate_on_grids(attribute, torch.tensor([64, 16, 64, 256]))
+    assert calls == [([1], 16), ([0, 2], 64), ([3], 256)]
+    assert result.attr[:, 0].tolist() == [0, 16, 128, 768] and result.grid.tolist() == [64, 16, 64, 256]
+    assert result.delta.tolist() == [64, 16, 64, 256] and result.points.tolist() == [2, 2, 2, 2]
+
+
 def test_path_kinks_are_located_once_per_step_and_grid_and_shared_by_every_job(monkeypatch):
     import egolens.analysis.paths as paths_module
-    from egolens.analysis.gradients import kink_aware_integrated_gradients
     from egolens.vocabulary import absent_mask
 
     net = tiny_net(seed=1)
@@ -186,15 +200,15 @@ def test_path_kinks_are_located_once_per_step_and_grid_and_shared_by_every_job(m
     obs[:, 1:, 1:] = torch.rand(3, 2, 6, generator=torch.Generator().manual_seed(0))
     baseline = obs.clone()
     baseline[:, 1:, 1:] = 0
-    alone = [kink_aware_integrated_gradients(net, obs, action, baseline, grid=16, max_grid=64) for action in (0, 2)]
+    scheme = KinkCut(grid=16, max_grid=64)
+    alone = [integrated_gradients(net, obs, baseline, action, scheme) for action in (0, 2)]
     located = []
     real = paths_module.path_kinks
     monkeypatch.setattr(paths_module, "path_kinks", lambda *a, **k: located.append(len(a[1])) or real(*a, **k))
     kinks = PathKinks(net, obs, baseline, absent_mask(obs))
-    shared = [kink_aware_integrated_gradients(net, obs, action, baseline, grid=16, max_grid=64, kinks=kinks)
-              for action in (0, 2)]
+    shared = [integrated_gradients(net, obs, baseline, action, scheme, kinks=kinks) for action in (0, 2)]
     assert sum(located) == 3                       # the 3 paths on the first grid, once for both actions
     for a, b in zip(alone, shared):
         torch.testing.assert_close(a.attr, b.attr, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="other paths"):
-        kink_aware_integrated_gradients(net, obs, 0, torch.zeros_like(obs), grid=16, kinks=kinks)
+        integrated_gradients(net, obs, torch.zeros_like(obs), 0, KinkCut(grid=16), kinks=kinks)

@@ -7,6 +7,7 @@ import torch
 from egolens.analysis.attribution_tables import vehicle_attribution
 from egolens.analysis.baselines import others_zeroed
 from egolens.analysis.gradients import integrated_gradients
+from egolens.analysis.schemes import FixedGrid
 from egolens.analysis.shapley import shapley_vehicles
 from egolens.vocabulary import present_others
 from tests.attribution_nets import VX, PlantedVx3, planted_obs
@@ -16,7 +17,7 @@ from tests.conftest import random_obs, tiny_net
 def test_ig_shapley_and_row_patching_all_point_at_the_planted_vehicle_3():
     net = PlantedVx3()
     obs = planted_obs()
-    attr, _ = integrated_gradients(net, obs, 0, others_zeroed(obs), n_steps=32)
+    attr = integrated_gradients(net, obs, others_zeroed(obs), 0, FixedGrid(32)).attr
     outside = attr.clone()
     outside[:, 3, VX] = 0
     assert outside.abs().max() == 0 and (attr[:, 3, VX] > 0).all()

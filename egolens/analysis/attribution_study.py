@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from egolens.analysis import paths
+from egolens.analysis import paths, schemes
 from egolens.analysis.attention_agreement import attention_attribution_agreement, attention_vs_fact
 from egolens.analysis.attribution_tables import (
     attribution_table,
@@ -37,14 +37,7 @@ from egolens.analysis.attribution_tables import (
     with_episode_steps,
 )
 from egolens.analysis.baselines import changed_entries, ego_alone, others_zeroed, typical_scene
-from egolens.analysis.conductance import (
-    conductance_table,
-    kink_aware_layer_conductance,
-    layer_conductance_on_grids,
-    neuron_conductance,
-    neuron_conductance_by_rows,
-    neuron_ranking,
-)
+from egolens.analysis.conductance import conductance_table, layer_conductance, neuron_conductance, neuron_ranking
 from egolens.analysis.faithfulness import (
     attribution_order,
     completeness_table,
@@ -54,7 +47,7 @@ from egolens.analysis.faithfulness import (
     randomisation_check,
     with_randomisation_flags,
 )
-from egolens.analysis.gradients import kink_aware_integrated_gradients
+from egolens.analysis.gradients import integrated_gradients
 from egolens.analysis.shapley import shapley_vehicles
 from egolens.config import AttributionsConfig, EnvConfig, SceneConfig
 from egolens.hooks import activation_names
@@ -141,6 +134,12 @@ class Layers:
         return cls((*ego, *others, resid, *output), (resid, *output), resid, rows)
 
 
+def kink_cut(cfg: AttributionsConfig) -> schemes.KinkCut:
+    """The path methods' scheme of the study: kinks on `path_grid` points, refined up to `path_grid_max`."""
+    return schemes.KinkCut(cfg.path_grid, cfg.path_grid_max, cfg.segment_points, cfg.internal_batch_size,
+                           cfg.tolerance, cfg.min_delta)
+
+
 class NetworkAnalysis:
     """Every table of one network on its steps; `ig[(baseline, quantity)]` is [A, B, E, F].
 
@@ -157,6 +156,7 @@ class NetworkAnalysis:
         # each baseline's path kinks, shared by every action, quantity and layer attributed along it
         self.kinks = {name: paths.PathKinks(net, steps.obs, base, absent_mask(steps.obs), cfg.internal_batch_size)
                       for name, base in self.baselines.items()}
+        self.scheme = kink_cut(cfg)
         self.ig: dict[tuple[str, str], torch.Tensor] = {}
         self.phi: torch.Tensor | None = None
         self.tables: dict[str, list[pd.DataFrame]] = {}
@@ -182,15 +182,13 @@ class NetworkAnalysis:
                                   tolerance=cfg.tolerance, step_ids=self.steps.records, **kwargs)
 
     def integrated_gradients(self) -> None:
-        cfg, s = self.cfg, self.steps
+        s = self.steps
         jobs = list(product(self.baselines, QUANTITIES, range(len(ACTIONS))))
         per_action: dict[tuple[str, str], list[torch.Tensor]] = {}
         for baseline, quantity, action in tqdm(jobs, desc=f"{self.desc}: IG", unit="call"):
             base, advantage = self.baselines[baseline], quantity == "advantage"
-            refined = kink_aware_integrated_gradients(
-                self.net, s.obs, action, base, cfg.path_grid, cfg.path_grid_max, cfg.segment_points,
-                cfg.internal_batch_size, advantage=advantage, tolerance=cfg.tolerance, min_delta=cfg.min_delta,
-                kinks=self.kinks[baseline])
+            refined = integrated_gradients(self.net, s.obs, base, action, self.scheme, advantage=advantage,
+                                           kinks=self.kinks[baseline])
             ig = refined.attr
             per_action.setdefault((baseline, quantity), []).append(ig)
             labels = {"model": self.label, "method": "ig", "layer": "input", "baseline": baseline,
@@ -221,16 +219,12 @@ class NetworkAnalysis:
         points: dict[int, torch.Tensor] = {}
         for action, layer in tqdm(jobs, desc=f"{self.desc}: layer conductance", unit="call"):
             labels = {"model": self.label, "layer": layer, "baseline": CONDUCTANCE_BASELINE, "quantity": "q"}
+            scheme = self.scheme if layer == layers.refined else self.scheme.on_grids(grids[action])
+            result = layer_conductance(self.net, layer, s.obs, base, action, scheme,
+                                       kinks=self.kinks[CONDUCTANCE_BASELINE])
+            cond = result.attr
             if layer == layers.refined:
-                refined = kink_aware_layer_conductance(
-                    self.net, s.obs, layer, action, base, cfg.path_grid, cfg.path_grid_max, cfg.segment_points,
-                    cfg.internal_batch_size, tolerance=cfg.tolerance, min_delta=cfg.min_delta,
-                    kinks=self.kinks[CONDUCTANCE_BASELINE])
-                cond, grids[action], points[action] = refined.attr, refined.grid, refined.points
-            else:
-                cond = layer_conductance_on_grids(self.net, s.obs, layer, action, base, grids[action],
-                                                  cfg.segment_points, cfg.internal_batch_size,
-                                                  kinks=self.kinks[CONDUCTANCE_BASELINE])
+                grids[action], points[action] = result.grid, result.points
             if layer in layers.cuts:
                 self.add("completeness", self._completeness(base, cond, action, points=points[action], labels={
                     "model": self.label, "method": "layer_conductance", **labels, "action": ACTIONS[action]}))
@@ -249,14 +243,10 @@ class NetworkAnalysis:
         for layer, rank, neuron in tqdm(neurons, desc=f"{self.desc}: neuron conductance", unit="neuron"):
             # a fixed grid (captum's NeuronConductance): it only breaks a top neuron's conductance
             # down over input features; the neuron's total is the layer conductance above
-            kwargs = {"internal_batch_size": cfg.internal_batch_size, "method": "gausslegendre"}
-            if layer in layers.rows:
-                rows = (s.present[:, 1:] if layers.rows[layer] == "others"
-                        else torch.ones(len(s.obs), 1, dtype=torch.bool))
-                nc = neuron_conductance_by_rows(self.net, s.obs, layer, neuron, s.action, base, rows,
-                                                cfg.neuron_steps, **kwargs)
-            else:
-                nc = neuron_conductance(self.net, s.obs, layer, neuron, s.action, base, cfg.neuron_steps, **kwargs)
+            rows = None if layer not in layers.rows else (
+                s.present[:, 1:] if layers.rows[layer] == "others" else torch.ones(len(s.obs), 1, dtype=torch.bool))
+            nc = neuron_conductance(self.net, layer, neuron, s.obs, base, s.action, schemes.FixedGrid(
+                cfg.neuron_steps, "gausslegendre", cfg.internal_batch_size), rows=rows)
             self.add("neuron_conductance", feature_summary(nc, s.obs, value_name="conductance", labels={
                 "model": self.label, "layer": layer, "neuron": neuron, "rank": rank,
                 "baseline": CONDUCTANCE_BASELINE, "quantity": "q", "action": "chosen"}))
@@ -316,9 +306,7 @@ class NetworkAnalysis:
         check = {"threshold": cfg.sanity_threshold, "step_ids": s.records}
         tables = []
         for baseline, base in tqdm(self.baselines.items(), desc=f"{self.desc}: sanity", unit="baseline"):
-            ig_u = kink_aware_integrated_gradients(untrained, s.obs, s.action, base, cfg.path_grid, cfg.path_grid_max,
-                                                   cfg.segment_points, cfg.internal_batch_size,
-                                                   tolerance=cfg.tolerance, min_delta=cfg.min_delta).attr
+            ig_u = integrated_gradients(untrained, s.obs, base, s.action, self.scheme).attr
             ig_t = chosen(self.ig[baseline, "q"], s.action)
             moved = changed_entries(s.obs, base)
             for level, t, u, keep in (("feature", ig_t, ig_u, moved),

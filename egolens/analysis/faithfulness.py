@@ -20,9 +20,9 @@ from torch import nn
 
 from egolens.analysis.attribution_tables import as_numpy, labelled
 from egolens.analysis.baselines import ego_alone
-from egolens.analysis.quantity import Target, target_output
+from egolens.analysis.quantity import Target, target_change
 from egolens.stats import spearman
-from egolens.vocabulary import ACTIONS, absent_mask
+from egolens.vocabulary import ACTIONS
 
 
 def completeness_error(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, attr: torch.Tensor,
@@ -35,9 +35,10 @@ def completeness_error(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor
     (use that for `shapley_vehicles` with baseline `ego_alone(obs)`: the efficiency check).
     0/0 gives NaN and x/0 gives inf (no change of f to explain).
     """
-    mask = absent_mask(obs) if fix_mask else None
-    delta_f = (target_output(net, obs, target, advantage=advantage, mask=mask)
-               - target_output(net, baseline, target, advantage=advantage, mask=mask))
+    return _relative_error(attr, target_change(net, obs, baseline, target, advantage=advantage, fix_mask=fix_mask))
+
+
+def _relative_error(attr: torch.Tensor, delta_f: torch.Tensor) -> torch.Tensor:
     total = attr.detach().reshape(attr.shape[0], -1).sum(dim=1).to(delta_f.dtype)
     return (total - delta_f).abs() / delta_f.abs()
 
@@ -56,11 +57,10 @@ def completeness_table(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor
     (too small a change to divide by: rel_error NaN, not counted), within = rel_error < tolerance
     (False when tiny).
     """
-    mask = absent_mask(obs) if fix_mask else None
-    delta_f = (target_output(net, obs, target, advantage=advantage, mask=mask)
-               - target_output(net, baseline, target, advantage=advantage, mask=mask)).double()
+    change = target_change(net, obs, baseline, target, advantage=advantage, fix_mask=fix_mask)
+    delta_f = change.double()
     total = attr.detach().reshape(attr.shape[0], -1).double().sum(dim=1)
-    rel = completeness_error(net, obs, baseline, attr, target, advantage=advantage, fix_mask=fix_mask).double()
+    rel = _relative_error(attr, change).double()
     tiny = delta_f.abs() < min_delta
     rel = torch.where(tiny, torch.full_like(rel, math.nan), rel)
     batch = obs.shape[0]

@@ -1,10 +1,12 @@
-"""Straight-line path integrals through a ReLU network, split where a ReLU switches on or off.
+"""The machinery of the path methods (integrated gradients, layer conductance): straight paths
+through a ReLU network, where they cross a kink, how they are cut, the quadrature on the pieces
+and the refinement until complete. The schemes that use it: `egolens.analysis.schemes`.
 
-Integrated gradients and conductance integrate a gradient along x(α) = b + α·(x − b), α in [0, 1].
-For a ReLU network that gradient jumps wherever a ReLU's input changes sign (a *kink*), so a
-quadrature over the whole path converges only like 1/points: 4096 Gauss-Legendre points still
-leave about one recorded step in ten more than 1% incomplete. Between two kinks the integrand is
-smooth (linear maps, softmax), so this module
+A path method integrates a gradient along x(α) = b + α·(x − b), α in [0, 1], with obs's absent
+mask held fixed. For a ReLU network that gradient jumps wherever a ReLU's input changes sign (a
+*kink*), so a quadrature over the whole path converges only like 1/points: 4096 Gauss-Legendre
+points still leave about one recorded step in ten more than 1% incomplete. Between two kinks the
+integrand is smooth (linear maps, softmax), so this module
 
 1. finds the kinks: the ReLU inputs are evaluated on a grid of α (forward passes only), and each
    sign change between neighbouring grid points is located by bracketed root finding on that
@@ -14,7 +16,7 @@ smooth (linear maps, softmax), so this module
    off by half a grid cell (which left one trained-network step 1.15% incomplete even on a
    32768-point grid);
 2. cuts the path there (and into pieces no longer than `max_length`), and
-3. integrates every piece with a few Gauss-Legendre points, which is then exact to high order.
+3. places a few Gauss-Legendre points on every piece, which is then exact to high order.
 
 A kink the grid misses (a ReLU that switches off and on again between two grid points) costs
 accuracy, so `refine_until_complete` redoes only the steps still incomplete with a finer grid.
@@ -33,15 +35,15 @@ import torch
 from torch import nn
 
 from egolens.hooks import capture
-from egolens.model import EgoAttentionNetwork, MultiLayerPerceptron
+from egolens.model import MultiLayerPerceptron
+from egolens.vocabulary import absent_mask
 
 MAX_SEGMENT = 1 / 16
 """Longest piece of a path integrated by one Gauss-Legendre rule (smooth but curved stretches)."""
 
+
 AttributeFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 """(step indices [b], kink grid) -> (attribution [b, ...], completeness delta [b], gradient evaluations [b])."""
-PieceFn = Callable[[torch.Tensor, int, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-"""(step indices [b], kink grid, their kinks) -> (attribution [b, ...], delta [b], gradient evaluations [b])."""
 
 
 @dataclass
@@ -58,12 +60,12 @@ class Segments:
 
 
 @dataclass
-class Refined:
-    """A path attribution whose steps were integrated with kink grids fine enough (`refine_until_complete`)."""
+class PathAttribution:
+    """A path method's attribution of B steps, with what it cost and how complete it is."""
 
     attr: torch.Tensor    # [B, ...]
-    delta: torch.Tensor   # [B] float64, Σ attr − (f(x) − f(b))
-    grid: torch.Tensor    # [B] long, grid the kinks of each step were located on
+    delta: torch.Tensor   # [B] Σ attr − (f(x) − f(b)): float64 (KinkCut), captum's convergence delta (FixedGrid)
+    grid: torch.Tensor    # [B] long, grid the kinks of each step were located on (0: FixedGrid, none located)
     points: torch.Tensor  # [B] long, gradient evaluations spent on each step's path
 
 
@@ -252,7 +254,7 @@ class PathKinks:
         """`known` if it holds the kinks of these paths through `net` (ValueError if of others),
         else new PathKinks for them (mask: obs's absent vehicles)."""
         if known is None:
-            return cls(net, obs, baseline, EgoAttentionNetwork.absent_mask(obs), rows)
+            return cls(net, obs, baseline, absent_mask(obs), rows)
         if net is not known.net or not (torch.equal(obs, known.obs)
                                         and torch.equal(baseline.to(obs.dtype), known.baseline)):
             raise ValueError("these PathKinks were located on another network or other paths")
@@ -268,14 +270,6 @@ class PathKinks:
             kinks = path_kinks(self.net, self.obs[new], self.baseline[new], self.mask[new], grid, self.rows)
             found.update(zip(missing, kinks))
         return [found[i] for i in idx.tolist()]
-
-
-def located_kinks(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor, grid: int,
-                  rows: int, known: Sequence[torch.Tensor] | None = None) -> Sequence[torch.Tensor]:
-    """The paths' kinks on `grid`: `known` if given, else located now (`path_kinks`)."""
-    if known is not None:
-        return known
-    return path_kinks(net, obs, baseline, mask, grid, rows)
 
 
 def path_segments(kinks: Sequence[torch.Tensor], max_length: float = MAX_SEGMENT,
@@ -321,8 +315,32 @@ def point_schedule(start: int, maximum: int, factor: int = 4) -> list[int]:
     return schedule
 
 
+class _PerStep:
+    """A `PathAttribution` of B steps filled in by parts (subsets of steps)."""
+
+    def __init__(self, batch: int) -> None:
+        self.attr: torch.Tensor | None = None
+        self.delta = torch.zeros(batch, dtype=torch.float64)
+        self.grid = torch.zeros(batch, dtype=torch.long)
+        self.points = torch.zeros(batch, dtype=torch.long)
+
+    def put(self, idx: torch.Tensor, grid: int, part: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Steps idx [b] integrated on `grid`: (attribution [b, ...], delta [b], gradient evaluations [b])."""
+        attr, delta, points = part
+        if self.attr is None:
+            self.attr = torch.zeros((len(self.delta), *attr.shape[1:]), dtype=attr.dtype)
+        self.attr[idx] = attr.detach()
+        self.delta[idx] = delta.detach().double().reshape(-1)
+        self.grid[idx] = grid
+        self.points[idx] = points.long()
+
+    def result(self) -> PathAttribution:
+        assert self.attr is not None
+        return PathAttribution(self.attr, self.delta, self.grid, self.points)
+
+
 def refine_until_complete(attribute: AttributeFn, delta_f: torch.Tensor, schedule: Sequence[int], *,
-                          tolerance: float = 0.01, min_delta: float = 1e-3) -> Refined:
+                          tolerance: float = 0.01, min_delta: float = 1e-3) -> PathAttribution:
     """Integrate every step with kinks located on a grid of schedule[0], then again on the next
     grid only the steps whose completeness error |delta| / |delta_f| is still >= `tolerance`,
     until all pass or the schedule ends (those steps keep the finest result).
@@ -330,40 +348,22 @@ def refine_until_complete(attribute: AttributeFn, delta_f: torch.Tensor, schedul
     delta_f: [B] f(obs) − f(baseline) as the attribution sees it (same mask); steps with
     |delta_f| < min_delta are never refined (nothing to explain).
     """
-    batch = delta_f.shape[0]
-    todo = torch.arange(batch)
-    attr: torch.Tensor | None = None
-    delta = torch.zeros(batch, dtype=torch.float64)
-    grid = torch.zeros(batch, dtype=torch.long)
-    points = torch.zeros(batch, dtype=torch.long)
+    out = _PerStep(delta_f.shape[0])
+    todo = torch.arange(delta_f.shape[0])
     for n in schedule:
-        part, part_delta, part_points = attribute(todo, n)
-        if attr is None:
-            attr = torch.zeros((batch, *part.shape[1:]), dtype=part.dtype)
-        attr[todo] = part.detach()
-        delta[todo] = part_delta.detach().double().reshape(-1)
-        grid[todo] = n
-        points[todo] = part_points.long()
+        out.put(todo, n, attribute(todo, n))
         change = delta_f[todo].double().abs()
-        failing = (change >= min_delta) & (delta[todo].abs() >= tolerance * change)
-        todo = todo[failing]
+        todo = todo[(change >= min_delta) & (out.delta[todo].abs() >= tolerance * change)]
         if todo.numel() == 0:
             break
-    assert attr is not None
-    return Refined(attr, delta, grid, points)
+    return out.result()
 
 
-def refine_on_kink_grids(piecewise: PieceFn, kinks: PathKinks, delta_f: torch.Tensor, grid: int, max_grid: int, *,
-                         tolerance: float = 0.01, min_delta: float = 1e-3) -> Refined:
-    """Run `piecewise` on every step with its kinks on `grid`, then on 4× finer grids (up to
-    `max_grid`) for the steps still incomplete by `tolerance` of |ΔQ| (`refine_until_complete`).
-
-    kinks: the `PathKinks` of the B paths (shared with other jobs on them); delta_f: [B]
-    f(obs) − f(baseline) as the attribution sees it (same mask).
-    """
-
-    def attribute(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return piecewise(idx, n, kinks.on_grid(idx, n))
-
-    return refine_until_complete(attribute, delta_f, point_schedule(grid, max_grid), tolerance=tolerance,
-                                 min_delta=min_delta)
+def integrate_on_grids(attribute: AttributeFn, grids: torch.Tensor) -> PathAttribution:
+    """Integrate each step with its kinks located on its own grid (grids [B] long), the steps of one
+    grid together, smallest grid first."""
+    out = _PerStep(grids.shape[0])
+    for n in torch.unique(grids).tolist():
+        idx = torch.nonzero(grids == n).squeeze(1)
+        out.put(idx, int(n), attribute(idx, int(n)))
+    return out.result()

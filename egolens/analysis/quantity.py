@@ -6,13 +6,11 @@ or a hand-made test net). Shapes: B steps, E entities, F features, A actions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from egolens.analysis import paths
 from egolens.vocabulary import absent_mask
 
 Target = int | torch.Tensor
@@ -55,31 +53,11 @@ def target_output(net: nn.Module, obs: torch.Tensor, target: Target, *, advantag
     return out.gather(1, target_indices(target, obs.shape[0])[:, None]).squeeze(1)
 
 
-def path_delta_f(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, targets: torch.Tensor,
-                 advantage: bool) -> torch.Tensor:
-    """f(obs) − f(baseline) [B], both with obs's absent mask (as the path methods see them)."""
-    mask = absent_mask(obs)
-    return (target_output(net, obs, targets, advantage=advantage, mask=mask)
-            - target_output(net, baseline, targets, advantage=advantage, mask=mask))
-
-
-@dataclass(frozen=True)
-class PiecewisePaths:
-    """The straight paths baseline -> obs of a piecewise path method, cut at the network's kinks."""
-
-    obs: torch.Tensor            # [B, E, F], detached
-    baseline: torch.Tensor       # [B, E, F], detached, obs's dtype
-    targets: torch.Tensor        # [B] long
-    mask: torch.Tensor           # [B, E] obs's absent mask, fixed along every path
-    forward: Callable[..., torch.Tensor]
-    segments: paths.Segments
-
-
-def piecewise_paths(net: nn.Module, obs: torch.Tensor, target: Target, baseline: torch.Tensor, advantage: bool,
-                    grid: int, rows: int, kinks: Sequence[torch.Tensor] | None = None) -> PiecewisePaths:
-    """The paths of `obs` from `baseline`, their targets, mask and quantity, cut at the kinks located on
-    `grid` (or the `kinks` given)."""
-    obs, baseline = obs.detach(), baseline.detach().to(obs.dtype)
-    mask = absent_mask(obs)
-    return PiecewisePaths(obs, baseline, target_indices(target, obs.shape[0]), mask, quantity_fn(net, advantage),
-                          paths.path_segments(paths.located_kinks(net, obs, baseline, mask, grid, rows, kinks)))
+def target_change(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, target: Target, *,
+                  advantage: bool = False, fix_mask: bool = True) -> torch.Tensor:
+    """f(obs) − f(baseline) [B] of action `target` as an attribution sees it: both ends with obs's
+    absent mask if `fix_mask` (the path methods), else each with its own recomputed mask (removal
+    methods: a zeroed row is absent). obs, baseline: [B, E, F]."""
+    mask = absent_mask(obs) if fix_mask else None
+    return (target_output(net, obs, target, advantage=advantage, mask=mask)
+            - target_output(net, baseline, target, advantage=advantage, mask=mask))
