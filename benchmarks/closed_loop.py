@@ -19,8 +19,8 @@ from egolens.analysis import editing
 from egolens.analysis import interventions as iv
 from egolens.config import Params
 from egolens.env import make_runner
-from egolens.episodes import play
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 
 
 def timed(policy: torch.nn.Module, params: Params, num_envs: int, seeds: list[int]) -> tuple[float, int]:

@@ -15,8 +15,8 @@ import torch
 from egolens.artifacts import npz_bytes, png_bytes
 from egolens.config import EnvConfig
 from egolens.env import make_env
-from egolens.episodes import play
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 from egolens.rollout import rollout_arrays, steps_table, vehicles_table
 from egolens.runner import EnvRunner
 from egolens.video import episode_images, gif_bytes

@@ -30,8 +30,8 @@ from egolens.collector import Trainer
 from egolens.config import Params
 from egolens.dqn import seed_everything
 from egolens.env import make_env, make_runner
-from egolens.episodes import play
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 
 
 def _random_steps(params: Params, steps: int, seed: int) -> None:

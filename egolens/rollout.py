@@ -14,8 +14,9 @@ from torch import nn
 
 from egolens.config import EnvConfig
 from egolens.env import make_env, make_runner
-from egolens.episodes import ARRIVED, COLLISION, Episode, play
+from egolens.episodes import ARRIVED, COLLISION, Episode
 from egolens.hooks import run_with_cache
+from egolens.play import play
 from egolens.runner import EnvRunner
 from egolens.scene import denormalize, scene_facts
 from egolens.vocabulary import ACTIONS

@@ -10,8 +10,8 @@ import torch
 from egolens import checkpoint
 from egolens.artifacts import json_text
 from egolens.env import make_runner
-from egolens.episodes import play
 from egolens.evaluation import driving_metrics, episode_outcomes, summarize_episodes
+from egolens.play import play
 from stages import NETWORKS, load_net, seed_args, seed_results
 
 

@@ -11,8 +11,8 @@ from tqdm import tqdm
 from egolens import checkpoint
 from egolens.artifacts import json_text
 from egolens.env import make_runner
-from egolens.episodes import play
 from egolens.evaluation import episode_outcomes, summarize_episodes
+from egolens.play import play
 from egolens.policies import FASTER, IDLE, SLOWER, Clairvoyant, RuleBasedDriver, constant_policy
 from stages import RESULTS, study_args
 

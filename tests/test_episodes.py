@@ -20,8 +20,8 @@ from egolens.episodes import (
     greedy,
     outcome,
     paired_comparison,
-    play,
 )
+from egolens.play import play
 from tests.conftest import ToyEnv, tiny_net, toy_runner
 
 SEEDS = [7, 2, 9, 4, 0, 5, 11, 3]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from egolens.analysis import interventions as iv
-from egolens.episodes import play
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
+from egolens.play import play
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net, toy_runner
 from tests.intervention_nets import D, H, d, q_from_resid, w_o

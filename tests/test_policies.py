@@ -10,7 +10,7 @@ import pytest
 
 from egolens.config import EnvConfig
 from egolens.env import make_env, make_runner
-from egolens.episodes import play
+from egolens.play import play
 from egolens.policies import (
     FASTER,
     IDLE,

@@ -13,8 +13,8 @@ from PIL import Image
 
 from egolens.config import EnvConfig
 from egolens.env import make_env, make_runner
-from egolens.episodes import play
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 from egolens.rollout import attention_off_ego, play_episodes, rollout_arrays, steps_table, vehicles_table
 from egolens.runner import EnvRunner
 from egolens.scene import denormalize

@@ -27,9 +27,10 @@ from torch import nn
 from egolens import vocabulary
 from egolens.analysis import editing, patching
 from egolens.analysis import interventions as iv
-from egolens.episodes import Episode, episode_table, paired_comparison, play
+from egolens.episodes import Episode, episode_table, paired_comparison
 from egolens.hooks import HookFn
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 from egolens.progress import Progress, no_progress
 from egolens.runner import EnvRunner
 
