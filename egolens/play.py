@@ -33,11 +33,12 @@ def play(policy: Policy | Driver, runner: EnvRunner, env_seeds: Sequence[int], r
     A network or a function is called on one observation at a time, so its actions never depend
     on how observations happen to be batched, and each episode depends only on its seed and the
     policy: the episodes do not depend on the number of envs or on timing.
-    - record "outcome": the envs step in lock-free fashion — each gets its next action as soon
-      as its step is done; a finished env resets itself with the next scheduled seed.
+    - record "outcome": the envs run free — each gets its next action as soon as its step is
+      done; a finished env resets itself with the lowest unstarted seed (`EpisodeSchedule`).
     - record "steps" / "frames" and a `Driver`: each episode is a whole-episode job on whichever
       env is free (`EnvRunner.map`), the policy running beside the env; "frames" needs envs made
-      with render_mode "rgb_array". `progress` is called once per episode.
+      with render_mode "rgb_array". A `Driver` records what it chooses; `record` does not apply.
+    `progress` is called once per finished episode.
     """
     if isinstance(policy, Driver):
         return runner.map(_drive, [(policy, int(s)) for s in env_seeds], progress=progress)
