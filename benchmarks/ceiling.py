@@ -18,6 +18,7 @@ import time
 
 from egolens.config import EnvConfig
 from egolens.env import make_env
+from egolens.episodes import OUTCOMES
 from egolens.policies import (
     FASTER,
     plan_episode,
@@ -105,7 +106,7 @@ def main() -> None:
         replay_seconds = mean("first_replay") * costs["step"] + mean("plans") * costs["reset"]
         print(f"first decision, env steps: pruned tree {mean('first_pruned'):.0f}, full tree {mean('first_tree'):.0f}, "
               f"replay of every plan from the start {mean('first_replay'):.0f} (~{replay_seconds:.0f} s with resets)")
-    outcomes = {o: sum(r["outcome"] == o for r in rows) for o in ("arrived", "timeout", "collision")}
+    outcomes = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
     print(f"outcomes {outcomes}; replay matched the prediction in {sum(r['matched'] for r in rows)}/{len(rows)}; "
           f"improved by re-planning in {sum(r['improved'] for r in rows)}/{len(rows)}")
     projected = 100 * per_episode / 2 / 60

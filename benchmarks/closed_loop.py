@@ -19,8 +19,8 @@ from egolens.analysis import editing
 from egolens.analysis import interventions as iv
 from egolens.config import Params
 from egolens.env import make_runner
-from egolens.evaluation import play_greedy
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 
 
 def timed(policy: torch.nn.Module, params: Params, num_envs: int, seeds: list[int]) -> tuple[float, int]:
@@ -30,7 +30,7 @@ def timed(policy: torch.nn.Module, params: Params, num_envs: int, seeds: list[in
         envs.reset(dict.fromkeys(range(num_envs), 0))   # worker start-up is not part of a condition
         start = time.perf_counter()
         with torch.no_grad():
-            results = play_greedy(policy, envs, seeds)
+            results = play(policy, envs, seeds)
         return time.perf_counter() - start, sum(r.length for r in results)
     finally:
         envs.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -15,7 +16,9 @@ from egolens.artifacts import npz_bytes, png_bytes
 from egolens.config import EnvConfig
 from egolens.env import make_env
 from egolens.model import EgoAttentionNetwork
-from egolens.rollout import VehicleTracker, play_episode, rollout_arrays, steps_table, vehicles_table
+from egolens.play import play
+from egolens.rollout import rollout_arrays, steps_table, vehicles_table
+from egolens.runner import EnvRunner
 from egolens.video import episode_images, gif_bytes
 from egolens.vocabulary import present
 
@@ -23,10 +26,10 @@ from egolens.vocabulary import present
 def record(net: EgoAttentionNetwork, episodes: int, render: bool) -> tuple[float, int, int, int]:
     """(seconds, steps, npz bytes, frame + video bytes) for `episodes` recorded episodes."""
     cfg = EnvConfig()
-    env = make_env(cfg, render_mode="rgb_array" if render else None)
-    tracker = VehicleTracker(env)
+    runner = EnvRunner([partial(make_env, cfg, render_mode="rgb_array" if render else None)])
     start = time.perf_counter()
-    played = [play_episode(net, env, tracker, 950_000_000 + i, render) for i in range(episodes)]
+    with runner:
+        played = play(net, runner, [950_000_000 + i for i in range(episodes)], record="frames" if render else "steps")
     arrays = rollout_arrays(played, net)
     npz = npz_bytes(arrays)
     steps_table(played, arrays, cfg).to_csv()
@@ -42,7 +45,6 @@ def record(net: EgoAttentionNetwork, episodes: int, render: bool) -> tuple[float
                                     arrays["q"][rows], arrays["action"][rows], arrays["attention"][rows], "", "")
             media += len(gif_bytes(images))
     seconds = time.perf_counter() - start
-    env.close()
     return seconds, len(arrays["action"]), len(npz), media
 
 

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from egolens.collector import Trainer
 from egolens.config import Params
-from egolens.dqn import Trainer, seed_everything
+from egolens.dqn import seed_everything
 from egolens.env import make_env, make_runner
-from egolens.evaluation import play_greedy
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 
 
 def _random_steps(params: Params, steps: int, seed: int) -> None:
@@ -112,7 +113,7 @@ def closed_loop(params: Params, num_envs: int, episodes: int) -> float:
     seeds = [params.interventions.env_seed + i for i in range(episodes)]
     with make_runner(params.env, num_envs) as runner:
         start = time.perf_counter()
-        play_greedy(net, runner, seeds)
+        play(net, runner, seeds)
         return episodes / (time.perf_counter() - start)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from egolens.episodes import ARRIVED, COLLISION, TIMEOUT
 from egolens.evaluation import EPISODE_CLASSES, episode_classes, paired_versus, success_by_class
 from egolens.stats import nested_bootstrap_ci, t_interval
 
@@ -121,8 +122,8 @@ def reference_metrics(agent: pd.DataFrame, reference: pd.DataFrame, policy_metri
     out: dict[str, object] = {}
     for policy in ("constant_idle", "rule_based", "clairvoyant"):
         out[f"vs_{policy}"] = paired_versus(agent, reference[reference["policy"] == policy], resamples, seed)
-    ceiling = reference.loc[reference["policy"] == "clairvoyant", "outcome"].eq("arrived").mean()
-    out["ceiling_fraction"] = round(float(agent["outcome"].eq("arrived").mean() / ceiling), 6) if ceiling else None
+    ceiling = reference.loc[reference["policy"] == "clairvoyant", "outcome"].eq(ARRIVED).mean()
+    out["ceiling_fraction"] = round(float(agent["outcome"].eq(ARRIVED).mean() / ceiling), 6) if ceiling else None
     classes = episode_classes(reference)
     out["success_by_episode_class"] = success_by_class(agent, classes)
     out["episode_class_share"] = {name: float(classes.eq(name).mean()) for name in EPISODE_CLASSES}
@@ -153,7 +154,7 @@ def summary_table(per_seed: Mapping[int, Metrics], level: float = 0.95) -> pd.Da
 SEED_T = "student_t_over_seeds"
 SEEDS_AND_EPISODES = "bootstrap_over_seeds_and_episodes"
 """How a summary row's interval was made (summary.csv column `interval`)."""
-OUTCOMES = {"success_rate": "arrived", "collision_rate": "collision", "timeout_rate": "timeout"}
+OUTCOMES = {"success_rate": ARRIVED, "collision_rate": COLLISION, "timeout_rate": TIMEOUT}
 
 
 def evaluation_units(episodes: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +174,7 @@ def episode_class_units(agent: pd.DataFrame, reference: pd.DataFrame) -> pd.Data
     """Per-episode success of the trained agent within each episode class: seed, metric
     (`reference.success_by_episode_class.<class>`), value; agent: its evaluation episodes plus `seed`."""
     joined = agent.join(episode_classes(reference), on="env_seed", how="inner")
-    return pd.DataFrame({"seed": joined["seed"], "value": joined["outcome"].eq("arrived").astype(float),
+    return pd.DataFrame({"seed": joined["seed"], "value": joined["outcome"].eq(ARRIVED).astype(float),
                          "metric": "reference.success_by_episode_class." + joined["episode_class"]})
 
 

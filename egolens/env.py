@@ -67,20 +67,6 @@ def make_env(cfg: EnvConfig, seed: int | None = None, render_mode: str | None = 
     return env
 
 
-def outcome(terminated: bool, truncated: bool, crashed: bool) -> str:
-    """'collision', 'arrived' or 'timeout' for an episode's last step.
-
-    highway-env has no `arrived` key in info: arrival is a termination without a crash.
-    """
-    if crashed:
-        return "collision"
-    if terminated:
-        return "arrived"
-    if truncated:
-        return "timeout"
-    raise ValueError("the episode has not ended")
-
-
 def make_runner(cfg: EnvConfig, num_envs: int) -> EnvRunner:
     """`num_envs` envs of `cfg` in an `EnvRunner` (one worker process each when more than one)."""
     return EnvRunner([partial(make_env, cfg) for _ in range(num_envs)])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from egolens.demonstrations import EpisodeSteps
-from egolens.env import outcome
+from egolens.episodes import outcome
 from egolens.policies import PlannedEpisode, plan_episode
 
 

@@ -4,7 +4,7 @@ They bracket what a learned agent can reach (REFERENCE.md, "What 'driving well' 
 
 - `constant_policy(a)`: always the same meta-action (0 SLOWER, 1 IDLE, 2 FASTER).
 
-Every policy is played by `egolens.evaluation.play_policy` on the study's runner.
+Every policy is played by `egolens.episodes.play` on the study's runner (the planner as a `Driver`).
 - `RuleBasedDriver`: FASTER unless a vehicle threatens the ego's path soon, then SLOWER; it only
   reads the normalised observation, like the network does.
 - `plan_episode`: a clairvoyant planner. A deep copy of highway-env's env keeps the simulator's
@@ -28,14 +28,13 @@ from typing import Any
 import numpy as np
 
 from egolens.config import EnvConfig
-from egolens.env import outcome
-from egolens.evaluation import EpisodeResult
+from egolens.episodes import ARRIVED, COLLISION, TIMEOUT, Driver, Episode, outcome
 from egolens.scene import denormalize, scene_facts, time_to_collision
 
 SLOWER, IDLE, FASTER = 0, 1, 2
 """highway-env's DiscreteMetaAction indices (longitudinal only)."""
 
-OUTCOME_RANK = {"collision": 0, "timeout": 1, "arrived": 2}
+OUTCOME_RANK = {COLLISION: 0, TIMEOUT: 1, ARRIVED: 2}
 """Higher is better: an arrival beats a timeout, which beats a collision."""
 
 
@@ -45,7 +44,7 @@ OUTCOME_RANK = {"collision": 0, "timeout": 1, "arrived": 2}
 
 def constant_policy(action: int) -> Callable[[np.ndarray], np.ndarray]:
     """A policy that returns `action` whatever the observations: obs [N, E, F] -> [N] actions
-    (the batched form `egolens.evaluation.play_policy` calls)."""
+    (the batched form `egolens.episodes.play` calls)."""
     if action not in (SLOWER, IDLE, FASTER):
         raise ValueError(f"action must be 0 (SLOWER), 1 (IDLE) or 2 (FASTER), got {action!r}")
 
@@ -221,7 +220,7 @@ class _TreeSearch:
 
     def hopeful(self, ret: float, steps_left: int) -> bool:
         """Whether a node with return `ret` so far and `steps_left` steps to go may still beat the best."""
-        if not self.prune or self.best is None or self.best.outcome != "arrived":
+        if not self.prune or self.best is None or self.best.outcome != ARRIVED:
             return True  # any branch may still arrive (or, failing that, time out)
         return ret + steps_left * self.bound > self.best.ret
 
@@ -308,15 +307,11 @@ def replay_steps(leaves: Mapping[tuple[int, ...], PlanValue], steps_left: int) -
     return total
 
 
-@dataclass
-class PlannedEpisode:
-    """One episode driven by the clairvoyant planner and how it compares with the prediction."""
+@dataclass(kw_only=True)
+class PlannedEpisode(Episode):
+    """One episode driven by the clairvoyant planner (its actions in `action`) and how it compares
+    with the prediction."""
 
-    env_seed: int
-    ret: float
-    length: int
-    outcome: str
-    actions: tuple[int, ...]
     predicted_outcome: str
     """Outcome of the best plan found at the first decision."""
     predicted_return: float
@@ -334,13 +329,14 @@ class PlannedEpisode:
     copies: int
 
     @property
+    def actions(self) -> tuple[int, ...]:
+        return tuple(int(a) for a in self.action)
+
+    @property
     def improved(self) -> bool:
         """Re-planning found something strictly better than the first decision's plan."""
         first = PlanValue(self.predicted_outcome, self.predicted_return, self.predicted_length)
         return PlanValue(self.final_outcome, self.final_return, self.final_length).beats(first)
-
-    def episode_result(self) -> EpisodeResult:
-        return EpisodeResult(env_seed=self.env_seed, ret=self.ret, length=self.length, outcome=self.outcome)
 
 
 REPLAN_RULES = ("after_slower", "every_step", "never")
@@ -406,8 +402,21 @@ def plan_episode(env: Any, env_seed: int, *, replan: str = "after_slower") -> Pl
     result = outcome(bool(terminated), bool(truncated), bool(info["crashed"]))
     matched = (result == value.outcome and len(actions) == value.length and tuple(actions) == plan
                and math.isclose(ret, value.ret, rel_tol=0.0, abs_tol=1e-9))
-    return PlannedEpisode(int(env_seed), ret, len(actions), result, tuple(actions), first.outcome, first.ret,
-                          first.length, value.outcome, value.ret, value.length, matched, replans, env_steps, copies)
+    return PlannedEpisode(env_seed=int(env_seed), ret=ret, length=len(actions), outcome=result,
+                          action=np.array(actions, dtype=np.int64), predicted_outcome=first.outcome,
+                          predicted_return=first.ret, predicted_length=first.length, final_outcome=value.outcome,
+                          final_return=value.ret, final_length=value.length, replay_matched=matched,
+                          replans=replans, env_steps=env_steps, copies=copies)
+
+
+@dataclass(frozen=True)
+class Clairvoyant(Driver):
+    """The clairvoyant planner as a `Driver` for `egolens.episodes.play` (`plan_episode` with `replan`)."""
+
+    replan: str = "after_slower"
+
+    def drive(self, env: Any, env_seed: int) -> PlannedEpisode:
+        return plan_episode(env, env_seed, replan=self.replan)
 
 
 def replay_plan(env: Any, env_seed: int, actions: Sequence[int]) -> PlanValue:

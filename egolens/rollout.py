@@ -1,158 +1,25 @@
-"""Record greedy episodes: observations, actions, rewards, which simulator vehicle each
-observation row shows, and (optionally) rendered frames; then tabulate them.
-
-highway-env shuffles the observation rows every step (`order: shuffled`), so a row is not a
-vehicle. `VehicleTracker` makes the observation say which vehicle went to which row: it builds
-the rows unshuffled and applies the very shuffle highway-env would (same generator, same
-draws) to an index array, so the map is exact and the observations are unchanged.
-"""
+"""Recorded greedy episodes (`egolens.episodes.play` with record "steps"/"frames") and their
+tables: observations, actions, rewards, which simulator vehicle each observation row shows
+(`egolens.tracking`), activations, per-step and per-vehicle tables."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from egolens.config import EnvConfig
-from egolens.env import make_env, make_runner, outcome
+from egolens.env import make_env, make_runner
+from egolens.episodes import ARRIVED, COLLISION, Episode
 from egolens.hooks import run_with_cache
+from egolens.play import play
+from egolens.runner import EnvRunner
 from egolens.scene import denormalize, scene_facts
 from egolens.vocabulary import ACTIONS
-
-ABSENT = -1
-"""Vehicle id of an empty observation row."""
-
-
-class VehicleTracker:
-    """Installed on one env: after every reset/step, `ids[row]` is the vehicle shown in that row
-    (0 = ego, 1, 2, ... in order of first appearance in the episode, −1 = empty row) and
-    `positions[row]` its world position (m)."""
-
-    def __init__(self, env: gym.Env) -> None:
-        self.env = env.unwrapped
-        self._ids: dict[int, tuple[Any, int]] = {}
-        self._ego: Any = None
-        self._install()
-        # Every reset builds a new observation type (define_spaces): wrap each new one too.
-        define_spaces = self.env.define_spaces
-
-        def define_and_install() -> None:
-            define_spaces()
-            self._install()
-        self.env.define_spaces = define_and_install
-        self.ids = np.full(self.obs_type.vehicles_count, ABSENT)
-        self.positions = np.zeros((self.obs_type.vehicles_count, 2))
-
-    def _install(self) -> None:
-        self.obs_type = self.env.observation_type
-        self._observe = self.obs_type.observe
-        self.obs_type.observe = self._observe_tracked
-
-    def _vehicle_id(self, vehicle: Any) -> int:
-        # Keep the vehicle object alive beside its id so its address is never reused.
-        return self._ids.setdefault(id(vehicle), (vehicle, len(self._ids)))[1]
-
-    def _observe_tracked(self) -> np.ndarray:
-        obs_type, env = self.obs_type, self.env
-        shuffled = obs_type.order == "shuffled"
-        if shuffled:
-            obs_type.order = "unshuffled"      # neither sorted nor shuffled: rows as found
-        try:
-            obs = self._observe()
-        finally:
-            if shuffled:
-                obs_type.order = "shuffled"
-        if obs_type.observer_vehicle is not self._ego:   # a new episode: a new ego vehicle
-            self._ego, self._ids = obs_type.observer_vehicle, {}
-        count = obs_type.vehicles_count
-        close = env.road.close_objects_to(obs_type.observer_vehicle, env.PERCEPTION_DISTANCE, count=count - 1,
-                                          see_behind=obs_type.see_behind, sort=obs_type.order == "sorted",
-                                          vehicles_only=not obs_type.include_obstacles)[-count + 1:]
-        rows: list[Any] = [obs_type.observer_vehicle, *close] + [None] * (count - 1 - len(close))
-        if shuffled:
-            order = np.arange(count - 1)
-            env.np_random.shuffle(order)       # the same draws as shuffling obs[1:] in place
-            obs[1:] = obs[1:][order]
-            rows = [rows[0]] + [rows[1 + i] for i in order]
-        self.ids = np.array([ABSENT if v is None else self._vehicle_id(v) for v in rows])
-        self.positions = np.array([[0.0, 0.0] if v is None else v.position[:2] for v in rows], dtype=np.float64)
-        return obs
-
-
-@dataclass
-class Episode:
-    """One greedy episode. T = steps taken; obs_t is the state in which action_t was chosen.
-
-    obs [T, E, F]; action, reward [T]; vehicle_id [T, E]; positions [T, E, 2] (m);
-    frames: T + 1 rendered frames [H, W, 3] (the last one after the final step) or empty.
-    """
-
-    env_seed: int
-    obs: np.ndarray
-    action: np.ndarray
-    reward: np.ndarray
-    vehicle_id: np.ndarray
-    positions: np.ndarray
-    outcome: str
-    frames: list[np.ndarray] = field(default_factory=list)
-    pixels: list[Any] = field(default_factory=list)
-    """Per frame, a function world (x, y) in m -> frame pixel (column, row)."""
-
-
-def _pixel_map(env: gym.Env) -> Any:
-    surface = env.unwrapped.viewer.sim_surface
-    origin, scaling = np.array(surface.origin, dtype=np.float64), float(surface.scaling)
-    return lambda xy: ((np.asarray(xy) - origin) * scaling).astype(int)
-
-
-def play_episode(net: nn.Module, env: gym.Env, tracker: VehicleTracker, env_seed: int,
-                 render: bool = False) -> Episode:
-    """Play one greedy episode of `net` on `env` (tracked by `tracker`) from `env_seed`."""
-    obs, _ = env.reset(seed=env_seed)
-    observations, actions, rewards, ids, positions, frames, pixels = [], [], [], [], [], [], []
-
-    def snapshot(state: np.ndarray) -> None:
-        if render:
-            frames.append(np.asarray(env.render()))
-            pixels.append(_pixel_map(env))
-
-    snapshot(obs)
-    while True:
-        observations.append(np.asarray(obs, dtype=np.float32))
-        ids.append(tracker.ids.copy())
-        positions.append(tracker.positions.copy())
-        with torch.no_grad():
-            action = int(net(torch.as_tensor(observations[-1])[None]).argmax(dim=1))
-        obs, reward, terminated, truncated, info = env.step(action)
-        actions.append(action)
-        rewards.append(float(reward))
-        snapshot(obs)
-        if terminated or truncated:
-            break
-    return Episode(env_seed, np.stack(observations), np.array(actions), np.array(rewards), np.stack(ids),
-                   np.stack(positions), outcome(bool(terminated), bool(truncated), bool(info["crashed"])),
-                   frames, pixels)
-
-
-_TRACKERS: dict[int, VehicleTracker] = {}
-"""The tracker installed on each env this process played `record_episode` on (by id)."""
-
-
-def record_episode(net: nn.Module, env: gym.Env, env_seed: int) -> Episode:
-    """One unrendered greedy episode of `net` from `env_seed`, tracked: a job for `EnvRunner.map`
-    (runs in the env's worker process; a tracker is installed on the env at its first episode)."""
-    torch.set_num_threads(1)
-    tracker = _TRACKERS.get(id(env))
-    if tracker is None:
-        tracker = _TRACKERS[id(env)] = VehicleTracker(env)
-    return play_episode(net, env, tracker, env_seed)
 
 
 def record_activations(net: nn.Module, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -191,8 +58,8 @@ def steps_table(episodes: list[Episode], arrays: dict[str, np.ndarray], cfg: Env
         "action": [ACTIONS[a] for a in arrays["action"]],
         **{f"q_{name.lower()}": arrays["q"][:, i] for i, name in enumerate(ACTIONS)},
         "reward": arrays["reward"],
-        "crashed": last & (ended_as == "collision"),
-        "arrived": last & (ended_as == "arrived"),
+        "crashed": last & (ended_as == COLLISION),
+        "arrived": last & (ended_as == ARRIVED),
         "ego_speed": np.hypot(kin.vx[:, 0], kin.vy[:, 0]),
     })
     return table
@@ -234,17 +101,13 @@ def attention_off_ego(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
 
 def play_episodes(net: nn.Module, cfg: EnvConfig, env_seeds: Sequence[int], render_episodes: int, num_envs: int,
                   progress: Callable[[], None] = lambda: None) -> list[Episode]:
-    """Greedy episodes of `net` from each of `env_seeds`, in order. The first `render_episodes` play
-    on a rendered env of their own (once rendered, an env draws every intermediate frame of every
-    later step), the others unrendered on `num_envs` envs in parallel (`EnvRunner.map`); `progress`
-    is called once per unrendered episode."""
-    rendered = make_env(cfg, render_mode="rgb_array")
-    tracker = VehicleTracker(rendered)
-    try:
-        episodes = [play_episode(net, rendered, tracker, seed, render=True) for seed in env_seeds[:render_episodes]]
-    finally:
-        rendered.close()
+    """Greedy episodes of `net` from each of `env_seeds`, in order, every step recorded. The first
+    `render_episodes` play on a rendered env of their own (once rendered, an env draws every
+    intermediate frame of every later step), the others unrendered on `num_envs` envs in
+    parallel; `progress` is called once per unrendered episode."""
+    with EnvRunner([partial(make_env, cfg, render_mode="rgb_array")]) as rendered:
+        episodes = play(net, rendered, env_seeds[:render_episodes], record="frames")
     plain = list(env_seeds[render_episodes:])
     with make_runner(cfg, min(num_envs, max(len(plain), 1))) as runner:
-        episodes += runner.map(partial(record_episode, net), plain, progress=progress)
+        episodes += play(net, runner, plain, record="steps", progress=progress)
     return episodes

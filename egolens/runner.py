@@ -3,14 +3,12 @@
 The runner is what every closed loop of the study uses (training, `evaluate`, the
 interventions' closed-loop conditions, the reference policies). Its contract:
 
-- `step_async(actions, next_seeds)` sends one action to each playing env and returns at
-  once, so the caller can learn while the simulators work; `step_wait()` collects the
-  results. An env whose episode ends resets itself *in the same call* with the seed it was
-  handed in `next_seeds` (no second round trip, no waiting env blocked by another's reset).
-- Episodes are assigned by an `EpisodeSchedule`: each playing env is offered the lowest
-  episode indices not yet started, in env order; an env that ends takes its offer. The
-  assignment depends only on which envs end on which step, so a run is deterministic for a
-  given number of envs whatever the timing of the processes.
+- `send(i, action, next_seed)` (or `step_async` for several envs) starts a step and returns at
+  once, so the caller can learn while the simulators work; `receive()` / `step_wait()`
+  collect the results. An env whose episode ends resets itself *in the same call* with the
+  seed it was handed (no second round trip). A step sent without a seed leaves an ended env
+  as it is; `send_reset(i, seed)` then resets it, as a call of its own.
+- Which episode an env plays next is the caller's (`egolens.episodes.EpisodeSchedule`).
 
 With one env the runner steps in-process (no worker), exactly as a plain env loop does.
 """
@@ -20,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import connection
 from typing import Any
 
@@ -108,7 +106,7 @@ class EnvRunner:
 
     def __init__(self, factories: Sequence[EnvFactory]) -> None:
         self.num_envs = len(factories)
-        self._pending: dict[int, tuple[int, int | None]] = {}
+        self._pending: dict[int, tuple] = {}      # env -> the command it is running
         if self.num_envs == 1:
             self._envs: list[Any] | None = [factories[0]()]
             self._conns: list[Any] = []
@@ -146,9 +144,19 @@ class EnvRunner:
         with `next_seed`. Collect the result with `receive` or `step_wait`."""
         if i in self._pending:
             raise RuntimeError(f"env {i} is already stepping")
-        self._pending[i] = (int(action), next_seed)
+        self._start(i, ("step", int(action), next_seed))
+
+    def send_reset(self, i: int, seed: int) -> None:
+        """Start resetting env i (which must not be stepping) with `seed`; `receive` or `step_wait`
+        then gives its first observation [E, F] instead of a `Transition`."""
+        if i in self._pending:
+            raise RuntimeError(f"env {i} is already stepping")
+        self._start(i, ("reset", int(seed)))
+
+    def _start(self, i: int, command: tuple) -> None:
+        self._pending[i] = command
         if self._envs is None:
-            self._conns[i].send(("step", int(action), next_seed))
+            self._conns[i].send(command)
 
     def step_async(self, actions: dict[int, int], next_seeds: dict[int, int]) -> None:
         """Send actions[i] to env i; if its episode ends it resets with next_seeds.get(i)."""
@@ -163,8 +171,9 @@ class EnvRunner:
         if self._envs is None and self._pending:
             connection.wait([self._conns[i] for i in self._pending])
 
-    def receive(self) -> dict[int, Transition]:
-        """The results of the envs that have finished their step (at least one; blocks until then)."""
+    def receive(self) -> dict[int, Any]:
+        """The results of the envs that have finished their step or reset (at least one; blocks
+        until then): a `Transition` per step, an observation [E, F] per reset."""
         if self._envs is not None:
             return self.step_wait()
         self.wait_any()
@@ -173,11 +182,12 @@ class EnvRunner:
             del self._pending[i]
         return {i: self._conns[i].recv() for i in ready}
 
-    def step_wait(self) -> dict[int, Transition]:
-        """The transitions of every stepping env (in-process envs step here)."""
+    def step_wait(self) -> dict[int, Any]:
+        """The results of every stepping env (in-process envs step here): as `receive`."""
         pending, self._pending = self._pending, {}
         if self._envs is not None:
-            return {i: _step(self._envs[i], a, s) for i, (a, s) in pending.items()}
+            run = {"step": _step, "reset": _reset}
+            return {i: run[c[0]](self._envs[i], *c[1:]) for i, c in pending.items()}
         return {i: self._conns[i].recv() for i in pending}
 
     def map(self, fn: Callable[[Any, Any], Any], items: Sequence[Any],
@@ -229,68 +239,3 @@ class EnvRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass
-class EpisodeSchedule:
-    """Which episode (index into a list of `total` episodes) each of `num_envs` envs plays.
-
-    `offers()` gives each playing env the lowest unstarted indices, in env order; `advance`
-    records which envs ended (they take their offer, or stop when none is left). With one env
-    episodes run in order 0, 1, 2, ...
-    """
-
-    total: int
-    num_envs: int
-    playing: list[int | None] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)   # unstarted indices below `frontier`, sorted
-    frontier: int = 0                                  # every index >= frontier is unstarted
-
-    def start(self) -> dict[int, int]:
-        """Assign the first episodes; env -> episode index."""
-        first = min(self.num_envs, self.total)
-        self.playing = [i if i < first else None for i in range(self.num_envs)]
-        self.frontier = first
-        return {i: e for i, e in enumerate(self.playing) if e is not None}
-
-    @property
-    def active(self) -> list[int]:
-        return [i for i, e in enumerate(self.playing) if e is not None]
-
-    @property
-    def done(self) -> bool:
-        return not self.active
-
-    def offers(self) -> dict[int, int]:
-        """env -> the episode it starts if its current episode ends on this step."""
-        unstarted = iter(self.skipped + list(range(self.frontier, self.total)))
-        offers = {}
-        for i in self.active:
-            nxt = next(unstarted, None)
-            if nxt is None:
-                break
-            offers[i] = nxt
-        return offers
-
-    def advance(self, ended: Sequence[int], offers: dict[int, int]) -> None:
-        """Envs in `ended` finished their episode and took their offer (if any)."""
-        for i in ended:
-            taken = offers.get(i)
-            self.playing[i] = taken
-            if taken is None:
-                continue
-            if taken < self.frontier:
-                self.skipped.remove(taken)
-            else:
-                self.skipped.extend(range(self.frontier, taken))
-                self.frontier = taken + 1
-        self.skipped.sort()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"playing": list(self.playing), "skipped": list(self.skipped), "frontier": self.frontier}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.playing = list(state["playing"])
-        self.skipped = sorted(state["skipped"])
-        self.frontier = state["frontier"]
-

@@ -8,10 +8,11 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 from dvclive import Live
 
+from egolens.collector import RESUME_FORMAT, TrainingEpisode
 from egolens.config import Params
-from egolens.dqn import RESUME_FORMAT, EpisodeRecord, training_summary
 
 
 def run_identity(params: Params, demonstrations: str | None = None) -> dict:
@@ -44,7 +45,7 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def write_log(records: list[EpisodeRecord], directory: str | Path) -> None:
+def write_log(records: list[TrainingEpisode], directory: str | Path) -> None:
     """Per-episode metrics through dvclive into `directory` (step = episode in finish order; its
     metrics.json summary = `training_summary`, the last 100 episodes). Replaces what was there."""
     shutil.rmtree(directory, ignore_errors=True)
@@ -52,10 +53,24 @@ def write_log(records: list[EpisodeRecord], directory: str | Path) -> None:
         for record in records:
             live.log_metric("return", round(record.ret, 6))
             live.log_metric("length", record.length)
-            live.log_metric("arrived", int(record.outcome == "arrived"))
-            live.log_metric("crashed", int(record.outcome == "collision"))
+            live.log_metric("arrived", int(record.arrived))
+            live.log_metric("crashed", int(record.collided))
             live.log_metric("epsilon", round(record.epsilon, 6))
             if not math.isnan(record.loss):
                 live.log_metric("loss", round(record.loss, 6))
             live.next_step()
         live.summary = training_summary(records)
+
+
+def training_summary(records: list[TrainingEpisode], window: int = 100) -> dict[str, float | int]:
+    """Headline numbers of a run: totals and the rates over its last `window` episodes."""
+    last = records[-window:]
+    return {
+        "episodes": len(records),
+        "steps": records[-1].steps if records else 0,
+        "updates": records[-1].updates if records else 0,
+        "final_epsilon": round(records[-1].epsilon, 6) if records else 1.0,
+        f"return_last{window}": round(float(np.mean([r.ret for r in last])), 6) if last else 0.0,
+        f"success_last{window}": round(float(np.mean([r.arrived for r in last])), 6) if last else 0.0,
+        f"collision_last{window}": round(float(np.mean([r.collided for r in last])), 6) if last else 0.0,
+    }

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from egolens.artifacts import png_bytes
-from egolens.rollout import Episode
+from egolens.episodes import Episode
 from egolens.vocabulary import ACTIONS, present
 
 HEAD_COLOURS = [(230, 60, 60), (40, 110, 240), (30, 170, 80), (200, 120, 20), (150, 60, 200), (20, 170, 180)]

@@ -10,7 +10,8 @@ import torch
 from egolens import checkpoint
 from egolens.artifacts import json_text
 from egolens.env import make_runner
-from egolens.evaluation import driving_metrics, play_greedy, summarize_episodes
+from egolens.evaluation import driving_metrics, episode_outcomes, summarize_episodes
+from egolens.play import play
 from stages import NETWORKS, load_net, seed_args, seed_results
 
 
@@ -23,10 +24,9 @@ def main() -> None:
     try:
         for name in NETWORKS:
             net = load_net(params, seed, name)
-            results = play_greedy(net, envs, env_seeds)
+            results = play(net, envs, env_seeds)
             metrics[name] = summarize_episodes(results, params.evaluate.bootstrap_resamples, seed)
-            rows += [{"model": name, "episode": i, "env_seed": r.env_seed, "return": round(r.ret, 6),
-                      "length": r.length, "outcome": r.outcome} for i, r in enumerate(results)]
+            rows.append(episode_outcomes(results).assign(model=name, episode=range(len(results))))
             print(f"seed {seed} {name}: " + ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
                                                       for k, v in metrics[name].items()))
     finally:
@@ -34,7 +34,13 @@ def main() -> None:
     out = seed_results(seed)
     checkpoint.atomic_write_text(out / "evaluate.json", json_text(metrics))
     checkpoint.atomic_write_text(out / "driving.json", json_text(driving_metrics(metrics)))
-    checkpoint.atomic_write_text(out / "evaluate_episodes.csv", pd.DataFrame(rows).to_csv(index=False))
+    checkpoint.atomic_write_text(out / "evaluate_episodes.csv", episodes_csv(rows))
+
+
+def episodes_csv(tables: list[pd.DataFrame]) -> str:
+    """evaluate_episodes.csv: model, episode (index in the env seed list), env_seed, return, length, outcome."""
+    table = pd.concat(tables, ignore_index=True)
+    return table[["model", "episode", "env_seed", "return", "length", "outcome"]].to_csv(index=False)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from egolens import checkpoint
 from egolens.artifacts import json_text
 from egolens.demonstrations import load_demonstrations
 from egolens.env import make_runner
-from egolens.evaluation import episode_outcomes, play_greedy, summarize_episodes
+from egolens.evaluation import episode_outcomes, summarize_episodes
 from egolens.imitation import NETWORK_KEYS, action_accuracy, clone_policy, imitation_network
+from egolens.play import play
 from stages import DEMONSTRATIONS, MODELS, seed_args, seed_results
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     accuracy = action_accuracy(net, demos.obs, demos.action)
     env_seeds = params.evaluate.env_seeds
     with make_runner(params.env, min(params.evaluate.num_envs, len(env_seeds))) as runner:
-        results = play_greedy(net, runner, env_seeds)
+        results = play(net, runner, env_seeds)
     driving = summarize_episodes(results, params.evaluate.bootstrap_resamples, seed)
     metrics = {"train": {"accuracy": accuracy["all"],
                          "accuracy_by_action": {k: v for k, v in accuracy.items() if k != "all"},

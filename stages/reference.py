@@ -4,8 +4,6 @@ training; DVC runs it once per env config. Writes results/reference/{episodes.cs
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -13,8 +11,9 @@ from tqdm import tqdm
 from egolens import checkpoint
 from egolens.artifacts import json_text
 from egolens.env import make_runner
-from egolens.evaluation import episode_outcomes, play_policy, summarize_episodes
-from egolens.policies import FASTER, IDLE, SLOWER, RuleBasedDriver, constant_policy, plan_episode
+from egolens.evaluation import episode_outcomes, summarize_episodes
+from egolens.play import play
+from egolens.policies import FASTER, IDLE, SLOWER, Clairvoyant, RuleBasedDriver, constant_policy
 from stages import RESULTS, study_args
 
 
@@ -29,16 +28,15 @@ def main() -> None:
     tables, metrics = [], {}
     with make_runner(params.env, min(cfg.processes, len(seeds))) as runner:
         for name, policy in policies.items():
-            results = play_policy(policy, runner, seeds)
+            results = play(policy, runner, seeds)
             tables.append(episode_outcomes(results).assign(policy=name))
             metrics[name] = summarize_episodes(results, cfg.bootstrap_resamples, 0)
         with tqdm(total=len(seeds), desc="clairvoyant planner", unit="ep") as bar:
-            planned = runner.map(partial(plan_episode, replan=cfg.replan), seeds, progress=lambda: bar.update(1))
-    results = [p.episode_result() for p in planned]
-    tables.append(episode_outcomes(results).assign(
+            planned = play(Clairvoyant(cfg.replan), runner, seeds, progress=lambda: bar.update(1))
+    tables.append(episode_outcomes(planned).assign(
         policy="clairvoyant", predicted_outcome=[p.final_outcome for p in planned],
         replay_matched=[p.replay_matched for p in planned], actions=["".join(map(str, p.actions)) for p in planned]))
-    metrics["clairvoyant"] = summarize_episodes(results, cfg.bootstrap_resamples, 0)
+    metrics["clairvoyant"] = summarize_episodes(planned, cfg.bootstrap_resamples, 0)
     metrics["clairvoyant"]["replay_matched"] = float(np.mean([p.replay_matched for p in planned]))
     for name, values in metrics.items():
         print(f"{name}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in values.items() if isinstance(v, dict)))

@@ -6,9 +6,9 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from egolens import checkpoint
+from egolens.collector import Trainer, TrainingEpisode
 from egolens.config import fingerprint
 from egolens.demonstrations import load_demonstrations
-from egolens.dqn import EpisodeRecord, Trainer
 from egolens.env import make_runner
 from egolens.training import file_digest, run_identity, write_log
 from stages import DEMONSTRATIONS, MODELS, RESUME, seed_args, seed_results
@@ -42,7 +42,7 @@ def main() -> None:
 
     bar = tqdm(total=params.train.episodes, initial=len(trainer.records), desc=f"train seed {seed}", unit="ep")
 
-    def progress(record: EpisodeRecord) -> None:
+    def progress(record: TrainingEpisode) -> None:
         bar.update(1)
         recent = trainer.records[-100:]
         bar.set_postfix(ret=f"{sum(r.ret for r in recent) / len(recent):.2f}", eps=f"{record.epsilon:.2f}")

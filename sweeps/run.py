@@ -21,7 +21,8 @@ import yaml
 from egolens import checkpoint, plots
 from egolens.config import EnvConfig, fingerprint, load_params
 from egolens.env import make_runner
-from egolens.evaluation import episode_classes, episode_outcomes, play_policy
+from egolens.evaluation import episode_classes, episode_outcomes
+from egolens.play import play
 from egolens.policies import IDLE, constant_policy
 from egolens.sweep import (
     env_overrides,
@@ -88,7 +89,7 @@ def _constant_idle(changes: dict) -> pd.DataFrame:
     path = OUT / "idle" / f"{fingerprint(env.model_dump(mode='json'))}.csv"
     if not path.exists():
         with make_runner(env, 2) as runner:
-            results = play_policy(constant_policy(IDLE), runner, params.evaluate.env_seeds)
+            results = play(constant_policy(IDLE), runner, params.evaluate.env_seeds)
         checkpoint.atomic_write_text(path, episode_outcomes(results).to_csv(index=False))
     return pd.read_csv(path)
 

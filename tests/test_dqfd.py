@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from egolens.collector import Trainer
 from egolens.config import validate_params
 from egolens.demonstrations import Demonstrations, check_arrays, demonstration_arrays
-from egolens.dqn import DemoStore, DQNAgent, Trainer, large_margin
+from egolens.dqn import DemoStore, DQNAgent, large_margin
 from egolens.model import EgoAttentionNetwork
 from egolens.planner_steps import record_episode
 from egolens.training import run_identity

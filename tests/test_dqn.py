@@ -9,19 +9,18 @@ import pytest
 import torch
 from torch import nn
 
+from egolens.collector import Trainer, TrainingEpisode
 from egolens.config import AgentConfig, EpsilonConfig
 from egolens.dqn import (
     DQNAgent,
-    EpisodeRecord,
     NStepWindow,
     ReplayBuffer,
-    Trainer,
     clamp_gradients,
     double_dqn_target,
     dqn_target,
     epsilon,
 )
-from egolens.env import outcome
+from egolens.episodes import outcome
 from tests.conftest import ToyEnv, random_obs, slow_toy_runner, tiny_agent, toy_runner
 
 
@@ -308,9 +307,10 @@ def plain_round_loop(cfg, num_envs: int, episodes: int, seed: int = 3) -> Traine
                     obs[i] = envs[i].reset(seed=t.env_seed(offers[i]))[0]
         for i, how in ended:
             e = schedule.playing[i]
-            t.records.append(EpisodeRecord(e, t.env_seed(e), ret[i], length[i], how, agent.epsilon,
-                                           sum(losses) / len(losses) if losses else math.nan,
-                                           agent.steps, agent.updates))
+            t.records.append(TrainingEpisode(episode=e, env_seed=t.env_seed(e), ret=ret[i], length=length[i],
+                                             outcome=how, epsilon=agent.epsilon,
+                                             loss=sum(losses) / len(losses) if losses else math.nan,
+                                             steps=agent.steps, updates=agent.updates))
             losses, ret[i], length[i] = [], 0.0, 0
         schedule.advance([i for i, _ in ended], offers)
     for _ in range(owed):
@@ -360,6 +360,19 @@ def test_an_env_whose_step_is_done_steps_on_while_the_other_is_still_stepping(tm
     assert rounds > 20
     ahead = [r for r in range(1, rounds) if steps[fast][r][0] < steps[1 - fast][r - 1][1]]
     assert ahead, f"env {fast} never started a step before env {1 - fast} had finished the round before"
+
+
+def test_an_env_stepping_ahead_without_its_next_episode_is_reset_by_a_call_of_its_own_to_the_same_bytes():
+    """Env 1, the faster, steps ahead while env 0's running step may still change the episode env 1
+    starts next; when such a step ends env 1's episode, env 1 is reset once the offer is known."""
+    resets = []
+    trainer = Trainer(tiny_agent(), seed=3, episodes=30, num_envs=2, in_features=7, n_entities=4)
+    with slow_toy_runner([0.02, 0.0]) as runner:
+        send_reset = runner.send_reset
+        runner.send_reset = lambda i, seed: resets.append(i) or send_reset(i, seed)
+        trainer.run(runner)
+    assert resets and set(resets) <= {1}
+    assert same_run(trainer, plain_round_loop(tiny_agent(), 2, 30))
 
 
 @pytest.mark.parametrize("delays", [[0.0, 0.004], [0.003, 0.0, 0.001]])

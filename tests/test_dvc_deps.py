@@ -80,6 +80,13 @@ def test_every_stage_lists_exactly_the_code_it_imports(name):
     assert not extra, f"{name} lists code it never imports: {sorted(extra)}"
 
 
+
+@pytest.mark.parametrize("name", ["aggregate", "plots", "report"])
+def test_the_study_level_stages_do_not_run_the_env_code(name):
+    """Editing how episodes are played (runner, env, play) leaves the summaries, figures and report up to date."""
+    module = stages()[name]["cmd"].split("-m ")[1].split()[0]
+    assert not {"egolens/runner.py", "egolens/env.py", "egolens/play.py"} & {str(p) for p in closure(module)}
+
 def regenerate(path: Path = ROOT / "dvc.yaml") -> None:
     """Rewrite each stage's code deps in dvc.yaml (comments and other deps kept):
     `python -m tests.test_dvc_deps` after a refactor that changes imports."""

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from egolens.config import EnvConfig
-from egolens.env import make_env, make_runner, outcome
+from egolens.env import make_env, make_runner
+from egolens.episodes import outcome
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from egolens.analysis import interventions as iv
-from egolens.evaluation import EpisodeResult, play_greedy
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
+from egolens.play import play
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net, toy_runner
 from tests.intervention_nets import D, H, d, q_from_resid, w_o
@@ -124,7 +124,7 @@ def test_vehicle_edits():
     assert iv.random_present_vehicle(obs[[5, 2]], seed=3).tolist() == picks[[5, 2]].tolist()
 
 
-def test_intervened_module_drives_play_greedy_with_the_hooks_applied(net):
+def test_intervened_module_drives_play_with_the_hooks_applied(net):
     toy = tiny_net(heads=H, seed=1)
     fns = iv.head_ablation(0)
     policy = iv.Intervened(toy, fns)
@@ -135,9 +135,9 @@ def test_intervened_module_drives_play_greedy_with_the_hooks_applied(net):
         torch.testing.assert_close(edited(obs), toy(iv.remove_vehicle(obs, iv.random_present_vehicle(obs, 0))))
     seeds = list(range(10, 18))
     with toy_runner(1) as runner:
-        one = play_greedy(policy, runner, seeds)
+        one = play(policy, runner, seeds)
     with toy_runner(2) as runner:
-        two = play_greedy(policy, runner, seeds)
+        two = play(policy, runner, seeds)
     assert [r.env_seed for r in one] == seeds and one == two
     assert not toy.attention_layer.hook_z._forward_hooks                         # nothing left registered
 
@@ -187,17 +187,3 @@ def test_perturbation_sweep_of_the_last_hidden_layer_is_linear(net):
     np.testing.assert_allclose([row.dq_slower, row.dq_idle, row.dq_faster], expected.numpy(), rtol=1e-4)
     np.testing.assert_allclose(row.sensitivity, row.mean_abs_dq / 0.1)
     np.testing.assert_allclose(row.mean_abs_dq, expected.abs().mean().item(), rtol=1e-4)
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def test_paired_comparison_of_closed_loop_episodes():
-    control = [EpisodeResult(s, 5.0, 10, o) for s, o in zip(range(4), ["arrived", "collision", "arrived", "timeout"])]
-    treated = [EpisodeResult(s, 1.0, 8, o) for s, o in zip(range(4), ["collision", "collision", "arrived", "timeout"])]
-    table = iv.paired_comparison(treated, control, 500, 0).set_index("metric")
-    assert table.loc["success", "value"] == 0.25 and table.loc["success", "control"] == 0.5
-    assert table.loc["success", "diff"] == -0.25 and table.loc["collision", "diff"] == 0.25
-    assert table.loc["return", "diff"] == -4.0 and table.loc["return", "diff_ci_low"] == -4.0
-    assert (table["episodes"] == 4).all()
-    with pytest.raises(ValueError, match="paired"):
-        iv.paired_comparison(treated[::-1], control, 100, 0)

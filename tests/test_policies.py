@@ -10,7 +10,7 @@ import pytest
 
 from egolens.config import EnvConfig
 from egolens.env import make_env, make_runner
-from egolens.evaluation import play_policy
+from egolens.play import play
 from egolens.policies import (
     FASTER,
     IDLE,
@@ -283,7 +283,7 @@ def test_planner_is_deterministic_and_replans_like_every_step(short_env, planned
 @pytest.mark.slow
 def test_planner_is_at_least_as_good_as_every_constant_policy(planned):
     with make_runner(SHORT, 1) as runner:
-        played = {action: play_policy(constant_policy(action), runner, SHORT_SEEDS)
+        played = {action: play(constant_policy(action), runner, SHORT_SEEDS)
                   for action in (SLOWER, IDLE, FASTER)}
     for action in (SLOWER, IDLE, FASTER):
         for result in played[action]:
@@ -309,7 +309,7 @@ def test_tree_search_matches_brute_force_on_a_short_env(short_env):
 @pytest.mark.slow
 def test_the_rule_based_driver_plays_one_episode_per_seed_on_the_runner():
     with make_runner(SHORT, 2) as runner:
-        results = play_policy(RuleBasedDriver(SHORT).actions, runner, [3, 4, 5])
+        results = play(RuleBasedDriver(SHORT).actions, runner, [3, 4, 5])
     assert [r.env_seed for r in results] == [3, 4, 5]
     for r in results:
         assert 1 <= r.length <= 5 and r.outcome in ("arrived", "timeout", "collision")

@@ -14,18 +14,11 @@ from PIL import Image
 from egolens.config import EnvConfig
 from egolens.env import make_env, make_runner
 from egolens.model import EgoAttentionNetwork
-from egolens.rollout import (
-    ABSENT,
-    VehicleTracker,
-    attention_off_ego,
-    play_episode,
-    play_episodes,
-    record_episode,
-    rollout_arrays,
-    steps_table,
-    vehicles_table,
-)
+from egolens.play import play
+from egolens.rollout import attention_off_ego, play_episodes, rollout_arrays, steps_table, vehicles_table
+from egolens.runner import EnvRunner
 from egolens.scene import denormalize
+from egolens.tracking import ABSENT, VehicleTracker
 from egolens.video import episode_images, episode_media, gif_bytes
 
 CFG = EnvConfig()
@@ -39,11 +32,8 @@ def net():
 
 @pytest.fixture(scope="module")
 def episodes(net):
-    env = make_env(CFG)
-    tracker = VehicleTracker(env)
-    played = [play_episode(net, env, tracker, seed) for seed in (11, 12, 13)]
-    env.close()
-    return played
+    with EnvRunner([partial(make_env, CFG)]) as runner:
+        return play(net, runner, [11, 12, 13], record="steps")
 
 
 def test_tracking_leaves_observations_unchanged_and_links_rows_to_their_vehicles():
@@ -108,9 +98,8 @@ def test_tables_agree_with_the_arrays(net, episodes):
 
 
 def test_rendered_episode_has_real_frames_and_a_video(net):
-    env = make_env(CFG, render_mode="rgb_array")
-    episode = play_episode(net, env, VehicleTracker(env), 5, render=True)
-    env.close()
+    with EnvRunner([partial(make_env, CFG, render_mode="rgb_array")]) as runner:
+        episode = play(net, runner, [5], record="frames")[0]
     assert len(episode.frames) == len(episode.action) + 1
     frame = episode.frames[0]
     assert frame.shape == (600, 600, 3) and frame.std() > 5          # not a uniform (black) frame
@@ -131,11 +120,12 @@ def test_rendered_episode_has_real_frames_and_a_video(net):
 
 def test_runner_workers_record_the_same_episodes_as_one_env(net, episodes):
     with make_runner(CFG, 2) as runner:
-        parallel = runner.map(partial(record_episode, net), [11, 12, 13])
+        parallel = play(net, runner, [11, 12, 13], record="steps")
     for mine, theirs in zip(parallel, episodes):
         for field in ("obs", "action", "reward", "vehicle_id", "positions"):
             np.testing.assert_array_equal(getattr(mine, field), getattr(theirs, field))
-        assert (mine.env_seed, mine.outcome) == (theirs.env_seed, theirs.outcome)
+        assert (mine.env_seed, mine.ret, mine.length, mine.outcome) == (theirs.env_seed, theirs.ret, theirs.length,
+                                                                        theirs.outcome)
 
 
 def test_play_episodes_renders_the_first_and_plays_the_rest_like_one_env_and_names_their_media(net, episodes):

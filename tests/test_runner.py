@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egolens.runner import EpisodeSchedule
+from egolens.episodes import EpisodeSchedule
 from tests.conftest import ROOT, ToyEnv, toy_runner
 
 
@@ -66,6 +66,27 @@ def test_an_ended_env_resets_itself_with_the_seed_it_was_handed(num_envs):
         assert transition.ended and transition.truncated
         np.testing.assert_array_equal(transition.reset_obs, ToyEnv().reset(seed=6)[0])
 
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_an_env_stepped_without_a_seed_stays_ended_until_reset_by_a_call_of_its_own(num_envs):
+    with toy_runner(num_envs) as runner:
+        runner.reset(dict.fromkeys(range(num_envs), 1))       # seed 1 lasts 3 steps
+        for _ in range(3):
+            for i in range(num_envs):
+                runner.send(i, 0)
+            last = runner.step_wait()
+        assert all(t.ended and t.reset_obs is None for t in last.values())
+        for i in range(num_envs):
+            runner.send_reset(i, 6)
+        first = {}
+        while len(first) < num_envs:
+            first |= runner.receive()
+        with pytest.raises(RuntimeError, match="already stepping"):
+            runner.send_reset(0, 6) or runner.send(0, 0)
+        runner.step_wait()
+    for obs in first.values():
+        np.testing.assert_array_equal(obs, ToyEnv().reset(seed=6)[0])
 
 def episode_length(env, seed: int) -> tuple[int, int]:
     """(seed, steps) of one episode of IDLE from `seed`: a whole-episode job for `map`."""

@@ -10,8 +10,9 @@ import torch
 
 from egolens.analysis import probes as pr
 from egolens.analysis import steering as st
-from egolens.evaluation import greedy_actions, play_greedy, play_policy
+from egolens.episodes import greedy
 from egolens.hooks import run_with_cache
+from egolens.play import play
 from egolens.vocabulary import ACTIONS
 from tests.conftest import random_obs, tiny_net, toy_runner
 
@@ -66,16 +67,16 @@ def test_alpha_zero_is_the_unsteered_network_bit_for_bit():
     assert torch.equal(steered, unsteered)
     assert not torch.allclose(moved, unsteered)                        # a per-vehicle site: every row moves
     np.testing.assert_array_equal(st.steered_policy(net, SITE, direction, 0.0, 1.0)(obs.numpy()),
-                                  greedy_actions(net, obs.numpy()))
+                                  greedy(net, obs.numpy(), batch=1))
 
 
 def test_alpha_zero_plays_the_unsteered_episodes():
     net = tiny_net(seed=4, heads=2)
     seeds = list(range(6))
     with toy_runner(1) as runner:
-        plain = play_greedy(net, runner, seeds)
+        plain = play(net, runner, seeds)
     with toy_runner(1) as runner:
-        steered = play_policy(st.steered_policy(net, SITE, np.ones(8), 0.0, 1.0), runner, seeds)
+        steered = play(st.steered_policy(net, SITE, np.ones(8), 0.0, 1.0), runner, seeds)
     assert steered == plain
 
 

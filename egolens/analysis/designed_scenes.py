@@ -37,7 +37,8 @@ from highway_env import utils
 from torch import nn
 
 from egolens.config import INTENTION_FEATURES, EnvConfig
-from egolens.env import env_config, make_env, outcome
+from egolens.env import env_config, make_env
+from egolens.episodes import outcome
 from egolens.policies import FASTER, SLOWER, reward_bound, search_plans, steps_until_truncation
 from egolens.vocabulary import ACTIONS, present_others
 

@@ -27,9 +27,10 @@ from torch import nn
 from egolens import vocabulary
 from egolens.analysis import editing, patching
 from egolens.analysis import interventions as iv
-from egolens.evaluation import EpisodeResult, play_greedy
+from egolens.episodes import Episode, episode_table, paired_comparison
 from egolens.hooks import HookFn
 from egolens.model import EgoAttentionNetwork
+from egolens.play import play
 from egolens.progress import Progress, no_progress
 from egolens.runner import EnvRunner
 
@@ -134,25 +135,25 @@ class ClosedLoop:
 
     table: pd.DataFrame
     episodes: pd.DataFrame
-    results: dict[str, list[EpisodeResult]]
+    results: dict[str, list[Episode]]
 
 
 def closed_loop(net: nn.Module, conditions: Sequence[Condition], runner: EnvRunner, env_seeds: Sequence[int],
-                baseline: Sequence[EpisodeResult] | None, resamples: int, seed: int,
+                baseline: Sequence[Episode] | None, resamples: int, seed: int,
                 progress: Progress = no_progress) -> ClosedLoop:
     """Play every condition greedily on the same env seeds; compare each with `baseline` (the
     unablated agent's episodes; None: the "none" condition among `conditions`, played first)."""
     tables, episodes, results = [], [], {}
     for condition in progress(conditions, "closed loop"):
         with torch.no_grad():
-            played = play_greedy(condition.policy(net), runner, env_seeds)
+            played = play(condition.policy(net), runner, env_seeds)
         results[condition.name] = played
         control = baseline if baseline is not None else results["none"]
-        table = iv.paired_comparison(played, control, resamples, seed)
+        table = paired_comparison(episode_table(played), episode_table(control), resamples, seed)
         for name, value in reversed(condition.labels().items()):
             table.insert(0, name, value)
         tables.append(table)
-        ep = iv.episode_table(played)
+        ep = episode_table(played)
         ep.insert(0, "condition", condition.name)
         episodes.append(ep)
     return ClosedLoop(pd.concat(tables, ignore_index=True), pd.concat(episodes, ignore_index=True), results)

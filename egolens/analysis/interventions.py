@@ -15,7 +15,7 @@ as ½·W_O^h z_h with W_O^h the COLUMNS h·d … (h+1)·d−1 of `attention_comb
 
 - Ablations return {name: hook} dicts for `run_with_hooks` / `hooks`; `Intervened` applies them
   (and an optional observation edit) on every forward, so an ablated network can drive in
-  closed loop through `egolens.evaluation.play_greedy`.
+  closed loop through `egolens.episodes.play`.
 - Open-loop effects compare Q on recorded steps with and without an intervention; closed-loop
   comparisons pair episodes by env seed with the unablated agent.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -33,11 +33,8 @@ from torch import nn
 
 from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
-from egolens.stats import bootstrap_ci, paired_bootstrap_ci
+from egolens.stats import bootstrap_ci
 from egolens.vocabulary import ACTIONS, present_others
-
-if TYPE_CHECKING:
-    from egolens.evaluation import EpisodeResult
 
 SLOWER, IDLE, FASTER = 0, 1, 2
 X, Y, VX, VY = 1, 2, 3, 4
@@ -389,41 +386,4 @@ def perturbation_sweep(net: nn.Module, obs: torch.Tensor, directions: Mapping[st
                              "dm": float((dq[:, SLOWER] - dq[:, FASTER]).mean()),
                              "flip_rate": float((q1.argmax(dim=1) != a0).double().mean()),
                              "sensitivity": mean_abs / abs(float(size)) if size else math.nan})
-    return pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------------- closed loop
-
-OUTCOME_METRICS = ("success", "collision", "timeout", "return", "length")
-
-
-def episode_table(results: Sequence[EpisodeResult]) -> pd.DataFrame:
-    """One row per episode: env_seed, outcome, success, collision, timeout (0/1), return, length."""
-    return pd.DataFrame({
-        "env_seed": [r.env_seed for r in results], "outcome": [r.outcome for r in results],
-        "success": [float(r.outcome == "arrived") for r in results],
-        "collision": [float(r.outcome == "collision") for r in results],
-        "timeout": [float(r.outcome == "timeout") for r in results],
-        "return": [r.ret for r in results], "length": [float(r.length) for r in results]})
-
-
-def paired_comparison(treated: Sequence[EpisodeResult], control: Sequence[EpisodeResult], resamples: int,
-                      seed: int) -> pd.DataFrame:
-    """Closed-loop effect of an intervention, paired by env seed (the same episodes' starts).
-
-    One row per metric (success, collision, timeout rates, mean return, mean length): value and
-    its 95% bootstrap CI (value_ci_low, value_ci_high), control, diff = mean of per-episode
-    (treated − control) and its paired-bootstrap CI (diff_ci_low, diff_ci_high), episodes.
-    """
-    a, b = episode_table(treated), episode_table(control)
-    if list(a["env_seed"]) != list(b["env_seed"]):
-        raise ValueError("treated and control episodes are not paired by env seed")
-    rows = []
-    for metric in OUTCOME_METRICS:
-        x, y = a[metric].to_numpy(), b[metric].to_numpy()
-        value, low, high = bootstrap_ci(x, resamples, seed)
-        diff, dlow, dhigh = paired_bootstrap_ci(x, y, resamples, seed)
-        rows.append({"metric": metric, "value": value, "value_ci_low": low, "value_ci_high": high,
-                     "control": float(y.mean()), "diff": diff, "diff_ci_low": dlow, "diff_ci_high": dhigh,
-                     "episodes": len(x)})
     return pd.DataFrame(rows)

@@ -26,7 +26,7 @@ Kind = Literal["binary", "categorical", "continuous"]
 Level = Literal["vehicle", "step"]
 
 OUTCOMES = ("collision", "timeout", "arrived")
-"""Episode outcomes (`egolens.env.outcome`), in the order of their codes."""
+"""Episode outcomes (`egolens.episodes.outcome`), in the order of their codes."""
 SECTORS = ("ahead", "right", "behind", "left")
 """Bearing sectors of 90° around the ego's heading, in the order of their codes."""
 JUNCTION = (0.0, 0.0)

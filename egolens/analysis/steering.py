@@ -23,7 +23,7 @@ from torch import nn
 
 from egolens.analysis.interventions import Intervened, add_direction
 from egolens.analysis.probes import ProbeFit
-from egolens.evaluation import greedy_actions
+from egolens.episodes import greedy
 from egolens.hooks import activation_names
 from egolens.vocabulary import ACTIONS
 
@@ -119,6 +119,6 @@ def steered_net(net: nn.Module, site: str, direction: np.ndarray, alpha: float, 
 def steered_policy(net: nn.Module, site: str, direction: np.ndarray, alpha: float,
                    scale: float) -> Callable[[np.ndarray], np.ndarray]:
     """The greedy policy of the steered network, obs [N, E, F] -> actions [N], in the form
-    `egolens.evaluation.play_policy` plays (it calls it with N = 1)."""
+    `egolens.play.play` plays (it calls it with N = 1)."""
     steered = steered_net(net, site, direction, alpha, scale)
-    return lambda obs: greedy_actions(steered, obs)
+    return lambda obs: greedy(steered, obs, batch=1)
