@@ -71,6 +71,9 @@ def main() -> None:
     idle = {name: (reference[reference["policy"] == "constant_idle"] if same_episodes(env)
                    else _constant_idle(env)) for name, env in changes.items()}
     table = versus_idle(table, episodes, idle, resamples=2000)
+    if (OUT / "recipes.csv").exists():       # recipes collected before (their experiments may be gone) stay
+        kept = pd.read_csv(OUT / "recipes.csv")
+        table = pd.concat([kept[~kept["recipe"].isin(table["recipe"])], table], ignore_index=True)
     checkpoint.atomic_write_text(OUT / "recipes.csv", table.to_csv(index=False, float_format="%.6g"))
     reference = json.loads(REFERENCE.read_text())
     figure = plots.recipe_sweep(table, reference)
