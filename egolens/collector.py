@@ -19,8 +19,8 @@ import torch
 
 from egolens.config import AgentConfig
 from egolens.demonstrations import Demonstrations
+from egolens.dqfd import DemoStore, DQfDAgent
 from egolens.dqn import (
-    DemoStore,
     DQNAgent,
     NStepWindow,
     _options_state,
@@ -87,10 +87,10 @@ class Trainer:
                  demonstrations: Demonstrations | None = None) -> None:
         seed_everything(seed)
         self.seed, self.episodes, self.num_envs = seed, episodes, num_envs
-        self.agent = DQNAgent(cfg, seed, in_features, n_entities, n_actions)
-        if cfg.dqfd.enabled:
-            if demonstrations is None:
-                raise ValueError("agent.dqfd.enabled needs the demonstrations (the demonstrations stage's output)")
+        if cfg.dqfd.enabled and demonstrations is None:
+            raise ValueError("agent.dqfd.enabled needs the demonstrations (the demonstrations stage's output)")
+        self.agent = (DQfDAgent if cfg.dqfd.enabled else DQNAgent)(cfg, seed, in_features, n_entities, n_actions)
+        if isinstance(self.agent, DQfDAgent):
             self.agent.use_demonstrations(DemoStore(demonstrations, cfg.n_steps, cfg.gamma, cfg.timeout_terminal))
         self.initial_state_dict = copy.deepcopy(self.agent.value_net.state_dict())
         self.records: list[TrainingEpisode] = []
@@ -147,7 +147,7 @@ class Trainer:
         """
         if runner.num_envs != self.num_envs:
             raise ValueError(f"runner has {runner.num_envs} envs, the trainer was built for {self.num_envs}")
-        if self.agent.demos is not None and not self.schedule.playing and not self.records:
+        if isinstance(self.agent, DQfDAgent) and not self.schedule.playing and not self.records:
             self.agent.pretrain()      # before the first env step only (a resumed run is past it)
         obs = self.restore_envs(runner)
         if self.num_envs == 1:

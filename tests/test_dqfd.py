@@ -15,7 +15,7 @@ from torch import nn
 from egolens.collector import Trainer
 from egolens.config import validate_params
 from egolens.demonstrations import Demonstrations, check_arrays, demonstration_arrays
-from egolens.dqn import DemoStore, DQNAgent, large_margin
+from egolens.dqfd import DemoStore, DQfDAgent, large_margin
 from egolens.model import EgoAttentionNetwork
 from egolens.planner_steps import record_episode
 from egolens.training import run_identity
@@ -97,7 +97,7 @@ def state(k: int) -> torch.Tensor:
 
 def test_dqfd_loss_is_one_step_td_plus_n_step_td_plus_the_weighted_mean_margin_by_hand():
     cfg = dqfd_agent(gamma=0.5, dqfd={"weight": 2.0, "margin": 0.8})
-    agent = DQNAgent(cfg, seed=0, in_features=7, n_entities=4)
+    agent = DQfDAgent(cfg, seed=0, in_features=7, n_entities=4)
     online = [[1.0, 2.0, 0.0], [0.0, 0.5, 3.0], [2.0, 1.0, 1.5], [0.0, 0.0, 1.0]]
     target = [[4.0, 0.0, 1.0], [1.0, 2.0, 6.0], [0.5, 3.0, 2.0], [1.0, 5.0, 0.0]]
     agent.value_net, agent.target_net = LookupQ(online), LookupQ(target)
@@ -142,7 +142,7 @@ def test_the_demo_store_holds_the_n_step_transitions_and_their_first_steps():
 
 def test_a_dqfd_batch_has_a_fixed_share_of_demonstrations_which_the_full_replay_never_overwrites():
     cfg = dqfd_agent(batch_size=8, memory_capacity=10, dqfd={"demo_fraction": 0.4})    # round(3.2) = 3 rows
-    agent = DQNAgent(cfg, seed=0, in_features=7, n_entities=4)
+    agent = DQfDAgent(cfg, seed=0, in_features=7, n_entities=4)
     demos = toy_demonstrations()
     agent.use_demonstrations(DemoStore(demos, 2, cfg.gamma, False))
     before = agent.demos.obs.clone()
@@ -159,7 +159,7 @@ def test_a_dqfd_batch_has_a_fixed_share_of_demonstrations_which_the_full_replay_
 
 def test_pretraining_takes_its_gradient_steps_on_demonstrations_alone_and_counts_them():
     cfg = dqfd_agent(target_update=3, dqfd={"pretrain_steps": 6})
-    agent = DQNAgent(cfg, seed=0, in_features=7, n_entities=4)
+    agent = DQfDAgent(cfg, seed=0, in_features=7, n_entities=4)
     agent.use_demonstrations(DemoStore(toy_demonstrations(), 2, cfg.gamma, False))
     start = copy.deepcopy(agent.value_net.state_dict())
     losses = agent.pretrain()
@@ -176,7 +176,7 @@ def test_a_dqfd_trainer_needs_its_demonstrations_and_enough_of_them():
     with pytest.raises(ValueError, match="fewer than the 4 a batch draws"):
         Trainer(dqfd_agent(dqfd={"pretrain_steps": 5}), seed=0, episodes=2, num_envs=1, in_features=7, n_entities=4,
                 demonstrations=toy_demonstrations(seeds=(4,)))                      # 2 steps
-    agent = DQNAgent(tiny_agent(), seed=0, in_features=7, n_entities=4)
+    agent = DQfDAgent(tiny_agent(), seed=0, in_features=7, n_entities=4)
     with pytest.raises(ValueError, match="dqfd.enabled is false"):
         agent.use_demonstrations(DemoStore(toy_demonstrations(), 1, 0.9, False))
 
