@@ -212,3 +212,31 @@ def test_dvc_pull_without_a_remote_says_what_to_configure(single, tmp_path):
     assert len(errors) == 1 and "No remote provided" not in errors[0]
     for what in ("dvc remote add -d shared /path/to/egolens-dvc", "s3://bucket/egolens", "sharing results"):
         assert what in errors[0], errors[0]
+
+
+TINY_SWEEP = {"common": {"seeds": "[0]"}, "target": "evaluate", "recipes": {"tiny-gamma": {"agent.gamma": 0.8}}}
+"""A one-recipe sweep (train + evaluate of seed 0 under another gamma) for the sweep on two machines."""
+
+
+@pytest.mark.slow
+def test_sweep_collect_reads_experiments_pulled_from_the_git_remote_as_local_ones(origin, machines, tmp_path):
+    runner = clone(origin, tmp_path / "runner", "-b", "slice-0")          # has the reference policies' episodes
+    (runner / "sweeps" / "recipes.yaml").write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
+    run(runner, "git", "checkout", "-q", "-b", "sweep")
+    commit(runner, "a tiny sweep")
+    run(runner, "git", "push", "-q", "origin", "sweep")
+    run(runner, DVC, "pull")
+    sets = [arg for o in ("seeds=[0]", "agent.gamma=0.8") for arg in ("-S", o)]
+    assert "Ran experiment" in run(runner, DVC, "exp", "run", "-n", "tiny-gamma", *sets, "evaluate")
+    pushed = run(runner, DVC, "exp", "push", "origin", "tiny-gamma")
+    run(runner, sys.executable, "-m", "sweeps.run", "collect")
+
+    collector = clone(origin, tmp_path / "collector", "-b", "sweep")
+    pulled = run(collector, DVC, "exp", "pull", "origin", "tiny-gamma")
+    print(f"$ dvc exp push origin tiny-gamma\n{pushed}\n$ dvc exp pull origin tiny-gamma\n{pulled}")
+    run(collector, sys.executable, "-m", "sweeps.run", "collect")
+    local, remote = (repo / "results" / "sweep" / "recipes.csv" for repo in (runner, collector))
+    table = local.read_text()
+    assert table.splitlines()[1].startswith("tiny-gamma,0,"), table
+    assert remote.read_text() == table
+    assert (collector / "results/sweep/recipes.png").read_bytes() == (runner / "results/sweep/recipes.png").read_bytes()
