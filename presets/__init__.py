@@ -2,6 +2,7 @@
 
     python -m presets tiny [--dir DIR]   # the whole pipeline on the tiny preset, in a fresh copy
     python -m presets paper [DVC ARGS]   # dvc exp run -n paper -S ... (e.g. --queue, --temp)
+    python -m presets collect REF ...    # one study from other machines' slices of seeds (git refs)
 """
 
 from __future__ import annotations

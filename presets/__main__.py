@@ -1,4 +1,5 @@
-"""python -m presets tiny [--dir DIR] | python -m presets <name> [dvc exp run args]"""
+"""python -m presets tiny [--dir DIR] | python -m presets <name> [dvc exp run args]
+| python -m presets collect GIT_REF ... (one study from the slices of seeds other machines ran)"""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import yaml
 
+from egolens import sharing
 from presets import ROOT, apply, overrides, set_args
 
-COPIED = ("egolens", "stages", "dvc.yaml", ".gitignore", ".dvcignore", "results/paper")
+COPIED = ("egolens", "stages", "presets", "sweeps", "dvc.yaml", ".gitignore", ".dvcignore", "results/paper")
+SHIPPED_DVC_CONFIG = ROOT / ".dvc" / "config"
+"""Copied over `dvc init`'s: the placeholder default remote whose error says what to configure."""
 
 
 def study_copy(dest: Path, params: dict) -> Path:
@@ -35,7 +39,49 @@ def study_copy(dest: Path, params: dict) -> Path:
                 [str(bin_dir / "dvc"), "init", "-q"],
                 [str(bin_dir / "dvc"), "config", "core.analytics", "false"]):
         subprocess.run(cmd, cwd=dest, check=True)
+    shutil.copy(SHIPPED_DVC_CONFIG, dest / ".dvc" / "config")
     return dest
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
+def _tracked(ref: str, path: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{ref}:{path}"], capture_output=True).returncode == 0
+
+
+def collect(refs: list[str]) -> None:
+    """Take into ./dvc.lock the stages that the git refs (other machines' slice branches) ran under
+    this study's params and code, and check out their git-tracked outputs; `dvc pull` then fetches
+    the cached ones and `dvc repro` runs only what no slice ran (aggregate, plots, report)."""
+    params = {"params.yaml": yaml.safe_load(Path("params.yaml").read_text())}
+    head = set(_git("ls-files").splitlines())
+
+    def md5_of(path: str) -> str | None:
+        return sharing.file_md5(Path(path)) if path in head and Path(path).is_file() else None
+
+    lock_path = Path("dvc.lock")
+    lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {"schema": "2.0", "stages": {}}
+    stages = lock.get("stages") or {}
+    taken = {}
+    for ref in refs:
+        theirs = yaml.safe_load(_git("show", f"{ref}:dvc.lock"))
+        try:
+            entries = sharing.take_entries(theirs, params, md5_of, ref)
+            stages = sharing.merge_entries(stages, entries, ref)
+        except ValueError as error:
+            raise SystemExit(f"collect: {error}") from None
+        taken[ref] = entries
+    for ref, entries in taken.items():
+        paths = sharing.output_paths(entries)
+        ignores = {str(Path(p).parent / ".gitignore") for p in paths}
+        tracked = [p for p in [*paths, *sorted(ignores)] if _tracked(ref, p)]
+        if tracked:
+            _git("checkout", ref, "--", *tracked)
+        print(f"{ref}: {len(entries)} stages ({', '.join(entries)})")
+    lock["stages"] = stages
+    lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
 def main() -> None:
@@ -43,6 +89,9 @@ def main() -> None:
     parser.add_argument("name", help="a preset in presets/ (tiny, paper, ...)")
     parser.add_argument("--dir", type=Path, help="tiny: where to build the study (default: a new temp dir)")
     args, dvc_args = parser.parse_known_args()
+    if args.name == "collect":
+        collect(dvc_args)
+        return
     changes = overrides(args.name)
     if args.name != "tiny":
         subprocess.run(["dvc", "exp", "run", "-n", args.name, *set_args(changes), *dvc_args], check=True)
