@@ -19,7 +19,7 @@ from presets import ROOT, apply, overrides, set_args
 
 COPIED = ("egolens", "stages", "presets", "sweeps", "dvc.yaml", ".gitignore", ".dvcignore", "results/paper")
 SHIPPED_DVC_CONFIG = ROOT / ".dvc" / "config"
-"""Copied over `dvc init`'s: the placeholder default remote whose error says what to configure."""
+"""Copied over `dvc init`'s (the project's DVC settings: no analytics)."""
 
 
 def study_copy(dest: Path, params: dict) -> Path:

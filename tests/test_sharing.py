@@ -202,18 +202,6 @@ def test_a_fresh_clone_has_the_checkpoints_and_reruns_only_what_is_missing(singl
     assert "up to date" in run(fresh, DVC, "status", "train@0", "evaluate@0", "rollout@0")
 
 
-@pytest.mark.slow
-def test_dvc_pull_without_a_remote_says_what_to_configure(single, tmp_path):
-    fresh = clone(single, tmp_path / "fresh")
-    done = subprocess.run([DVC, "pull"], cwd=fresh, capture_output=True, text=True, env=environment())
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
-    print(errors)
-    assert len(errors) == 1 and "No remote provided" not in errors[0]
-    for what in ("dvc remote add -d shared /path/to/egolens-dvc", "s3://bucket/egolens", "sharing results"):
-        assert what in errors[0], errors[0]
-
-
 TINY_SWEEP = {"common": {"seeds": "[0]"}, "target": "evaluate", "recipes": {"tiny-gamma": {"agent.gamma": 0.8}}}
 """A one-recipe sweep (train + evaluate of seed 0 under another gamma) for the sweep on two machines."""
 
