@@ -30,6 +30,7 @@ from matplotlib.patches import Patch, Rectangle
 from egolens import stats
 from egolens.config import EnvConfig
 from egolens.scene import denormalize
+from egolens.sites import site
 from egolens.video import HEAD_COLOURS
 from egolens.vocabulary import ACTIONS
 
@@ -131,15 +132,6 @@ def _matrix(table: pd.DataFrame, rows: Sequence | None = None, cols: Sequence | 
 
 def _symmetric_limit(*arrays: np.ndarray) -> float:
     return max(float(np.nanmax(np.abs(a))) for a in arrays) or 1.0
-
-
-def _short_layer(layer: str) -> str:
-    """'ego_embedding.hook_post.1' -> 'ego emb. 1', 'attention_layer.hook_resid' -> 'attention resid', ..."""
-    for long, short in (("ego_embedding.hook_post.", "ego emb. "), ("others_embedding.hook_post.", "others emb. "),
-                        ("output_layer.hook_post.", "output MLP "), ("attention_layer.hook_", "attention ")):
-        if layer.startswith(long):
-            return short + layer[len(long):]
-    return layer
 
 
 # ---------------------------------------------------------------------------------------------- circuits
@@ -341,7 +333,7 @@ def layer_conductance(conductance: pd.DataFrame, action: str = "chosen") -> Figu
                 ax.plot(np.arange(1, len(values) + 1), values, color=MODEL_COLOURS[model], lw=1.3, alpha=0.85,
                         label=f"{model}, seed {seed}", marker="o", ms=2)
         ax.set_yscale("log", nonpositive="mask")
-        ax.set_title(_short_layer(layer))
+        ax.set_title(site(layer).short)
         ax.set_xlabel("neuron rank (1 = largest)")
     axes[0].set_ylabel(f"mean |conductance| of Q({action}) (Q units)")
     for ax in axes[1:]:
@@ -364,7 +356,7 @@ def neuron_conductance(conductance: pd.DataFrame) -> Figure:
     axes = fig.subplots(1, len(MODELS), squeeze=False)[0]
     for ax, model in zip(axes, MODELS):
         data = conductance[conductance["model"] == model].sort_values(["layer", "rank"], kind="stable")
-        data = data.assign(unit=data["layer"].map(_short_layer) + " #" + data["neuron"].astype(str),
+        data = data.assign(unit=data["layer"].map(lambda layer: site(layer).short) + " #" + data["neuron"].astype(str),
                            input=data["entity"] + " " + data["feature"])
         firsts = data.drop_duplicates("unit")
         units = (firsts.assign(order=firsts["layer"].map(layer_order.index))
@@ -420,12 +412,12 @@ def neuron_activations(over_time: pd.DataFrame, steps: pd.DataFrame | None = Non
                 labels = [f"{s}\n{str(chosen.get(s, '?'))[:1]}" for s in mat.columns]
             ax.set_xticks(range(len(labels)), labels)
             ax.set_yticks(range(len(mat.index)), [str(n) for n in mat.index])
-            ax.set_title(f"{model}, {_short_layer(layer)}")
+            ax.set_title(f"{model}, {site(layer).short}")
             ax.set_xlabel("step" + (" / action (S, I, F)" if steps is not None else ""))
             ax.set_ylabel("neuron")
             ax.grid(False)
         fig.colorbar(image, ax=axes[:, c].tolist(), orientation="horizontal", shrink=0.8,
-                     label=f"activation ({_short_layer(layer)}, shared by both models)")
+                     label=f"activation ({site(layer).short}, shared by both models)")
     fig.suptitle(f"Post-ReLU activations of the most variable neurons over episode {episode} (first seed)")
     return fig
 
@@ -660,15 +652,6 @@ def _seed_palette(seeds: Sequence) -> dict:
     return dict(zip(seeds, sns.color_palette("colorblind", len(seeds))))
 
 
-MLP_NAMES = {"ego_embedding": "ego embedding", "others_embedding": "others embedding", "output_layer": "output MLP"}
-
-
-def _layer_label(site: str) -> str:
-    """`others_embedding.hook_post.0` -> "others embedding, layer 1" (layers counted from 1)."""
-    mlp, _, index = site.partition(".hook_post.")
-    return f"{MLP_NAMES.get(mlp, mlp)}, layer {int(index) + 1}" if index.isdigit() else site
-
-
 def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = None) -> str:
     """A reader's name for one closed-loop condition (a row of interventions/closed_loop.csv); heads
     are named by their closed-loop role in that seed (head_rank<r>, `ranks`: head index -> rank) as
@@ -687,9 +670,9 @@ def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = 
     if kind == "neurons":
         count = f"{len(units)} " if units else ""
         if mode == "top":
-            return f"{_layer_label(target)}: {count}top-conductance neurons mean-ablated"
+            return f"{site(target).label}: {count}top-conductance neurons mean-ablated"
         which = int(mode.removeprefix("random")) + 1
-        return f"{_layer_label(target)}: {count}random neurons (set {which}) mean-ablated"
+        return f"{site(target).label}: {count}random neurons (set {which}) mean-ablated"
     if kind == "vehicle":
         return f"{'most-attended' if target == 'most_attended' else 'random'} vehicle removed"
     if kind == "edit":
@@ -730,7 +713,7 @@ def ablations(closed_loop: pd.DataFrame, metrics: Sequence[str] = ("success", "c
 
 def _site_label(row: pd.Series) -> str:
     head = f" h{row['head']}" if row["head"] >= 0 else ""
-    return f"{_short_layer(row['site'])}{head} [{row['role']}]"
+    return f"{site(row['site']).short}{head} [{row['role']}]"
 
 
 def _no_data(title: str, reason: str, xlabel: str, ylabel: str) -> Figure:

@@ -11,6 +11,7 @@ from egolens import checkpoint
 from egolens.analysis import circuits
 from egolens.artifacts import json_text
 from egolens.scene import scene_facts
+from egolens.sites import SCORES
 from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 
@@ -23,7 +24,7 @@ def main() -> None:
     by_fact = []
     for label in nets:
         with np.load(DATA / f"seed{seed}" / f"rollouts_{label}.npz") as arrays:
-            obs, scores = arrays["obs"], arrays["attention_layer.hook_scores"][:, :, 0, :]
+            obs, scores = arrays["obs"], arrays[SCORES][:, :, 0, :]
             attention = arrays["attention"]
         facts = scene_facts(obs, params.env, params.scene.horizon, params.scene.collision_radius,
                             params.scene.min_ego_speed)

@@ -13,10 +13,10 @@ from tqdm import tqdm
 
 from egolens import checkpoint
 from egolens.analysis import intervention_study as study
-from egolens.analysis.interventions import neuron_layers
 from egolens.artifacts import json_text
 from egolens.env import make_runner
 from egolens.scene import scene_facts
+from egolens.sites import neuron_layers
 from stages import DATA, load_net, seed_args, seed_results
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from egolens.config import EnvConfig, FeaturesRange
 from egolens.hooks import run_with_cache
 from egolens.scene import denormalize
+from egolens.sites import PATTERN, json_key
 from egolens.stats import spearman_columns
 from egolens.vocabulary import ACTIONS, PRESENT_AT, REFERENCE_FEATURES, present
 
@@ -413,8 +414,7 @@ def advantage_objective(action: int) -> Objective:
 
 def attention_objective(head: int, entity: int) -> Objective:
     """The attention weight of the ego's query in `head` on observation row `entity`."""
-    name = "attention_layer.hook_pattern"
-    return Objective(lambda q, cache: cache[name][:, head, 0, entity], (name,), f"attention[h{head}, {entity}]")
+    return Objective(lambda q, cache: cache[PATTERN][:, head, 0, entity], (PATTERN,), f"attention[h{head}, {entity}]")
 
 
 def advantage(q: np.ndarray) -> np.ndarray:
@@ -630,9 +630,9 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
         layers = {}
         for layer, group in stats[stats["model"] == model].groupby("layer", sort=False):
             entries = dictionary[(dictionary["model"] == model) & (dictionary["layer"] == layer)]
-            layers[layer.replace(".", "_")] = {"dead_fraction": float(group["dead"].mean()),
-                                               "mean_sparsity": float(1.0 - group["frac_active"].mean()),
-                                               "described_neurons": int(entries["significant"].sum())}
+            layers[json_key(layer)] = {"dead_fraction": float(group["dead"].mean()),
+                                       "mean_sparsity": float(1.0 - group["frac_active"].mean()),
+                                       "described_neurons": int(entries["significant"].sum())}
         logit = lens_summary[(lens_summary["model"] == model) & lens_summary["k"].isna()]
         held = tuned[(tuned["model"] == model) & tuned["k"].isna() & (tuned["split"] == "held_out")]
         out[model] = {
