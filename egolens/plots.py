@@ -2,9 +2,9 @@
 
 Every function takes the tables the stages wrote (the per-seed ones concatenated with a `seed`
 column where a figure spans seeds) and only draws: no file I/O, no analysis beyond the means,
-intervals and orderings a figure needs to show its table. `FIGURES` maps each figure's file
-stem (the name of the function that draws it) to its caption; `figure_png` renders a figure to
-PNG bytes that depend only on its content.
+intervals and orderings a figure needs to show its table. `egolens.names.FIGURES` maps each
+figure's file stem (the name of the function that draws it) to its caption;
+`egolens.figures.figure_png` renders a figure to PNG bytes that depend only on its content.
 
 Intervals: "95% t-interval over seeds" is mean ± t(0.975, n−1)·sd/√n of the per-seed values
 (`t_interval`); interval columns stored in a table (bootstrap CIs over episodes or pairs) are
@@ -14,7 +14,6 @@ drawn as stored.
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import ParamSpec
 
@@ -29,59 +28,12 @@ from matplotlib.patches import Patch, Rectangle
 
 from egolens import stats
 from egolens.config import EnvConfig
+from egolens.figures import head_colour
+from egolens.names import MODELS
 from egolens.scene import denormalize
 from egolens.sites import site
-from egolens.video import HEAD_COLOURS
 from egolens.vocabulary import ACTIONS
 
-OTHER_FIGURES: dict[str, str] = {
-    "recipe_sweep": "The recipe sweep (sweeps/run.py, not the plots stage): each recipe's held-out outcomes per seed "
-                    "beside the reference policies.",
-}
-"""Figure functions drawn outside the plots stage, with their captions."""
-
-FIGURES: dict[str, str] = {
-    "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K (64×64, ego-embedding dimension × vehicle-embedding dimension) "
-                   "for the first seed: trained and untrained on one shared symmetric colour scale, their difference "
-                   "on its own.",
-    "ov_circuits": "Each head's OV circuit ½·W_O·W_V (64×64, attention-output dimension × vehicle-embedding "
-                   "dimension) for the first seed: trained and untrained on one shared symmetric colour scale, their "
-                   "difference on its own.",
-    "embedding_composites": "The ego and others embeddings with their ReLUs removed (W1·W0, 64 neurons × 7 input "
-                            "features) for the first seed: trained and untrained on a shared scale per embedding, "
-                            "their difference on its own.",
-    "ig_features": "Integrated gradients of each action's Q-value per input feature (baseline: other vehicles "
-                   "zeroed, so the ego's features equal the baseline and get 0 by construction): mean |attribution| "
-                   "over recorded steps, bars = mean over seeds with a 95% t-interval; trained and untrained on "
-                   "their own scales.",
-    "layer_conductance": "Layer conductance of the chosen action's Q-value: every neuron's mean |conductance| over "
-                         "recorded steps, sorted from the largest, one line per seed (log scale; neurons at exactly 0 "
-                         "are not drawn).",
-    "neuron_conductance": "Neuron conductance of the five most conductive neurons per layer (first seed), split by "
-                          "input entity and feature: mean signed conductance of the chosen action's Q-value.",
-    "neuron_activations": "The most variable neurons of each recorded layer over the first recorded episode of the "
-                          "first seed (post-ReLU activations), with the action chosen at each step.",
-    "attention_scene": "A few steps of the first seed's first recorded episode (trained network): the scene from the "
-                       "observation (ego in green, arrows = one second of travel, lines = attention) beside each "
-                       "head's attention over the present vehicles, with the Q-values and the chosen action.",
-    "logit_lens": "How often Q-values decoded from an intermediate representation already pick the network's final "
-                  "action (logit lens: the real output MLP; tuned lens: an affine probe, held-out episodes), per site "
-                  "and with vehicles added in attention order; mean over seeds with 95% t-intervals (head k of one "
-                  "seed is not head k of another).",
-    "ablations": "Closed-loop ablations: change in success and collision rate against the unablated agent on the "
-                 "same episodes, with paired 95% bootstrap CIs, per seed (heads and neuron sets are each seed's own).",
-    "patching": "Activation patching (per site) and path patching (per head and path): mean fraction of the clean "
-                "Q(SLOWER) − Q(FASTER) restored, per corruption kind and seed, with 95% bootstrap CIs over pairs.",
-    "learning_curves": "Training return per episode for every seed: raw (faint) and a trailing mean over 100 episodes.",
-    "evaluation": "Greedy evaluation on held-out episodes: success, collision and timeout rates and mean return of "
-                  "the trained and the untrained network per seed, with 95% bootstrap CIs over episodes.",
-    "attention_vs_attribution": "Does attention point at the vehicles that matter? Per-step Spearman correlation "
-                                "between each head's attention and the vehicles' IG and Shapley attributions, and the "
-                                "pooled correlation of attention with time-to-collision, distance and closing speed.",
-}
-
-DPI = 110
-MODELS = ("trained", "untrained")
 ENTITIES = ["ego", "others"]
 MODEL_COLOURS = {"trained": "#4C72B0", "untrained": "#A5A5A5"}
 REFERENCE_STYLES = {"constant_slower": ("constant SLOWER", "#8C8C8C", ":"),
@@ -105,13 +57,6 @@ def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     `errorbar` callable); a point at the mean if n < 2. The interval of `egolens.aggregate`."""
     mean, low, high, _ = stats.t_interval(np.asarray(values, dtype=np.float64))
     return (mean, mean) if np.isnan(low) else (low, high)
-
-
-def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
-    """`fig` as PNG bytes that depend only on its content (no software/time metadata)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    return buffer.getvalue()
 
 
 def _styled(draw: Callable[P, Figure]) -> Callable[P, Figure]:
@@ -467,10 +412,6 @@ def label_offsets(centres: np.ndarray, names: Sequence[str], metres_per_point: f
     return offsets
 
 
-def _head_colour(h: int) -> tuple[float, float, float]:
-    return tuple(c / 255 for c in HEAD_COLOURS[h % len(HEAD_COLOURS)])
-
-
 @_styled
 def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, q: np.ndarray,
                     vehicle_id: np.ndarray, steps: Sequence[int], env: EnvConfig, title: str) -> Figure:
@@ -499,7 +440,7 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
             for j in rows[1:]:
                 weight = float(attention[t, h, j])
                 if weight >= 0.01:
-                    scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=_head_colour(h),
+                    scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=head_colour(h),
                                lw=0.5 + 5 * weight, alpha=0.25 + 0.6 * weight, zorder=1)
         for j in rows:
             angle = float(np.degrees(np.arctan2(kin.sin_h[t, j], kin.cos_h[t, j])))
@@ -529,7 +470,7 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
         width = 0.8 / heads
         for h in range(heads):
             drawn = bars.bar(np.arange(len(order)) + (h - (heads - 1) / 2) * width, attention[t, h, order],
-                             width=width, color=_head_colour(h), label=f"head {h}")
+                             width=width, color=head_colour(h), label=f"head {h}")
             bars.bar_label(drawn, labels=[f"{w:.2f}" if w >= 0.01 else "" for w in attention[t, h, order]],
                            fontsize=7, padding=1)
         bars.set_xticks(range(len(order)), [names[j] for j in order], rotation=45, ha="right")
@@ -542,7 +483,7 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
     fig.legend(handles=[Patch(facecolor=EGO_COLOUR, edgecolor="black", label="ego"),
                         Patch(facecolor=OTHER_COLOUR, edgecolor="black", label="other vehicle"),
                         Line2D([], [], color="black", marker=">", label="1 s of travel"),
-                        *[Line2D([], [], color=_head_colour(h), lw=3, label=f"head {h} attention")
+                        *[Line2D([], [], color=head_colour(h), lw=3, label=f"head {h} attention")
                           for h in range(heads)]],
                loc="outside lower center", ncols=3 + heads)
     fig.suptitle(title)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from egolens import checkpoint
 from egolens.analysis import neuron_study, neurons
 from egolens.artifacts import json_text
+from egolens.figures import FEATURE_VIS_DPI, figure_png
 from stages import DATA, NETWORKS, load_net, seed_args, seed_results
 
 
@@ -35,7 +36,7 @@ def main() -> None:
                                                       lambda items, desc: tqdm(items, desc=desc))
         for file, fig in figures.items():
             with checkpoint.atomic_path(out / file) as tmp:
-                tmp.write_bytes(neuron_study.figure_png(fig))
+                tmp.write_bytes(figure_png(fig, FEATURE_VIS_DPI))
         for name, table in tables.items():
             parts.setdefault(name, []).append(table)
     tables = {name: pd.concat(tables, ignore_index=True) for name, tables in parts.items()}

@@ -20,6 +20,7 @@ import yaml
 
 from egolens import checkpoint, plots
 from egolens.evaluation import episode_classes
+from egolens.figures import figure_png
 from egolens.sweep import overrides, recipe_table, with_episode_classes
 
 RECIPES = Path("sweeps/recipes.yaml")
@@ -56,7 +57,7 @@ def main() -> None:
     reference = json.loads(REFERENCE.read_text())
     figure = plots.recipe_sweep(table, reference)
     with checkpoint.atomic_path(OUT / "recipes.png") as tmp:
-        tmp.write_bytes(plots.figure_png(figure))
+        tmp.write_bytes(figure_png(figure))
     print(table.groupby("recipe")[["success_rate", "collision_rate", "timeout_rate", "mean_return", "success_go",
                                    "success_timing"]].mean().round(3).to_string())
     print("episode classes of the held-out seeds:", classes.value_counts().to_dict())

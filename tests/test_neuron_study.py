@@ -10,7 +10,6 @@ import torch
 from egolens.analysis import neurons
 from egolens.analysis.neuron_study import (
     CHOICE_FACTS,
-    figure_png,
     layer_names,
     network_tables,
     neuron_tables,
@@ -18,6 +17,7 @@ from egolens.analysis.neuron_study import (
     targets,
 )
 from egolens.config import InterventionsConfig, NeuronsConfig, Params
+from egolens.figures import FEATURE_VIS_DPI, figure_png
 from egolens.hooks import activation_names, run_with_cache
 from egolens.model import EgoAttentionNetwork
 from egolens.sites import site
@@ -129,6 +129,6 @@ def test_network_tables_give_every_table_and_one_figure_per_target(params, net, 
 
 def test_figure_png_is_byte_stable_and_carries_no_software_stamp(params, arrays):
     obs = arrays["obs"]
-    first = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"))
-    again = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"))
+    first = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"), FEATURE_VIS_DPI)
+    again = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"), FEATURE_VIS_DPI)
     assert first == again and first.startswith(b"\x89PNG") and b"matplotlib" not in first

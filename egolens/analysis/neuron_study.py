@@ -13,7 +13,6 @@ A recording is `egolens.rollout`'s arrays: obs [N, E, F], action [N], q [N, A], 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +28,6 @@ from egolens.scene import scene_facts
 from egolens.sites import OUTPUT_MLP, neuron_sites, site
 from egolens.vocabulary import ACTIONS, PRESENT_AT
 
-DPI = 100
-PNG_METADATA = {"Software": None}
 """No matplotlib version stamp in the PNGs: same figure, same bytes."""
 
 CHOICE_FACTS = ("ego_speed", "nearest_distance", "min_ttc")
@@ -214,13 +211,6 @@ def feature_vis(model: str, net: EgoAttentionNetwork, layers: dict[str, Layer], 
                 "presence_episode": int(episode[typical]), "presence_step": int(step[typical]),
                 "n_present": n_present, "file": file})
     return pd.DataFrame(rows), figures
-
-
-def figure_png(fig: Figure) -> bytes:
-    """`fig` as PNG bytes at `DPI` that depend only on its content (no software metadata)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata=PNG_METADATA)
-    return buffer.getvalue()
 
 
 def network_tables(model: str, net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], params: Params, seed: int,

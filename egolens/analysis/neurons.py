@@ -25,6 +25,7 @@ from torch import nn
 
 from egolens.config import EnvConfig, FeaturesRange
 from egolens.hooks import run_with_cache
+from egolens.numbers import significant as significant_digits
 from egolens.scene import denormalize
 from egolens.sites import PATTERN, json_key
 from egolens.stats import spearman_columns
@@ -621,7 +622,7 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
 
     tables: "stats" (`activation_stats` rows), "dictionary" (`semantic_dictionary` rows with a
     layer and a boolean `significant` column), "lens_summary" (`lens.lens_summary`), "tuned_lens"
-    (`lens.tuned_lens`). Numbers are rounded to 6 significant digits; NaN or inf is an error.
+    (`lens.tuned_lens`). Numbers are rounded to 6 significant digits; a missing one is None (null).
     """
     out: dict = {}
     stats, dictionary = tables["stats"], tables["dictionary"]
@@ -641,15 +642,13 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
             "logit_lens_agreement": dict(zip(logit["site"], logit["agreement"].astype(float))),
             "tuned_lens_held_out_agreement": dict(zip(held["site"], held["agreement"].astype(float))),
         }
-    return _finite_rounded(out)
+    return _rounded(out)
 
 
-def _finite_rounded(value: object, path: str = "summary") -> object:
-    """Plain numbers rounded to 6 significant digits; NaN or inf is an error (DVC metrics)."""
+def _rounded(value: object) -> object:
+    """Plain numbers rounded to 6 significant digits; a missing one (NaN) None (`egolens.numbers`)."""
     if isinstance(value, dict):
-        return {k: _finite_rounded(v, f"{path}.{k}") for k, v in value.items()}
+        return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, bool | int | np.integer):
         return int(value)
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{path} = {value} is not a finite number")
-    return float(f"{float(value):.6g}")
+    return significant_digits(float(value))
