@@ -26,6 +26,8 @@ SUMMARIES = {"evaluate": "evaluate.json", "train": "train/metrics.json", "circui
              "attributions": "attributions/summary.json", "neurons": "neurons/summary.json",
              "interventions": "interventions/summary.json"}
 """Stage name -> its summary JSON inside results/seeds/seed<N>/ (the stage name prefixes its metrics)."""
+DRIVING = "driving.json"
+"""A seed's DVC metric inside results/seeds/seed<N>/: the trained agent's held-out rates and mean return."""
 
 OTHER_FIGURES: dict[str, str] = {
     "recipe_sweep": "The recipe sweep (sweeps/run.py, not the plots stage): each recipe's held-out outcomes per seed "

@@ -2,9 +2,10 @@
 
 - Missing: a number that is not finite (NaN, ±inf) is missing. JSON writes it as `null`
   (`artifacts.json_text`; DVC metrics hold plain numbers only), a CSV as an empty cell (pandas).
-- CSV floats: `FLOAT_FORMAT`, 6 significant digits, in every analysis table. Episode tables
-  (evaluate, reference, rollout) round each value where it is made (`decimals(x, 6)`: a return
-  keeps 6 decimals, a count stays an int) and are written with `EXACT`, Python's shortest repr.
+- CSV floats: `FLOAT_FORMAT`, 6 significant digits, in every analysis table. The episode and
+  step tables (evaluate, reference, rollout) are written `EXACT` (the shortest repr that reads
+  back the same value): their returns and shares are rounded to 6 decimals where they are made,
+  their recorded observations and Q-values are float32 and keep every digit they have.
 - JSON numbers are rounded where they are made: `decimals` for rates and returns of episodes,
   `significant` for analysis summaries; `HEADLINE_DECIMALS` for results/headline.json.
 - Rates: an interval of a rate (a fraction of episodes, steps or units) never leaves [0, 1]
@@ -22,7 +23,7 @@ SIGNIFICANT = 6
 FLOAT_FORMAT = f"%.{SIGNIFICANT}g"
 """The float format of every analysis table (pandas `float_format`)."""
 EXACT = None
-"""`csv_text`'s float format for tables whose values were rounded where they were made."""
+"""`csv_text`'s float format for the episode and step tables (values rounded where made, or float32)."""
 HEADLINE_DECIMALS = 4
 """Decimals of results/headline.json (the few numbers `dvc exp show` lists)."""
 

@@ -8,15 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from egolens import checkpoint, names, plots
+from egolens import names, plots
 from egolens.config import Params
 from egolens.figures import figure_png
-from stages import DATA, RESULTS, seed_results, study_args
+from stages import DATA, RESULTS, load_rollout, seed_results, study_args
+from stages.outputs import write_bytes
 
 FIGURES_DIR = RESULTS / "figures"
 
@@ -28,7 +28,7 @@ def seed_table(params: Params, relative: str, sep: str = ",") -> pd.DataFrame:
 
 
 def evaluation_table(params: Params) -> pd.DataFrame:
-    return plots.evaluation_rows({seed: json.loads((seed_results(seed) / "evaluate.json").read_text())
+    return plots.evaluation_rows({seed: json.loads((seed_results(seed) / names.SUMMARIES["evaluate"]).read_text())
                                   for seed in params.seeds})
 
 
@@ -38,8 +38,7 @@ def reference_table() -> pd.DataFrame:
 
 def scene_figure(params: Params) -> Figure:
     seed = params.seeds[0]
-    with np.load(DATA / f"seed{seed}" / "rollouts_trained.npz") as rollout:
-        arrays = {key: rollout[key] for key in ("episode", "obs", "attention", "action", "q", "vehicle_id")}
+    arrays = load_rollout(seed, "trained", ("episode", "obs", "attention", "action", "q", "vehicle_id"))
     return plots.attention_scene(**plots.first_episode_scene(arrays, params.env, seed))
 
 
@@ -93,9 +92,7 @@ def write_figures(params: Params, out: Path = FIGURES_DIR) -> None:
     if set(figures) != set(names.FIGURES):
         raise RuntimeError(f"builders and names.FIGURES disagree: {sorted(set(figures) ^ set(names.FIGURES))}")
     for name, build in tqdm(figures.items(), desc="figures", unit="fig"):
-        data = figure_png(build())
-        with checkpoint.atomic_path(out / f"{name}.png") as tmp:
-            tmp.write_bytes(data)
+        write_bytes(out / f"{name}.png", figure_png(build()))
     for stale in sorted(out.glob("*.png")):
         if stale.stem not in figures:
             stale.unlink()

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from egolens import checkpoint
-from egolens.artifacts import json_text
 from egolens.env import make_runner
 from egolens.evaluation import episode_outcomes, play_policy, summarize_episodes
+from egolens.numbers import EXACT
 from egolens.policies import FASTER, IDLE, SLOWER, RuleBasedDriver, constant_policy, plan_episode
 from stages import RESULTS, study_args
+from stages.outputs import write_csv, write_json
 
 
 def main() -> None:
@@ -45,8 +45,8 @@ def main() -> None:
     out = RESULTS / "reference"
     episodes = pd.concat(tables, ignore_index=True)
     episodes.insert(0, "policy", episodes.pop("policy"))
-    checkpoint.atomic_write_text(out / "episodes.csv", episodes.to_csv(index=False))
-    checkpoint.atomic_write_text(out / "metrics.json", json_text(metrics))
+    write_csv(out / "episodes.csv", episodes, EXACT)
+    write_json(out / "metrics.json", metrics)
 
 
 if __name__ == "__main__":
