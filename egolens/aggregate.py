@@ -22,6 +22,7 @@ import pandas as pd
 
 from egolens.evaluation import EPISODE_CLASSES, episode_classes, paired_versus, success_by_class
 from egolens.names import (
+    DRIVING_METRICS,
     HEAD,
     OUTCOME_RATES,
     SEED_T,
@@ -133,7 +134,8 @@ def reference_metrics(agent: pd.DataFrame, reference: pd.DataFrame, policy_metri
 def summary_table(per_seed: Mapping[int, Metrics], level: float = 0.95) -> pd.DataFrame:
     """One row per metric: metric, n_seeds (with a finite value), mean, ci_low, ci_high, sd,
     seed<N> (each seed's value). Metrics missing in a seed count as NaN there; a seed's own CI
-    bounds (`WITHIN_SEED_CI`) are left out."""
+    bounds (`WITHIN_SEED_CI`) are left out. The interval of a rate (`names.is_rate`) is clipped to
+    [0, 1] (`numbers.rate_interval`)."""
     seeds = sorted(per_seed)
     names = sorted(n for n in set().union(*(per_seed[s] for s in seeds)) if not WITHIN_SEED_CI.search(n))
     rows = []
@@ -348,7 +350,7 @@ def headline(table: pd.DataFrame, holds: pd.DataFrame) -> dict[str, object]:
         value = mean.get(name)
         return decimals(value, HEADLINE_DECIMALS)
 
-    rates = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
+    rates = DRIVING_METRICS
     return {
         "seeds": int(table["n_seeds"].max()) if len(table) else 0,
         "trained": {r: get(evaluate_metric("trained", r)) for r in rates},

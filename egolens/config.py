@@ -54,7 +54,7 @@ class FeaturesRange(_Strict):
 
 
 class EnvConfig(_Strict):
-    """intersection-v0 as the reference used it (REFERENCE.md, 'Environment')."""
+    """intersection-v0 as the reference notebook configured it (README, "The network and the DQN")."""
 
     id: Literal["intersection-v0"] = "intersection-v0"
     vehicles_count: int = Field(15, ge=2, le=50)
@@ -114,7 +114,7 @@ class EpsilonConfig(_Strict):
 
 
 class AgentConfig(_Strict):
-    """The EgoAttentionNetwork and DQN of REFERENCE.md ('Network', 'DQN')."""
+    """The EgoAttentionNetwork and DQN of rl-agents' `ego_attention.json` and intersection `baseline.json`."""
 
     heads: int = Field(2, gt=0)
     feature_size: int = Field(64, gt=0)

@@ -77,6 +77,8 @@ FIGURES: dict[str, str] = {
 
 OUTCOME_RATES = {"success_rate": "arrived", "collision_rate": "collision", "timeout_rate": "timeout"}
 """Each held-out rate and the episode outcome it counts."""
+DRIVING_METRICS = (*OUTCOME_RATES, "mean_return")
+"""What a seed's driving.json holds and the experiments compare: the held-out rates and mean return."""
 
 SEED_T = "student_t_over_seeds"
 SEEDS_AND_EPISODES = "bootstrap_over_seeds_and_episodes"

@@ -24,11 +24,11 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from egolens import stats
 from egolens.config import EnvConfig
-from egolens.figures import head_colour
+from egolens.figures import VEHICLE_SIZE, draw_vehicle, head_colour, scene_axes
 from egolens.names import MODELS
 from egolens.scene import denormalize
 from egolens.sites import site
@@ -44,8 +44,6 @@ REFERENCE_STYLES = {"constant_slower": ("constant SLOWER", "#8C8C8C", ":"),
 """Label, colour and line style of each reference policy (results/reference)."""
 DIVERGING = "RdBu_r"
 EGO_COLOUR, OTHER_COLOUR, ROAD_COLOUR = "#2CA02C", "#7F7F7F", "#E6E6E6"
-VEHICLE_SIZE = (5.0, 2.0)
-"""Length and width (m) a vehicle is drawn with (highway-env's default vehicle)."""
 LANE_WIDTH = 4.0
 """m; intersection-v0's roads have one lane each way, so they are drawn 2·LANE_WIDTH wide."""
 
@@ -443,12 +441,9 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
                     scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=head_colour(h),
                                lw=0.5 + 5 * weight, alpha=0.25 + 0.6 * weight, zorder=1)
         for j in rows:
-            angle = float(np.degrees(np.arctan2(kin.sin_h[t, j], kin.cos_h[t, j])))
-            length, width = VEHICLE_SIZE
             centre = np.array([kin.x[t, j], kin.y[t, j]])
-            scene.add_patch(Rectangle((centre[0] - length / 2, centre[1] - width / 2), length, width, angle=angle,
-                                      rotation_point="center", facecolor=EGO_COLOUR if j == 0 else OTHER_COLOUR,
-                                      edgecolor="black", lw=0.6, zorder=3, label=names[j]))
+            draw_vehicle(scene, centre[0], centre[1], kin.cos_h[t, j], kin.sin_h[t, j],
+                         EGO_COLOUR if j == 0 else OTHER_COLOUR, lw=0.6, zorder=3, label=names[j])
             scene.annotate("", xy=(centre[0] + kin.vx[t, j], centre[1] + kin.vy[t, j]), xytext=tuple(centre),
                            arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.0}, zorder=4)
         centres = np.stack([kin.x[t, rows], kin.y[t, rows]], axis=1)
@@ -460,12 +455,7 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
                            ha="left" if offset[0] >= 0 else "right",
                            arrowprops={"arrowstyle": "-", "color": "0.35", "lw": 0.6}
                            if np.hypot(*offset) > 9 else None)
-        scene.set_xlim(-half, half)
-        scene.set_ylim(half, -half)
-        scene.set_aspect("equal")
-        scene.set_xlabel("x (m)")
-        scene.set_ylabel("y (m, down the screen)")
-        scene.set_title(f"step {t}: chose {ACTIONS[int(action[t])]}")
+        scene_axes(scene, 0.0, 0.0, half, f"step {t}: chose {ACTIONS[int(action[t])]}")
         order = sorted(rows, key=lambda j: (j != 0, vehicle_id[t, j]))
         width = 0.8 / heads
         for h in range(heads):

@@ -12,9 +12,7 @@ from typing import Any
 import pandas as pd
 
 from egolens.evaluation import EPISODE_CLASSES, success_by_class
-from egolens.names import DRIVING, SUMMARIES
-
-RATES = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
+from egolens.names import DRIVING, DRIVING_METRICS, SUMMARIES
 
 
 def overrides(common: Mapping[str, Any], recipe: Mapping[str, Any]) -> list[str]:
@@ -63,7 +61,7 @@ def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[s
                 continue
             row = {"recipe": name, "seed": seed, "rev": data.get("rev"),
                    "overrides": " ".join(f"-S '{o}'" for o in overrides(common, recipes[name]))}
-            for rate in RATES:
+            for rate in DRIVING_METRICS:
                 values = evaluate["trained"][rate] if evaluate else {"mean": driving[rate]}
                 row[rate] = values["mean"]
                 row[f"{rate}_ci_low"] = values.get("ci_low", float("nan"))

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrow, Patch, Rectangle
+from matplotlib.patches import FancyArrow, Patch
 from torch import nn
 
 from egolens.config import EnvConfig, FeaturesRange
+from egolens.figures import draw_vehicle, scene_axes
 from egolens.hooks import run_with_cache
 from egolens.numbers import significant as significant_digits
 from egolens.scene import denormalize
@@ -561,10 +562,9 @@ def scene_picture(obs: np.ndarray, features_range: FeaturesRange, title: str = "
     shown = np.nonzero(kin.present[0])[0]
     for row in shown:
         x, y, vx, vy = kin.x[0, row], kin.y[0, row], kin.vx[0, row], kin.vy[0, row]
-        angle = float(np.degrees(np.arctan2(kin.sin_h[0, row], kin.cos_h[0, row])))
         color = "tab:red" if row == 0 else "tab:blue"
-        ax.add_patch(Rectangle((x - length / 2, y - width / 2), length, width, angle=angle, rotation_point="center",
-                               facecolor=color, edgecolor="black", alpha=0.8, label="ego" if row == 0 else None))
+        draw_vehicle(ax, x, y, kin.cos_h[0, row], kin.sin_h[0, row], color, (length, width), alpha=0.8,
+                     label="ego" if row == 0 else None)
         if np.hypot(vx, vy) > 1e-6:
             ax.add_patch(FancyArrow(x, y, vx * seconds, vy * seconds, width=0.3, head_width=1.2, color=color,
                                     length_includes_head=True))
@@ -573,12 +573,7 @@ def scene_picture(obs: np.ndarray, features_range: FeaturesRange, title: str = "
     ys = np.concatenate([kin.y[0, shown], kin.y[0, shown] + kin.vy[0, shown] * seconds])
     half = max(np.ptp(xs), np.ptp(ys), 20.0) / 2 + length
     cx, cy = (xs.max() + xs.min()) / 2, (ys.max() + ys.min()) / 2
-    ax.set_xlim(cx - half, cx + half)
-    ax.set_ylim(cy + half, cy - half)                  # y down the screen
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m, down the screen)")
-    ax.set_title(title)
+    scene_axes(ax, cx, cy, half, title)
     return fig
 
 
