@@ -28,8 +28,6 @@ from egolens.scene import scene_facts
 from egolens.sites import OUTPUT_MLP, neuron_sites, site
 from egolens.vocabulary import ACTIONS, PRESENT_AT
 
-"""No matplotlib version stamp in the PNGs: same figure, same bytes."""
-
 CHOICE_FACTS = ("ego_speed", "nearest_distance", "min_ttc")
 """Scene facts (not Q-values or the action) whose correlation picks output neurons to visualise."""
 
