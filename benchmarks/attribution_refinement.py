@@ -25,7 +25,8 @@ from egolens.analysis.faithfulness import completeness_stats, completeness_table
 from egolens.analysis.gradients import integrated_gradients
 from egolens.analysis.schemes import FixedGrid
 from egolens.config import load_params
-from stages import DATA, load_net
+from stages import DATA
+from stages.networks import load_net
 
 
 def completeness(net: torch.nn.Module, obs: torch.Tensor, base: torch.Tensor, ig: torch.Tensor,

@@ -20,14 +20,28 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from egolens.episodes import ARRIVED, COLLISION, TIMEOUT
 from egolens.evaluation import EPISODE_CLASSES, episode_classes, paired_versus, success_by_class
+from egolens.names import (
+    ARRIVED,
+    DRIVING_METRICS,
+    HEAD,
+    OUTCOME_RATES,
+    SEED_T,
+    SEEDS_AND_EPISODES,
+    attention_off_ego,
+    evaluate_metric,
+    head_ranks,
+    head_role,
+    head_zero,
+    is_rate,
+    neuron_ablation,
+)
+from egolens.numbers import HEADLINE_DECIMALS, decimals, rate_interval
 from egolens.stats import nested_bootstrap_ci, t_interval
 
 IDENTIFIERS = re.compile(r"(^|\.)(head|step|source_step|target_action_before|target_action_after|episodes|"
                          r"n_steps|n_tiny|n|factor)$")
 """Leaves that name things (a head index, a step, a count of samples), not measurements."""
-HEAD = re.compile(r"head(\d+)")
 WITHIN_SEED_CI = re.compile(r"(\.|_)ci_(low|high)$")
 """A seed's own CI bounds: kept for the per-seed findings, left out of the over-seed summary
 (a mean of CI bounds is not a CI)."""
@@ -52,25 +66,10 @@ def flatten(tree: Mapping[str, object], prefix: str = "") -> Metrics:
     return out
 
 
-def head_ranks(closed_loop: pd.DataFrame) -> dict[int, int]:
-    """Head index -> rank (1 = most important) from one seed's interventions/closed_loop.csv.
-
-    Ranked by the success-rate change of zero-ablating the head (most negative first); ties by the
-    collision-rate change (largest first), then by index.
-    """
-    rows = closed_loop[(closed_loop["kind"] == "head") & (closed_loop["mode"] == "zero")]
-    effect = rows.pivot_table(index="target", columns="metric", values="diff", aggfunc="first")
-    heads = sorted(int(HEAD.fullmatch(str(t)).group(1)) for t in effect.index)
-    if not heads:
-        raise ValueError("closed_loop has no zero-ablation rows of kind 'head'")
-    key = {h: (effect.loc[f"head{h}", "success"], -effect.loc[f"head{h}", "collision"], h) for h in heads}
-    return {h: rank for rank, h in enumerate(sorted(heads, key=key.__getitem__), start=1)}
-
-
 def rename_heads(metrics: Metrics, ranks: Mapping[int, int]) -> Metrics:
     """Replace every `head<i>` in the metric names by `head_rank<r>` (r = ranks[i])."""
     def rename(name: str) -> str:
-        return HEAD.sub(lambda m: f"head_rank{ranks[int(m.group(1))]}", name)
+        return HEAD.sub(lambda m: head_role(ranks[int(m.group(1))]), name)
 
     renamed = {rename(name): value for name, value in metrics.items()}
     if len(renamed) != len(metrics):
@@ -123,7 +122,7 @@ def reference_metrics(agent: pd.DataFrame, reference: pd.DataFrame, policy_metri
     for policy in ("constant_idle", "rule_based", "clairvoyant"):
         out[f"vs_{policy}"] = paired_versus(agent, reference[reference["policy"] == policy], resamples, seed)
     ceiling = reference.loc[reference["policy"] == "clairvoyant", "outcome"].eq(ARRIVED).mean()
-    out["ceiling_fraction"] = round(float(agent["outcome"].eq(ARRIVED).mean() / ceiling), 6) if ceiling else None
+    out["ceiling_fraction"] = decimals(agent["outcome"].eq(ARRIVED).mean() / ceiling, 6) if ceiling else None
     classes = episode_classes(reference)
     out["success_by_episode_class"] = success_by_class(agent, classes)
     out["episode_class_share"] = {name: float(classes.eq(name).mean()) for name in EPISODE_CLASSES}
@@ -136,13 +135,16 @@ def reference_metrics(agent: pd.DataFrame, reference: pd.DataFrame, policy_metri
 def summary_table(per_seed: Mapping[int, Metrics], level: float = 0.95) -> pd.DataFrame:
     """One row per metric: metric, n_seeds (with a finite value), mean, ci_low, ci_high, sd,
     seed<N> (each seed's value). Metrics missing in a seed count as NaN there; a seed's own CI
-    bounds (`WITHIN_SEED_CI`) are left out."""
+    bounds (`WITHIN_SEED_CI`) are left out. The interval of a rate (`names.is_rate`) is clipped to
+    [0, 1] (`numbers.rate_interval`)."""
     seeds = sorted(per_seed)
     names = sorted(n for n in set().union(*(per_seed[s] for s in seeds)) if not WITHIN_SEED_CI.search(n))
     rows = []
     for name in names:
         values = [per_seed[s].get(name, math.nan) for s in seeds]
         mean, low, high, sd = t_interval(values, level)
+        if is_rate(name):
+            low, high = rate_interval(low, high)
         finite = [v for v in values if math.isfinite(v)]
         rows.append({"metric": name, "n_seeds": len(finite), "mean": mean, "ci_low": low, "ci_high": high,
                      "interval": SEED_T if math.isfinite(low) else "", "sd": sd,
@@ -151,23 +153,16 @@ def summary_table(per_seed: Mapping[int, Metrics], level: float = 0.95) -> pd.Da
     return pd.DataFrame(rows)
 
 
-SEED_T = "student_t_over_seeds"
-SEEDS_AND_EPISODES = "bootstrap_over_seeds_and_episodes"
-"""How a summary row's interval was made (summary.csv column `interval`)."""
-OUTCOMES = {"success_rate": ARRIVED, "collision_rate": COLLISION, "timeout_rate": TIMEOUT}
-
-
 def evaluation_units(episodes: pd.DataFrame) -> pd.DataFrame:
     """Per-episode values of the held-out evaluation metrics: seed, metric, value (0/1 for a rate,
     the return for mean_return), from every seed's evaluate_episodes.csv plus a `seed` column."""
-    parts = [pd.DataFrame({"seed": episodes["seed"], "metric": f"evaluate.{{}}.{rate}.mean",
-                           "model": episodes["model"], "value": episodes["outcome"].eq(outcome).astype(float)})
-             for rate, outcome in OUTCOMES.items()]
-    parts.append(pd.DataFrame({"seed": episodes["seed"], "metric": "evaluate.{}.mean_return.mean",
-                               "model": episodes["model"], "value": episodes["return"].astype(float)}))
-    units = pd.concat(parts, ignore_index=True)
-    units["metric"] = [m.format(model) for m, model in zip(units["metric"], units["model"])]
-    return units[["seed", "metric", "value"]]
+    def named(metric: str, values: pd.Series) -> pd.DataFrame:
+        return pd.DataFrame({"seed": episodes["seed"], "value": values.astype(float),
+                             "metric": [evaluate_metric(model, metric) for model in episodes["model"]]})
+
+    parts = [named(rate, episodes["outcome"].eq(outcome)) for rate, outcome in OUTCOME_RATES.items()]
+    parts.append(named("mean_return", episodes["return"]))
+    return pd.concat(parts, ignore_index=True)[["seed", "metric", "value"]]
 
 
 def episode_class_units(agent: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -182,7 +177,7 @@ def attention_units(attention: pd.DataFrame, ranks: Mapping[int, Mapping[int, in
     """Per-episode attention share off the ego: seed, metric (`rollout.<model>.attention_off_ego.
     head_rank<r>`, heads named by their closed-loop rank in that seed), value; from every seed's
     rollout/attention_off_ego.csv plus a `seed` column. ranks: seed -> head -> rank."""
-    metric = [f"rollout.{model}.attention_off_ego.head_rank{ranks[seed][head]}"
+    metric = [attention_off_ego(model, head_role(ranks[seed][head]))
               for seed, model, head in zip(attention["seed"], attention["model"], attention["head"])]
     return pd.DataFrame({"seed": attention["seed"], "metric": metric, "value": attention["off_ego"].astype(float)})
 
@@ -250,28 +245,22 @@ def _needs(*names: str) -> Callable[[Callable[..., bool]], Callable[[Metrics], b
     return wrap
 
 
-HEAD_ZERO = "closed_loop.head_rank{}.zero.{}"
-
-
-def _eval(model: str, metric: str, stat: str = "mean") -> str:
-    """The name of a held-out evaluation number of the trained or untrained network."""
-    return f"evaluate.{model}.{metric}.{stat}"
-
-
 FINDINGS: tuple[Finding, ...] = (
     Finding("trained_fewer_collisions",
             "The trained agent collides less than its untrained network (95% CIs of the held-out collision "
             "rates do not overlap).",
-            _needs(_eval("trained", "collision_rate", "ci_high"), _eval("untrained", "collision_rate", "ci_low"))(
+            _needs(evaluate_metric("trained", "collision_rate", "ci_high"),
+                   evaluate_metric("untrained", "collision_rate", "ci_low"))(
                 lambda trained_high, untrained_low: trained_high < untrained_low)),
     Finding("trained_higher_return",
             "The trained agent earns a higher mean return than its untrained network (95% CIs do not overlap).",
-            _needs(_eval("trained", "mean_return", "ci_low"), _eval("untrained", "mean_return", "ci_high"))(
+            _needs(evaluate_metric("trained", "mean_return", "ci_low"),
+                   evaluate_metric("untrained", "mean_return", "ci_high"))(
                 lambda trained_low, untrained_high: trained_low > untrained_high)),
     Finding("meets_reference_bar",
             "The trained agent reaches the reference notebook's bar (mean return >= 5.35 and collision rate "
             "<= 0.4 over the held-out episodes).",
-            _needs(_eval("trained", "mean_return"), _eval("trained", "collision_rate"))(
+            _needs(evaluate_metric("trained", "mean_return"), evaluate_metric("trained", "collision_rate"))(
                 lambda ret, coll: ret >= 5.35 and coll <= 0.4)),
     Finding("trained_beats_idle_on_success",
             "The trained agent succeeds more often than constant IDLE on the same held-out episodes (paired "
@@ -283,15 +272,15 @@ FINDINGS: tuple[Finding, ...] = (
             _needs("reference.vs_constant_idle.collision.ci_high")(lambda high: high < 0)),
     Finding("one_head_critical",
             "Zero-ablating one head (head_rank1) lowers the closed-loop success rate, 95% CI below 0.",
-            _needs(HEAD_ZERO.format(1, "success_diff_ci_high"))(lambda high: high < 0)),
+            _needs(head_zero(1, "success_diff_ci_high"))(lambda high: high < 0)),
     Finding("critical_head_removes_all_successes",
             "Without head_rank1 the agent never succeeds (success rate 0 after zero-ablation).",
-            _needs("interventions.closed_loop_baseline.success_rate", HEAD_ZERO.format(1, "success_diff"))(
+            _needs("interventions.closed_loop_baseline.success_rate", head_zero(1, "success_diff"))(
                 lambda base, diff: base + diff <= 1e-9)),
     Finding("other_head_not_needed_for_success",
             "Zero-ablating the other head (head_rank2) does not lower the success rate (95% CI includes 0 "
             "or lies above it).",
-            _needs(HEAD_ZERO.format(2, "success_diff_ci_high"))(lambda high: high >= 0)),
+            _needs(head_zero(2, "success_diff_ci_high"))(lambda high: high >= 0)),
     Finding("most_attended_vehicle_matters",
             "Removing the most-attended vehicle raises the collision rate (95% CI above 0).",
             _needs("interventions.vehicle_removal.most_attended.collision_diff_ci_low")(lambda low: low > 0)),
@@ -321,8 +310,7 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("top_conductance_neurons_beat_random",
             "Mean-ablating the top-5 conductance neurons of others_embedding layer 0 changes Q more than "
             "random 5-neuron sets.",
-            _needs("interventions.neuron_ablation.others_embedding_hook_post_0.top_abs_dq",
-                   "interventions.neuron_ablation.others_embedding_hook_post_0.random_abs_dq")(
+            _needs(neuron_ablation("top_abs_dq"), neuron_ablation("random_abs_dq"))(
                 lambda top, rand: top > rand)),
     Finding("rank_one_edit_hits_target",
             "The rank-one edit makes the agent brake at its target step.",
@@ -361,13 +349,13 @@ def headline(table: pd.DataFrame, holds: pd.DataFrame) -> dict[str, object]:
 
     def get(name: str) -> float | None:
         value = mean.get(name)
-        return None if value is None or not math.isfinite(value) else round(float(value), 4)
+        return decimals(value, HEADLINE_DECIMALS)
 
-    rates = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
+    rates = DRIVING_METRICS
     return {
         "seeds": int(table["n_seeds"].max()) if len(table) else 0,
-        "trained": {r: get(f"evaluate.trained.{r}.mean") for r in rates},
-        "untrained": {r: get(f"evaluate.untrained.{r}.mean") for r in rates[:2]},
+        "trained": {r: get(evaluate_metric("trained", r)) for r in rates},
+        "untrained": {r: get(evaluate_metric("untrained", r)) for r in rates[:2]},
         "ceiling_fraction": get("reference.ceiling_fraction"),
         "success_on_go_episodes": get("reference.success_by_episode_class.go"),
         "success_on_timing_episodes": get("reference.success_by_episode_class.timing"),

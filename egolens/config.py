@@ -56,7 +56,7 @@ class FeaturesRange(_Strict):
 
 
 class EnvConfig(_Strict):
-    """intersection-v0 as the reference used it (REFERENCE.md, 'Environment')."""
+    """intersection-v0 as the reference notebook configured it (README, "The network and the DQN")."""
 
     id: Literal["intersection-v0", "intersection-v2"] = "intersection-v0"
     """v0 is the reference (it keeps highway-env's neighbour-search bug); v2 fixes that bug."""
@@ -160,7 +160,7 @@ class DQfDConfig(_Strict):
 
 
 class AgentConfig(_Strict):
-    """The EgoAttentionNetwork and DQN of REFERENCE.md ('Network', 'DQN')."""
+    """The EgoAttentionNetwork and DQN of rl-agents' `ego_attention.json` and intersection `baseline.json`."""
 
     heads: int = Field(2, gt=0)
     feature_size: int = Field(64, gt=0)

@@ -2,9 +2,9 @@
 
 Every function takes the tables the stages wrote (the per-seed ones concatenated with a `seed`
 column where a figure spans seeds) and only draws: no file I/O, no analysis beyond the means,
-intervals and orderings a figure needs to show its table. `FIGURES` maps each figure's file
-stem (the name of the function that draws it) to its caption; `figure_png` renders a figure to
-PNG bytes that depend only on its content.
+intervals and orderings a figure needs to show its table. `egolens.names.FIGURES` maps each
+figure's file stem (the name of the function that draws it) to its caption;
+`egolens.figures.figure_png` renders a figure to PNG bytes that depend only on its content.
 
 Intervals: "95% t-interval over seeds" is mean ± t(0.975, n−1)·sd/√n of the per-seed values
 (`t_interval`); interval columns stored in a table (bootstrap CIs over episodes or pairs) are
@@ -14,7 +14,6 @@ drawn as stored.
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import ParamSpec
 
@@ -25,62 +24,16 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from egolens import stats
 from egolens.config import EnvConfig
+from egolens.figures import VEHICLE_SIZE, draw_vehicle, head_colour, scene_axes
+from egolens.names import MODELS
 from egolens.scene import denormalize
-from egolens.video import HEAD_COLOURS
+from egolens.sites import site
 from egolens.vocabulary import ACTIONS
 
-OTHER_FIGURES: dict[str, str] = {
-    "recipe_sweep": "The recipe sweep (sweeps/run.py, not the plots stage): each recipe's held-out outcomes per seed "
-                    "beside the reference policies.",
-}
-"""Figure functions drawn outside the plots stage, with their captions."""
-
-FIGURES: dict[str, str] = {
-    "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K (64×64, ego-embedding dimension × vehicle-embedding dimension) "
-                   "for the first seed: trained and untrained on one shared symmetric colour scale, their difference "
-                   "on its own.",
-    "ov_circuits": "Each head's OV circuit ½·W_O·W_V (64×64, attention-output dimension × vehicle-embedding "
-                   "dimension) for the first seed: trained and untrained on one shared symmetric colour scale, their "
-                   "difference on its own.",
-    "embedding_composites": "The ego and others embeddings with their ReLUs removed (W1·W0, 64 neurons × 7 input "
-                            "features) for the first seed: trained and untrained on a shared scale per embedding, "
-                            "their difference on its own.",
-    "ig_features": "Integrated gradients of each action's Q-value per input feature (baseline: other vehicles "
-                   "zeroed, so the ego's features equal the baseline and get 0 by construction): mean |attribution| "
-                   "over recorded steps, bars = mean over seeds with a 95% t-interval; trained and untrained on "
-                   "their own scales.",
-    "layer_conductance": "Layer conductance of the chosen action's Q-value: every neuron's mean |conductance| over "
-                         "recorded steps, sorted from the largest, one line per seed (log scale; neurons at exactly 0 "
-                         "are not drawn).",
-    "neuron_conductance": "Neuron conductance of the five most conductive neurons per layer (first seed), split by "
-                          "input entity and feature: mean signed conductance of the chosen action's Q-value.",
-    "neuron_activations": "The most variable neurons of each recorded layer over the first recorded episode of the "
-                          "first seed (post-ReLU activations), with the action chosen at each step.",
-    "attention_scene": "A few steps of the first seed's first recorded episode (trained network): the scene from the "
-                       "observation (ego in green, arrows = one second of travel, lines = attention) beside each "
-                       "head's attention over the present vehicles, with the Q-values and the chosen action.",
-    "logit_lens": "How often Q-values decoded from an intermediate representation already pick the network's final "
-                  "action (logit lens: the real output MLP; tuned lens: an affine probe, held-out episodes), per site "
-                  "and with vehicles added in attention order; mean over seeds with 95% t-intervals (head k of one "
-                  "seed is not head k of another).",
-    "ablations": "Closed-loop ablations: change in success and collision rate against the unablated agent on the "
-                 "same episodes, with paired 95% bootstrap CIs, per seed (heads and neuron sets are each seed's own).",
-    "patching": "Activation patching (per site) and path patching (per head and path): mean fraction of the clean "
-                "Q(SLOWER) − Q(FASTER) restored, per corruption kind and seed, with 95% bootstrap CIs over pairs.",
-    "learning_curves": "Training return per episode for every seed: raw (faint) and a trailing mean over 100 episodes.",
-    "evaluation": "Greedy evaluation on held-out episodes: success, collision and timeout rates and mean return of "
-                  "the trained and the untrained network per seed, with 95% bootstrap CIs over episodes.",
-    "attention_vs_attribution": "Does attention point at the vehicles that matter? Per-step Spearman correlation "
-                                "between each head's attention and the vehicles' IG and Shapley attributions, and the "
-                                "pooled correlation of attention with time-to-collision, distance and closing speed.",
-}
-
-DPI = 110
-MODELS = ("trained", "untrained")
 ENTITIES = ["ego", "others"]
 MODEL_COLOURS = {"trained": "#4C72B0", "untrained": "#A5A5A5"}
 REFERENCE_STYLES = {"constant_slower": ("constant SLOWER", "#8C8C8C", ":"),
@@ -91,8 +44,6 @@ REFERENCE_STYLES = {"constant_slower": ("constant SLOWER", "#8C8C8C", ":"),
 """Label, colour and line style of each reference policy (results/reference)."""
 DIVERGING = "RdBu_r"
 EGO_COLOUR, OTHER_COLOUR, ROAD_COLOUR = "#2CA02C", "#7F7F7F", "#E6E6E6"
-VEHICLE_SIZE = (5.0, 2.0)
-"""Length and width (m) a vehicle is drawn with (highway-env's default vehicle)."""
 LANE_WIDTH = 4.0
 """m; intersection-v0's roads have one lane each way, so they are drawn 2·LANE_WIDTH wide."""
 
@@ -104,13 +55,6 @@ def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     `errorbar` callable); a point at the mean if n < 2. The interval of `egolens.aggregate`."""
     mean, low, high, _ = stats.t_interval(np.asarray(values, dtype=np.float64))
     return (mean, mean) if np.isnan(low) else (low, high)
-
-
-def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
-    """`fig` as PNG bytes that depend only on its content (no software/time metadata)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    return buffer.getvalue()
 
 
 def _styled(draw: Callable[P, Figure]) -> Callable[P, Figure]:
@@ -131,15 +75,6 @@ def _matrix(table: pd.DataFrame, rows: Sequence | None = None, cols: Sequence | 
 
 def _symmetric_limit(*arrays: np.ndarray) -> float:
     return max(float(np.nanmax(np.abs(a))) for a in arrays) or 1.0
-
-
-def _short_layer(layer: str) -> str:
-    """'ego_embedding.hook_post.1' -> 'ego emb. 1', 'attention_layer.hook_resid' -> 'attention resid', ..."""
-    for long, short in (("ego_embedding.hook_post.", "ego emb. "), ("others_embedding.hook_post.", "others emb. "),
-                        ("output_layer.hook_post.", "output MLP "), ("attention_layer.hook_", "attention ")):
-        if layer.startswith(long):
-            return short + layer[len(long):]
-    return layer
 
 
 # ---------------------------------------------------------------------------------------------- circuits
@@ -341,7 +276,7 @@ def layer_conductance(conductance: pd.DataFrame, action: str = "chosen") -> Figu
                 ax.plot(np.arange(1, len(values) + 1), values, color=MODEL_COLOURS[model], lw=1.3, alpha=0.85,
                         label=f"{model}, seed {seed}", marker="o", ms=2)
         ax.set_yscale("log", nonpositive="mask")
-        ax.set_title(_short_layer(layer))
+        ax.set_title(site(layer).short)
         ax.set_xlabel("neuron rank (1 = largest)")
     axes[0].set_ylabel(f"mean |conductance| of Q({action}) (Q units)")
     for ax in axes[1:]:
@@ -364,7 +299,7 @@ def neuron_conductance(conductance: pd.DataFrame) -> Figure:
     axes = fig.subplots(1, len(MODELS), squeeze=False)[0]
     for ax, model in zip(axes, MODELS):
         data = conductance[conductance["model"] == model].sort_values(["layer", "rank"], kind="stable")
-        data = data.assign(unit=data["layer"].map(_short_layer) + " #" + data["neuron"].astype(str),
+        data = data.assign(unit=data["layer"].map(lambda layer: site(layer).short) + " #" + data["neuron"].astype(str),
                            input=data["entity"] + " " + data["feature"])
         firsts = data.drop_duplicates("unit")
         units = (firsts.assign(order=firsts["layer"].map(layer_order.index))
@@ -420,12 +355,12 @@ def neuron_activations(over_time: pd.DataFrame, steps: pd.DataFrame | None = Non
                 labels = [f"{s}\n{str(chosen.get(s, '?'))[:1]}" for s in mat.columns]
             ax.set_xticks(range(len(labels)), labels)
             ax.set_yticks(range(len(mat.index)), [str(n) for n in mat.index])
-            ax.set_title(f"{model}, {_short_layer(layer)}")
+            ax.set_title(f"{model}, {site(layer).short}")
             ax.set_xlabel("step" + (" / action (S, I, F)" if steps is not None else ""))
             ax.set_ylabel("neuron")
             ax.grid(False)
         fig.colorbar(image, ax=axes[:, c].tolist(), orientation="horizontal", shrink=0.8,
-                     label=f"activation ({_short_layer(layer)}, shared by both models)")
+                     label=f"activation ({site(layer).short}, shared by both models)")
     fig.suptitle(f"Post-ReLU activations of the most variable neurons over episode {episode} (first seed)")
     return fig
 
@@ -475,10 +410,6 @@ def label_offsets(centres: np.ndarray, names: Sequence[str], metres_per_point: f
     return offsets
 
 
-def _head_colour(h: int) -> tuple[float, float, float]:
-    return tuple(c / 255 for c in HEAD_COLOURS[h % len(HEAD_COLOURS)])
-
-
 @_styled
 def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, q: np.ndarray,
                     vehicle_id: np.ndarray, steps: Sequence[int], env: EnvConfig, title: str) -> Figure:
@@ -507,15 +438,12 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
             for j in rows[1:]:
                 weight = float(attention[t, h, j])
                 if weight >= 0.01:
-                    scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=_head_colour(h),
+                    scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=head_colour(h),
                                lw=0.5 + 5 * weight, alpha=0.25 + 0.6 * weight, zorder=1)
         for j in rows:
-            angle = float(np.degrees(np.arctan2(kin.sin_h[t, j], kin.cos_h[t, j])))
-            length, width = VEHICLE_SIZE
             centre = np.array([kin.x[t, j], kin.y[t, j]])
-            scene.add_patch(Rectangle((centre[0] - length / 2, centre[1] - width / 2), length, width, angle=angle,
-                                      rotation_point="center", facecolor=EGO_COLOUR if j == 0 else OTHER_COLOUR,
-                                      edgecolor="black", lw=0.6, zorder=3, label=names[j]))
+            draw_vehicle(scene, centre[0], centre[1], kin.cos_h[t, j], kin.sin_h[t, j],
+                         EGO_COLOUR if j == 0 else OTHER_COLOUR, lw=0.6, zorder=3, label=names[j])
             scene.annotate("", xy=(centre[0] + kin.vx[t, j], centre[1] + kin.vy[t, j]), xytext=tuple(centre),
                            arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.0}, zorder=4)
         centres = np.stack([kin.x[t, rows], kin.y[t, rows]], axis=1)
@@ -527,17 +455,12 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
                            ha="left" if offset[0] >= 0 else "right",
                            arrowprops={"arrowstyle": "-", "color": "0.35", "lw": 0.6}
                            if np.hypot(*offset) > 9 else None)
-        scene.set_xlim(-half, half)
-        scene.set_ylim(half, -half)
-        scene.set_aspect("equal")
-        scene.set_xlabel("x (m)")
-        scene.set_ylabel("y (m, down the screen)")
-        scene.set_title(f"step {t}: chose {ACTIONS[int(action[t])]}")
+        scene_axes(scene, 0.0, 0.0, half, f"step {t}: chose {ACTIONS[int(action[t])]}")
         order = sorted(rows, key=lambda j: (j != 0, vehicle_id[t, j]))
         width = 0.8 / heads
         for h in range(heads):
             drawn = bars.bar(np.arange(len(order)) + (h - (heads - 1) / 2) * width, attention[t, h, order],
-                             width=width, color=_head_colour(h), label=f"head {h}")
+                             width=width, color=head_colour(h), label=f"head {h}")
             bars.bar_label(drawn, labels=[f"{w:.2f}" if w >= 0.01 else "" for w in attention[t, h, order]],
                            fontsize=7, padding=1)
         bars.set_xticks(range(len(order)), [names[j] for j in order], rotation=45, ha="right")
@@ -550,7 +473,7 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
     fig.legend(handles=[Patch(facecolor=EGO_COLOUR, edgecolor="black", label="ego"),
                         Patch(facecolor=OTHER_COLOUR, edgecolor="black", label="other vehicle"),
                         Line2D([], [], color="black", marker=">", label="1 s of travel"),
-                        *[Line2D([], [], color=_head_colour(h), lw=3, label=f"head {h} attention")
+                        *[Line2D([], [], color=head_colour(h), lw=3, label=f"head {h} attention")
                           for h in range(heads)]],
                loc="outside lower center", ncols=3 + heads)
     fig.suptitle(title)
@@ -660,15 +583,6 @@ def _seed_palette(seeds: Sequence) -> dict:
     return dict(zip(seeds, sns.color_palette("colorblind", len(seeds))))
 
 
-MLP_NAMES = {"ego_embedding": "ego embedding", "others_embedding": "others embedding", "output_layer": "output MLP"}
-
-
-def _layer_label(site: str) -> str:
-    """`others_embedding.hook_post.0` -> "others embedding, layer 1" (layers counted from 1)."""
-    mlp, _, index = site.partition(".hook_post.")
-    return f"{MLP_NAMES.get(mlp, mlp)}, layer {int(index) + 1}" if index.isdigit() else site
-
-
 def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = None) -> str:
     """A reader's name for one closed-loop condition (a row of interventions/closed_loop.csv); heads
     are named by their closed-loop role in that seed (head_rank<r>, `ranks`: head index -> rank) as
@@ -687,9 +601,9 @@ def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = 
     if kind == "neurons":
         count = f"{len(units)} " if units else ""
         if mode == "top":
-            return f"{_layer_label(target)}: {count}top-conductance neurons mean-ablated"
+            return f"{site(target).label}: {count}top-conductance neurons mean-ablated"
         which = int(mode.removeprefix("random")) + 1
-        return f"{_layer_label(target)}: {count}random neurons (set {which}) mean-ablated"
+        return f"{site(target).label}: {count}random neurons (set {which}) mean-ablated"
     if kind == "vehicle":
         return f"{'most-attended' if target == 'most_attended' else 'random'} vehicle removed"
     if kind == "edit":
@@ -730,7 +644,7 @@ def ablations(closed_loop: pd.DataFrame, metrics: Sequence[str] = ("success", "c
 
 def _site_label(row: pd.Series) -> str:
     head = f" h{row['head']}" if row["head"] >= 0 else ""
-    return f"{_short_layer(row['site'])}{head} [{row['role']}]"
+    return f"{site(row['site']).short}{head} [{row['role']}]"
 
 
 def _no_data(title: str, reason: str, xlabel: str, ylabel: str) -> Figure:

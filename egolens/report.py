@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from egolens.names import attention_off_ego, evaluate_metric, head_role, head_zero, neuron_ablation
 from egolens.recipes import VERDICTS, dotted, driving_table, holds_comparison, recipe_of, recipe_text
 
 PLACEHOLDER = re.compile(r"\{(m|v|pct|max|h|fig):([^}]+)\}")
@@ -57,7 +58,7 @@ class Context:
 
     def heads(self) -> list[str]:
         """The head names (head_rank1, ...) this run has, from the closed-loop head ablations."""
-        return [f"head_rank{r}" for r in range(1, 17) if self.has(f"closed_loop.head_rank{r}.zero.success_diff")]
+        return [head_role(r) for r in range(1, 17) if self.has(head_zero(r, "success_diff"))]
 
     def intervals_apart(self, higher: str, lower: str) -> bool | None:
         """True when `higher`'s CI lies above `lower`'s, False when they overlap, None without CIs."""
@@ -94,7 +95,8 @@ def _join(parts: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------- performance
 
 def _held_out(c: Context) -> str:
-    compared = c.intervals_apart("evaluate.trained.success_rate.mean", "evaluate.untrained.success_rate.mean")
+    compared = c.intervals_apart(evaluate_metric("trained", "success_rate"),
+                                 evaluate_metric("untrained", "success_rate"))
     verdict = {True: " Training raised the success rate (the two intervals do not overlap).",
                False: " The trained and untrained success rates' intervals overlap: training did not measurably "
                       "raise how often the agent arrives.",
@@ -173,10 +175,10 @@ def _branch(c: Context) -> str:
 # ------------------------------------------------------------------------------------ attention
 
 def _attention_share(c: Context) -> str:
-    heads = c.heads() or ["head_rank1"]
-    parts = [f"{h} {{m:rollout.trained.attention_off_ego.{h}}} "
-             f"(untrained {{v:rollout.untrained.attention_off_ego.{h}}})" for h in heads]
-    shares = [c.value(f"rollout.trained.attention_off_ego.{h}") for h in heads]
+    heads = c.heads() or [head_role(1)]
+    parts = [f"{h} {{m:{attention_off_ego('trained', h)}}} (untrained {{v:{attention_off_ego('untrained', h)}}})"
+             for h in heads]
+    shares = [c.value(attention_off_ego("trained", h)) for h in heads]
     finite = [s for s in shares if math.isfinite(s)]
     if finite and max(finite) < LITTLE_ATTENTION:
         verdict = (f" Every head leaves less than {LITTLE_ATTENTION:.0%} of its attention to the other vehicles, so "
@@ -275,8 +277,8 @@ def _circuits(c: Context) -> str:
 def _neuron_ablation(c: Context) -> str:
     k = c.param("interventions.top_k")
     return (f"Mean-ablating the {k} top-conductance neurons of the others-embedding's first layer changes Q by a "
-            "mean |ΔQ| of {m:interventions.neuron_ablation.others_embedding_hook_post_0.top_abs_dq} against "
-            f"{{m:interventions.neuron_ablation.others_embedding_hook_post_0.random_abs_dq}} for random {k}-neuron "
+            f"mean |ΔQ| of {{m:{neuron_ablation('top_abs_dq')}}} against "
+            f"{{m:{neuron_ablation('random_abs_dq')}}} for random {k}-neuron "
             "sets (top above random in {h:top_conductance_neurons_beat_random}) ({fig:neuron_conductance}).")
 
 
@@ -447,7 +449,7 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
                  sections: Sequence[Section] = FINDINGS, headline: Mapping[str, object] | None = None,
                  other: OtherStudy | None = None) -> str:
     """The whole report as Markdown. summary/holds: the aggregate stage's tables; figures: name ->
-    caption (`egolens.plots.FIGURES`); params: params.yaml as a dict; versions: package -> version;
+    caption (`egolens.names.FIGURES`); params: params.yaml as a dict; versions: package -> version;
     headline: the aggregate's headline.json and other: another recipe's study, which together add
     the "Under both recipes" section (left out when either is None)."""
     missing: list[str] = []
@@ -473,7 +475,7 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
         out += ["", "## Under both recipes", "", *comparison_lines(params, headline, holds, other)]
     out += ["", "## Figures", ""]
     out += [f"- [`{name}`](figures/{name}.png): {caption}" for name, caption in figures.items()]
-    untrained = fill("{m:evaluate.untrained.collision_rate.mean}", summary, holds, figures, missing)
+    untrained = fill(f"{{m:{evaluate_metric('untrained', 'collision_rate')}}}", summary, holds, figures, missing)
     notes = limits(context, untrained)
     if missing:
         notes.append("Not available in this run (rendered n/a): " + ", ".join(f"`{m}`" for m in sorted(set(missing)))

@@ -11,16 +11,12 @@ import json
 
 import pandas as pd
 
-from egolens import aggregate, checkpoint
-from egolens.artifacts import json_text
+from egolens import aggregate
+from egolens.names import SUMMARIES, head_ranks
 from stages import RESULTS, seed_results, study_args
+from stages.outputs import write_csv, write_json
 
 REFERENCE = RESULTS / "reference"
-
-SUMMARIES = {"evaluate": "evaluate.json", "train": "train/metrics.json", "circuits": "circuits/summary.json",
-             "attributions": "attributions/summary.json", "neurons": "neurons/summary.json",
-             "interventions": "interventions/summary.json"}
-"""Stage name -> its summary JSON inside results/seeds/seed<N>/."""
 
 
 def load_seed(seed: int, resamples: int) -> tuple[aggregate.Metrics, pd.DataFrame]:
@@ -35,7 +31,7 @@ def load_seed(seed: int, resamples: int) -> tuple[aggregate.Metrics, pd.DataFram
     summaries["reference"] = aggregate.reference_metrics(
         trained, reference, json.loads((REFERENCE / "metrics.json").read_text()), resamples, seed)
     units = pd.concat([aggregate.evaluation_units(episodes), aggregate.episode_class_units(trained, reference),
-                       aggregate.attention_units(attention, {seed: aggregate.head_ranks(closed_loop)})])
+                       aggregate.attention_units(attention, {seed: head_ranks(closed_loop)})])
     return aggregate.seed_metrics(summaries, closed_loop), units
 
 
@@ -48,10 +44,10 @@ def main() -> None:
     table = aggregate.with_nested_intervals(aggregate.summary_table(per_seed), units, resamples)
     holds = aggregate.holds_table(per_seed)
     summary = {"seeds": params.seeds, **aggregate.summary_tree(table), "holds": aggregate.holds_tree(holds)}
-    checkpoint.atomic_write_text(RESULTS / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
-    checkpoint.atomic_write_text(RESULTS / "holds.csv", holds.to_csv(index=False, float_format="%.6g"))
-    checkpoint.atomic_write_text(RESULTS / "summary.json", json_text(summary))
-    checkpoint.atomic_write_text(RESULTS / "headline.json", json_text(aggregate.headline(table, holds)))
+    write_csv(RESULTS / "summary.csv", table)
+    write_csv(RESULTS / "holds.csv", holds)
+    write_json(RESULTS / "summary.json", summary)
+    write_json(RESULTS / "headline.json", aggregate.headline(table, holds))
 
 
 if __name__ == "__main__":

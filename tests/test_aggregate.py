@@ -20,6 +20,7 @@ from egolens.aggregate import (
     summary_table,
     summary_tree,
 )
+from egolens.stats import t_interval
 
 
 def closed_loop(effects: dict[int, tuple[float, float]]) -> pd.DataFrame:
@@ -153,6 +154,20 @@ def test_headline_holds_tens_of_numbers_read_from_the_summary_and_the_findings()
     assert len(flatten(out)) <= 40
 
 
+def test_a_student_t_interval_of_a_rate_is_clipped_to_the_unit_interval_and_of_a_difference_is_not():
+    values = {"interventions.perturbation_notebook.output_layer_hook_post_1.flip_rate": [0.0, 0.02, 0.2],
+              "interventions.editing.edit_rank_one.closed_collision_diff": [0.0, 0.02, 0.2],
+              "evaluate.trained.success_rate.mean": [0.9, 0.99, 1.0]}
+    per_seed = {s: {name: v[s] for name, v in values.items()} for s in range(3)}
+    table = aggregate.summary_table(per_seed).set_index("metric")
+    rate, diff, success = (table.loc[name] for name in values)
+    t_low = t_interval(values["interventions.editing.edit_rank_one.closed_collision_diff"])[1]
+    assert t_low < 0 and diff["ci_low"] == pytest.approx(t_low)                  # a difference may be negative
+    assert rate["ci_low"] == 0.0 and rate["ci_high"] == pytest.approx(diff["ci_high"])
+    assert success["ci_high"] == 1.0 and success["ci_low"] < success["mean"]
+    assert rate["interval"] == aggregate.SEED_T
+
+
 def test_rates_get_a_bootstrap_interval_over_seeds_and_episodes_inside_the_unit_interval():
     outcomes = {0: ["arrived"] * 9 + ["collision"], 1: ["collision"] * 3 + ["arrived"] * 7, 2: ["timeout"] * 10}
     episodes = pd.DataFrame([{"seed": s, "model": "trained", "outcome": o, "return": 1.0 if o == "arrived" else 0.0}
@@ -166,7 +181,7 @@ def test_rates_get_a_bootstrap_interval_over_seeds_and_episodes_inside_the_unit_
                                     ("success_rate", "collision_rate", "timeout_rate", "mean_return")}
     nested = aggregate.with_nested_intervals(table, units, 500).set_index("metric")
     t_row = table.set_index("metric").loc["evaluate.trained.collision_rate.mean"]
-    assert t_row["ci_low"] < 0                                   # the t interval over 3 seeds leaves [0, 1]
+    assert t_row["ci_low"] == 0.0                 # the t interval over 3 seeds would leave [0, 1]: clipped
     row = nested.loc["evaluate.trained.collision_rate.mean"]
     assert row["mean"] == pytest.approx(4 / 30) and 0.0 <= row["ci_low"] < row["mean"] < row["ci_high"] <= 1.0
     assert row["interval"] == aggregate.SEEDS_AND_EPISODES

@@ -12,6 +12,7 @@ from egolens.analysis import intervention_study as study
 from egolens.analysis import interventions as iv
 from egolens.config import InterventionsConfig
 from egolens.hooks import run_with_cache
+from egolens.sites import COMBINED, PATTERN, RESID, Z, neuron_layers
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net, toy_runner
 
@@ -51,8 +52,8 @@ def hand_made_tables() -> study.Tables:
         {"kind": kind, "pair": pair, "entity_present": present, "site_class": cls, "role": role, "site": site,
          "neuron": neuron, "restored": restored}
         for kind, pair, present, cls, role, site, neuron, restored in [
-            ("ego_slower", 0, True, "resid", "all", iv.RESID, -1, 1.0),
-            ("ego_slower", 1, True, "resid", "all", iv.RESID, -1, 0.5),
+            ("ego_slower", 0, True, "resid", "all", RESID, -1, 1.0),
+            ("ego_slower", 1, True, "resid", "all", RESID, -1, 0.5),
             ("ego_slower", 0, True, "embedding", "target", "others_embedding.hook_post.1", -1, 0.75),
             ("ego_slower", 1, False, "embedding", "target", "others_embedding.hook_post.1", -1, 99.0),  # absent: out
             ("ego_slower", 0, True, "embedding", "other", "others_embedding.hook_post.1", -1, 0.25),
@@ -60,13 +61,13 @@ def hand_made_tables() -> study.Tables:
             ("ego_slower", 1, True, "neuron", "all", LAYER, 0, 0.375),
             ("ego_slower", 0, True, "neuron", "all", LAYER, 1, 0.5),
             ("ego_slower", 1, True, "neuron", "all", LAYER, 1, 0.25),
-            ("vehicle_removed", 3, True, "resid", "all", iv.RESID, -1, 0.375)]])
+            ("vehicle_removed", 3, True, "resid", "all", RESID, -1, 0.375)]])
     path = pd.DataFrame([{"kind": "vehicle_closer", "head": h, "path": p, "restored": r} for h, p, r in [
         (0, "key", 0.25), (0, "key", 0.5), (1, "value", 1.0), (-1, "sender", 0.875)]])
     perturb = pd.DataFrame([{"layer": layer, "direction": direction, "size": size, "mean_abs_dq": dq, "flip_rate": flip}
                             for layer, direction, size, dq, flip in [
                                 (LAYER, "uniform", 0.1, 0.75, 0.0625), (LAYER, "uniform", -0.1, 5.0, 5.0),
-                                (LAYER, "pc1", 0.1, 5.0, 5.0), (iv.RESID, "uniform", 0.1, 0.875, 0.125)]])
+                                (LAYER, "pc1", 0.1, 5.0, 5.0), (RESID, "uniform", 0.1, 0.875, 0.125)]])
     editing = pd.DataFrame([{"edit": "edit_head_scale", "goal": "g", "measure": "head", "value": 1},
                             {"edit": "edit_head_scale", "goal": "g", "measure": "side_flip_rate", "value": 0.125},
                             {"edit": "edit_head_scale", "goal": "g", "measure": "closed_success_diff", "value": -0.25,
@@ -154,10 +155,10 @@ def recorded():
     net = tiny_net(heads=2).eval()
     obs = random_obs(12, entities=4, seed=21, absent_fraction=0.3)
     obs[:, 1, 0] = 1.0                                                      # every step has a vehicle
-    names = [iv.Z, iv.COMBINED, iv.RESID, iv.PATTERN, *iv.neuron_layers(net)]
+    names = [Z, COMBINED, RESID, PATTERN, *neuron_layers(net)]
     _, cache = run_with_cache(net, obs, names)
-    arrays = {name: cache[name].numpy() for name in names if name != iv.PATTERN}
-    arrays |= {"obs": obs.numpy(), "attention": cache[iv.PATTERN][:, :, 0].numpy()}
+    arrays = {name: cache[name].numpy() for name in names if name != PATTERN}
+    arrays |= {"obs": obs.numpy(), "attention": cache[PATTERN][:, :, 0].numpy()}
     rng = np.random.default_rng(0)
     crossing = present_others(obs).numpy()
     facts = {"crossing": crossing, "ttc": np.where(crossing, rng.uniform(1, 9, crossing.shape), np.inf),
@@ -170,12 +171,12 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     cfg = InterventionsConfig(closed_loop_episodes=3, top_k=2, random_sets=1, patch_pairs=2, random_directions=1,
                               perturbation_sizes=[-0.1, 0.1], bootstrap_resamples=100)
     ranking = pd.concat([pd.DataFrame({"layer": layer, "neuron": [3, 0, 1, 2, 4, 5, 6, 7], "rank": range(8)})
-                         for layer in iv.neuron_layers(net)])
+                         for layer in neuron_layers(net)])
     with toy_runner(1) as runner:
         tables = study.run_interventions(net, arrays, facts, ranking, cfg, runner, seed=0)
     assert list(tables.files()) == ["open_loop.csv", "closed_loop.csv", "closed_loop_episodes.csv", "patching.csv",
                                     "path_patching.csv", "perturbation.csv", "editing.csv"]
-    layers = iv.neuron_layers(net)
+    layers = neuron_layers(net)
     names = list(tables.open_loop["condition"])
     assert names[:7] == ["none", "head0_zero", "head0_mean", "head1_zero", "head1_mean", "branch_zero", "branch_mean"]
     assert len(names) == 7 + 2 * len(layers) + 2 + 2 and names[-2:] == ["edit_rank_one", "edit_head_scale"]
@@ -190,10 +191,10 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     # the head-scaling edit is compared with the unablated agent's episodes, not with itself
     scaled = tables.closed_loop[tables.closed_loop.condition == "edit_head_scale"].set_index("metric")
     assert scaled.loc["success", "control"] == none.set_index("metric").loc["success", "value"]
-    assert set(tables.perturbation["layer"]) == {*layers, iv.RESID}
+    assert set(tables.perturbation["layer"]) == {*layers, RESID}
     assert set(tables.editing["edit"]) == {"edit_rank_one", "edit_head_scale"}
     brakes = tables.editing[(tables.editing.edit == "edit_rank_one") & (tables.editing.measure == "target_brakes")]
     assert brakes["value"].tolist() == [1]
     summary = study.summarize(tables, 2, layers, cfg.notebook_size)
     assert summary["closed_loop_baseline"]["episodes"] == 3 and summary["head_ablation"]["zero"]["head"] == head
-    assert set(summary["perturbation_notebook"]) == {name.replace(".", "_") for name in [*layers, iv.RESID]}
+    assert set(summary["perturbation_notebook"]) == {name.replace(".", "_") for name in [*layers, RESID]}

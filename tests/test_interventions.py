@@ -11,6 +11,7 @@ import torch
 from egolens.analysis import interventions as iv
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
 from egolens.play import play
+from egolens.sites import COMBINED, PATTERN, RESID, Z
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net, toy_runner
 from tests.intervention_nets import D, H, d, q_from_resid, w_o
@@ -27,34 +28,34 @@ def net():
 def test_zero_ablating_a_head_removes_exactly_its_write(net, head):
     obs = random_obs(7, seed=2)
     _, cache = run_with_cache(net, obs)
-    z = cache[iv.Z][:, head, 0]                                                     # [B, d]
-    expected = q_from_resid(net, obs, cache[iv.RESID] - 0.5 * z @ w_o(net, head).T)
+    z = cache[Z][:, head, 0]                                                     # [B, d]
+    expected = q_from_resid(net, obs, cache[RESID] - 0.5 * z @ w_o(net, head).T)
     with torch.no_grad():
         ablated = run_with_hooks(net, obs, iv.head_ablation(head))
     torch.testing.assert_close(ablated, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(ablated, cache["output_layer.predict"])
     with hooks(net, iv.head_ablation(head)):
-        _, after = run_with_cache(net, obs, [iv.Z, iv.PATTERN])
-    assert torch.equal(after[iv.Z][:, head], torch.zeros_like(after[iv.Z][:, head]))
-    assert torch.equal(after[iv.Z][:, 1 - head], cache[iv.Z][:, 1 - head])          # the other head untouched
-    assert torch.equal(after[iv.PATTERN], cache[iv.PATTERN])                        # where it looks is unchanged
+        _, after = run_with_cache(net, obs, [Z, PATTERN])
+    assert torch.equal(after[Z][:, head], torch.zeros_like(after[Z][:, head]))
+    assert torch.equal(after[Z][:, 1 - head], cache[Z][:, 1 - head])          # the other head untouched
+    assert torch.equal(after[PATTERN], cache[PATTERN])                        # where it looks is unchanged
 
 
 def test_mean_ablation_replaces_a_head_write_by_its_mean(net):
     obs = random_obs(9, seed=3)
     _, cache = run_with_cache(net, obs)
-    mean_z = iv.mean_activation(cache[iv.Z])                                         # [H, 1, d]
+    mean_z = iv.mean_activation(cache[Z])                                         # [H, 1, d]
     assert mean_z.shape == (H, 1, d)
-    delta = (mean_z[1, 0] - cache[iv.Z][:, 1, 0]) @ w_o(net, 1).T
-    expected = q_from_resid(net, obs, cache[iv.RESID] + 0.5 * delta)
+    delta = (mean_z[1, 0] - cache[Z][:, 1, 0]) @ w_o(net, 1).T
+    expected = q_from_resid(net, obs, cache[RESID] + 0.5 * delta)
     with torch.no_grad():
         ablated = run_with_hooks(net, obs, iv.head_ablation(1, "mean", mean_z))
     torch.testing.assert_close(ablated, expected, rtol=1e-5, atol=1e-6)
     # on a batch of one repeated state the mean is the state's own value: nothing changes
     same = obs[:1].repeat(4, 1, 1)
-    _, c1 = run_with_cache(net, same, [iv.Z])
+    _, c1 = run_with_cache(net, same, [Z])
     with torch.no_grad():
-        torch.testing.assert_close(run_with_hooks(net, same, iv.head_ablation(0, "mean", iv.mean_activation(c1[iv.Z]))),
+        torch.testing.assert_close(run_with_hooks(net, same, iv.head_ablation(0, "mean", iv.mean_activation(c1[Z]))),
                                    net(same))
     with pytest.raises(ValueError, match="mean ablation needs"):
         iv.head_ablation(0, "mean")
@@ -67,7 +68,7 @@ def test_branch_ablation_keeps_the_residual(net):
     with torch.no_grad():
         zero = run_with_hooks(net, obs, iv.branch_ablation("zero"))
     torch.testing.assert_close(zero, q_from_resid(net, obs, 0.5 * ego))
-    mean = iv.mean_activation(cache[iv.COMBINED])
+    mean = iv.mean_activation(cache[COMBINED])
     with torch.no_grad():
         meaned = run_with_hooks(net, obs, iv.branch_ablation("mean", mean))
     torch.testing.assert_close(meaned, q_from_resid(net, obs, 0.5 * (ego + mean)))

@@ -10,17 +10,17 @@ import torch
 from egolens.analysis import neurons
 from egolens.analysis.neuron_study import (
     CHOICE_FACTS,
-    figure_png,
     layer_names,
     network_tables,
     neuron_tables,
     read_layers,
-    readable,
     targets,
 )
 from egolens.config import InterventionsConfig, NeuronsConfig, Params
+from egolens.figures import FEATURE_VIS_DPI, figure_png
 from egolens.hooks import activation_names, run_with_cache
 from egolens.model import EgoAttentionNetwork
+from egolens.sites import site
 from egolens.vocabulary import present
 from tests.conftest import random_obs, tiny_agent
 
@@ -55,8 +55,8 @@ def test_layer_names_are_the_post_relu_neurons_of_every_mlp(params):
         "ego_embedding.hook_post.0": False, "ego_embedding.hook_post.1": False,
         "others_embedding.hook_post.0": True, "others_embedding.hook_post.1": True,
         "output_layer.hook_post.0": False, "output_layer.hook_post.1": False}
-    assert readable("output_layer.hook_post.1") == "output MLP hidden layer 1"
-    assert readable("others_embedding.hook_post.0") == "others' embedding layer 0"
+    assert site("output_layer.hook_post.1").layer_title == "output MLP hidden layer 1"
+    assert site("others_embedding.hook_post.0").layer_title == "others' embedding layer 0"
 
 
 def test_read_layers_gives_one_row_per_step_or_per_present_other_vehicle(params, arrays):
@@ -129,6 +129,6 @@ def test_network_tables_give_every_table_and_one_figure_per_target(params, net, 
 
 def test_figure_png_is_byte_stable_and_carries_no_software_stamp(params, arrays):
     obs = arrays["obs"]
-    first = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"))
-    again = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"))
+    first = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"), FEATURE_VIS_DPI)
+    again = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"), FEATURE_VIS_DPI)
     assert first == again and first.startswith(b"\x89PNG") and b"matplotlib" not in first

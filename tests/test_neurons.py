@@ -35,6 +35,7 @@ from egolens.analysis.neurons import (
     vehicle_facts_frame,
     vehicle_rows,
 )
+from egolens.artifacts import json_text
 from egolens.config import EnvConfig
 from egolens.hooks import run_with_cache
 from egolens.model import EgoAttentionNetwork
@@ -412,8 +413,10 @@ def test_summarize_gives_dead_fraction_sparsity_described_neurons_and_lens_agree
     assert untrained["tuned_lens_held_out_agreement"] == {"ego": 0.25, "full": 0.5}
 
 
-def test_summarize_refuses_a_nan_naming_its_key():
+def test_summarize_writes_a_nan_as_missing_under_the_number_policy():
     tables = summary_tables(tiny_net(heads=2), random_obs(6, seed=12))
     tables["tuned_lens"].loc[1, "agreement"] = np.nan
-    with pytest.raises(ValueError, match="summary.trained.tuned_lens_held_out_agreement.ego = nan"):
-        summarize(tables)
+    summary = summarize(tables)
+    assert summary["trained"]["tuned_lens_held_out_agreement"]["ego"] is None
+    assert summary["trained"]["tuned_lens_held_out_agreement"]["full"] == 1.0
+    assert '"ego": null' in json_text(summary)

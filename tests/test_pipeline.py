@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from egolens.plots import FIGURES
+from egolens.names import FIGURES
 from egolens.report import format_number
 from presets.__main__ import study_copy
 from tests.conftest import tiny_params

@@ -27,6 +27,7 @@ import torch
 
 from egolens.hooks import HookFn, hooks, run_with_cache
 from egolens.model import EgoAttentionNetwork, MultiLayerPerceptron
+from egolens.sites import EGO_EMBEDDING, OTHERS_EMBEDDING, PATTERN, mlp_posts
 from egolens.vocabulary import ACTIONS, REFERENCE_FEATURES
 
 BIAS = "bias"
@@ -68,10 +69,6 @@ def ov_circuit(net: EgoAttentionNetwork, h: int) -> np.ndarray:
     return 0.5 * w["W_O"] @ w["W_V"]
 
 
-def _last_post(mlp: MultiLayerPerceptron, prefix: str) -> str:
-    return f"{prefix}.hook_post.{len(mlp.hook_post) - 1}"
-
-
 def head_writes(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tensor | None = None,
                 fns: dict[str, HookFn] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Additive decomposition of the layer output over (head, entity) writes plus the direct path.
@@ -81,14 +78,14 @@ def head_writes(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tensor 
     Returns (writes [B, H, E, D] with writes[b, h, j] = a_hj · OV^h · E_j, direct [B, D] = ½·e);
     writes.sum((1, 2)) + direct equals the cached `attention_layer.hook_resid`.
     """
-    ego_name = _last_post(net.ego_embedding, "ego_embedding")
-    oth_name = _last_post(net.others_embedding, "others_embedding")
-    names = [ego_name, oth_name, "attention_layer.hook_pattern"]
+    ego_name = mlp_posts(net, EGO_EMBEDDING)[-1]
+    oth_name = mlp_posts(net, OTHERS_EMBEDDING)[-1]
+    names = [ego_name, oth_name, PATTERN]
     with hooks(net, fns or {}):
         _, cache = run_with_cache(net, obs, names, mask)
     ego = _np(cache[ego_name])                                                  # [B, 1, D]
     entities = np.concatenate([ego, _np(cache[oth_name])], axis=1)             # [B, E, D]
-    pattern = _np(cache["attention_layer.hook_pattern"])[:, :, 0, :]           # [B, H, E]
+    pattern = _np(cache[PATTERN])[:, :, 0, :]                                   # [B, H, E]
     ov = np.stack([ov_circuit(net, h) for h in range(net.attention_layer.heads)])  # [H, D, D]
     writes = pattern[..., None] * np.einsum("hmn,ben->bhem", ov, entities)
     return writes, 0.5 * ego[:, 0]

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from egolens.analysis.interventions import RESID, SLOWER, mlp_posts
+from egolens.analysis.interventions import SLOWER
 from egolens.hooks import run_with_cache
 from egolens.model import EgoAttentionNetwork
+from egolens.sites import OUTPUT_MLP, RESID, mlp_posts
 
 
 def key_second_moment(keys: torch.Tensor | np.ndarray, ridge: float = 1e-4) -> torch.Tensor:
@@ -87,7 +88,7 @@ def scale_head_output(net: EgoAttentionNetwork, head: int, factor: float) -> Ego
 
 def output_linear_io(net: EgoAttentionNetwork, i: int | None) -> tuple[str, str]:
     """(Linear name, name of its input activation) of output-MLP layer i (None: `predict`)."""
-    posts = mlp_posts(net, "output_layer")
+    posts = mlp_posts(net, OUTPUT_MLP)
     if i is None:
         return "output_layer.predict", posts[-1]
     return f"output_layer.layers.{i}", RESID if i == 0 else posts[i - 1]

@@ -33,6 +33,7 @@ from egolens.model import EgoAttentionNetwork
 from egolens.play import play
 from egolens.progress import Progress, no_progress
 from egolens.runner import EnvRunner
+from egolens.sites import COMBINED, RESID, Z, json_key, neuron_layers, site
 
 if TYPE_CHECKING:
     from egolens.config import InterventionsConfig
@@ -78,7 +79,7 @@ class Tables:
 def _recorded(arrays: dict[str, np.ndarray], layer: str, present: np.ndarray) -> np.ndarray:
     """Recorded activations of a layer, present rows only for the others' embedding ([M, D])."""
     acts = arrays[layer]
-    return acts[present] if layer.startswith("others_embedding") else acts.reshape(-1, acts.shape[-1])
+    return acts[present] if site(layer).per_vehicle else acts.reshape(-1, acts.shape[-1])
 
 
 def top_units(ranking: pd.DataFrame, layer: str, k: int) -> list[int]:
@@ -99,8 +100,8 @@ def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray],
     the study's neuron ranking of this network (`conductance.neuron_ranking`, made by the
     attributions stage), whose top-k neurons per layer are the top set."""
     present = vocabulary.present(arrays["obs"])[:, 1:]
-    mean_z = iv.mean_activation(arrays[iv.Z])
-    mean_combined = iv.mean_activation(arrays[iv.COMBINED])
+    mean_z = iv.mean_activation(arrays[Z])
+    mean_combined = iv.mean_activation(arrays[COMBINED])
     out = [Condition("none", "none")]
     for h in range(net.attention_layer.heads):
         for mode in ("zero", "mean"):
@@ -108,9 +109,9 @@ def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray],
     for mode in ("zero", "mean"):
         out.append(Condition(f"branch_{mode}", "branch", "attention_branch", mode,
                              fns=iv.branch_ablation(mode, mean_combined)))
-    for li, layer in enumerate(iv.neuron_layers(net)):
+    for li, layer in enumerate(neuron_layers(net)):
         top = top_units(ranking, layer, cfg.top_k)
-        mean = iv.mean_activation(arrays[layer], present if layer.startswith("others_embedding") else None)
+        mean = iv.mean_activation(arrays[layer], present if site(layer).per_vehicle else None)
         sets = {"top": top} | {f"random{i}": s for i, s in enumerate(
             iv.random_unit_sets(arrays[layer].shape[-1], top, cfg.top_k, cfg.random_sets, seed * 1000 + li))}
         for set_name, units in sets.items():
@@ -189,7 +190,7 @@ def perturbation_table(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], 
     """perturbation.csv: `iv.perturbation_sweep` of every neuron layer and the attention output
     (resid), directions from the recorded activations (`iv.sweep_directions`)."""
     present = vocabulary.present(arrays["obs"])[:, 1:]
-    layers = [*iv.neuron_layers(net), iv.RESID]
+    layers = [*neuron_layers(net), RESID]
     directions = {layer: iv.sweep_directions(_recorded(arrays, layer, present), cfg.random_directions, seed * 1000 + i)
                   for i, layer in enumerate(layers)}
     return iv.perturbation_sweep(net, torch.as_tensor(arrays["obs"]), directions, cfg.perturbation_sizes)
@@ -258,7 +259,7 @@ def run_interventions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], f
     """Every intervention of the stage on `net` (eval mode), its tables.
 
     arrays: the recorded rollout (`obs` [N, E, F], `attention` [N, H, E] and the activations of
-    `iv.Z`, `iv.COMBINED`, `iv.RESID` and every `iv.neuron_layers`); facts: `egolens.scene.scene_facts` of
+    `sites.Z`, `sites.COMBINED`, `sites.RESID` and every `sites.neuron_layers`); facts: `egolens.scene.scene_facts` of
     obs (crossing, ttc, distance [N, E]); ranking: the trained network's rows of the attributions
     stage's neuron_ranking.csv (layer, neuron, rank); runner: the envs of the closed-loop episodes (held-out
     env seeds cfg.env_seeds); seed: the agent seed (seeds every random choice).
@@ -295,10 +296,6 @@ def run_interventions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], f
 
 # ---------------------------------------------------------------------------------- summary
 
-def _key(name: str) -> str:
-    return name.replace(".", "_")
-
-
 def _diffs(closed: pd.DataFrame, condition: str) -> dict[str, float]:
     """Closed-loop success and collision differences of one condition, with their CIs."""
     rows = closed[closed.condition == condition].set_index("metric")
@@ -324,7 +321,7 @@ def most_affecting_head(closed: pd.DataFrame, heads: int, mode: str) -> tuple[in
 def summarize(tables: Tables, heads: int, neuron_layers: Sequence[str], notebook_size: float) -> dict[str, Any]:
     """summary.json of the interventions stage from its tables.
 
-    heads: the network's heads; neuron_layers: `iv.neuron_layers(net)`; notebook_size: the size
+    heads: the network's heads; neuron_layers: `sites.neuron_layers(net)`; notebook_size: the size
     of the uniform perturbation reported (cfg.notebook_size). Sections:
     - closed_loop_baseline: the unablated agent's success, collision, timeout rates and episodes;
     - head_ablation.{zero,mean}: the most affecting head (`most_affecting_head`), its closed-loop
@@ -365,7 +362,7 @@ def summarize(tables: Tables, heads: int, neuron_layers: Sequence[str], notebook
         for metric in ("success", "collision"):
             entry[f"top_{metric}_diff"] = top_c[f"{metric}_diff"]
             entry[f"random_{metric}_diff"] = float(np.mean([r[f"{metric}_diff"] for r in rand_c]))
-        neurons[_key(layer)] = entry
+        neurons[json_key(layer)] = entry
     out["neuron_ablation"] = neurons
     out["vehicle_removal"] = {
         target: _diffs(closed, f"vehicle_{target}") | {"flip_rate": ol.loc[f"vehicle_{target}", "flip_rate"],
@@ -389,7 +386,7 @@ def summarize(tables: Tables, heads: int, neuron_layers: Sequence[str], notebook
                        for (h, p), g in group.groupby(["head", "path"], sort=True)}
     out["path_patching_restored"] = paths
     notebook = perturb[(perturb.direction == "uniform") & np.isclose(perturb["size"], notebook_size)]
-    out["perturbation_notebook"] = {_key(r.layer): {"abs_dq": r.mean_abs_dq, "flip_rate": r.flip_rate}
+    out["perturbation_notebook"] = {json_key(r.layer): {"abs_dq": r.mean_abs_dq, "flip_rate": r.flip_rate}
                                     for r in notebook.itertuples()}
     edits: dict[str, Any] = {}
     for name, group in edit_table.groupby("edit", sort=True):

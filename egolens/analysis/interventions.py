@@ -32,28 +32,13 @@ import torch
 from torch import nn
 
 from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
-from egolens.model import EgoAttentionNetwork
+from egolens.sites import COMBINED, PATTERN, Z
 from egolens.stats import bootstrap_ci
 from egolens.vocabulary import ACTIONS, present_others
 
 SLOWER, IDLE, FASTER = 0, 1, 2
 X, Y, VX, VY = 1, 2, 3, 4
 """Feature indices of the observation's position and velocity."""
-
-Q_SITE = "attention_layer.hook_q"
-K_SITE = "attention_layer.hook_k"
-V_SITE = "attention_layer.hook_v"
-SCORES = "attention_layer.hook_scores"
-PATTERN = "attention_layer.hook_pattern"
-Z = "attention_layer.hook_z"
-COMBINED = "attention_layer.hook_combined"
-RESID = "attention_layer.hook_resid"
-
-
-def mlp_posts(net: EgoAttentionNetwork, prefix: str) -> list[str]:
-    """Names of the post-ReLU hidden layers of MLP `prefix` (e.g. `output_layer.hook_post.0`, ...)."""
-    return [f"{prefix}.hook_post.{i}" for i in range(len(getattr(net, prefix).hook_post))]
-
 
 Mode = Literal["zero", "mean"]
 ObsEdit = Callable[[torch.Tensor], torch.Tensor]
@@ -309,12 +294,6 @@ def summarize_effects(effects: pd.DataFrame, resamples: int, seed: int) -> dict[
 
 
 # ------------------------------------------------------------------------------ neurons
-
-def neuron_layers(net: EgoAttentionNetwork) -> list[str]:
-    """Every hidden layer whose units are ablated as neurons: the embeddings' and the output MLP's
-    `hook_post.i`, in that order."""
-    return [name for mlp in ("ego_embedding", "others_embedding", "output_layer") for name in mlp_posts(net, mlp)]
-
 
 def random_unit_sets(n_units: int, exclude: Sequence[int], size: int, n_sets: int, seed: int) -> list[list[int]]:
     """`n_sets` random sets of `size` units drawn without replacement from the units not in

@@ -31,6 +31,7 @@ import torch
 
 from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
+from egolens.sites import EGO_EMBEDDING, PATTERN, RESID, V_SITE, mlp_posts
 from egolens.vocabulary import ACTIONS
 
 EGO, FULL, ADDED = "ego", "full", "added"
@@ -82,14 +83,6 @@ def _attention_rank(pattern: torch.Tensor, absent: torch.Tensor) -> torch.Tensor
     return torch.argsort(order, dim=-1)
 
 
-EGO_POST = "ego_embedding.hook_post.{last}"
-PATTERN, VALUES, RESID = "attention_layer.hook_pattern", "attention_layer.hook_v", "attention_layer.hook_resid"
-
-
-def _ego_name(net: EgoAttentionNetwork) -> str:
-    return EGO_POST.format(last=len(net.ego_embedding.hook_post) - 1)
-
-
 def lens_states(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tensor | None = None,
                 fns: dict[str, HookFn] | None = None) -> LensStates:
     """Every lens state of obs [N, E, F] (mask: optional [N, E] absent mask passed to the net).
@@ -99,9 +92,9 @@ def lens_states(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tensor 
     Partial sums are rebuilt from the cached ego embedding, pattern and values, so edits made after
     them (`hook_z`, `hook_combined`) reach only the "full" site.
     """
-    ego_name = _ego_name(net)
+    ego_name = mlp_posts(net, EGO_EMBEDDING)[-1]
     with hooks(net, fns or {}):
-        q, cache = run_with_cache(net, obs, [ego_name, PATTERN, VALUES, RESID], mask)
+        q, cache = run_with_cache(net, obs, [ego_name, PATTERN, V_SITE, RESID], mask)
     absent = EgoAttentionNetwork.absent_mask(obs) if mask is None else mask.clone()
     absent[:, 0] = False
     pattern = cache[PATTERN]                                     # [N, H, 1, E]
@@ -110,7 +103,7 @@ def lens_states(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tensor 
 
     def resid(kept: torch.Tensor) -> torch.Tensor:
         """h_in [N, D] of the pass whose pattern is the cached one times kept [N, H, E] (0/1)."""
-        patch = {ego_name: lambda _: cache[ego_name], VALUES: lambda _: cache[VALUES],
+        patch = {ego_name: lambda _: cache[ego_name], V_SITE: lambda _: cache[V_SITE],
                  PATTERN: lambda _: pattern * kept[:, :, None, :]}
         with hooks(net, patch):
             return run_with_cache(net, obs, [RESID], mask)[1][RESID]

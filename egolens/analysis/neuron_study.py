@@ -13,7 +13,6 @@ A recording is `egolens.rollout`'s arrays: obs [N, E, F], action [N], q [N, A], 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +25,8 @@ from egolens.config import AgentConfig, NeuronsConfig, Params
 from egolens.model import EgoAttentionNetwork
 from egolens.progress import Progress, no_progress
 from egolens.scene import scene_facts
+from egolens.sites import OUTPUT_MLP, neuron_sites, site
 from egolens.vocabulary import ACTIONS, PRESENT_AT
-
-DPI = 100
-PNG_METADATA = {"Software": None}
-"""No matplotlib version stamp in the PNGs: same figure, same bytes."""
 
 CHOICE_FACTS = ("ego_speed", "nearest_distance", "min_ttc")
 """Scene facts (not Q-values or the action) whose correlation picks output neurons to visualise."""
@@ -49,10 +45,7 @@ class Layer:
 
 def layer_names(agent: AgentConfig) -> dict[str, bool]:
     """{layer: per_vehicle} for the embeddings' and the output MLP's neurons (post-ReLU)."""
-    embedding, output = range(len(agent.embedding_layers)), range(len(agent.output_layers))
-    return ({f"ego_embedding.hook_post.{i}": False for i in embedding}
-            | {f"others_embedding.hook_post.{i}": True for i in embedding}
-            | {f"output_layer.hook_post.{i}": False for i in output})
+    return {s.name: s.per_vehicle for s in neuron_sites(len(agent.embedding_layers), len(agent.output_layers))}
 
 
 def read_layers(params: Params, arrays: dict[str, np.ndarray]) -> dict[str, Layer]:
@@ -133,14 +126,6 @@ def lens_tables(model: str, net: EgoAttentionNetwork, arrays: dict[str, np.ndarr
 # Feature visualisation
 
 
-def readable(layer: str) -> str:
-    """'output_layer.hook_post.0' -> 'output MLP hidden layer 0'."""
-    part, _, index = layer.rpartition(".")
-    kind = {"output_layer.hook_post": "output MLP hidden layer", "ego_embedding.hook_post": "ego embedding layer",
-            "others_embedding.hook_post": "others' embedding layer"}.get(part, part)
-    return f"{kind} {index}"
-
-
 @dataclass
 class Target:
     """A feature-visualisation objective and what it is compared with."""
@@ -168,7 +153,7 @@ def targets(model: str, layers: dict[str, Layer], correlations: pd.DataFrame, ar
     correlations: the network's `correlations` table (layer, neuron, fact, spearman).
     """
     chosen_targets = []
-    for layer in (v for v in layers.values() if v.name.startswith("output_layer.")):
+    for layer in (v for v in layers.values() if v.name.startswith(f"{OUTPUT_MLP}.")):
         linear = layer.name.replace(".hook_post.", ".layers.")
         scene_correlations = correlations[(correlations["layer"] == layer.name)
                                           & correlations["fact"].isin(CHOICE_FACTS)]
@@ -179,7 +164,7 @@ def targets(model: str, layers: dict[str, Layer], correlations: pd.DataFrame, ar
                 layer.name, str(pick.neuron), neurons.neuron_objective(linear, int(pick.neuron)),
                 neurons.step_activations(arrays[linear])[:, pick.neuron], pick.reason, pick.fact, pick.spearman,
                 "pre-activation",
-                f"{model} network, {readable(layer.name)}, neuron {pick.neuron} ({why})"))
+                f"{model} network, {site(layer.name).layer_title}, neuron {pick.neuron} ({why})"))
     advantages = neurons.advantage(arrays["q"])
     for a, name in enumerate(ACTIONS):
         chosen_targets.append(Target("advantage", name, neurons.advantage_objective(a), advantages[:, a], "action",
@@ -224,13 +209,6 @@ def feature_vis(model: str, net: EgoAttentionNetwork, layers: dict[str, Layer], 
                 "presence_episode": int(episode[typical]), "presence_step": int(step[typical]),
                 "n_present": n_present, "file": file})
     return pd.DataFrame(rows), figures
-
-
-def figure_png(fig: Figure) -> bytes:
-    """`fig` as PNG bytes at `DPI` that depend only on its content (no software metadata)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata=PNG_METADATA)
-    return buffer.getvalue()
 
 
 def network_tables(model: str, net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], params: Params, seed: int,

@@ -20,12 +20,15 @@ import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrow, Patch, Rectangle
+from matplotlib.patches import FancyArrow, Patch
 from torch import nn
 
 from egolens.config import EnvConfig, FeaturesRange
+from egolens.figures import draw_vehicle, scene_axes
 from egolens.hooks import run_with_cache
+from egolens.numbers import significant as significant_digits
 from egolens.scene import denormalize
+from egolens.sites import PATTERN, json_key
 from egolens.stats import spearman_columns
 from egolens.vocabulary import ACTIONS, PRESENT_AT, REFERENCE_FEATURES, present
 
@@ -413,8 +416,7 @@ def advantage_objective(action: int) -> Objective:
 
 def attention_objective(head: int, entity: int) -> Objective:
     """The attention weight of the ego's query in `head` on observation row `entity`."""
-    name = "attention_layer.hook_pattern"
-    return Objective(lambda q, cache: cache[name][:, head, 0, entity], (name,), f"attention[h{head}, {entity}]")
+    return Objective(lambda q, cache: cache[PATTERN][:, head, 0, entity], (PATTERN,), f"attention[h{head}, {entity}]")
 
 
 def advantage(q: np.ndarray) -> np.ndarray:
@@ -560,10 +562,9 @@ def scene_picture(obs: np.ndarray, features_range: FeaturesRange, title: str = "
     shown = np.nonzero(kin.present[0])[0]
     for row in shown:
         x, y, vx, vy = kin.x[0, row], kin.y[0, row], kin.vx[0, row], kin.vy[0, row]
-        angle = float(np.degrees(np.arctan2(kin.sin_h[0, row], kin.cos_h[0, row])))
         color = "tab:red" if row == 0 else "tab:blue"
-        ax.add_patch(Rectangle((x - length / 2, y - width / 2), length, width, angle=angle, rotation_point="center",
-                               facecolor=color, edgecolor="black", alpha=0.8, label="ego" if row == 0 else None))
+        draw_vehicle(ax, x, y, kin.cos_h[0, row], kin.sin_h[0, row], color, (length, width), alpha=0.8,
+                     label="ego" if row == 0 else None)
         if np.hypot(vx, vy) > 1e-6:
             ax.add_patch(FancyArrow(x, y, vx * seconds, vy * seconds, width=0.3, head_width=1.2, color=color,
                                     length_includes_head=True))
@@ -572,12 +573,7 @@ def scene_picture(obs: np.ndarray, features_range: FeaturesRange, title: str = "
     ys = np.concatenate([kin.y[0, shown], kin.y[0, shown] + kin.vy[0, shown] * seconds])
     half = max(np.ptp(xs), np.ptp(ys), 20.0) / 2 + length
     cx, cy = (xs.max() + xs.min()) / 2, (ys.max() + ys.min()) / 2
-    ax.set_xlim(cx - half, cx + half)
-    ax.set_ylim(cy + half, cy - half)                  # y down the screen
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m, down the screen)")
-    ax.set_title(title)
+    scene_axes(ax, cx, cy, half, title)
     return fig
 
 
@@ -621,7 +617,7 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
 
     tables: "stats" (`activation_stats` rows), "dictionary" (`semantic_dictionary` rows with a
     layer and a boolean `significant` column), "lens_summary" (`lens.lens_summary`), "tuned_lens"
-    (`lens.tuned_lens`). Numbers are rounded to 6 significant digits; NaN or inf is an error.
+    (`lens.tuned_lens`). Numbers are rounded to 6 significant digits; a missing one is None (null).
     """
     out: dict = {}
     stats, dictionary = tables["stats"], tables["dictionary"]
@@ -630,9 +626,9 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
         layers = {}
         for layer, group in stats[stats["model"] == model].groupby("layer", sort=False):
             entries = dictionary[(dictionary["model"] == model) & (dictionary["layer"] == layer)]
-            layers[layer.replace(".", "_")] = {"dead_fraction": float(group["dead"].mean()),
-                                               "mean_sparsity": float(1.0 - group["frac_active"].mean()),
-                                               "described_neurons": int(entries["significant"].sum())}
+            layers[json_key(layer)] = {"dead_fraction": float(group["dead"].mean()),
+                                       "mean_sparsity": float(1.0 - group["frac_active"].mean()),
+                                       "described_neurons": int(entries["significant"].sum())}
         logit = lens_summary[(lens_summary["model"] == model) & lens_summary["k"].isna()]
         held = tuned[(tuned["model"] == model) & tuned["k"].isna() & (tuned["split"] == "held_out")]
         out[model] = {
@@ -641,15 +637,13 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
             "logit_lens_agreement": dict(zip(logit["site"], logit["agreement"].astype(float))),
             "tuned_lens_held_out_agreement": dict(zip(held["site"], held["agreement"].astype(float))),
         }
-    return _finite_rounded(out)
+    return _rounded(out)
 
 
-def _finite_rounded(value: object, path: str = "summary") -> object:
-    """Plain numbers rounded to 6 significant digits; NaN or inf is an error (DVC metrics)."""
+def _rounded(value: object) -> object:
+    """Plain numbers rounded to 6 significant digits; a missing one (NaN) None (`egolens.numbers`)."""
     if isinstance(value, dict):
-        return {k: _finite_rounded(v, f"{path}.{k}") for k, v in value.items()}
+        return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, bool | int | np.integer):
         return int(value)
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{path} = {value} is not a finite number")
-    return float(f"{float(value):.6g}")
+    return significant_digits(float(value))

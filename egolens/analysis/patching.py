@@ -23,9 +23,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from egolens.analysis.interventions import (
+from egolens.analysis.interventions import most_attended_vehicle, move_closer, q_metric, remove_vehicle, slow_ego
+from egolens.hooks import HookFn, run_with_cache, run_with_hooks
+from egolens.model import EgoAttentionNetwork
+from egolens.sites import (
     COMBINED,
+    EGO_EMBEDDING,
     K_SITE,
+    OTHERS_EMBEDDING,
+    OUTPUT_MLP,
     PATTERN,
     Q_SITE,
     RESID,
@@ -33,14 +39,7 @@ from egolens.analysis.interventions import (
     V_SITE,
     Z,
     mlp_posts,
-    most_attended_vehicle,
-    move_closer,
-    q_metric,
-    remove_vehicle,
-    slow_ego,
 )
-from egolens.hooks import HookFn, run_with_cache, run_with_hooks
-from egolens.model import EgoAttentionNetwork
 from egolens.vocabulary import present
 
 Index = tuple[int | slice | torch.Tensor, ...]
@@ -105,7 +104,7 @@ def patching_sites(net: EgoAttentionNetwork, entities: int, neurons: bool = True
     """
     att = net.attention_layer
     sites: list[Site] = []
-    for ego_name, oth_name in zip(mlp_posts(net, "ego_embedding"), mlp_posts(net, "others_embedding")):
+    for ego_name, oth_name in zip(mlp_posts(net, EGO_EMBEDDING), mlp_posts(net, OTHERS_EMBEDDING)):
         sites.append(Site(ego_name, (0,), "embedding", entity=0))
         sites += [Site(oth_name, (j - 1,), "embedding", entity=j) for j in range(1, entities)]
         sites.append(Site(oth_name, (), "embedding"))
@@ -116,7 +115,7 @@ def patching_sites(net: EgoAttentionNetwork, entities: int, neurons: bool = True
             sites.append(Site(name, (h,), cls, head=h))
         sites += [Site(name, (h,), cls, head=h) for name, cls in ((SCORES, "scores"), (PATTERN, "pattern"), (Z, "z"))]
     sites += [Site(COMBINED, (), "combined"), Site(RESID, (), "resid")]
-    for name, linear in zip(mlp_posts(net, "output_layer"), net.output_layer.layers):
+    for name, linear in zip(mlp_posts(net, OUTPUT_MLP), net.output_layer.layers):
         sites.append(Site(name, (), "hidden"))
         if neurons:
             sites += [Site(name, (n,), "neuron", neuron=n) for n in range(linear.out_features)]
@@ -184,8 +183,8 @@ def path_patching(net: EgoAttentionNetwork, clean_obs: torch.Tensor, corr_obs: t
     Columns: pair, sender, head, path, m_clean, m_corr, m_patched, restored.
     """
     sender = torch.as_tensor(sender).long()
-    ego_last = mlp_posts(net, "ego_embedding")[-1]
-    oth_last = mlp_posts(net, "others_embedding")[-1]
+    ego_last = mlp_posts(net, EGO_EMBEDDING)[-1]
+    oth_last = mlp_posts(net, OTHERS_EMBEDDING)[-1]
     q_clean, clean = run_with_cache(net, clean_obs, [K_SITE, V_SITE, Q_SITE, ego_last, oth_last])
     with torch.no_grad():
         m_corr = q_metric(net(corr_obs)).double()
