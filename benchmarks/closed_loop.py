@@ -15,8 +15,8 @@ import time
 import torch
 
 from egolens import checkpoint
-from egolens.analysis import editing
-from egolens.analysis import interventions as iv
+from egolens.analysis.intervening import editing
+from egolens.analysis.intervening import interventions as iv
 from egolens.config import Params
 from egolens.env import make_runner
 from egolens.model import EgoAttentionNetwork

@@ -272,7 +272,7 @@ class SceneConfig(_Strict):
 
 
 class AttributionsConfig(_Strict):
-    """Attribution analyses on recorded steps (egolens.analysis.attribution_study)."""
+    """Attribution analyses on recorded steps (egolens.analysis.attribution.attribution_study)."""
 
     max_steps: int = Field(300, gt=0)
     """Recorded steps analysed per network (evenly spaced over the rollouts)."""
@@ -311,7 +311,7 @@ class AttributionsConfig(_Strict):
 
 
 class NeuronsConfig(_Strict):
-    """Neuron studies and lenses (egolens.analysis.neurons, egolens.analysis.lens)."""
+    """Neuron studies and lenses (egolens.analysis.reading.neurons, egolens.analysis.reading.lens)."""
 
     top_k: int = Field(10, gt=0)
     """Top activating steps per neuron in the semantic dictionary."""
@@ -368,13 +368,13 @@ class FactBins(_Strict):
 
 
 class CircuitsConfig(_Strict):
-    """Weight circuits and recorded attention scores (egolens.analysis.circuits)."""
+    """Weight circuits and recorded attention scores (egolens.analysis.reading.circuits)."""
 
     fact_bins: FactBins = FactBins()
 
 
 class InterventionsConfig(_Strict):
-    """Ablations, patching, perturbation sweeps and edits (egolens.analysis.intervention_study)."""
+    """Ablations, patching, perturbation sweeps and edits (egolens.analysis.intervening.intervention_study)."""
 
     closed_loop_episodes: int = Field(50, gt=0)
     """Greedy episodes per closed-loop condition (the same env seeds for every condition)."""

@@ -1,7 +1,7 @@
 """attributions@seed: integrated gradients, layer and neuron conductance, vehicle Shapley values,
 deletion/insertion curves, attention vs attribution and vs scene facts, and the model-parameter
 randomisation check, on evenly spaced recorded steps of the trained and the untrained network
-(egolens.analysis.attribution_study); summary.json from egolens.analysis.attribution_summary."""
+(egolens.analysis.attribution.attribution_study); summary.json from egolens.analysis.attribution.attribution_summary."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 
-from egolens.analysis.attribution_study import OUTPUTS, NetworkAnalysis, Steps, combine
-from egolens.analysis.attribution_summary import summarize
+from egolens.analysis.attribution.attribution_study import OUTPUTS, NetworkAnalysis, Steps, combine
+from egolens.analysis.attribution.attribution_summary import summarize
 from egolens.config import Params
 from stages import NETWORKS, load_rollout, seed_args, seed_results
 from stages.networks import deterministic, load_net

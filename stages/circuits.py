@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from egolens.analysis import circuits
+from egolens.analysis.reading import circuits
 from egolens.scene import scene_facts
 from egolens.sites import SCORES
 from stages import NETWORKS, load_rollout, seed_args, seed_results

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from tqdm import tqdm
 
-from egolens.analysis import intervention_study as study
+from egolens.analysis.intervening import intervention_study as study
 from egolens.env import make_runner
 from egolens.scene import scene_facts
 from egolens.sites import neuron_layers

@@ -10,7 +10,7 @@ import matplotlib
 import pandas as pd
 from tqdm import tqdm
 
-from egolens.analysis import neuron_study, neurons
+from egolens.analysis.reading import neuron_study, neurons
 from egolens.figures import FEATURE_VIS_DPI, figure_png
 from stages import NETWORKS, load_rollout, seed_args, seed_results
 from stages.networks import deterministic, load_net

@@ -16,7 +16,7 @@ PACKAGES = ("egolens", "stages")
 
 
 def module_file(name: str) -> Path | None:
-    """egolens.analysis.paths -> egolens/analysis/paths.py (or the package's __init__.py)."""
+    """egolens.analysis.attribution.paths -> egolens/analysis/attribution/paths.py (or the package's __init__.py)."""
     base = ROOT.joinpath(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.exists():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis import editing
-from egolens.analysis import interventions as iv
+from egolens.analysis.intervening import editing
+from egolens.analysis.intervening import interventions as iv
 from egolens.hooks import run_with_cache, run_with_hooks
 from egolens.sites import RESID, Z
 from tests.conftest import random_obs, tiny_net

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from egolens.analysis import intervention_study as study
-from egolens.analysis import interventions as iv
+from egolens.analysis.intervening import intervention_study as study
+from egolens.analysis.intervening import interventions as iv
 from egolens.config import InterventionsConfig
 from egolens.hooks import run_with_cache
 from egolens.sites import COMBINED, PATTERN, RESID, Z, neuron_layers

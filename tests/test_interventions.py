@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis import interventions as iv
+from egolens.analysis.intervening import interventions as iv
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
 from egolens.play import play
 from egolens.sites import COMBINED, PATTERN, RESID, Z

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from egolens.analysis import neurons
-from egolens.analysis.neuron_study import (
+from egolens.analysis.reading import neurons
+from egolens.analysis.reading.neuron_study import (
     CHOICE_FACTS,
     layer_names,
     network_tables,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from egolens.analysis.lens import lens_summary, logit_lens
-from egolens.analysis.neurons import (
+from egolens.analysis.reading.lens import lens_summary, logit_lens
+from egolens.analysis.reading.neurons import (
     FIRES_FOR,
     Objective,
     activation_stats,

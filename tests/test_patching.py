@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis import interventions as iv
-from egolens.analysis import patching
+from egolens.analysis.intervening import interventions as iv
+from egolens.analysis.intervening import patching
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
 from egolens.sites import K_SITE, PATTERN, RESID, V_SITE, Z
 from egolens.vocabulary import present_others

@@ -3,7 +3,7 @@ baseline -> obs, obs's absent mask held fixed: its scheme, a parameter of every 
 
 - `FixedGrid`: captum's rule over the whole path (Gauss-Legendre or Riemann, `n_steps` points);
 - `KinkCut`: every path cut where a ReLU switches, each piece integrated with a few
-  Gauss-Legendre points, refined per step until complete (`egolens.analysis.paths`).
+  Gauss-Legendre points, refined per step until complete (`egolens.analysis.attribution.paths`).
 
 A method gives `attribute` its captum class (FixedGrid) and its rule on cut paths (`Integrand`,
 KinkCut) and gets a `PathAttribution` either way. Shapes: B steps, E entities, F features.
@@ -18,7 +18,7 @@ import torch
 from captum.attr import GradientAttribution
 from torch import nn
 
-from egolens.analysis.paths import (
+from egolens.analysis.attribution.paths import (
     PathAttribution,
     PathKinks,
     Segments,
@@ -27,7 +27,7 @@ from egolens.analysis.paths import (
     point_schedule,
     refine_until_complete,
 )
-from egolens.analysis.quantity import Target, captum_target, quantity_fn, target_change, target_indices
+from egolens.analysis.attribution.quantity import Target, captum_target, quantity_fn, target_change, target_indices
 from egolens.vocabulary import absent_mask
 
 CAPTUM_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")

@@ -23,7 +23,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from egolens.analysis.interventions import most_attended_vehicle, move_closer, q_metric, remove_vehicle, slow_ego
+from egolens.analysis.intervening.interventions import (
+    most_attended_vehicle,
+    move_closer,
+    q_metric,
+    remove_vehicle,
+    slow_ego,
+)
 from egolens.hooks import HookFn, run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
 from egolens.sites import (

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from egolens.analysis.attribution_tables import as_numpy, labelled
-from egolens.analysis.baselines import ego_alone
-from egolens.analysis.quantity import Target, target_change
+from egolens.analysis.attribution.attribution_tables import as_numpy, labelled
+from egolens.analysis.attribution.baselines import ego_alone
+from egolens.analysis.attribution.quantity import Target, target_change
 from egolens.stats import spearman
 from egolens.vocabulary import ACTIONS
 

@@ -4,8 +4,8 @@ Observation says what the network represents; interventions say what it uses. Ev
 intervention here is a hook that edits a named activation (`egolens.hooks`) or an edit of the
 observation; nothing re-implements the forward pass. All functions are pure (no file I/O);
 tables are tidy pandas DataFrames. Activation and path patching live in
-`egolens.analysis.patching`, edited copies of the network in `egolens.analysis.editing`, the
-interventions stage's experiment and its summary in `egolens.analysis.intervention_study`.
+`egolens.analysis.intervening.patching`, edited copies of the network in `egolens.analysis.intervening.editing`, the
+interventions stage's experiment and its summary in `egolens.analysis.intervening.intervention_study`.
 
 Shapes: B steps (or pairs), E entities (15, row 0 the ego), F features (7: presence, x, y, vx,
 vy, cos_h, sin_h), D feature_size, H heads, d = D / H, A actions (0 SLOWER, 1 IDLE, 2 FASTER).

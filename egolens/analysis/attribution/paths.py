@@ -1,6 +1,6 @@
 """The machinery of the path methods (integrated gradients, layer conductance): straight paths
 through a ReLU network, where they cross a kink, how they are cut, the quadrature on the pieces
-and the refinement until complete. The schemes that use it: `egolens.analysis.schemes`.
+and the refinement until complete. The schemes that use it: `egolens.analysis.attribution.schemes`.
 
 A path method integrates a gradient along x(α) = b + α·(x − b), α in [0, 1], with obs's absent
 mask held fixed. For a ReLU network that gradient jumps wherever a ReLU's input changes sign (a

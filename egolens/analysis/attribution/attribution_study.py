@@ -24,9 +24,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from egolens.analysis import paths, schemes
-from egolens.analysis.attention_agreement import attention_attribution_agreement, attention_vs_fact
-from egolens.analysis.attribution_tables import (
+from egolens.analysis.attribution import paths, schemes
+from egolens.analysis.attribution.attribution_tables import (
     attribution_table,
     chosen,
     feature_summary,
@@ -36,9 +35,14 @@ from egolens.analysis.attribution_tables import (
     vehicle_table,
     with_episode_steps,
 )
-from egolens.analysis.baselines import changed_entries, ego_alone, others_zeroed, typical_scene
-from egolens.analysis.conductance import conductance_table, layer_conductance, neuron_conductance, neuron_ranking
-from egolens.analysis.faithfulness import (
+from egolens.analysis.attribution.baselines import changed_entries, ego_alone, others_zeroed, typical_scene
+from egolens.analysis.attribution.conductance import (
+    conductance_table,
+    layer_conductance,
+    neuron_conductance,
+    neuron_ranking,
+)
+from egolens.analysis.attribution.faithfulness import (
     attribution_order,
     completeness_table,
     curve_auc,
@@ -47,8 +51,9 @@ from egolens.analysis.faithfulness import (
     randomisation_check,
     with_randomisation_flags,
 )
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.shapley import shapley_vehicles
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.shapley import shapley_vehicles
+from egolens.analysis.reading.attention_agreement import attention_attribution_agreement, attention_vs_fact
 from egolens.config import AttributionsConfig, EnvConfig, SceneConfig
 from egolens.hooks import activation_names
 from egolens.scene import scene_facts

@@ -12,8 +12,8 @@ import torch
 from captum.attr import ShapleyValueSampling
 from torch import nn
 
-from egolens.analysis.baselines import ego_alone
-from egolens.analysis.quantity import Target, captum_target, quantity_fn
+from egolens.analysis.attribution.baselines import ego_alone
+from egolens.analysis.attribution.quantity import Target, captum_target, quantity_fn
 from egolens.vocabulary import PRESENCE, present_others
 
 

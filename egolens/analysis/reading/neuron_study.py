@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from egolens.analysis import lens, neurons
+from egolens.analysis.reading import lens, neurons
 from egolens.config import AgentConfig, NeuronsConfig, Params
 from egolens.model import EgoAttentionNetwork
 from egolens.progress import Progress, no_progress

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from egolens import vocabulary
-from egolens.analysis import editing, patching
-from egolens.analysis import interventions as iv
+from egolens.analysis.intervening import editing, patching
+from egolens.analysis.intervening import interventions as iv
 from egolens.episodes import Episode, episode_table, paired_comparison
 from egolens.hooks import HookFn
 from egolens.model import EgoAttentionNetwork

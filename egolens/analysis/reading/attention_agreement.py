@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egolens.analysis.attribution_tables import as_numpy, labelled
+from egolens.analysis.attribution.attribution_tables import as_numpy, labelled
 from egolens.stats import spearman
 
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from egolens.analysis.attribution_study import BASELINES, FACTS, ORDER_IG, QUANTITIES
-from egolens.analysis.attribution_tables import step_summary
-from egolens.analysis.faithfulness import completeness_stats
+from egolens.analysis.attribution.attribution_study import BASELINES, FACTS, ORDER_IG, QUANTITIES
+from egolens.analysis.attribution.attribution_tables import step_summary
+from egolens.analysis.attribution.faithfulness import completeness_stats
 
 EFFICIENCY_KEYS = ("max_abs_error", "median_rel_error", "max_rel_error", "n_tiny")
 """The completeness statistics of the Shapley values' efficiency the summary keeps."""

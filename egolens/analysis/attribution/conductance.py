@@ -5,7 +5,7 @@ comes from each input feature (neuron conductance); tables and rankings of neuro
 Activations are named modules (a Linear or a `hook_*` point, `egolens.hooks.activation_names`),
 read through captum's layer hooks or `egolens.hooks.capture`, never by re-implementing the
 forward. The absent mask of the observation is held fixed along the path (`fix_mask=True`);
-the integration scheme is a parameter (`egolens.analysis.schemes`).
+the integration scheme is a parameter (`egolens.analysis.attribution.schemes`).
 Shapes: B steps, E entities, F features, R rows of a per-entity layer, D units.
 """
 
@@ -19,9 +19,9 @@ import torch
 from captum.attr import LayerConductance, NeuronConductance
 from torch import nn
 
-from egolens.analysis import paths, schemes
-from egolens.analysis.attribution_tables import labelled
-from egolens.analysis.quantity import Target, quantity_fn, target_indices
+from egolens.analysis.attribution import paths, schemes
+from egolens.analysis.attribution.attribution_tables import labelled
+from egolens.analysis.attribution.quantity import Target, quantity_fn, target_indices
 from egolens.hooks import activation_names, capture
 
 NEURON_GRID = schemes.FixedGrid(method="riemann_trapezoid")

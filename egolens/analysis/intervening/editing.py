@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from egolens.analysis.interventions import SLOWER
+from egolens.analysis.intervening.interventions import SLOWER
 from egolens.hooks import run_with_cache
 from egolens.model import EgoAttentionNetwork
 from egolens.sites import OUTPUT_MLP, RESID, mlp_posts

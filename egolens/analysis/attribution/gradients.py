@@ -1,5 +1,5 @@
 """Integrated gradients of Q(s, a) (or the advantage) w.r.t. the observation, by any integration
-scheme (`egolens.analysis.schemes`): captum's over a fixed grid, or piecewise between the ReLU
+scheme (`egolens.analysis.attribution.schemes`): captum's over a fixed grid, or piecewise between the ReLU
 kinks of each path, refined per step until complete.
 
 Path methods move along baseline -> obs; the absent mask of the real observation is held fixed
@@ -13,8 +13,8 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import nn
 
-from egolens.analysis import paths, schemes
-from egolens.analysis.quantity import Target
+from egolens.analysis.attribution import paths, schemes
+from egolens.analysis.attribution.quantity import Target
 
 
 def integrated_gradients(net: nn.Module, obs: torch.Tensor, baseline: torch.Tensor, target: Target,

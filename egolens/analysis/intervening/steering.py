@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from egolens.analysis.interventions import Intervened, add_direction
-from egolens.analysis.probes import ProbeFit
+from egolens.analysis.intervening.interventions import Intervened, add_direction
+from egolens.analysis.reading.probes import ProbeFit
 from egolens.episodes import greedy
 from egolens.hooks import activation_names
 from egolens.vocabulary import ACTIONS

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egolens.analysis.quantity import Target, target_indices
+from egolens.analysis.attribution.quantity import Target, target_indices
 from egolens.vocabulary import REFERENCE_FEATURES, absent_mask, present_others
 
 

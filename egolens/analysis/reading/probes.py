@@ -36,7 +36,7 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from egolens.analysis.probe_targets import Kind, Level, vehicle_rows
+from egolens.analysis.reading.probe_targets import Kind, Level, vehicle_rows
 
 KINDS: tuple[Kind, ...] = ("binary", "categorical", "continuous")
 METRICS: dict[Kind, tuple[str, ...]] = {
