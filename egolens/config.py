@@ -311,7 +311,8 @@ class AttributionsConfig(_Strict):
 
 
 class NeuronsConfig(_Strict):
-    """Neuron studies and lenses (egolens.analysis.reading.neurons, egolens.analysis.reading.lens)."""
+    """Neuron studies and lenses (egolens.analysis.reading: neuron_facts, neuron_stats, neuron_dictionary,
+    feature_visualisation, lens)."""
 
     top_k: int = Field(10, gt=0)
     """Top activating steps per neuron in the semantic dictionary."""
