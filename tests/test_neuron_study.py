@@ -16,7 +16,8 @@ from egolens.analysis.reading.neuron_study import (
     read_layers,
     targets,
 )
-from egolens.config import InterventionsConfig, NeuronsConfig, Params
+from egolens.analysis_config import InterventionsConfig, NeuronsConfig
+from egolens.config import Params
 from egolens.figures import FEATURE_VIS_DPI, figure_png
 from egolens.hooks import activation_names, run_with_cache
 from egolens.model import EgoAttentionNetwork

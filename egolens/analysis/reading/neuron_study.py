@@ -21,7 +21,8 @@ import torch
 from matplotlib.figure import Figure
 
 from egolens.analysis.reading import feature_visualisation, lens, neuron_dictionary, neuron_facts, neuron_stats
-from egolens.config import AgentConfig, NeuronsConfig, Params
+from egolens.analysis_config import NeuronsConfig
+from egolens.config import AgentConfig, Params
 from egolens.model import EgoAttentionNetwork
 from egolens.progress import Progress, no_progress
 from egolens.scene import scene_facts
