@@ -100,7 +100,13 @@ def head_role(rank: int) -> str:
 
 def head_zero(rank: int, metric: str) -> str:
     """The closed-loop effect of zero-ablating head_rank<rank>: `closed_loop.head_rank<r>.zero.<metric>`."""
-    return f"closed_loop.{head_role(rank)}.zero.{metric}"
+    return head_ablated(rank, "zero", metric)
+
+
+def head_ablated(rank: int, mode: str, metric: str) -> str:
+    """The closed-loop effect of ablating head_rank<rank> with `mode` (zero, mean, resample), measured
+    on the measure half of the closed-loop episodes: `closed_loop.head_rank<r>.<mode>.<metric>`."""
+    return f"closed_loop.{head_role(rank)}.{mode}.{metric}"
 
 
 def attention_off_ego(model: str, head: str) -> str:
@@ -117,17 +123,25 @@ HEAD = re.compile(r"head(\d+)")
 """A per-seed head index in a metric name or a closed-loop target (`head0`, `head1_value`, ...)."""
 
 
+SELECTION_MODE = "resample"
+"""The ablation heads are ranked by (resample: it keeps a head's output on its distribution)."""
+RANK_HALF, MEASURE_HALF = "rank", "measure"
+"""The halves of the closed-loop episodes: heads are ranked on the first, their effects measured on the second."""
+
+
 def head_ranks(closed_loop: pd.DataFrame) -> dict[int, int]:
     """Head index -> rank (1 = most important) from one seed's interventions/closed_loop.csv.
 
-    Ranked by the success-rate change of zero-ablating the head (most negative first); ties by the
-    collision-rate change (largest first), then by index.
+    Ranked on the rank half of the closed-loop episodes by the success-rate change of ablating the
+    head with `SELECTION_MODE` (most negative first); ties by the collision-rate change (largest
+    first), then by index. The measure half is left for the effects reported under these names.
     """
-    rows = closed_loop[(closed_loop["kind"] == "head") & (closed_loop["mode"] == "zero")]
+    rows = closed_loop[(closed_loop["kind"] == "head") & (closed_loop["mode"] == SELECTION_MODE)
+                       & (closed_loop["half"] == RANK_HALF)]
     effect = rows.pivot_table(index="target", columns="metric", values="diff", aggfunc="first")
     heads = sorted(int(HEAD.fullmatch(str(t)).group(1)) for t in effect.index)
     if not heads:
-        raise ValueError("closed_loop has no zero-ablation rows of kind 'head'")
+        raise ValueError(f"closed_loop has no {SELECTION_MODE}-ablation rows of kind 'head' on the {RANK_HALF} half")
     key = {h: (effect.loc[f"head{h}", "success"], -effect.loc[f"head{h}", "collision"], h) for h in heads}
     return {h: rank for rank, h in enumerate(sorted(heads, key=key.__getitem__), start=1)}
 
