@@ -6,7 +6,8 @@ stages) read and write by name.
 - Metrics: a metric is a dotted path into the per-seed summaries (`evaluate.trained.success_rate.mean`);
   the functions below build the names several modules share, so no module spells them itself.
 - Heads: heads are interchangeable across seeds, so a per-seed name `head<i>` becomes
-  `head_rank<r>`, r its rank by what zero-ablating it costs in closed loop (`head_ranks`).
+  `head_rank<r>`, r its rank by what resample-ablating it costs in closed loop on the rank half of
+  the closed-loop episodes (`head_ranks`); its effects are reported on the other half.
 - Rates: `is_rate` says which metrics are fractions in [0, 1], whose intervals
   `egolens.numbers.rate_interval` keeps inside [0, 1].
 """
@@ -85,6 +86,10 @@ DRIVING_METRICS = (*OUTCOME_RATES, "mean_return")
 
 SEED_T = "student_t_over_seeds"
 SEEDS_AND_EPISODES = "bootstrap_over_seeds_and_episodes"
+SEEDS_CROSSED_EPISODES = "crossed_bootstrap_over_seeds_and_shared_episodes"
+"""Interval labels of summary.csv: Student-t over seeds; a nested bootstrap (episodes within each
+seed, for episodes not shared by the seeds); a crossed bootstrap (the same episodes resampled once
+for every seed, and the seeds: every agent plays the same held-out episodes)."""
 """How a summary row's interval was made (summary.csv column `interval`)."""
 
 

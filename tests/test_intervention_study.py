@@ -265,8 +265,9 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     assert len(tables.closed_loop_episodes) == 3 * len(names)
     # the env seeds split by env seed: one to rank heads on, two to measure them on
     episodes = tables.closed_loop_episodes[tables.closed_loop_episodes.condition == "none"]
-    assert episodes.groupby("half")["env_seed"].apply(list).to_dict() == {"rank": [cfg.env_seed],
-                                                                          "measure": [cfg.env_seed + 1, cfg.env_seed + 2]}
+    first = cfg.env_seed
+    assert episodes.groupby("half")["env_seed"].apply(list).to_dict() == {"rank": [first],
+                                                                          "measure": [first + 1, first + 2]}
     halves = tables.closed_loop.groupby("half")["episodes"].max().to_dict()
     assert halves == {"all": 3, "rank": 1, "measure": 2}
     none = tables.closed_loop[(tables.closed_loop.condition == "none") & (tables.closed_loop.half == "all")]
