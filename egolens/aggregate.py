@@ -32,9 +32,11 @@ from egolens.names import (
     ARRIVED,
     COLLISION,
     DRIVING_METRICS,
+    FINDING,
     HEAD,
     MEASURE_HALF,
     OUTCOME_RATES,
+    SANITY,
     SEED_T,
     SEEDS_AND_EPISODES,
     SEEDS_CROSSED_EPISODES,
@@ -48,6 +50,7 @@ from egolens.names import (
     head_zero,
     is_rate,
     neuron_ablation,
+    of_kind,
 )
 from egolens.numbers import HEADLINE_DECIMALS, decimals, rate_interval
 from egolens.stats import crossed_bootstrap_ci, nested_bootstrap_ci, t_interval
@@ -299,12 +302,6 @@ def summary_tree(table: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------------- findings
 
-FINDING, SANITY = "finding", "sanity_check"
-"""Kinds of a checked claim: a finding could fail; a sanity check holds by construction when the
-code is right (e.g. Shapley efficiency under permutation sampling), so it is reported apart and
-never counted among the findings that hold."""
-
-
 @dataclass(frozen=True)
 class Finding:
     """A claim checked separately in every seed. `test` gets the seed's metrics and returns
@@ -432,13 +429,6 @@ def holds_table(per_seed: Mapping[int, Metrics], findings: Sequence[Finding] = F
                      "n_seeds": len(checked), "n_holds": n_holds, "holds": f"{n_holds}/{len(checked)}",
                      **{f"seed{s}": (math.nan if r is None else float(r)) for s, r in results.items()}})
     return pd.DataFrame(rows)
-
-
-def of_kind(holds: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """The rows of a holds.csv of one kind (a holds.csv without a kind column has findings only)."""
-    if "kind" not in holds.columns:
-        return holds if kind == FINDING else holds.iloc[0:0]
-    return holds[holds["kind"] == kind]
 
 
 def headline(table: pd.DataFrame, holds: pd.DataFrame) -> dict[str, object]:

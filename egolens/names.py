@@ -128,10 +128,30 @@ HEAD = re.compile(r"head(\d+)")
 """A per-seed head index in a metric name or a closed-loop target (`head0`, `head1_value`, ...)."""
 
 
+FINDING, SANITY = "finding", "sanity_check"
+"""Kinds of a checked claim (holds.csv's kind): a finding could fail; a sanity check holds by
+construction when the code is right (e.g. Shapley efficiency under permutation sampling), so it is
+reported apart and never counted among the findings that hold."""
+
+
+def of_kind(holds: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The rows of a holds.csv of one kind (a holds.csv without a kind column holds findings only)."""
+    if "kind" not in holds.columns:
+        return holds if kind == FINDING else holds.iloc[0:0]
+    return holds[holds["kind"] == kind]
+
+
 SELECTION_MODE = "resample"
 """The ablation heads are ranked by (resample: it keeps a head's output on its distribution)."""
 RANK_HALF, MEASURE_HALF = "rank", "measure"
 """The halves of the closed-loop episodes: heads are ranked on the first, their effects measured on the second."""
+
+
+def reported_half(target: str) -> str:
+    """The closed-loop half a condition's effect is reported on: a head's ablation (and the edit of
+    the head chosen among them: target `head<i>`) on the measure half, every other condition on all
+    the episodes ("all")."""
+    return MEASURE_HALF if HEAD.fullmatch(str(target)) else "all"
 
 
 def head_ranks(closed_loop: pd.DataFrame) -> dict[int, int]:
