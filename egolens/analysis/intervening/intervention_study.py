@@ -43,7 +43,7 @@ from egolens.stats import equivalence_test, paired_bootstrap_ci
 from egolens.vocabulary import ACTIONS
 
 if TYPE_CHECKING:
-    from egolens.config import InterventionsConfig
+    from egolens.analysis_config import InterventionsConfig
 
 @dataclass
 class Condition:
