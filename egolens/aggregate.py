@@ -336,8 +336,20 @@ def below_zero(ci_high: str) -> Callable[[Metrics], bool | None]:
 
 
 def flag(name: str) -> Callable[[Metrics], bool | None]:
-    """A test computed by a stage (an equivalence test, a check): holds when the 0/1 metric is 1."""
+    """A test computed by a stage (a check): holds when the 0/1 metric is 1."""
     return _needs(name)(lambda value: value == 1)
+
+
+def no_effect(test: str, section: str) -> Callable[[Metrics], bool | None]:
+    """A no-effect test of the interventions stage (`intervention_study.no_effect`, in `section`):
+    holds when its 0/1 `test` (equivalent or non_inferior) is 1; not checkable (None) when the
+    sample cannot resolve the margin at all (resolved 0), so that such a seed counts neither way."""
+    check = _needs(f"{section}.{test}", f"{section}.resolved")(lambda value, resolved: value == 1)
+
+    def decide(m: Metrics) -> bool | None:
+        return None if m.get(f"{section}.resolved") == 0 else check(m)
+    decide.needs = check.needs                                                # type: ignore[attr-defined]
+    return decide
 
 
 _PAIRED = "paired 95% CI of the difference on the same held-out episodes"
@@ -370,8 +382,9 @@ FINDINGS: tuple[Finding, ...] = (
             _needs(head_zero(1, "success_rate"))(lambda rate: rate <= 1e-9)),
     Finding("other_head_not_needed_for_success",
             f"Resample-ablating the other head (head_rank2, {_HELD_OUT}) does not lower the success rate by "
-            "more than interventions.equivalence_margin (one-sided test at 5%).",
-            flag(f"interventions.head_no_effect.{head_role(2)}.{SELECTION_MODE}.non_inferior")),
+            "more than interventions.equivalence_margin (one-sided test at 5%, on enough episodes to resolve "
+            "the margin).",
+            no_effect("non_inferior", f"interventions.head_no_effect.{head_role(2)}.{SELECTION_MODE}")),
     Finding("most_attended_vehicle_matters",
             "Removing the most-attended vehicle raises the collision rate (paired 95% CI above 0).",
             above_zero("interventions.vehicle_removal.most_attended.collision_diff_ci_low")),
@@ -407,8 +420,8 @@ FINDINGS: tuple[Finding, ...] = (
             _needs("interventions.editing.edit_rank_one.target_brakes")(lambda brakes: brakes == 1), SANITY),
     Finding("rank_one_edit_no_closed_loop_effect",
             "The rank-one edit leaves the closed-loop collision rate unchanged within ±interventions."
-            "equivalence_margin (equivalence test, TOST at 5%).",
-            flag("interventions.editing.edit_rank_one.collision_no_effect.equivalent")),
+            "equivalence_margin (equivalence test, TOST at 5%, on enough episodes to resolve the margin).",
+            no_effect("equivalent", "interventions.editing.edit_rank_one.collision_no_effect")),
     Finding("ego_alone_does_not_decide",
             "Decoding the ego's residual alone through the output MLP picks the final action on fewer than "
             "half of the recorded steps (logit lens).",

@@ -182,7 +182,9 @@ def _other_heads(c: Context) -> str | None:
              f"{{m:closed_loop.{h}.zero.success_diff}} zeroed" for h in others]
     return ("On the same held-out half, ablating " + _join(parts) + "; head_rank2's resample ablation lowers success "
             f"by no more than {c.param('interventions.equivalence_margin')} (one-sided test at 5%) in "
-            "{h:other_head_not_needed_for_success} ({fig:ablations}).")
+            "{h:other_head_not_needed_for_success}, a test checked only where the half's episodes can resolve the "
+            "margin (they rule out no rate below "
+            "{m:interventions.head_no_effect.head_rank2.resample.resolution}) ({fig:ablations}).")
 
 
 def _branch(c: Context) -> str:
@@ -325,7 +327,9 @@ def _editing(c: Context) -> str:
             f"test (TOST at 5%) puts that change inside ±{margin} in {{h:rank_one_edit_no_closed_loop_effect}}; "
             f"where it does not, no effect is shown, only none detected at n = {episodes} episodes, whose "
             "smallest change detected with 80% power is "
-            "{m:interventions.editing.edit_rank_one.collision_no_effect.detectable_effect}.")
+            "{m:interventions.editing.edit_rank_one.collision_no_effect.detectable_effect} (and no rate below "
+            "{m:interventions.editing.edit_rank_one.collision_no_effect.resolution} can be ruled out by "
+            f"{episodes} episodes at all).")
 
 
 FINDINGS: tuple[Section, ...] = (

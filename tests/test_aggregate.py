@@ -122,13 +122,17 @@ def test_study_findings_read_the_metrics_they_name():
 
 def test_no_effect_findings_need_an_equivalence_test_not_an_interval_that_includes_zero():
     no_effect = {f.name: f for f in FINDINGS}["rank_one_edit_no_closed_loop_effect"].test
-    assert no_effect({"interventions.editing.edit_rank_one.collision_no_effect.equivalent": 1.0}) is True
-    assert no_effect({"interventions.editing.edit_rank_one.collision_no_effect.equivalent": 0.0}) is False
+    section = "interventions.editing.edit_rank_one.collision_no_effect"
+    assert no_effect({f"{section}.equivalent": 1.0, f"{section}.resolved": 1.0}) is True
+    assert no_effect({f"{section}.equivalent": 0.0, f"{section}.resolved": 1.0}) is False
+    # too few episodes to resolve the margin: not checkable, counted neither way
+    assert no_effect({f"{section}.equivalent": 0.0, f"{section}.resolved": 0.0}) is None
     # an interval that includes 0 is no longer enough
     assert no_effect({"interventions.editing.edit_rank_one.closed_collision_diff_ci_low": -0.2,
                       "interventions.editing.edit_rank_one.closed_collision_diff_ci_high": 0.2}) is None
     other = {f.name: f for f in FINDINGS}["other_head_not_needed_for_success"].test
-    assert other({"interventions.head_no_effect.head_rank2.resample.non_inferior": 1.0}) is True
+    head = "interventions.head_no_effect.head_rank2.resample"
+    assert other({f"{head}.non_inferior": 1.0, f"{head}.resolved": 1.0}) is True
 
 
 def test_sanity_checks_are_reported_apart_and_not_counted_among_the_findings():

@@ -62,16 +62,23 @@ def closed_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def episodes_table() -> pd.DataFrame:
-    """closed_loop_episodes.csv of the hand-made tables: 2 rank and 2 measure episodes per condition;
-    every condition equals the control except head1_zero (one measure-half success lost), the
-    vehicle removals (most attended: every episode collides) and the rank-one edit (no change)."""
+EPISODES = 60
+"""Closed-loop episodes of the hand-made episode table: 30 to rank on, 30 to measure on (30 resolve a
+margin of 0.1: 1 − 0.05^(1/30) = 0.095)."""
+
+
+def episodes_table(episodes: int = EPISODES) -> pd.DataFrame:
+    """closed_loop_episodes.csv of the hand-made tables: the first half of the env seeds to rank on,
+    the second to measure on; every condition equals the control except head1_zero (every other
+    measure-half episode loses its success), the vehicle removals (most attended: every episode
+    collides) and the rank-one edit (no change)."""
     rows = []
     for condition in ["none", *HEADS, "vehicle_most_attended", "vehicle_random", "edit_rank_one"]:
-        for env_seed, half in ((10, "rank"), (11, "rank"), (12, "measure"), (13, "measure")):
-            success = 0.0 if condition == "head1_zero" and env_seed == 13 else 1.0
+        for i in range(episodes):
+            half = "rank" if i < episodes // 2 else "measure"
+            success = 0.0 if condition == "head1_zero" and half == "measure" and i % 2 else 1.0
             collision = 1.0 if condition == "vehicle_most_attended" else 0.0
-            rows.append({"condition": condition, "half": half, "env_seed": env_seed, "success": success,
+            rows.append({"condition": condition, "half": half, "env_seed": 100 + i, "success": success,
                          "collision": collision})
     return pd.DataFrame(rows)
 
@@ -176,21 +183,31 @@ def test_summary_of_hand_made_tables_matches_a_hand_computation():
                     # the edit changes no episode: equivalent to no effect within the margin
                     "edit_rank_one": {"target_brakes": 1, "collision_no_effect": {
                         "diff": 0.0, "tost_ci_low": 0.0, "tost_ci_high": 0.0, "margin": 0.1, "equivalent": 1,
-                        "non_inferior": 1, "detectable_effect": 0.0, "episodes": 4}}},
+                        "non_inferior": 1, "detectable_effect": 0.0, "resolution": 1 - 0.05 ** (1 / EPISODES),
+                        "resolved": 1, "episodes": EPISODES}}},
     }
     assert summary == expected                       # every value a power-of-two fraction: exact
     assert list(summary) == list(expected)           # summary.json's order of sections
     assert list(summary["patching_restored"]["ego_slower"]) == ["pairs", "embedding_other", "embedding_target",
                                                                 "neuron", "resid", "neuron_max"]
     # no effect: the heads that change no measure-half episode pass, head1_zero (a success lost in
-    # one of two episodes: mean −0.5, detectable effect (z_.975 + z_.8)·sd/√2 = 2.8016·0.5) fails
+    # every other episode: mean −0.5, detectable effect (z_.975 + z_.8)·sd/√n) fails
     assert set(no_effect) == {"head0", "head1"} and all(set(m) == set(iv.MODES) for m in no_effect.values())
     for head, modes in no_effect.items():
         for mode, test in modes.items():
             lost = (head, mode) == ("head1", "zero")
             assert (test["equivalent"], test["non_inferior"]) == ((0, 0) if lost else (1, 1)), (head, mode)
-            assert test["episodes"] == 2 and test["diff"] == (-0.5 if lost else 0.0)
-    assert no_effect["head1"]["zero"]["detectable_effect"] == pytest.approx((1.959964 + 0.841621) * 0.5)
+            assert test["episodes"] == EPISODES // 2 and test["diff"] == (-0.5 if lost else 0.0)
+    lost = np.tile([0.0, -1.0], EPISODES // 4)
+    assert no_effect["head1"]["zero"]["detectable_effect"] == pytest.approx(
+        (1.959964 + 0.841621) * lost.std(ddof=1) / np.sqrt(lost.size))
+    # an equivalence the sample cannot resolve fails even with no episode changed: 2 episodes
+    # resolve nothing below 1 − 0.05^(1/2) = 0.78
+    few = study.no_effect(np.zeros(2), 0.1, 200, 0)
+    assert few["tost_ci_low"] == few["tost_ci_high"] == 0.0 and (few["equivalent"], few["non_inferior"]) == (0, 0)
+    assert few["resolved"] == 0
+    assert few["resolution"] == pytest.approx(1 - 0.05 ** 0.5)
+    assert study.no_effect(np.zeros(2), 0.8, 200, 0)["equivalent"] == 1
     # another reported perturbation size picks other rows
     other = study.summarize(hand_made_tables(), heads=2, neuron_layers=[LAYER], notebook_size=0.2, margin=0.1,
                             resamples=200, seed=0)

@@ -455,14 +455,27 @@ def episode_differences(episodes: pd.DataFrame, treated: str, control: str, metr
     return a.to_numpy(dtype=np.float64) - b.to_numpy(dtype=np.float64)
 
 
+def resolution(episodes: int, alpha: float = 0.05) -> float:
+    """The smallest rate a sample of `episodes` paired episodes can rule out at level `alpha`: with no
+    discordant pair seen, the exact one-sided bound on their rate is 1 − alpha^(1/n) (≈ 3/n). A rate
+    difference smaller than this cannot be shown absent, whatever the bootstrap says (a sample with
+    no discordant pair has a bootstrap interval of width 0)."""
+    return 1.0 - alpha ** (1.0 / episodes) if episodes > 0 else math.nan
+
+
 def no_effect(differences: np.ndarray, margin: float, resamples: int, seed: int) -> dict[str, float]:
-    """Whether paired differences [n] show no effect: `stats.equivalence_test` (TOST at 5%: the 90%
-    interval inside ±margin), non_inferior (its lower bound above −margin: one-sided, "not lower by
-    more than the margin"), the detectable effect at 80% power, and the number of episodes."""
+    """Whether paired per-episode rate differences [n] (each −1, 0 or 1) show no effect:
+    `stats.equivalence_test` (TOST at 5%: the 90% interval inside ±margin) and non_inferior (its lower
+    bound above −margin: one-sided, "not lower by more than the margin"), each only when the sample
+    can resolve the margin at all (resolved: `resolution` <= margin); the detectable effect at 80%
+    power, the resolution and the number of episodes."""
     test = equivalence_test(differences, margin, resamples, seed)
+    resolved = resolution(differences.size) <= margin
     return {"diff": test["mean"], "tost_ci_low": test["ci_low"], "tost_ci_high": test["ci_high"], "margin": margin,
-            "equivalent": int(test["equivalent"]), "non_inferior": int(test["ci_low"] > -margin),
-            "detectable_effect": test["detectable_effect"], "episodes": int(differences.size)}
+            "equivalent": int(bool(test["equivalent"]) and resolved),
+            "non_inferior": int(test["ci_low"] > -margin and resolved),
+            "detectable_effect": test["detectable_effect"], "resolution": resolution(differences.size),
+            "resolved": int(resolved), "episodes": int(differences.size)}
 
 
 def summarize(tables: Tables, heads: int, neuron_layers: Sequence[str], notebook_size: float, margin: float,
