@@ -356,8 +356,9 @@ def limits(c: Context, untrained_collisions: str) -> list[str]:
                       "(wide); held-out rates, returns, paired differences and attention shares use a bootstrap "
                       "over seeds and episodes, which stays inside [0, 1] for rates.")
     else:
-        over_seeds = ("One seed: no interval over seeds exists; held-out rates, returns and attention shares carry "
-                      "a bootstrap interval over that seed's episodes, other numbers are that seed's values.")
+        over_seeds = ("One seed: no interval over seeds exists; held-out rates, returns, paired differences and "
+                      "attention shares carry a bootstrap interval over that seed's episodes, other numbers are that "
+                      "seed's values.")
     return [
         over_seeds,
         "Heads are matched across seeds by their closed-loop role (head_rank1 = the head whose resample ablation "
