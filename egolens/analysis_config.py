@@ -127,8 +127,9 @@ class CircuitsConfig(Strict):
 class InterventionsConfig(Strict):
     """Ablations, patching, perturbation sweeps and edits (egolens.analysis.intervening.intervention_study)."""
 
-    closed_loop_episodes: int = Field(50, gt=0)
-    """Greedy episodes per closed-loop condition (the same env seeds for every condition)."""
+    closed_loop_episodes: int = Field(50, ge=2)
+    """Greedy episodes per closed-loop condition (the same env seeds for every condition), split in two
+    by env seed: heads are ranked on the first half, their effects measured on the second."""
     env_seed: int = Field(970_000_000, ge=0)
     """Held-out env seeds env_seed, env_seed + 1, ... (disjoint from every training seed)."""
     num_envs: int = Field(2, gt=0, le=16)
@@ -159,6 +160,9 @@ class InterventionsConfig(Strict):
     """When no recorded step brakes, the rank-one edit sets the target step's Q(SLOWER) to max Q + this."""
     bootstrap_resamples: int = Field(2000, ge=100)
     """Bootstrap resamples of every 95% interval (open-loop rates over steps, closed-loop paired diffs)."""
+    equivalence_margin: float = Field(0.1, gt=0.0, lt=1.0)
+    """Largest closed-loop rate difference counted as "no effect": a no-effect finding holds only when a
+    two one-sided test (TOST, 5%) puts the difference inside ± this (a rate, in (0, 1))."""
 
     @field_validator("perturbation_sizes")
     @classmethod

@@ -6,7 +6,8 @@ stages) read and write by name.
 - Metrics: a metric is a dotted path into the per-seed summaries (`evaluate.trained.success_rate.mean`);
   the functions below build the names several modules share, so no module spells them itself.
 - Heads: heads are interchangeable across seeds, so a per-seed name `head<i>` becomes
-  `head_rank<r>`, r its rank by what zero-ablating it costs in closed loop (`head_ranks`).
+  `head_rank<r>`, r its rank by what resample-ablating it costs in closed loop on the rank half of
+  the closed-loop episodes (`head_ranks`); its effects are reported on the other half.
 - Rates: `is_rate` says which metrics are fractions in [0, 1], whose intervals
   `egolens.numbers.rate_interval` keeps inside [0, 1].
 """
@@ -85,6 +86,10 @@ DRIVING_METRICS = (*OUTCOME_RATES, "mean_return")
 
 SEED_T = "student_t_over_seeds"
 SEEDS_AND_EPISODES = "bootstrap_over_seeds_and_episodes"
+SEEDS_CROSSED_EPISODES = "crossed_bootstrap_over_seeds_and_shared_episodes"
+"""Interval labels of summary.csv: Student-t over seeds; a nested bootstrap (episodes within each
+seed, for episodes not shared by the seeds); a crossed bootstrap (the same episodes resampled once
+for every seed, and the seeds: every agent plays the same held-out episodes)."""
 """How a summary row's interval was made (summary.csv column `interval`)."""
 
 
@@ -100,7 +105,13 @@ def head_role(rank: int) -> str:
 
 def head_zero(rank: int, metric: str) -> str:
     """The closed-loop effect of zero-ablating head_rank<rank>: `closed_loop.head_rank<r>.zero.<metric>`."""
-    return f"closed_loop.{head_role(rank)}.zero.{metric}"
+    return head_ablated(rank, "zero", metric)
+
+
+def head_ablated(rank: int, mode: str, metric: str) -> str:
+    """The closed-loop effect of ablating head_rank<rank> with `mode` (zero, mean, resample), measured
+    on the measure half of the closed-loop episodes: `closed_loop.head_rank<r>.<mode>.<metric>`."""
+    return f"closed_loop.{head_role(rank)}.{mode}.{metric}"
 
 
 def attention_off_ego(model: str, head: str) -> str:
@@ -117,17 +128,45 @@ HEAD = re.compile(r"head(\d+)")
 """A per-seed head index in a metric name or a closed-loop target (`head0`, `head1_value`, ...)."""
 
 
+FINDING, SANITY = "finding", "sanity_check"
+"""Kinds of a checked claim (holds.csv's kind): a finding could fail; a sanity check holds by
+construction when the code is right (e.g. Shapley efficiency under permutation sampling), so it is
+reported apart and never counted among the findings that hold."""
+
+
+def of_kind(holds: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The rows of a holds.csv of one kind (a holds.csv without a kind column holds findings only)."""
+    if "kind" not in holds.columns:
+        return holds if kind == FINDING else holds.iloc[0:0]
+    return holds[holds["kind"] == kind]
+
+
+SELECTION_MODE = "resample"
+"""The ablation heads are ranked by (resample: it keeps a head's output on its distribution)."""
+RANK_HALF, MEASURE_HALF = "rank", "measure"
+"""The halves of the closed-loop episodes: heads are ranked on the first, their effects measured on the second."""
+
+
+def reported_half(target: str) -> str:
+    """The closed-loop half a condition's effect is reported on: a head's ablation (and the edit of
+    the head chosen among them: target `head<i>`) on the measure half, every other condition on all
+    the episodes ("all")."""
+    return MEASURE_HALF if HEAD.fullmatch(str(target)) else "all"
+
+
 def head_ranks(closed_loop: pd.DataFrame) -> dict[int, int]:
     """Head index -> rank (1 = most important) from one seed's interventions/closed_loop.csv.
 
-    Ranked by the success-rate change of zero-ablating the head (most negative first); ties by the
-    collision-rate change (largest first), then by index.
+    Ranked on the rank half of the closed-loop episodes by the success-rate change of ablating the
+    head with `SELECTION_MODE` (most negative first); ties by the collision-rate change (largest
+    first), then by index. The measure half is left for the effects reported under these names.
     """
-    rows = closed_loop[(closed_loop["kind"] == "head") & (closed_loop["mode"] == "zero")]
+    rows = closed_loop[(closed_loop["kind"] == "head") & (closed_loop["mode"] == SELECTION_MODE)
+                       & (closed_loop["half"] == RANK_HALF)]
     effect = rows.pivot_table(index="target", columns="metric", values="diff", aggfunc="first")
     heads = sorted(int(HEAD.fullmatch(str(t)).group(1)) for t in effect.index)
     if not heads:
-        raise ValueError("closed_loop has no zero-ablation rows of kind 'head'")
+        raise ValueError(f"closed_loop has no {SELECTION_MODE}-ablation rows of kind 'head' on the {RANK_HALF} half")
     key = {h: (effect.loc[f"head{h}", "success"], -effect.loc[f"head{h}", "collision"], h) for h in heads}
     return {h: rank for rank, h in enumerate(sorted(heads, key=key.__getitem__), start=1)}
 

@@ -1,6 +1,7 @@
-"""interventions@seed: what the trained network uses. Ablations of heads, the attention branch,
+"""interventions@seed: what the trained network uses. Ablations (zero, mean, resample) of heads, the attention branch,
 top-conductance (the attributions stage's neuron ranking) vs random neurons, and vehicles (open
-loop on recorded steps, closed loop on held-out env seeds paired with the unablated agent);
+loop on recorded steps, closed loop on held-out env seeds paired with the unablated agent, heads
+chosen on one half of those episodes and measured on the other, with each condition's action shares);
 activation and path patching on clean/corrupted pairs; perturbation sweeps per layer; a rank-one
 edit and a head-scaling edit."""
 
@@ -34,7 +35,8 @@ def main() -> None:
     out = seed_results(seed) / "interventions"
     for name, table in tables.files().items():
         write_csv(out / name, table)
-    summary = study.summarize(tables, net.attention_layer.heads, neuron_layers(net), cfg.notebook_size)
+    summary = study.summarize(tables, net.attention_layer.heads, neuron_layers(net), cfg.notebook_size,
+                              cfg.equivalence_margin, cfg.bootstrap_resamples, seed)
     write_json(out / "summary.json", summary)
 
 

@@ -36,8 +36,20 @@ def test_differences_counts_and_ratios_are_not_rates(metric):
     assert not names.is_rate(metric)
 
 
-def test_heads_are_ranked_by_the_success_their_zero_ablation_costs():
-    rows = [{"kind": "head", "mode": "zero", "target": f"head{h}", "metric": metric, "diff": diff}
-            for h, (success, collision) in {0: (-0.1, 0.0), 1: (-0.4, 0.1)}.items()
-            for metric, diff in (("success", success), ("collision", collision))]
-    assert names.head_ranks(pd.DataFrame(rows)) == {1: 1, 0: 2}
+def test_heads_are_ranked_by_the_success_their_resample_ablation_costs_on_the_rank_half():
+    def rows(mode: str, half: str, effects: dict[int, tuple[float, float]]) -> list[dict]:
+        return [{"kind": "head", "mode": mode, "half": half, "target": f"head{h}", "metric": metric, "diff": diff}
+                for h, (success, collision) in effects.items()
+                for metric, diff in (("success", success), ("collision", collision))]
+
+    ranked = rows("resample", "rank", {0: (-0.1, 0.0), 1: (-0.4, 0.1)})
+    assert names.head_ranks(pd.DataFrame(ranked)) == {1: 1, 0: 2}
+    # neither the measure half nor another ablation mode takes part in the ranking
+    others = rows("resample", "measure", {0: (-0.9, 0.0), 1: (0.0, 0.0)}) + rows("zero", "rank", {0: (-0.9, 0.0),
+                                                                                                 1: (0.0, 0.0)})
+    assert names.head_ranks(pd.DataFrame(ranked + others)) == {1: 1, 0: 2}
+
+
+def test_the_reported_half_of_a_head_condition_is_the_held_out_one():
+    assert names.reported_half("head1") == names.MEASURE_HALF
+    assert names.reported_half("attention_branch") == "all" and names.reported_half("most_attended") == "all"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -165,13 +166,18 @@ def closed_loop_table() -> pd.DataFrame:
                 ("none", "none", None, None, None), ("head0_zero", "head", "head0", "zero", None),
                 ("head1_zero", "head", "head1", "zero", None),
                 ("neurons_x_top", "neurons", "others_embedding.hook_post.0", "top", "3 9")):
-            for metric in ("success", "collision", "return"):
+            for half, metric in itertools.product(("all", "rank", "measure"), ("success", "collision", "return")):
                 diff = 0.0 if kind == "none" else rng.normal(0, 0.2)
                 rows.append({"seed": s, "condition": condition, "kind": kind, "target": target, "mode": mode,
-                             "units": units, "metric": metric, "value": 0.5 + diff,
+                             "units": units, "half": half, "metric": metric, "value": 0.5 + diff,
                              "control": 0.5, "diff": diff, "diff_ci_low": diff - rng.random() * 0.1,
                              "diff_ci_high": diff + rng.random() * 0.1, "episodes": 50})
     return pd.DataFrame(rows)
+
+
+def reported(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows the ablations figure draws: heads on the held-out half, the rest on all episodes."""
+    return table[table["half"] == table["target"].map(lambda t: "measure" if str(t).startswith("head") else "all")]
 
 
 def patching_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -485,11 +491,12 @@ def test_logit_lens_bars_and_curves_are_means_over_seeds_without_rows_of_too_few
 
 
 def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_seeds():
-    table = closed_loop_table()
-    fig = plots.ablations(table)
+    fig = plots.ablations(closed_loop_table())
+    table = reported(closed_loop_table())
     axes = data_axes(fig)
     assert [t.get_text() for t in axes[0].get_yticklabels()] == [
-        "head 0 zeroed", "head 1 zeroed", "others embedding, layer 1: 2 top-conductance neurons mean-ablated"]
+        "head 0 zeroed (held-out half)", "head 1 zeroed (held-out half)",
+        "others embedding, layer 1: 2 top-conductance neurons mean-ablated"]
     for ax, metric in zip(axes, ("success", "collision")):
         containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
         assert [c.get_label() for c in containers] == [f"seed {s}" for s in SEEDS]
@@ -505,11 +512,12 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
 
 
 def test_ablation_rows_name_heads_by_their_role_in_each_seed():
-    table = closed_loop_table()
+    table = reported(closed_loop_table())
     ranks = {SEEDS[0]: {0: 1, 1: 2}, **{s: {0: 2, 1: 1} for s in SEEDS[1:]}}
-    fig = plots.ablations(table, ranks=ranks)
+    fig = plots.ablations(closed_loop_table(), ranks=ranks)
     ax = data_axes(fig)[0]
-    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["head_rank1 zeroed", "head_rank2 zeroed"]
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["head_rank1 zeroed (held-out half)",
+                                                                "head_rank2 zeroed (held-out half)"]
     # seed 0's head 0 and the other seeds' head 1 share the head_rank1 row
     containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     for container, seed in zip(containers, SEEDS):

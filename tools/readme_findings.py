@@ -101,8 +101,9 @@ def main() -> None:
     reference = json.loads((results / "reference/metrics.json").read_text())
     intro = ["Copied by `python -m tools.readme_findings` from [`results/report.md`](results/report.md), which the "
              "`report` stage wrote from `results/summary.csv`, `results/holds.csv` and params.yaml, and from the "
-             "per-seed summaries named below. Heads are named by role (`head_rank1` = the head whose zero-ablation "
-             "costs the most closed-loop successes in that seed)."]
+             "per-seed summaries named below. Heads are named by role (`head_rank1` = the head whose resample "
+             "ablation costs the most closed-loop successes on the first half of the closed-loop episodes in that "
+             "seed; its effects are measured on the second half)."]
     readme = ROOT / "README.md"
     section = findings_section((results / "report.md").read_text(), evaluations, reference, attributions, intro)
     readme.write_text(replace_section(readme.read_text(), section))

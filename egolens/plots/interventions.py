@@ -10,6 +10,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from egolens.names import MEASURE_HALF, reported_half
 from egolens.plots.style import (
     seed_palette,
     styled,
@@ -44,10 +45,12 @@ def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = 
         return f"head_rank{ranks[index]}" if ranks and index in ranks else f"head {index}"
 
     units = str(row.get("units", "")).split() if isinstance(row.get("units"), str) else []
+    ablated = {"zero": "zeroed", "mean": "mean-ablated", "resample": "resample-ablated"}
+    held_out = " (held-out half)" if row.get("half") == MEASURE_HALF else ""
     if kind == "head":
-        return f"{head(target)} {'zeroed' if mode == 'zero' else 'mean-ablated'}"
+        return f"{head(target)} {ablated.get(mode, mode)}{held_out}"
     if kind == "branch":
-        return f"attention branch {'zeroed' if mode == 'zero' else 'mean-ablated'}"
+        return f"attention branch {ablated.get(mode, mode)}"
     if kind == "neurons":
         count = f"{len(units)} " if units else ""
         if mode == "top":
@@ -57,7 +60,7 @@ def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = 
     if kind == "vehicle":
         return f"{'most-attended' if target == 'most_attended' else 'random'} vehicle removed"
     if kind == "edit":
-        return "rank-one brake edit" if mode == "rank_one" else f"{head(target)} output scaled {mode}"
+        return "rank-one brake edit" if mode == "rank_one" else f"{head(target)} output scaled {mode}{held_out}"
     return str(row["condition"])
 
 
@@ -67,12 +70,14 @@ def ablations(closed_loop: pd.DataFrame, metrics: Sequence[str] = ("success", "c
     """Each ablation's change in `metrics` vs the unablated agent with its stored paired CI, per seed.
 
     closed_loop: interventions/closed_loop.csv of every seed plus `seed`: condition, kind, target, mode,
-    units, metric, diff, diff_ci_low, diff_ci_high (rate differences, fractions of episodes). The control
-    row (kind 'none') is not drawn. ranks: seed -> head index -> closed-loop rank, so that a head is
-    named by its role in its own seed (head_rank1 of one seed and of another play the same role); seeds
-    are drawn side by side, never averaged.
+    units, half, metric, diff, diff_ci_low, diff_ci_high (rate differences, fractions of episodes). Each
+    condition is drawn on the half its effect is reported on (`names.reported_half`: heads on the
+    held-out half, the rest on all episodes). The control row (kind 'none') is not drawn. ranks: seed ->
+    head index -> closed-loop rank, so that a head is named by its role in its own seed (head_rank1 of
+    one seed and of another play the same role); seeds are drawn side by side, never averaged.
     """
     data = closed_loop[(closed_loop["kind"] != "none") & closed_loop["metric"].isin(metrics)]
+    data = data[data["half"] == data["target"].map(reported_half)]
     labels_of = [ablation_label(row, (ranks or {}).get(row["seed"])) for row in data.to_dict("records")]
     data = data.assign(label=labels_of)
     labels = list(pd.unique(data["label"]))

@@ -40,18 +40,41 @@ SLOWER, IDLE, FASTER = 0, 1, 2
 X, Y, VX, VY = 1, 2, 3, 4
 """Feature indices of the observation's position and velocity."""
 
-Mode = Literal["zero", "mean"]
+Mode = Literal["zero", "mean", "resample"]
+MODES: tuple[str, ...] = ("zero", "mean", "resample")
+"""Ablation modes: set the activation to 0, to its mean over recorded steps, or to its value on
+another recorded step (resample)."""
 ObsEdit = Callable[[torch.Tensor], torch.Tensor]
 """An edit of a batch of observations [B, E, F] -> [B, E, F] (a new tensor)."""
 
 
 # ------------------------------------------------------------------------------- ablations
 
-def _check_mode(mode: str, mean: torch.Tensor | None) -> None:
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"mode must be 'zero' or 'mean', not {mode!r}")
+def _check_mode(mode: str, mean: torch.Tensor | None, reference: torch.Tensor | None = None) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "mean" and mean is None:
         raise ValueError("mean ablation needs the mean activation")
+    if mode == "resample" and (reference is None or len(reference) == 0):
+        raise ValueError("resample ablation needs recorded activations to draw from")
+
+
+BRANCH_STREAM = 1_000
+"""`resample_index` stream of the branch ablation (heads use their index: the streams never meet)."""
+
+
+def resample_index(acts: torch.Tensor, n_reference: int, seed: int, stream: int = 0) -> torch.Tensor:
+    """Per row of acts [B, ...], the index of the recorded step (of `n_reference`) whose activation
+    replaces it in resample ablation: [B] long.
+
+    The draw is seeded by (seed, stream, the row's bytes), so it is a function of the state the row
+    comes from (as `random_present_vehicle`): the same step gets the same replacement whatever the
+    batch it comes in, and closed-loop runs stay deterministic. `stream` separates ablations (e.g.
+    the head) so that two conditions draw independently; seed and stream must be >= 0.
+    """
+    data = acts.detach().cpu().contiguous().float().numpy().reshape(acts.shape[0], -1)
+    return torch.as_tensor([int(np.random.default_rng([seed, stream, zlib.crc32(row.tobytes())]).integers(n_reference))
+                            for row in data], dtype=torch.long)
 
 
 def mean_activation(acts: torch.Tensor | np.ndarray, present: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
@@ -71,45 +94,61 @@ def mean_activation(acts: torch.Tensor | np.ndarray, present: torch.Tensor | np.
     return rows.mean(dim=0, keepdim=True).float()
 
 
-def head_ablation(head: int, mode: Mode = "zero", mean_z: torch.Tensor | None = None) -> dict[str, HookFn]:
+def head_ablation(head: int, mode: Mode = "zero", mean_z: torch.Tensor | None = None,
+                  reference_z: torch.Tensor | None = None, seed: int = 0) -> dict[str, HookFn]:
     """Hooks ablating head `head`'s output z_h on `attention_layer.hook_z` [B, H, 1, d].
 
     zero: z_h := 0, so head h's write ½·W_O^h z_h leaves the output-MLP input and nothing else
     changes. mean: z_h := mean_z[head] (mean_z [H, 1, d], `mean_activation` of recorded hook_z):
-    the state-dependent part of the write is removed, its average kept.
+    the state-dependent part of the write is removed, its average kept. resample: z_h := the
+    head's output on a recorded step (reference_z [M, H, 1, d], drawn per row by `resample_index`
+    with stream `head`): the head keeps writing something it writes in real scenes, but about
+    another scene.
     """
-    _check_mode(mode, mean_z)
+    _check_mode(mode, mean_z, reference_z)
 
     def fn(z: torch.Tensor) -> torch.Tensor:
         if not 0 <= head < z.shape[1]:
             raise ValueError(f"head {head} out of range for {z.shape[1]} heads")
         out = z.clone()
-        out[:, head] = 0.0 if mode == "zero" else mean_z[head].to(z)   # type: ignore[index]
+        if mode == "resample":
+            ref = torch.as_tensor(reference_z)
+            out[:, head] = ref[resample_index(z, len(ref), seed, head), head].to(z)
+        else:
+            out[:, head] = 0.0 if mode == "zero" else mean_z[head].to(z)   # type: ignore[index]
         return out
 
     return {Z: fn}
 
 
-def branch_ablation(mode: Mode = "zero", mean_combined: torch.Tensor | None = None) -> dict[str, HookFn]:
+def branch_ablation(mode: Mode = "zero", mean_combined: torch.Tensor | None = None,
+                    reference_combined: torch.Tensor | None = None, seed: int = 0) -> dict[str, HookFn]:
     """Hooks ablating the whole attention branch `attention_layer.hook_combined` [B, D].
 
-    The residual is kept: the output-MLP input becomes ½·e (zero) or ½·(e + mean_combined [D]).
+    The residual is kept: the output-MLP input becomes ½·e (zero), ½·(e + mean_combined [D])
+    (mean) or ½·(e + the branch's output on a recorded step) (resample: reference_combined [M, D],
+    drawn per row by `resample_index`, stream `BRANCH_STREAM`).
     """
-    _check_mode(mode, mean_combined)
+    _check_mode(mode, mean_combined, reference_combined)
 
     def fn(combined: torch.Tensor) -> torch.Tensor:
         if mode == "zero":
             return torch.zeros_like(combined)
+        if mode == "resample":
+            ref = torch.as_tensor(reference_combined)
+            return ref[resample_index(combined, len(ref), seed, BRANCH_STREAM)].to(combined).clone()
         return mean_combined.to(combined).expand_as(combined).clone()   # type: ignore[union-attr]
 
     return {COMBINED: fn}
 
 
-def neuron_ablation(layer: str, neurons: Sequence[int], mode: Mode = "zero",
+def neuron_ablation(layer: str, neurons: Sequence[int], mode: Literal["zero", "mean"] = "zero",
                     mean: torch.Tensor | None = None) -> dict[str, HookFn]:
     """Hooks ablating units `neurons` of the last axis of activation `layer` (e.g. a
     `*.hook_post.i` [B, D], [B, 1, D] or [B, E−1, D]): set to 0, or to `mean` (broadcastable
     to the activation without its batch axis, e.g. [D] or [1, D] from `mean_activation`)."""
+    if mode == "resample":
+        raise ValueError("neuron sets are ablated with mode 'zero' or 'mean'")
     _check_mode(mode, mean)
     index = [int(n) for n in neurons]
 
