@@ -70,6 +70,11 @@ FIGURES: dict[str, str] = {
     "learning_curves": "Training return per episode for every seed: raw (faint) and a trailing mean over 100 episodes.",
     "evaluation": "Greedy evaluation on held-out episodes: success, collision and timeout rates and mean return of "
                   "the trained and the untrained network per seed, with 95% bootstrap CIs over episodes.",
+    "designed_scenes": "Designed scenes in the simulator: the ego fixed before the junction and one conflicting "
+                       "vehicle whose arrival gap at the conflict point is swept; each network's Q(SLOWER) − "
+                       "Q(FASTER) beside where going now collides and where the clairvoyant planner brakes, and per "
+                       "trained head (by role) its attention on the vehicle and what mean-ablating it over the sweep "
+                       "changes, one line per seed.",
     "attention_vs_attribution": "Does attention point at the vehicles that matter? Per-step Spearman correlation "
                                 "between each head's attention and the vehicles' IG and Shapley attributions, and the "
                                 "pooled correlation of attention with time-to-collision, distance and closing speed.",
