@@ -7,8 +7,8 @@ seconds, not a training run.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 

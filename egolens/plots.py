@@ -895,8 +895,9 @@ def designed_scenes(scenes: pd.DataFrame, heads: pd.DataFrame) -> Figure:
     the sweep, one line per seed; red bands: going now collides; triangles: the clairvoyant planner brakes.
 
     scenes: scenes/scenes.csv of every seed plus `seed` (route, visible, model, ego_to_junction, ego_speed,
-    other_speed, gap, q_slower_minus_faster, go_outcome, clairvoyant_action); heads: scenes/heads.csv plus `seed` (route, visible, model, gap,
-    head_role, attention, ablation, effect). Heads are named by role (head_rank1 in every seed).
+    other_speed, gap, q_slower_minus_faster, go_outcome, clairvoyant_action); heads: scenes/heads.csv plus
+    `seed` (route, visible, model, gap, head_role, attention, ablation, effect). Heads are named by role
+    (head_rank1 in every seed).
     """
     sweeps = list(scenes[["route", "visible"]].drop_duplicates().itertuples(index=False, name=None))
     fig = Figure(figsize=(16, 3.8 * len(sweeps) + 1), layout="constrained")
@@ -937,7 +938,7 @@ def designed_scenes(scenes: pd.DataFrame, heads: pd.DataFrame) -> Figure:
                 Line2D([], [], color="#55A868", marker="v", lw=0, label="clairvoyant planner brakes")]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     first = scenes.iloc[0]
-    fig.suptitle(f"Designed scenes: the ego {first['ego_to_junction']:g} m before the junction at {first['ego_speed']:g} "
-                 f"m/s, one conflicting vehicle at {first['other_speed']:g} m/s swept over its arrival gap "
-                 "(one line per seed)")
+    fig.suptitle(f"Designed scenes: the ego {first['ego_to_junction']:g} m before the junction at "
+                 f"{first['ego_speed']:g} m/s, one conflicting vehicle at {first['other_speed']:g} m/s swept over "
+                 "its arrival gap (one line per seed)")
     return fig

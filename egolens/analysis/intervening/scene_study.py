@@ -164,8 +164,9 @@ def run_scenes(env_cfg: EnvConfig, cfg: ScenesConfig, nets: Mapping[str, nn.Modu
     """Every sweep of `cfg` (routes × visible) for every network of `nets` (label -> network).
 
     Returns (scenes, heads): scenes has one row per (route, visible, gap, model): the sweep's keys, the
-    setting (ego_to_junction m, ego_speed, other_speed m/s), the scene (`scene_outcomes`) and the network (`network_table`); heads one row per (route, visible, gap,
-    model, head, ablation) (`head_table`, only for networks with an `attention_layer`). Deterministic.
+    setting (ego_to_junction m, ego_speed, other_speed m/s), the scene (`scene_outcomes`) and the
+    network (`network_table`); heads one row per (route, visible, gap, model, head, ablation)
+    (`head_table`, only for networks with an `attention_layer`). Deterministic.
     """
     check_placeable(env_cfg, cfg)
     scenes, heads = [], []
@@ -178,8 +179,8 @@ def run_scenes(env_cfg: EnvConfig, cfg: ScenesConfig, nets: Mapping[str, nn.Modu
                                            clairvoyant=clairvoyant, progress=progress)
             for label, net in nets.items():
                 readout = network_table(net, obs, outcomes["other_row"].tolist())
-                scenes.append(pd.concat([pd.DataFrame({**keys, "model": label, **setting}, index=outcomes.index), outcomes,
-                                         readout], axis=1))
+                labels = pd.DataFrame({**keys, "model": label, **setting}, index=outcomes.index)
+                scenes.append(pd.concat([labels, outcomes, readout], axis=1))
                 if hasattr(net, "attention_layer"):
                     table = head_table(net, torch.from_numpy(obs), outcomes["other_row"].tolist(), roles)
                     table.insert(0, "gap", outcomes["gap"].to_numpy()[table.pop("scene").to_numpy()])
