@@ -191,26 +191,44 @@ def _attention_share(c: Context) -> str:
             + _join(parts) + "." + verdict)
 
 
+NAIVE_RANKINGS = {"nearest": "nearest first", "lowest_ttc": "lowest time-to-collision first"}
+"""The naive rankings of the vehicles (`egolens.scene.naive_rankings`) and how a sentence names them."""
+NAIVE_VEHICLES = {"nearest": "nearest", "lowest_ttc": "lowest-time-to-collision"}
+"""The vehicle each naive ranking puts first, as a sentence names it."""
+
+
 def _agreement(c: Context) -> str:
+    heads = c.heads() or ["head_rank1"]
     parts = [f"{h} {{m:attributions.trained.agreement.shapley.{h}.spearman_mean}} (untrained "
-             f"{{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}})" for h in c.heads() or ["head_rank1"]]
+             f"{{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}})" for h in heads]
+    ig = [f"{h} {{m:attributions.trained.agreement.ig.{h}.spearman_mean}}" for h in heads]
+    naive = [f"{{m:attributions.trained.ranking_baselines.shapley.{r}.spearman_mean}} {name}"
+             for r, name in NAIVE_RANKINGS.items()]
     return ("Per step, the Spearman correlation between a head's attention over the vehicles and the vehicles' "
             "|Shapley values| has a mean of " + _join(parts) + "; trained above untrained for every head in "
-            "{h:attention_tracks_shapley} ({fig:attention_vs_attribution}).")
+            "{h:attention_tracks_shapley}. Against |IG| (others-zeroed baseline) instead of |Shapley| it is "
+            + _join(ig) + ". The naive baselines, ranked against |Shapley| the same way: " + _join(naive)
+            + " ({fig:attention_vs_attribution}).")
 
 
 def _top1(c: Context) -> str:
     parts = [f"{{pct:attributions.trained.agreement.shapley.{h}.top1_rate}} of steps for {h}"
              for h in c.heads() or ["head_rank1"]]
+    naive = [f"{{pct:attributions.trained.ranking_baselines.shapley.{r}.top1_rate}} for the {name} vehicle"
+             for r, name in NAIVE_VEHICLES.items()]
     return ("The vehicle a head attends to most is also the one with the largest |Shapley value| on "
-            + _join(parts) + " ({fig:attention_vs_attribution}).")
+            + _join(parts) + ", against {pct:attributions.trained.ranking_baselines.shapley.nearest.top1_chance} "
+            "for a vehicle drawn at random among those present on the same steps (the chance level) and "
+            + _join(naive) + " ({fig:attention_vs_attribution}).")
 
 
 def _removal(c: Context) -> str:
+    controls = ["removing a random vehicle by {m:interventions.vehicle_removal.random.collision_diff}"]
+    controls += [f"the {name} one by {{m:interventions.vehicle_removal.{r}.collision_diff}}"
+                 for r, name in NAIVE_VEHICLES.items() if c.has(f"interventions.vehicle_removal.{r}.collision_diff")]
     return ("Removing the most-attended vehicle from the observation changes closed-loop collisions by "
-            "{m:interventions.vehicle_removal.most_attended.collision_diff}, removing a random vehicle by "
-            "{m:interventions.vehicle_removal.random.collision_diff} (most-attended above random in "
-            "{h:most_attended_beats_random_vehicle}) ({fig:ablations}).")
+            "{m:interventions.vehicle_removal.most_attended.collision_diff}, " + _join(controls)
+            + " (most-attended above random in {h:most_attended_beats_random_vehicle}) ({fig:ablations}).")
 
 
 def _path_patching(c: Context) -> str | None:
