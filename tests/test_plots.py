@@ -537,8 +537,10 @@ def test_ablation_rows_name_heads_by_their_role_in_each_seed():
         y = container.lines[0].get_ydata()
         x = container.lines[0].get_xdata()
         assert x[np.argmin(y)] == pytest.approx(float(diff["diff"].iloc[0]))
-    assert plots.ablation_label({"kind": "vehicle", "target": "most_attended", "mode": "remove"}) == \
-        "most-attended vehicle removed"
+    assert [plots.ablation_label({"kind": "vehicle", "target": t, "mode": "remove"})
+            for t in ("most_attended", "random", "nearest", "lowest_ttc")] == [
+        "most-attended vehicle removed", "random vehicle removed", "nearest vehicle removed",
+        "lowest time-to-collision vehicle removed"]
     edit = {"kind": "edit", "target": "head0", "mode": "x2"}
     assert plots.ablation_label(edit, {0: 2}) == "head_rank2 output scaled x2"
 
