@@ -924,19 +924,19 @@ def designed_scenes(scenes: pd.DataFrame, heads: pd.DataFrame) -> Figure:
         q_ax.scatter(brakes["gap"], np.full(len(brakes), top), marker="v", color="#55A868", zorder=3)
         q_ax.axhline(0, color="black", lw=0.8)
         q_ax.set_ylabel("Q(SLOWER) − Q(FASTER)\n(> 0: prefers braking)")
-        q_ax.set_title(f"{name}: the networks' preference")
+        q_ax.set_title(f"{name}\nthe networks' preference")
         sweep_heads = trained[(trained["route"] == route) & (trained["visible"] == visible)]
         attention = sweep_heads[sweep_heads["ablation"] == "mean_over_sweep"]
         sns.lineplot(attention, x="gap", y="attention", hue="head_role", hue_order=roles, units="seed",
                      estimator=None, palette=palette, ax=att_ax, legend=False)
         att_ax.set_ylim(0, 1)
         att_ax.set_ylabel("attention on the vehicle")
-        att_ax.set_title(f"{name}: trained heads' attention")
+        att_ax.set_title(f"{name}\nthe trained heads' attention")
         sns.lineplot(attention, x="gap", y="effect", hue="head_role", hue_order=roles, units="seed",
                      estimator=None, palette=palette, ax=abl_ax, legend=False)
         abl_ax.axhline(0, color="black", lw=0.8)
         abl_ax.set_ylabel("Δ Q(SLOWER) − Q(FASTER)\nhead mean-ablated over the sweep")
-        abl_ax.set_title(f"{name}: what each trained head contributes")
+        abl_ax.set_title(f"{name}\nwhat each trained head contributes")
     handles = [Line2D([], [], color=MODEL_COLOURS[m], marker="o", label=f"{m} network") for m in MODELS]
     handles += [Line2D([], [], color=palette[r], label=r) for r in roles]
     handles += [Patch(facecolor="#F4B6B6", label="going now collides"),
