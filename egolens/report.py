@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from egolens.names import attention_off_ego, evaluate_metric, head_role, head_zero, neuron_ablation
+from egolens.names import attention_off_ego, evaluate_metric, head_role, head_zero, neuron_ablation, scene_metric
 from egolens.recipes import VERDICTS, dotted, driving_table, holds_comparison, recipe_of, recipe_text
 
 PLACEHOLDER = re.compile(r"\{(m|v|pct|max|h|fig):([^}]+)\}")
@@ -316,6 +316,57 @@ def _editing(c: Context) -> str:
             "{h:rank_one_edit_no_closed_loop_effect}).")
 
 
+# ------------------------------------------------------------------------------- designed scenes
+
+def _sweeps(c: Context) -> list[tuple[str, bool]]:
+    """The designed-scenes sweeps of this run (params scenes.routes × scenes.visible) whose numbers it has."""
+    routes, visible = c.param("scenes.routes") or [], c.param("scenes.visible") or []
+    return [(r, v) for r in routes for v in visible if c.has(scene_metric("trained", r, v, "planner_agreement"))]
+
+
+def _sweep_name(route: str, visible: bool) -> str:
+    return f"route {route} (its destination {'observed' if visible else 'hidden'})"
+
+
+def _scene_decisions(c: Context) -> str | None:
+    sweeps = _sweeps(c)
+    if not sweeps:
+        return None
+    parts = []
+    for route, visible in sweeps:
+        def m(key: str, model: str = "trained", kind: str = "m", route: str = route, visible: bool = visible) -> str:
+            return f"{{{kind}:{scene_metric(model, route, visible, key)}}}"
+        parts.append(f"on {_sweep_name(route, visible)} it brakes exactly when the clairvoyant planner does in "
+                     f"{m('planner_agreement', kind='pct')} of scenes (untrained "
+                     f"{m('planner_agreement', 'untrained', 'pct')}) and exactly when going now collides in "
+                     f"{m('go_safety_agreement', kind='pct')} (untrained {m('go_safety_agreement', 'untrained', 'pct')}"
+                     f"); it goes at every gap from {m('goes_from_gap')} s on, the planner from "
+                     f"{m('planner_goes_from_gap')} s and going now is safe from {m('safe_from_gap')} s")
+    ahead = 100.0 - float(c.param("scenes.ego_longitudinal") or 0.0)
+    return (f"In designed scenes (the ego {ahead:g} m before the junction at {c.param('scenes.ego_speed')} m/s, one "
+            f"vehicle at {c.param('scenes.other_speed')} m/s whose arrival at the conflict point is swept from "
+            f"{c.param('scenes.gap_start')} to {c.param('scenes.gap_stop')} s after the ego's) the trained agent: "
+            + "; ".join(parts) + " ({fig:designed_scenes}).")
+
+
+def _scene_heads(c: Context) -> str | None:
+    sweeps, heads = _sweeps(c), c.heads() or ["head_rank1"]
+    if not sweeps:
+        return None
+    parts = []
+    for route, visible in sweeps:
+        def m(key: str, kind: str = "m", route: str = route, visible: bool = visible) -> str:
+            return f"{{{kind}:{scene_metric('trained', route, visible, key)}}}"
+        per_head = [f"{h} {m(f'heads.{h}.attention_mean')} of its attention on the vehicle, its mean-ablation "
+                    f"moving Q(SLOWER) − Q(FASTER) by {m(f'heads.{h}.mean_over_sweep_effect_mean_abs')} on average "
+                    f"and flipping {m(f'heads.{h}.mean_over_sweep_flip_rate', 'pct')} of decisions (zeroing it: "
+                    f"{m(f'heads.{h}.zero_effect_mean_abs')}, {m(f'heads.{h}.zero_flip_rate', 'pct')})"
+                    for h in heads]
+        parts.append(f"on {_sweep_name(route, visible)}: " + _join(per_head))
+    return ("Which head carries the decision in those scenes (each head mean-ablated over its sweep's scenes, "
+            "the gap-dependent part of its write removed): " + "; ".join(parts) + " ({fig:designed_scenes}).")
+
+
 FINDINGS: tuple[Section, ...] = (
     Section("Performance", (_held_out, _returns, _training, _reference, _episode_classes)),
     Section("Which head carries the policy", (_first_head, _other_heads, _branch)),
@@ -324,6 +375,8 @@ FINDINGS: tuple[Section, ...] = (
     Section("Attributions are checked, not assumed", (_ig, _conductance, _shapley, _deletion)),
     Section("Circuits and neurons", (_circuits, _neuron_ablation, _lens)),
     Section("Editing", (_editing,)),
+    Section("Designed scenes: does the braking follow the gap, and through which head?",
+            (_scene_decisions, _scene_heads)),
 )
 
 

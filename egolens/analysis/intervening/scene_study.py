@@ -37,7 +37,7 @@ from egolens.analysis.intervening.interventions import head_ablation, mean_activ
 from egolens.config import EnvConfig, ScenesConfig
 from egolens.env import make_env
 from egolens.hooks import hooks, run_with_cache
-from egolens.names import COLLISION
+from egolens.names import COLLISION, scene_sweep
 from egolens.sites import PATTERN, Z
 from egolens.vocabulary import ACTIONS
 
@@ -256,20 +256,15 @@ def head_summary(heads: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def sweep_key(route: str, visible: bool) -> str:
-    """A sweep's name in the summaries: `o1-o3` or `o1-o3_visible`."""
-    return f"{route}_visible" if visible else route
-
-
 def summarize(scenes: pd.DataFrame, heads: pd.DataFrame) -> dict:
-    """summary.json: {model: {sweep (`sweep_key`): {**sweep_summary, "heads": head_summary}}}."""
+    """summary.json: {model: {sweep (`names.scene_sweep`): {**sweep_summary, "heads": head_summary}}}."""
     out: dict = {}
     for (model, route, visible), sweep in scenes.groupby(["model", *SWEEP], sort=False):
         entry = sweep_summary(sweep)
         if not heads.empty:
             rows = heads[(heads["model"] == model) & (heads["route"] == route) & (heads["visible"] == visible)]
             entry["heads"] = head_summary(rows)
-        out.setdefault(model, {})[sweep_key(route, bool(visible))] = entry
+        out.setdefault(model, {})[scene_sweep(route, bool(visible))] = entry
     return out
 
 
