@@ -439,8 +439,10 @@ class ScenesConfig(_Strict):
     """Designed counterfactual scenes (egolens.analysis.intervening.scene_study): the ego fixed before the
     junction, one conflicting vehicle whose arrival at the conflict point is swept."""
 
-    ego_longitudinal: float = Field(80.0, ge=0.0, le=100.0)
-    """m along the ego's 100 m approach lane (the junction starts at its end)."""
+    ego_longitudinal: float = Field(90.0, ge=0.0, le=100.0)
+    """m along the ego's 100 m approach lane (the junction starts at its end). At 90 m and 9 m/s the ego
+    reaches the conflict point of a vehicle from the west in 2.2 s, so the clairvoyant planner brakes at
+    once when going now collides; from 80 m it can still go on for a second and brake then."""
     ego_speed: float = Field(9.0, ge=0.0, le=10.0)
     """m/s: the ego's speed (its target speed is the closest of env.target_speeds)."""
     other_speed: float = Field(8.0, gt=0.0, le=10.0)
