@@ -318,7 +318,8 @@ class NetworkAnalysis:
 
     def attention_facts(self) -> None:
         s = self.steps
-        facts = {name: values for name, values in self.facts().items() if name in FACTS}
+        found = self.facts()
+        facts = {name: found[name] for name in FACTS}
         pooled = attention_vs_fact(s.attention, facts, level="pooled", min_vehicles=self.cfg.min_vehicles,
                                    labels={"model": self.label, "statistic": "pooled"})
         per_step = attention_vs_fact(s.attention, facts, level="step", min_vehicles=self.cfg.min_vehicles,
