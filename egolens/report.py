@@ -202,7 +202,7 @@ def _agreement(c: Context) -> str:
     parts = [f"{h} {{m:attributions.trained.agreement.shapley.{h}.spearman_mean}} (untrained "
              f"{{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}})" for h in heads]
     ig = [f"{h} {{m:attributions.trained.agreement.ig.{h}.spearman_mean}}" for h in heads]
-    naive = [f"{{m:attributions.trained.ranking_baselines.shapley.{r}.spearman_mean}} {name}"
+    naive = [f"{name} {{m:attributions.trained.ranking_baselines.shapley.{r}.spearman_mean}}"
              for r, name in NAIVE_RANKINGS.items()]
     return ("Per step, the Spearman correlation between a head's attention over the vehicles and the vehicles' "
             "|Shapley values| has a mean of " + _join(parts) + "; trained above untrained for every head in "
@@ -334,18 +334,23 @@ def _scene_decisions(c: Context) -> str | None:
         return None
     parts = []
     for route, visible in sweeps:
-        def m(key: str, model: str = "trained", kind: str = "m", route: str = route, visible: bool = visible) -> str:
+        def m(key: str, model: str = "trained", kind: str = "m", route: str = route,
+              visible: bool = visible) -> str:
             return f"{{{kind}:{scene_metric(model, route, visible, key)}}}"
-        parts.append(f"on {_sweep_name(route, visible)} it brakes exactly when the clairvoyant planner does in "
+        parts.append(f"on {_sweep_name(route, visible)} the trained agent brakes exactly when the clairvoyant "
+                     f"planner does in "
                      f"{m('planner_agreement', kind='pct')} of scenes (untrained "
                      f"{m('planner_agreement', 'untrained', 'pct')}) and exactly when going now collides in "
                      f"{m('go_safety_agreement', kind='pct')} (untrained {m('go_safety_agreement', 'untrained', 'pct')}"
                      f"); it goes at every gap from {m('goes_from_gap')} s on, the planner from "
                      f"{m('planner_goes_from_gap')} s and going now is safe from {m('safe_from_gap')} s")
-    ahead = 100.0 - float(c.param("scenes.ego_longitudinal") or 0.0)
-    return (f"In designed scenes (the ego {ahead:g} m before the junction at {c.param('scenes.ego_speed')} m/s, one "
-            f"vehicle at {c.param('scenes.other_speed')} m/s whose arrival at the conflict point is swept from "
-            f"{c.param('scenes.gap_start')} to {c.param('scenes.gap_stop')} s after the ego's) the trained agent: "
+
+    def number(key: str) -> float:
+        return float(c.param(f"scenes.{key}") or 0.0)
+
+    return (f"In designed scenes (the ego {100.0 - number('ego_longitudinal'):g} m before the junction at "
+            f"{number('ego_speed'):g} m/s, one vehicle at {number('other_speed'):g} m/s whose arrival at the conflict "
+            f"point is swept from {number('gap_start'):g} to {number('gap_stop'):g} s after the ego's), "
             + "; ".join(parts) + " ({fig:designed_scenes}).")
 
 
@@ -357,7 +362,7 @@ def _scene_heads(c: Context) -> str | None:
     for route, visible in sweeps:
         def m(key: str, kind: str = "m", route: str = route, visible: bool = visible) -> str:
             return f"{{{kind}:{scene_metric('trained', route, visible, key)}}}"
-        per_head = [f"{h} {m(f'heads.{h}.attention_mean')} of its attention on the vehicle, its mean-ablation "
+        per_head = [f"{h} puts {m(f'heads.{h}.attention_mean')} of its attention on the vehicle, its mean-ablation "
                     f"moving Q(SLOWER) − Q(FASTER) by {m(f'heads.{h}.mean_over_sweep_effect_mean_abs')} on average "
                     f"and flipping {m(f'heads.{h}.mean_over_sweep_flip_rate', 'pct')} of decisions (zeroing it: "
                     f"{m(f'heads.{h}.zero_effect_mean_abs')}, {m(f'heads.{h}.zero_flip_rate', 'pct')})"
