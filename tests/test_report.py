@@ -161,8 +161,8 @@ def test_designed_scenes_are_worded_per_sweep_from_the_tables_and_the_scenes_par
     assert "the ego 20 m before the junction at 9 m/s, one vehicle at 8 m/s" in report
     assert "swept from -4 to 6 s after the ego's" in report
     assert ("on route o1-o3 (its destination hidden) the trained agent brakes exactly when the clairvoyant planner "
-            "does in 81% of scenes (untrained 40%) and exactly when going now collides in 71% (untrained 30%); it goes at every gap "
-            "from 2.5 s on, the planner from 1.5 s and going now is safe from 2 s") in report
+            "does in 81% of scenes (untrained 40%) and exactly when going now collides in 71% (untrained 30%); it goes "
+            "at every gap from 2.5 s on, the planner from 1.5 s and going now is safe from 2 s") in report
     assert "head_rank1 puts 0.61 of its attention on the vehicle" in report and "flipping 30% of decisions" in report
     assert "route o3-o1" not in report                      # a sweep without numbers is left out, not invented
     assert "In designed scenes" not in build_report(*study_tables(heads=2, off_ego=0.5), {}, params(), {})
