@@ -18,6 +18,10 @@ from stages.outputs import write_csv, write_json
 
 def main() -> None:
     params, seed = seed_args(__doc__)
+    try:
+        scene_study.check_placeable(params.env, params.scenes)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     deterministic(seed)
     nets = {label: load_net(params, seed, label) for label in NETWORKS}
     ranks = head_ranks(pd.read_csv(seed_results(seed) / "interventions" / "closed_loop.csv"))
