@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -183,3 +184,68 @@ class InterventionsConfig(Strict):
     def env_seeds(self) -> list[int]:
         """The held-out env seeds of every closed-loop condition (the same for each)."""
         return held_out_seeds(self.env_seed, self.closed_loop_episodes)
+
+
+ROUTE_NODES = ("o0", "o1", "o2", "o3")
+"""Entry and exit nodes of intersection-v0: south, west, north, east (the ego enters at o0)."""
+
+
+class ScenesConfig(Strict):
+    """Designed counterfactual scenes (egolens.analysis.intervening.scene_study): the ego fixed before the
+    junction, one conflicting vehicle whose arrival at the conflict point is swept."""
+
+    ego_longitudinal: float = Field(90.0, ge=0.0, le=100.0)
+    """m along the ego's 100 m approach lane (the junction starts at its end). At 90 m and 9 m/s the ego
+    reaches the conflict point of a vehicle from the west in 2.2 s, so the clairvoyant planner brakes at
+    once when going now collides; from 80 m it can still go on for a second and brake then."""
+    ego_speed: float = Field(9.0, ge=0.0, le=10.0)
+    """m/s: the ego's speed (its target speed is the closest of env.target_speeds)."""
+    other_speed: float = Field(8.0, gt=0.0, le=10.0)
+    """m/s: the conflicting vehicle's constant speed (10 m/s is the lanes' limit)."""
+    gap_start: float = -4.0
+    gap_stop: float = 6.0
+    gap_step: float = Field(0.5, gt=0.0)
+    """s: the swept gap, the conflicting vehicle's arrival at the conflict point minus the ego's were it to
+    go on at its speed: gap_start, gap_start + gap_step, ... up to gap_stop (included)."""
+    routes: list[str] = Field(default_factory=lambda: ["o1-o3", "o3-o1"], min_length=1)
+    """The conflicting vehicle's routes, `entry-exit` (o1 west, o2 north, o3 east; the ego enters at o0)."""
+    visible: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    """Sweep with the vehicle's destination observed (true: needs cos_d, sin_d in env.features) and/or hidden."""
+    env_seed: int = Field(0, ge=0)
+    """Seed of the reset every scene is built from (it fixes the env's random state, e.g. the row order)."""
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, routes: list[str]) -> list[str]:
+        for route in routes:
+            entry, _, exit_ = route.partition("-")
+            if entry not in ROUTE_NODES[1:] or exit_ not in ROUTE_NODES or entry == exit_:
+                raise ValueError(f"route {route!r}: write entry-exit with entry in {list(ROUTE_NODES[1:])} (not the "
+                                 f"ego's o0) and a different exit in {list(ROUTE_NODES)}, e.g. 'o1-o3'")
+        if len(set(routes)) != len(routes):
+            raise ValueError("routes must not repeat")
+        return routes
+
+    @field_validator("visible")
+    @classmethod
+    def _visible_distinct(cls, visible: list[bool]) -> list[bool]:
+        if len(set(visible)) != len(visible):
+            raise ValueError("visible must not repeat; allowed: [false], [true] or [false, true]")
+        return visible
+
+    @model_validator(mode="after")
+    def _grid(self) -> ScenesConfig:
+        if not self.gap_start < self.gap_stop:
+            raise ValueError(f"scenes.gap_start = {self.gap_start} must be < scenes.gap_stop = {self.gap_stop}")
+        count = int(math.floor((self.gap_stop - self.gap_start) / self.gap_step + 1e-9)) + 1
+        if not 3 <= count <= 200:
+            raise ValueError(f"scenes.gap_step = {self.gap_step} gives {count} gaps from scenes.gap_start to "
+                             "scenes.gap_stop; allowed: 3 to 200 gaps")
+        return self
+
+    @property
+    def gaps(self) -> list[float]:
+        """The swept gaps (s), increasing, rounded to 1e-9 s so that the grid's bytes do not depend on
+        float accumulation."""
+        count = int(math.floor((self.gap_stop - self.gap_start) / self.gap_step + 1e-9)) + 1
+        return [round(self.gap_start + i * self.gap_step, 9) for i in range(count)]

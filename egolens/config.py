@@ -20,6 +20,7 @@ from egolens.analysis_config import (
     InterventionsConfig,
     NeuronsConfig,
     SceneConfig,
+    ScenesConfig,
 )
 from egolens.config_base import ParamsError, Strict, held_out_seeds
 from egolens.vocabulary import REFERENCE_FEATURES
@@ -321,6 +322,7 @@ class Params(Strict):
     reference: ReferenceConfig = ReferenceConfig()
     demonstrations: DemonstrationsConfig = DemonstrationsConfig()
     imitation: ImitationConfig = ImitationConfig()
+    scenes: ScenesConfig = ScenesConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -343,6 +345,10 @@ class Params(Strict):
         if self.rollout.render_episodes > self.rollout.episodes:
             raise ValueError(f"rollout.render_episodes = {self.rollout.render_episodes} must be <= "
                              f"rollout.episodes = {self.rollout.episodes}")
+        if True in self.scenes.visible and not set(INTENTION_FEATURES) <= set(self.env.features):
+            raise ValueError(f"scenes.visible = {self.scenes.visible} asks for scenes whose route is observed, which "
+                             f"needs {list(INTENTION_FEATURES)} in env.features = {self.env.features}; "
+                             "allowed without them: [false]")
         smallest = min(self.agent.embedding_layers + self.agent.output_layers)
         if 2 * self.interventions.top_k > smallest:
             raise ValueError(f"interventions.top_k = {self.interventions.top_k} leaves too few units for random "

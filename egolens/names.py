@@ -25,7 +25,7 @@ MODELS = ("trained", "untrained")
 
 SUMMARIES = {"evaluate": "evaluate.json", "train": "train/metrics.json", "circuits": "circuits/summary.json",
              "attributions": "attributions/summary.json", "neurons": "neurons/summary.json",
-             "interventions": "interventions/summary.json"}
+             "interventions": "interventions/summary.json", "scenes": "scenes/summary.json"}
 """Stage name -> its summary JSON inside results/seeds/seed<N>/ (the stage name prefixes its metrics)."""
 DRIVING = "driving.json"
 """A seed's DVC metric inside results/seeds/seed<N>/: the trained agent's held-out rates and mean return."""
@@ -71,6 +71,11 @@ FIGURES: dict[str, str] = {
     "learning_curves": "Training return per episode for every seed: raw (faint) and a trailing mean over 100 episodes.",
     "evaluation": "Greedy evaluation on held-out episodes: success, collision and timeout rates and mean return of "
                   "the trained and the untrained network per seed, with 95% bootstrap CIs over episodes.",
+    "designed_scenes": "Designed scenes in the simulator: the ego fixed before the junction and one conflicting "
+                       "vehicle whose arrival gap at the conflict point is swept; each network's Q(SLOWER) − "
+                       "Q(FASTER) beside where going now collides and where the clairvoyant planner brakes, and per "
+                       "trained head (by role) its attention on the vehicle and what mean-ablating it over the sweep "
+                       "changes, one line per seed.",
     "attention_vs_attribution": "Does attention point at the vehicles that matter? Per-step Spearman correlation "
                                 "between each head's attention and the vehicles' IG and Shapley attributions, and the "
                                 "pooled correlation of attention with time-to-collision, distance and closing speed.",
@@ -124,6 +129,17 @@ def neuron_ablation(stat: str, layer: str = mlp_post(OTHERS_EMBEDDING, 0)) -> st
     return f"interventions.neuron_ablation.{json_key(layer)}.{stat}"
 
 
+def scene_sweep(route: str, visible: bool) -> str:
+    """A designed-scenes sweep's name in the scenes summary: `o1-o3` (route hidden) or `o1-o3_visible`."""
+    return f"{route}_visible" if visible else route
+
+
+def scene_metric(model: str, route: str, visible: bool, key: str) -> str:
+    """A designed-scenes number: `scenes.<model>.<sweep>.<key>` (key e.g. `planner_agreement` or
+    `heads.head_rank1.attention_mean`)."""
+    return f"scenes.{model}.{scene_sweep(route, visible)}.{key}"
+
+
 HEAD = re.compile(r"head(\d+)")
 """A per-seed head index in a metric name or a closed-loop target (`head0`, `head1_value`, ...)."""
 
@@ -171,8 +187,8 @@ def head_ranks(closed_loop: pd.DataFrame) -> dict[int, int]:
     return {h: rank for rank, h in enumerate(sorted(heads, key=key.__getitem__), start=1)}
 
 
-RATE_LEAF = re.compile(r"(.*_rate|dead_fraction|fraction_within|mean_sparsity|replay_matched|"
-                       r"(success|collision|timeout)_last\d+)")
+RATE_LEAF = re.compile(r"(.*_rate|dead_fraction|fraction_within|mean_sparsity|replay_matched|top1_chance|"
+                       r"planner_agreement|go_safety_agreement|(success|collision|timeout)_last\d+)")
 """Leaves of metrics that are fractions in [0, 1] (a leaf `mean` of a held-out rate is named by its parent)."""
 RATE_GROUPS = frozenset({"logit_lens_agreement", "tuned_lens_held_out_agreement", "attention_off_ego",
                          "success_by_episode_class", "episode_class_share"})

@@ -33,6 +33,7 @@ from egolens.names import (
     head_zero,
     neuron_ablation,
     of_kind,
+    scene_metric,
 )
 from egolens.recipes import VERDICTS, dotted, driving_table, holds_comparison, recipe_of, recipe_text
 
@@ -216,25 +217,44 @@ def _attention_share(c: Context) -> str:
             + _join(parts) + "." + verdict)
 
 
+NAIVE_RANKINGS = {"nearest": "nearest first", "lowest_ttc": "lowest time-to-collision first"}
+"""The naive rankings of the vehicles (`egolens.scene.naive_rankings`) and how a sentence names them."""
+NAIVE_VEHICLES = {"nearest": "nearest", "lowest_ttc": "lowest-time-to-collision"}
+"""The vehicle each naive ranking puts first, as a sentence names it."""
+
+
 def _agreement(c: Context) -> str:
+    heads = c.heads() or ["head_rank1"]
     parts = [f"{h} {{m:attributions.trained.agreement.shapley.{h}.spearman_mean}} (untrained "
-             f"{{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}})" for h in c.heads() or ["head_rank1"]]
+             f"{{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}})" for h in heads]
+    ig = [f"{h} {{m:attributions.trained.agreement.ig.{h}.spearman_mean}}" for h in heads]
+    naive = [f"{name} {{m:attributions.trained.ranking_baselines.shapley.{r}.spearman_mean}}"
+             for r, name in NAIVE_RANKINGS.items()]
     return ("Per step, the Spearman correlation between a head's attention over the vehicles and the vehicles' "
             "|Shapley values| has a mean of " + _join(parts) + "; trained above untrained for every head in "
-            "{h:attention_tracks_shapley} ({fig:attention_vs_attribution}).")
+            "{h:attention_tracks_shapley}. Against |IG| (others-zeroed baseline) instead of |Shapley| it is "
+            + _join(ig) + ". The naive baselines, ranked against |Shapley| the same way: " + _join(naive)
+            + " ({fig:attention_vs_attribution}).")
 
 
 def _top1(c: Context) -> str:
     parts = [f"{{pct:attributions.trained.agreement.shapley.{h}.top1_rate}} of steps for {h}"
              for h in c.heads() or ["head_rank1"]]
+    naive = [f"{{pct:attributions.trained.ranking_baselines.shapley.{r}.top1_rate}} for the {name} vehicle"
+             for r, name in NAIVE_VEHICLES.items()]
     return ("The vehicle a head attends to most is also the one with the largest |Shapley value| on "
-            + _join(parts) + " ({fig:attention_vs_attribution}).")
+            + _join(parts) + ", against {pct:attributions.trained.ranking_baselines.shapley.nearest.top1_chance} "
+            "for a vehicle drawn at random among those present on the same steps (the chance level) and "
+            + _join(naive) + " ({fig:attention_vs_attribution}).")
 
 
 def _removal(c: Context) -> str:
+    controls = ["removing a random vehicle by {m:interventions.vehicle_removal.random.collision_diff}"]
+    controls += [f"the {name} one by {{m:interventions.vehicle_removal.{r}.collision_diff}}"
+                 for r, name in NAIVE_VEHICLES.items() if c.has(f"interventions.vehicle_removal.{r}.collision_diff")]
     return ("Removing the most-attended vehicle from the observation changes closed-loop collisions by "
-            "{m:interventions.vehicle_removal.most_attended.collision_diff}, removing a random vehicle by "
-            "{m:interventions.vehicle_removal.random.collision_diff}; episode by episode the difference is "
+            "{m:interventions.vehicle_removal.most_attended.collision_diff}, " + _join(controls)
+            + "; episode by episode most-attended minus random is "
             "{m:interventions.vehicle_removal.most_attended_vs_random.collision_diff} (paired CI above 0 in "
             "{h:most_attended_beats_random_vehicle}) ({fig:ablations}).")
 
@@ -332,6 +352,62 @@ def _editing(c: Context) -> str:
             f"{episodes} episodes at all).")
 
 
+# ------------------------------------------------------------------------------- designed scenes
+
+def _sweeps(c: Context) -> list[tuple[str, bool]]:
+    """The designed-scenes sweeps of this run (params scenes.routes × scenes.visible) whose numbers it has."""
+    routes, visible = c.param("scenes.routes") or [], c.param("scenes.visible") or []
+    return [(r, v) for r in routes for v in visible if c.has(scene_metric("trained", r, v, "planner_agreement"))]
+
+
+def _sweep_name(route: str, visible: bool) -> str:
+    return f"route {route} (its destination {'observed' if visible else 'hidden'})"
+
+
+def _scene_decisions(c: Context) -> str | None:
+    sweeps = _sweeps(c)
+    if not sweeps:
+        return None
+    parts = []
+    for route, visible in sweeps:
+        def m(key: str, model: str = "trained", kind: str = "m", route: str = route,
+              visible: bool = visible) -> str:
+            return f"{{{kind}:{scene_metric(model, route, visible, key)}}}"
+        parts.append(f"on {_sweep_name(route, visible)} the trained agent brakes exactly when the clairvoyant "
+                     f"planner does in "
+                     f"{m('planner_agreement', kind='pct')} of scenes (untrained "
+                     f"{m('planner_agreement', 'untrained', 'pct')}) and exactly when going now collides in "
+                     f"{m('go_safety_agreement', kind='pct')} (untrained {m('go_safety_agreement', 'untrained', 'pct')}"
+                     f"); it goes at every gap from {m('goes_from_gap')} s on, the planner from "
+                     f"{m('planner_goes_from_gap')} s and going now is safe from {m('safe_from_gap')} s")
+
+    def number(key: str) -> float:
+        return float(c.param(f"scenes.{key}") or 0.0)
+
+    return (f"In designed scenes (the ego {100.0 - number('ego_longitudinal'):g} m before the junction at "
+            f"{number('ego_speed'):g} m/s, one vehicle at {number('other_speed'):g} m/s whose arrival at the conflict "
+            f"point is swept from {number('gap_start'):g} to {number('gap_stop'):g} s after the ego's), "
+            + "; ".join(parts) + " ({fig:designed_scenes}).")
+
+
+def _scene_heads(c: Context) -> str | None:
+    sweeps, heads = _sweeps(c), c.heads() or ["head_rank1"]
+    if not sweeps:
+        return None
+    parts = []
+    for route, visible in sweeps:
+        def m(key: str, kind: str = "m", route: str = route, visible: bool = visible) -> str:
+            return f"{{{kind}:{scene_metric('trained', route, visible, key)}}}"
+        per_head = [f"{h} puts {m(f'heads.{h}.attention_mean')} of its attention on the vehicle, its mean-ablation "
+                    f"moving Q(SLOWER) − Q(FASTER) by {m(f'heads.{h}.mean_over_sweep_effect_mean_abs')} on average "
+                    f"and flipping {m(f'heads.{h}.mean_over_sweep_flip_rate', 'pct')} of decisions (zeroing it: "
+                    f"{m(f'heads.{h}.zero_effect_mean_abs')}, {m(f'heads.{h}.zero_flip_rate', 'pct')})"
+                    for h in heads]
+        parts.append(f"on {_sweep_name(route, visible)}: " + _join(per_head))
+    return ("Which head carries the decision in those scenes (each head mean-ablated over its sweep's scenes, "
+            "the gap-dependent part of its write removed): " + "; ".join(parts) + " ({fig:designed_scenes}).")
+
+
 FINDINGS: tuple[Section, ...] = (
     Section("Performance", (_held_out, _returns, _training, _reference, _episode_classes)),
     Section("Which head carries the policy", (_first_head, _other_heads, _branch)),
@@ -340,6 +416,8 @@ FINDINGS: tuple[Section, ...] = (
     Section("Attributions are checked, not assumed", (_ig, _conductance, _shapley, _deletion)),
     Section("Circuits and neurons", (_circuits, _neuron_ablation, _lens)),
     Section("Editing", (_editing,)),
+    Section("Designed scenes: does the braking follow the gap, and through which head?",
+            (_scene_decisions, _scene_heads)),
 )
 
 

@@ -7,6 +7,7 @@ relative to the ego vehicle (row 0) under constant velocities.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,3 +124,20 @@ def scene_facts(obs: np.ndarray, cfg: EnvConfig, horizon: float = 5.0, radius: f
     for name, value in facts.items():
         facts[name] = np.where(valid, value, False if value.dtype == bool else np.nan)
     return facts
+
+
+def naive_rankings(distance: np.ndarray, ttc: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores [B, E] (higher = ranked first) of the two naive rankings of the vehicles.
+
+    distance, ttc [B, E] (m, s; `scene_facts`: NaN for absent vehicles and the ego, ttc
+    inf off a collision course). nearest: −distance. lowest_ttc: lowest time-to-collision first, the
+    vehicles tied in it (those never on a collision course, inf) after them by distance, as a strict
+    order (score −position). NaN where distance is NaN.
+    """
+    distance, ttc = np.asarray(distance, dtype=np.float64), np.asarray(ttc, dtype=np.float64)
+    urgency = np.full(distance.shape, math.nan)
+    for b in range(distance.shape[0]):
+        idx = np.flatnonzero(np.isfinite(distance[b]))
+        order = idx[np.lexsort((distance[b, idx], ttc[b, idx]))]
+        urgency[b, order] = -np.arange(order.size, dtype=np.float64)
+    return {"nearest": -distance, "lowest_ttc": urgency}

@@ -1,11 +1,14 @@
 """interventions@seed: what the trained network uses. Ablations (zero, mean, resample) of heads, the attention branch,
-top-conductance (the attributions stage's neuron ranking) vs random neurons, and vehicles (open
-loop on recorded steps, closed loop on held-out env seeds paired with the unablated agent, heads
-chosen on one half of those episodes and measured on the other, with each condition's action shares);
-activation and path patching on clean/corrupted pairs; perturbation sweeps per layer; a rank-one
-edit and a head-scaling edit."""
+top-conductance (the attributions stage's neuron ranking) vs random neurons, and vehicles (the most
+attended against a random, the nearest and the lowest-time-to-collision one) (open loop on recorded
+steps, closed loop on held-out env seeds paired with the unablated agent, heads chosen on one half of
+those episodes and measured on the other, with each condition's action shares); activation and path
+patching on clean/corrupted pairs; perturbation sweeps per layer; a rank-one edit and a head-scaling
+edit."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import pandas as pd
 from tqdm import tqdm
@@ -30,7 +33,10 @@ def main() -> None:
     ranking = pd.read_csv(seed_results(seed) / "attributions" / "neuron_ranking.csv")
     with make_runner(params.env, min(cfg.num_envs, len(cfg.env_seeds))) as runner:
         tables = study.run_interventions(net, arrays, facts, ranking[ranking["model"] == "trained"], cfg, runner,
-                                         seed, progress=lambda items, desc: tqdm(items, desc=desc))
+                                         seed, progress=lambda items, desc: tqdm(items, desc=desc),
+                                         facts_of=partial(scene_facts, cfg=params.env, horizon=params.scene.horizon,
+                                                          radius=params.scene.collision_radius,
+                                                          min_ego_speed=params.scene.min_ego_speed))
 
     out = seed_results(seed) / "interventions"
     for name, table in tables.files().items():

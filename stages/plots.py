@@ -81,6 +81,8 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
             seed_table(params, "train/plots/metrics/return.tsv", sep="\t"),
             reference=plots.reference_returns(reference_table())),
         "evaluation": lambda: plots.evaluation(evaluation_table(params), reference_table()),
+        "designed_scenes": lambda: plots.designed_scenes(seed_table(params, "scenes/scenes.csv"),
+                                                         seed_table(params, "scenes/heads.csv")),
         "attention_vs_attribution": lambda: plots.attention_vs_attribution(
             seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv")),
     }

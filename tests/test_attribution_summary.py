@@ -129,3 +129,31 @@ def test_attention_facts_and_the_randomisation_check_match_a_direct_computation(
     assert set(summary["sanity"]) == {"ig_others_zeroed", "ig_typical_scene", "ig_typical_scene_ego",
                                       "shapley_ego_alone", "attention_head0", "attention_head1"}
     assert not math.isnan(summary["trained"]["ig_completeness"]["others_zeroed"]["q"]["fraction_within"])
+
+
+def test_chance_level_and_naive_rankings_match_a_direct_computation_from_the_shapley_values(study):
+    """The chance level of a top-1 match is 1 / (vehicles present) with continuous values; the nearest-first
+    ranking's agreement is Spearman(−distance, |φ|) per step, averaged like attention's."""
+    nets, steps, summary = study
+    net, s = nets["trained"], steps["trained"]
+    phi = np.abs(shapley_vehicles(net, s.obs, s.action, CFG.shapley_samples, seed=0).double().numpy())
+    scene = SceneConfig()
+    distance = scene_facts(s.obs.numpy(), EnvConfig(), scene.horizon, scene.collision_radius,
+                           scene.min_ego_speed)["distance"]
+    present = s.present.numpy().copy()
+    present[:, 0] = False
+    rhos, top1, chance = [], [], []
+    for b in range(len(s.obs)):
+        idx = np.nonzero(present[b])[0]
+        if len(idx) >= CFG.min_vehicles:
+            rhos.append(rank_correlation(-distance[b, idx], phi[b, idx]))
+        top1.append(float(idx[np.argmin(distance[b, idx])] == idx[np.argmax(phi[b, idx])]))
+        chance.append(1.0 / len(idx))
+    nearest = summary["trained"]["ranking_baselines"]["shapley"]["nearest"]
+    assert nearest["spearman_mean"] == pytest.approx(np.mean(rhos), abs=1e-9) and nearest["n_steps"] == len(rhos)
+    assert nearest["top1_rate"] == pytest.approx(np.mean(top1))
+    assert nearest["top1_chance"] == pytest.approx(np.mean(chance))
+    for h in range(s.attention.shape[1]):
+        assert summary["trained"]["agreement"]["shapley"][f"head{h}"]["top1_chance"] == pytest.approx(np.mean(chance))
+    assert set(summary["trained"]["ranking_baselines"]) == {"ig", "shapley"}
+    assert set(summary["untrained"]["ranking_baselines"]["ig"]) == {"nearest", "lowest_ttc"}

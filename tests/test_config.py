@@ -203,3 +203,28 @@ def test_observed_intentions_on_intersection_v2_are_accepted():
 def test_an_unknown_env_id_names_the_allowed_ids():
     with pytest.raises(ParamsError, match="intersection-v2"):
         validate_params(edit("env.id", "intersection-v1"))
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("routes", ["o0-o3"], "route 'o0-o3'"),
+    ("routes", ["o1-o1"], "route 'o1-o1'"),
+    ("routes", ["west"], "route 'west'"),
+    ("gap_stop", -5.0, "scenes.gap_start = -4.0 must be < scenes.gap_stop = -5.0"),
+    ("gap_step", 0.01, "scenes.gap_step = 0.01 gives 1001 gaps"),
+    ("other_speed", 12.0, "scenes.other_speed = 12.0"),
+    ("ego_longitudinal", 120.0, "scenes.ego_longitudinal = 120.0"),
+    ("visible", [False, False], "visible must not repeat"),
+    ("visible", [True], "scenes.visible = \\[True\\] asks for scenes whose route is observed"),
+])
+def test_scenes_params_are_validated_naming_the_key(key, value, needle):
+    params = default_params()
+    assert validate_params(params).scenes.gaps[0] == params["scenes"]["gap_start"]
+    params["scenes"][key] = value
+    with pytest.raises(ParamsError, match=needle):
+        validate_params(params)
+
+
+def test_the_scene_gap_grid_includes_both_ends_on_exact_values():
+    params = default_params()
+    params["scenes"].update(gap_start=-0.3, gap_stop=0.6, gap_step=0.3)
+    assert validate_params(params).scenes.gaps == [-0.3, 0.0, 0.3, 0.6]

@@ -3,6 +3,8 @@ computation, and every table of a run on a tiny network and toy envs."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,9 @@ import torch
 from egolens.analysis.intervening import intervention_study as study
 from egolens.analysis.intervening import interventions as iv
 from egolens.analysis_config import InterventionsConfig
+from egolens.config import EnvConfig
 from egolens.hooks import run_with_cache
+from egolens.scene import scene_facts
 from egolens.sites import COMBINED, PATTERN, RESID, Z, neuron_layers
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net, toy_runner
@@ -268,14 +272,16 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     ranking = pd.concat([pd.DataFrame({"layer": layer, "neuron": [3, 0, 1, 2, 4, 5, 6, 7], "rank": range(8)})
                          for layer in neuron_layers(net)])
     with toy_runner(1) as runner:
-        tables = study.run_interventions(net, arrays, facts, ranking, cfg, runner, seed=0)
+        tables = study.run_interventions(net, arrays, facts, ranking, cfg, runner, seed=0,
+                                         facts_of=partial(scene_facts, cfg=EnvConfig()))
     assert list(tables.files()) == ["open_loop.csv", "closed_loop.csv", "closed_loop_episodes.csv", "patching.csv",
                                     "path_patching.csv", "perturbation.csv", "editing.csv"]
     layers = neuron_layers(net)
     names = list(tables.open_loop["condition"])
     assert names[:10] == ["none", "head0_zero", "head0_mean", "head0_resample", "head1_zero", "head1_mean",
                           "head1_resample", "branch_zero", "branch_mean", "branch_resample"]
-    assert len(names) == 10 + 2 * len(layers) + 2 + 2 and names[-2:] == ["edit_rank_one", "edit_head_scale"]
+    assert len(names) == 10 + 2 * len(layers) + 4 + 2 and names[-2:] == ["edit_rank_one", "edit_head_scale"]
+    assert names[-6:-2] == ["vehicle_most_attended", "vehicle_random", "vehicle_nearest", "vehicle_lowest_ttc"]
     assert list(tables.closed_loop["condition"].unique()) == names
     tops = tables.closed_loop[tables.closed_loop["mode"] == "top"].drop_duplicates("condition")
     assert set(tops["units"]) == {"3 0"}                             # the ranking's best two, in rank order
@@ -310,3 +316,5 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     summary = study.summarize(tables, 2, layers, cfg.notebook_size, cfg.equivalence_margin, 100, 0)
     assert summary["closed_loop_baseline"]["episodes"] == 3 and summary["head_ablation"]["resample"]["head"] == head
     assert set(summary["perturbation_notebook"]) == {name.replace(".", "_") for name in [*layers, RESID]}
+    assert set(summary["vehicle_removal"]) == {"most_attended", "random", "nearest", "lowest_ttc",
+                                              "most_attended_vs_random"}

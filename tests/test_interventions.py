@@ -4,13 +4,17 @@ computation, closed-loop comparisons are paired by env seed."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
 from egolens.analysis.intervening import interventions as iv
+from egolens.config import EnvConfig
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
 from egolens.play import play
+from egolens.scene import scene_facts
 from egolens.sites import COMBINED, PATTERN, RESID, Z
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net, toy_runner
@@ -186,6 +190,29 @@ def test_vehicle_edits():
     picks = iv.random_present_vehicle(obs, seed=3)
     assert present[torch.arange(8), picks].all()
     assert iv.random_present_vehicle(obs[[5, 2]], seed=3).tolist() == picks[[5, 2]].tolist()
+
+
+def test_the_nearest_and_the_lowest_ttc_vehicle_are_removed_as_controls():
+    """Two steps of hand-placed vehicles (absolute positions in units of the 100 m range, the ego at the
+    origin heading +x at 9 m/s); the facts come from `egolens.scene.scene_facts`, the choice is checked by hand."""
+    obs = torch.zeros(2, 5, 7)
+    obs[:, :, 0] = torch.tensor([[1.0, 1, 1, 1, 0], [1.0, 0, 1, 0, 0]])
+    obs[:, 0, 3], obs[:, :, 5] = 9 / 20, 1.0                              # the ego drives along +x; all head +x
+    obs[0, 1, 1], obs[0, 2, 1], obs[0, 3, 1] = 0.10, 0.30, -0.08           # 10 m ahead, 30 m ahead, 8 m behind
+    obs[0, 1, 3], obs[0, 2, 3], obs[0, 3, 3] = 9 / 20, 0.0, 9 / 20          # same speed, stopped, same speed
+    obs[1, 2, 1] = 0.5                                                     # one vehicle, 50 m ahead, stopped
+    facts = partial(scene_facts, cfg=EnvConfig())
+    # step 0: nearest is the one 8 m behind; only the stopped one 30 m ahead is closing: lowest TTC
+    nearest = iv.remove_first_ranked(facts, "nearest")(obs)
+    urgent = iv.remove_first_ranked(facts, "lowest_ttc")(obs)
+    for edited, row in ((nearest, 3), (urgent, 2)):
+        assert torch.equal(edited[0, row], torch.zeros(7))
+        assert torch.equal(edited[0, [j for j in range(5) if j != row]], obs[0, [j for j in range(5) if j != row]])
+        assert torch.equal(edited[1, 2], torch.zeros(7))                   # the only vehicle, whichever ranking
+    assert iv.first_in_ranking(np.array([[np.nan, np.nan], [np.nan, 2.0]])).tolist() == [-1, 1]
+    with_none = obs.clone()
+    with_none[1, 2] = 0.0
+    assert torch.equal(iv.remove_first_ranked(facts, "nearest")(with_none)[1], with_none[1])
 
 
 def test_intervened_module_drives_play_with_the_hooks_applied(net):

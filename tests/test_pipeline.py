@@ -133,7 +133,8 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     metrics = json.loads(run(repo, str(BIN / "dvc"), "metrics", "show", "--json"))
     files = {path: body["data"] for rev in metrics.values() for path, body in rev["data"].items()}
     assert set(files) == {"results/headline.json", "results/seeds/seed0/driving.json",
-                          "results/seeds/seed1/driving.json"}
+                          "results/seeds/seed1/driving.json", "results/seeds/seed0/scenes/metrics.json",
+                          "results/seeds/seed1/scenes/metrics.json"}
     numbers = [v for data in files.values() for v in pd.json_normalize(data).iloc[0].tolist()]
     assert len(numbers) <= 60                                  # dvc exp show stays readable
     assert files["results/headline.json"]["sanity_checks"]["ig_complete"] in (0, 1, 2)

@@ -244,6 +244,23 @@ def scene_inputs() -> dict:
             "vehicle_id": np.array([[0, 7, -1, 4]] * 3), "steps": [0, 2], "env": EnvConfig(), "title": "a test scene"}
 
 
+def scene_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two seeds' designed scenes on one route: going now collides at gaps 0 and 0.5, the planner brakes at 0."""
+    rng = np.random.default_rng(13)
+    gaps = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
+    setting = {"route": "o1-o3", "visible": False, "ego_to_junction": 20.0, "ego_speed": 9.0, "other_speed": 8.0}
+    scenes = pd.DataFrame([{"seed": s, **setting, "model": m, "gap": g, "q_slower_minus_faster": rng.normal(),
+                            "go_outcome": "collision" if g in (0.0, 0.5) else "arrived",
+                            "clairvoyant_action": "SLOWER" if g == 0.0 else "FASTER"}
+                           for s in SEEDS[:2] for m in names.MODELS for g in gaps])
+    heads = pd.DataFrame([{"seed": s, "route": "o1-o3", "visible": False, "model": m, "gap": g, "head": h,
+                           "head_role": f"head_rank{h + 1}", "attention": rng.uniform(), "ablation": a,
+                           "effect": rng.normal()}
+                          for s in SEEDS[:2] for m in names.MODELS for g in gaps for h in (0, 1)
+                          for a in ("mean_over_sweep", "zero")])
+    return scenes, heads
+
+
 FIGURE_INPUTS: dict[str, Callable[[], dict]] = {
     "qk_circuits": lambda: {"feature_circuits": feature_circuits()[0], "head_matrices": head_matrices()[0]},
     "ov_circuits": lambda: {"feature_circuits": feature_circuits()[0], "head_matrices": head_matrices()[0]},
@@ -259,6 +276,7 @@ FIGURE_INPUTS: dict[str, Callable[[], dict]] = {
     "learning_curves": lambda: {"returns": returns_table(), "reference": {"constant_idle": 4.97, "clairvoyant": 8.3}},
     "evaluation": lambda: {"evaluation_table": evaluation_table(), "reference": reference_table()},
     "attention_vs_attribution": lambda: dict(zip(("agreement", "attention_facts"), agreement_tables())),
+    "designed_scenes": lambda: dict(zip(("scenes", "heads"), scene_tables())),
 }
 HEATMAPS_ONLY = {"qk_circuits", "ov_circuits", "embedding_composites", "neuron_conductance", "neuron_activations"}
 
@@ -527,8 +545,10 @@ def test_ablation_rows_name_heads_by_their_role_in_each_seed():
         y = container.lines[0].get_ydata()
         x = container.lines[0].get_xdata()
         assert x[np.argmin(y)] == pytest.approx(float(diff["diff"].iloc[0]))
-    assert plots.ablation_label({"kind": "vehicle", "target": "most_attended", "mode": "remove"}) == \
-        "most-attended vehicle removed"
+    assert [plots.ablation_label({"kind": "vehicle", "target": t, "mode": "remove"})
+            for t in ("most_attended", "random", "nearest", "lowest_ttc")] == [
+        "most-attended vehicle removed", "random vehicle removed", "nearest vehicle removed",
+        "lowest time-to-collision vehicle removed"]
     edit = {"kind": "edit", "target": "head0", "mode": "x2"}
     assert plots.ablation_label(edit, {0: 2}) == "head_rank2 output scaled x2"
 
@@ -653,3 +673,13 @@ def test_a_run_shorter_than_the_window_is_smoothed_over_all_its_episodes():
     line = data_axes(fig)[0].lines[0]
     np.testing.assert_allclose(line.get_ydata()[-1], np.arange(8.0).mean())
     assert "over 8 episodes" in fig._suptitle.get_text()
+
+
+def test_designed_scenes_shade_where_going_now_collides_and_name_heads_by_role():
+    fig = draw("designed_scenes")
+    q_ax, att_ax, _ = data_axes(fig)[:3]
+    spans = sorted((round(p.get_x(), 6), round(p.get_x() + p.get_width(), 6)) for p in q_ax.patches)
+    assert spans == [(-0.25, 0.25), (0.25, 0.75)]
+    labels = {text.get_text() for legend in fig.legends for text in legend.get_texts()}
+    assert {"head_rank1", "head_rank2", "going now collides", "clairvoyant planner brakes"} <= labels
+    assert len(att_ax.lines) == 2 * 2          # two heads × two seeds, trained only

@@ -150,3 +150,28 @@ def test_another_recipes_study_is_set_beside_this_one_with_a_verdict_per_finding
     assert "| `adds_up` | 5/5 | It adds up. |" in per_seed[1].split("## Under both recipes")[0]
     # without another study the section is left out
     assert "## Under both recipes" not in build_report(summary, holds, {}, params(), {})
+
+
+def test_designed_scenes_are_worded_per_sweep_from_the_tables_and_the_scenes_params():
+    summary, holds = study_tables(heads=2, off_ego=0.5)
+    rows = []
+    for model, agreement in (("trained", 0.81), ("untrained", 0.4)):
+        rows += [{"metric": f"scenes.{model}.o1-o3.planner_agreement", "mean": agreement},
+                 {"metric": f"scenes.{model}.o1-o3.go_safety_agreement", "mean": agreement - 0.1}]
+    rows += [{"metric": f"scenes.trained.o1-o3.{key}", "mean": value}
+             for key, value in (("goes_from_gap", 2.5), ("planner_goes_from_gap", 1.5), ("safe_from_gap", 2.0),
+                                ("heads.head_rank1.attention_mean", 0.61),
+                                ("heads.head_rank1.mean_over_sweep_effect_mean_abs", 0.25),
+                                ("heads.head_rank1.mean_over_sweep_flip_rate", 0.3))]
+    summary = pd.concat([summary, pd.DataFrame(rows).assign(n_seeds=3)], ignore_index=True)
+    scenes = {"ego_longitudinal": 80.0, "ego_speed": 9.0, "other_speed": 8.0, "gap_start": -4.0, "gap_stop": 6.0,
+              "routes": ["o1-o3", "o3-o1"], "visible": [False]}
+    report = build_report(summary, holds, {"designed_scenes": "Scenes."}, params() | {"scenes": scenes}, {})
+    assert "the ego 20 m before the junction at 9 m/s, one vehicle at 8 m/s" in report
+    assert "swept from -4 to 6 s after the ego's" in report
+    assert ("on route o1-o3 (its destination hidden) the trained agent brakes exactly when the clairvoyant planner "
+            "does in 81% of scenes (untrained 40%) and exactly when going now collides in 71% (untrained 30%); it goes "
+            "at every gap from 2.5 s on, the planner from 1.5 s and going now is safe from 2 s") in report
+    assert "head_rank1 puts 0.61 of its attention on the vehicle" in report and "flipping 30% of decisions" in report
+    assert "route o3-o1" not in report                      # a sweep without numbers is left out, not invented
+    assert "In designed scenes" not in build_report(*study_tables(heads=2, off_ego=0.5), {}, params(), {})

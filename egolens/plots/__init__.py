@@ -26,13 +26,14 @@ from egolens.plots.driving import (
     reference_returns,
     reference_rows,
 )
-from egolens.plots.interventions import ablation_label, ablations, patching
+from egolens.plots.interventions import VEHICLE_NAMES, ablation_label, ablations, patching
 from egolens.plots.neurons import logit_lens, neuron_activations
 from egolens.plots.scenes import (
     LABEL_SIZE,
     SCENE_POINTS,
     SCENE_STEPS,
     attention_scene,
+    designed_scenes,
     first_episode_scene,
     label_offsets,
 )
@@ -48,8 +49,10 @@ __all__ = [
     "SCENE_STEPS",
     "SWEEP_METRICS",
     "ablation_label",
+    "VEHICLE_NAMES",
     "ablations",
     "attention_scene",
+    "designed_scenes",
     "attention_vs_attribution",
     "embedding_composites",
     "evaluation",

@@ -34,6 +34,11 @@ def _per_seed_points(ax: Axes, data: pd.DataFrame, labels: list[str], x: str, lo
     ax.set_ylim(len(labels) - 0.5, -0.5)
 
 
+VEHICLE_NAMES = {"most_attended": "most-attended", "random": "random", "nearest": "nearest",
+                 "lowest_ttc": "lowest time-to-collision"}
+"""How the ablations figure names each removed vehicle (interventions/closed_loop.csv `target` of kind vehicle)."""
+
+
 def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = None) -> str:
     """A reader's name for one closed-loop condition (a row of interventions/closed_loop.csv); heads
     are named by their closed-loop role in that seed (head_rank<r>, `ranks`: head index -> rank) as
@@ -58,7 +63,7 @@ def ablation_label(row: Mapping[str, object], ranks: Mapping[int, int] | None = 
         which = int(mode.removeprefix("random")) + 1
         return f"{site(target).label}: {count}random neurons (set {which}) mean-ablated"
     if kind == "vehicle":
-        return f"{'most-attended' if target == 'most_attended' else 'random'} vehicle removed"
+        return f"{VEHICLE_NAMES.get(target, target)} vehicle removed"
     if kind == "edit":
         return "rank-one brake edit" if mode == "rank_one" else f"{head(target)} output scaled {mode}{held_out}"
     return str(row["condition"])

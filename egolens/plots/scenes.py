@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from egolens.config import EnvConfig
 from egolens.figures import VEHICLE_SIZE, draw_vehicle, head_colour, scene_axes
-from egolens.plots.style import EGO_COLOUR, LANE_WIDTH, OTHER_COLOUR, ROAD_COLOUR, styled
+from egolens.names import MODELS
+from egolens.plots.style import EGO_COLOUR, LANE_WIDTH, MODEL_COLOURS, OTHER_COLOUR, ROAD_COLOUR, styled
 from egolens.scene import denormalize
 from egolens.vocabulary import ACTIONS
 
@@ -144,3 +148,68 @@ def first_episode_scene(arrays: Mapping[str, np.ndarray], env: EnvConfig, seed: 
     return {**{key: arrays[key][rows] for key in ("obs", "attention", "action", "q", "vehicle_id")},
             "steps": list(steps), "env": env,
             "title": f"Trained network, seed {seed}, recorded episode {episode}: the scene and each head's attention"}
+
+
+def _unsafe_spans(ax: Axes, sweep: pd.DataFrame) -> None:
+    """Shade the gaps at which going now collides (half a grid step either side of each such gap)."""
+    gaps = np.sort(pd.unique(sweep["gap"]))
+    half = float(np.min(np.diff(gaps))) / 2 if len(gaps) > 1 else 0.25
+    for gap in sorted(pd.unique(sweep.loc[sweep["go_outcome"] == "collision", "gap"])):
+        ax.axvspan(gap - half, gap + half, color="#F4B6B6", alpha=0.5, lw=0, zorder=0)
+
+
+@styled
+def designed_scenes(scenes: pd.DataFrame, heads: pd.DataFrame) -> Figure:
+    """Designed scenes, one row per sweep (the conflicting vehicle's route, observed or not): the networks'
+    Q(SLOWER) − Q(FASTER) against the gap (its arrival at the conflict point minus the ego's), each head's
+    attention on that vehicle, and the change of Q(SLOWER) − Q(FASTER) when the head is mean-ablated over
+    the sweep, one line per seed; red bands: going now collides; triangles: the clairvoyant planner brakes.
+
+    scenes: scenes/scenes.csv of every seed plus `seed` (route, visible, model, ego_to_junction, ego_speed,
+    other_speed, gap, q_slower_minus_faster, go_outcome, clairvoyant_action); heads: scenes/heads.csv plus
+    `seed` (route, visible, model, gap, head_role, attention, ablation, effect). Heads are named by role
+    (head_rank1 in every seed).
+    """
+    sweeps = list(scenes[["route", "visible"]].drop_duplicates().itertuples(index=False, name=None))
+    fig = Figure(figsize=(16, 3.8 * len(sweeps) + 1), layout="constrained")
+    axes = fig.subplots(len(sweeps), 3, squeeze=False, sharex=True)
+    trained = heads[heads["model"] == "trained"]
+    roles = sorted(pd.unique(trained["head_role"].astype(str)))
+    palette = {role: head_colour(i) for i, role in enumerate(roles)}
+    for (route, visible), row in zip(sweeps, axes):
+        sweep = scenes[(scenes["route"] == route) & (scenes["visible"] == visible)]
+        name = f"route {route}, destination {'observed' if visible else 'hidden'}"
+        q_ax, att_ax, abl_ax = row
+        for ax in row:
+            _unsafe_spans(ax, sweep[sweep["model"] == "trained"])
+            ax.set_xlabel("gap (s): the vehicle's arrival at the conflict point − the ego's")
+        sns.lineplot(sweep, x="gap", y="q_slower_minus_faster", hue="model", hue_order=list(MODELS), units="seed",
+                     estimator=None, palette=MODEL_COLOURS, marker="o", markersize=3, ax=q_ax, legend=False)
+        brakes = sweep[(sweep["model"] == "trained") & (sweep["clairvoyant_action"] == "SLOWER")].drop_duplicates("gap")
+        top = float(np.nanmax(sweep["q_slower_minus_faster"])) if len(sweep) else 1.0
+        q_ax.scatter(brakes["gap"], np.full(len(brakes), top), marker="v", color="#55A868", zorder=3)
+        q_ax.axhline(0, color="black", lw=0.8)
+        q_ax.set_ylabel("Q(SLOWER) − Q(FASTER)\n(> 0: prefers braking)")
+        q_ax.set_title(f"{name}\nthe networks' preference")
+        sweep_heads = trained[(trained["route"] == route) & (trained["visible"] == visible)]
+        attention = sweep_heads[sweep_heads["ablation"] == "mean_over_sweep"]
+        sns.lineplot(attention, x="gap", y="attention", hue="head_role", hue_order=roles, units="seed",
+                     estimator=None, palette=palette, ax=att_ax, legend=False)
+        att_ax.set_ylim(0, 1)
+        att_ax.set_ylabel("attention on the vehicle")
+        att_ax.set_title(f"{name}\nthe trained heads' attention")
+        sns.lineplot(attention, x="gap", y="effect", hue="head_role", hue_order=roles, units="seed",
+                     estimator=None, palette=palette, ax=abl_ax, legend=False)
+        abl_ax.axhline(0, color="black", lw=0.8)
+        abl_ax.set_ylabel("Δ Q(SLOWER) − Q(FASTER)\nhead mean-ablated over the sweep")
+        abl_ax.set_title(f"{name}\nwhat each trained head contributes")
+    handles = [Line2D([], [], color=MODEL_COLOURS[m], marker="o", label=f"{m} network") for m in MODELS]
+    handles += [Line2D([], [], color=palette[r], label=r) for r in roles]
+    handles += [Patch(facecolor="#F4B6B6", label="going now collides"),
+                Line2D([], [], color="#55A868", marker="v", lw=0, label="clairvoyant planner brakes")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
+    first = scenes.iloc[0]
+    fig.suptitle(f"Designed scenes: the ego {first['ego_to_junction']:g} m before the junction at "
+                 f"{first['ego_speed']:g} m/s, one conflicting vehicle at {first['other_speed']:g} m/s swept over "
+                 "its arrival gap (one line per seed)")
+    return fig

@@ -53,11 +53,15 @@ from egolens.analysis.attribution.faithfulness import (
 )
 from egolens.analysis.attribution.gradients import integrated_gradients
 from egolens.analysis.attribution.shapley import shapley_vehicles
-from egolens.analysis.reading.attention_agreement import attention_attribution_agreement, attention_vs_fact
+from egolens.analysis.reading.attention_agreement import (
+    attention_attribution_agreement,
+    attention_vs_fact,
+    ranking_agreement,
+)
 from egolens.analysis_config import AttributionsConfig, SceneConfig
 from egolens.config import EnvConfig
 from egolens.hooks import activation_names
-from egolens.scene import scene_facts
+from egolens.scene import naive_rankings, scene_facts
 from egolens.vocabulary import ACTIONS, absent_mask, present_others
 
 QUANTITIES = ("q", "advantage")
@@ -66,10 +70,12 @@ BASELINES = ("others_zeroed", "typical_scene", "typical_scene_ego")
 CONDUCTANCE_BASELINE = "typical_scene_ego"
 FACTS = ("ttc", "distance", "closing_speed")
 """Scene facts (`egolens.scene.scene_facts`) the attention is ranked against."""
+RANKED_EXPLANATIONS = (("ig", "others_zeroed", "q"), ("shapley", "ego_alone", "q"))
+"""The explanations the naive rankings (nearest, lowest time-to-collision first) are compared with."""
 ORDER_IG = "ig_others_zeroed"
 """Name of the deletion/insertion order by |IG| (others_zeroed baseline, Q of the chosen action)."""
 OUTPUTS = ("ig_features", "ig_vehicles", "completeness", "layer_conductance", "neuron_ranking", "neuron_conductance",
-           "shapley", "curves", "curves_auc", "agreement", "attention_facts", "sanity")
+           "shapley", "curves", "curves_auc", "agreement", "ranking_baselines", "attention_facts", "sanity")
 """The tables the attributions stage writes (one CSV each)."""
 
 
@@ -178,6 +184,7 @@ class NetworkAnalysis:
         self.phi = self.shapley()
         self.curves(self.phi)
         self.agreement(self.phi)
+        self.ranking_baselines(self.phi)
         self.attention_facts()
         return self.tables
 
@@ -292,10 +299,28 @@ class NetworkAnalysis:
                 s.attention, values, ~absent_mask(s.obs), min_vehicles=self.cfg.min_vehicles, step_ids=s.records,
                 labels={"model": self.label, "attribution": method, "baseline": baseline, "quantity": quantity}))
 
+    def facts(self) -> dict[str, np.ndarray]:
+        """Scene facts [B, E] of the analysed steps (`egolens.scene.scene_facts`)."""
+        scene = self.scene
+        return scene_facts(self.steps.obs.numpy(), self.env, scene.horizon, scene.collision_radius,
+                           scene.min_ego_speed)
+
+    def ranking_baselines(self, phi: torch.Tensor) -> None:
+        """Table `ranking_baselines`: the naive rankings (nearest, lowest time-to-collision first) against
+        the explanations of `RANKED_EXPLANATIONS`, measured as attention is (`ranking_agreement`)."""
+        s, facts = self.steps, self.facts()
+        rankings = naive_rankings(facts["distance"], facts["ttc"])
+        values = {"ig": self.ig_vehicles("others_zeroed", "q"), "shapley": phi}
+        for method, baseline, quantity in RANKED_EXPLANATIONS:
+            self.add("ranking_baselines", ranking_agreement(
+                rankings, values[method], ~absent_mask(s.obs), min_vehicles=self.cfg.min_vehicles,
+                step_ids=s.records,
+                labels={"model": self.label, "attribution": method, "baseline": baseline, "quantity": quantity}))
+
     def attention_facts(self) -> None:
-        s, scene = self.steps, self.scene
-        facts = scene_facts(s.obs.numpy(), self.env, scene.horizon, scene.collision_radius, scene.min_ego_speed)
-        facts = {name: facts[name] for name in FACTS}
+        s = self.steps
+        found = self.facts()
+        facts = {name: found[name] for name in FACTS}
         pooled = attention_vs_fact(s.attention, facts, level="pooled", min_vehicles=self.cfg.min_vehicles,
                                    labels={"model": self.label, "statistic": "pooled"})
         per_step = attention_vs_fact(s.attention, facts, level="step", min_vehicles=self.cfg.min_vehicles,

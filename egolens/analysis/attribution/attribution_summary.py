@@ -2,7 +2,8 @@
 
 `summarize` is a pure function of the tables `attribution_study.combine` returns: completeness of
 integrated gradients per baseline and quantity, of layer conductance at every cut, Shapley
-efficiency, attention–attribution agreement per head, deletion/insertion areas per order,
+efficiency, attention–attribution agreement per head (with the chance level of its top-1 match) and the
+naive rankings' (nearest, lowest time-to-collision) agreement beside it, deletion/insertion areas per order,
 attention vs scene facts per head, and the randomisation check's flags.
 """
 
@@ -12,10 +13,12 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from egolens.analysis.attribution.attribution_study import BASELINES, FACTS, ORDER_IG, QUANTITIES
+from egolens.analysis.attribution.attribution_study import BASELINES, FACTS, ORDER_IG, QUANTITIES, RANKED_EXPLANATIONS
 from egolens.analysis.attribution.attribution_tables import step_summary
 from egolens.analysis.attribution.faithfulness import completeness_stats
 
+AGREEMENT_VALUES = ("spearman", "top1_match", "top1_chance")
+"""Per-step agreement values averaged over steps (`attention_agreement.attention_attribution_agreement`)."""
 EFFICIENCY_KEYS = ("max_abs_error", "median_rel_error", "max_rel_error", "n_tiny")
 """The completeness statistics of the Shapley values' efficiency the summary keeps."""
 
@@ -49,11 +52,22 @@ def model_summary(tables: Mapping[str, pd.DataFrame], label: str) -> dict:
     for method, baseline in (("ig", "others_zeroed"), ("shapley", "ego_alone")):
         table = rows("agreement", attribution=method, baseline=baseline, quantity="q")
         means = {value: step_summary(table, ["head"], value)
-                 .query("statistic == 'step_mean'").set_index("head") for value in ("spearman", "top1_match")}
+                 .query("statistic == 'step_mean'").set_index("head") for value in AGREEMENT_VALUES}
         agreement[method] = {f"head{h}": {"spearman_mean": means["spearman"].loc[h, "spearman"],
                                           "n_steps": means["spearman"].loc[h, "n"],
-                                          "top1_rate": means["top1_match"].loc[h, "top1_match"]}
+                                          "top1_rate": means["top1_match"].loc[h, "top1_match"],
+                                          "top1_chance": means["top1_chance"].loc[h, "top1_chance"]}
                              for h in means["spearman"].index}
+    rankings: dict = {}
+    for method, baseline, quantity in RANKED_EXPLANATIONS:
+        table = rows("ranking_baselines", attribution=method, baseline=baseline, quantity=quantity)
+        means = {value: step_summary(table, ["ranking"], value)
+                 .query("statistic == 'step_mean'").set_index("ranking") for value in AGREEMENT_VALUES}
+        rankings[method] = {r: {"spearman_mean": means["spearman"].loc[r, "spearman"],
+                                "n_steps": means["spearman"].loc[r, "n"],
+                                "top1_rate": means["top1_match"].loc[r, "top1_match"],
+                                "top1_chance": means["top1_chance"].loc[r, "top1_chance"]}
+                            for r in means["spearman"].index}
     auc = step_summary(rows("curves_auc"), ["order", "curve"], "auc_q")
     auc = auc[auc["statistic"] == "step_mean"].set_index(["curve", "order"])["auc_q"]
     curves = {f"{curve}_auc_q": {order: float(auc.loc[(curve, order)]) for order in (ORDER_IG, "shapley", "random")}
@@ -65,7 +79,7 @@ def model_summary(tables: Mapping[str, pd.DataFrame], label: str) -> dict:
     return {"ig_completeness": completeness,
             "conductance_completeness": conductance,
             "shapley_efficiency": {k: v for k, v in completeness_stats(efficiency).items() if k in EFFICIENCY_KEYS},
-            "agreement": agreement, **curves, "attention_facts": attention}
+            "agreement": agreement, "ranking_baselines": rankings, **curves, "attention_facts": attention}
 
 
 def sanity_summary(table: pd.DataFrame) -> dict:

@@ -45,6 +45,11 @@ from egolens.vocabulary import ACTIONS
 if TYPE_CHECKING:
     from egolens.analysis_config import InterventionsConfig
 
+VEHICLE_CONTROLS = ("nearest", "lowest_ttc")
+"""Controls of removing the most-attended vehicle beside a random one: the vehicle a naive ranking puts
+first (`interventions.remove_first_ranked`)."""
+
+
 @dataclass
 class Condition:
     """One intervention: hooks and/or an observation edit on the trained net, or an edited copy."""
@@ -99,9 +104,11 @@ def top_units(ranking: pd.DataFrame, layer: str, k: int) -> list[int]:
 
 
 def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], ranking: pd.DataFrame,
-                        cfg: InterventionsConfig, seed: int) -> list[Condition]:
+                        cfg: InterventionsConfig, seed: int, facts: iv.FactsFn | None = None) -> list[Condition]:
     """Heads (zero, mean, resample), the branch (zero, mean, resample), top-k and random neuron sets
-    per layer (mean ablation), the most attended and a random vehicle removed; "none" first (the control).
+    per layer (mean ablation), the most attended and a random vehicle removed and, given `facts`
+    (obs -> scene facts), the nearest and the lowest-time-to-collision vehicle removed
+    (`VEHICLE_CONTROLS`); "none" first (the control).
 
     arrays: the recorded rollout (obs [N, E, F] and the activations mean and resample ablation
     draw on: the recorded steps are the reference distribution); ranking:
@@ -130,6 +137,10 @@ def ablation_conditions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray],
     out.append(Condition("vehicle_most_attended", "vehicle", "most_attended", "remove",
                          obs_edit=iv.remove_most_attended(net)))
     out.append(Condition("vehicle_random", "vehicle", "random", "remove", obs_edit=iv.remove_random_vehicle(seed)))
+    if facts is not None:
+        for ranking in VEHICLE_CONTROLS:
+            out.append(Condition(f"vehicle_{ranking}", "vehicle", ranking, "remove",
+                                 obs_edit=iv.remove_first_ranked(facts, ranking)))
     return out
 
 
@@ -364,18 +375,19 @@ def neuron_contrasts(open_loop: pd.DataFrame, effects: dict[str, pd.DataFrame], 
 
 def run_interventions(net: EgoAttentionNetwork, arrays: dict[str, np.ndarray], facts: dict[str, np.ndarray],
                       ranking: pd.DataFrame, cfg: InterventionsConfig, runner: EnvRunner, seed: int,
-                      progress: Progress = no_progress) -> Tables:
+                      progress: Progress = no_progress, facts_of: iv.FactsFn | None = None) -> Tables:
     """Every intervention of the stage on `net` (eval mode), its tables.
 
     arrays: the recorded rollout (`obs` [N, E, F], `attention` [N, H, E] and the activations of
     `sites.Z`, `sites.COMBINED`, `sites.RESID` and every `sites.neuron_layers`); facts: `egolens.scene.scene_facts` of
     obs (crossing, ttc, distance [N, E]); ranking: the trained network's rows of the attributions
     stage's neuron_ranking.csv (layer, neuron, rank); runner: the envs of the closed-loop episodes (held-out
-    env seeds cfg.env_seeds); seed: the agent seed (seeds every random choice).
+    env seeds cfg.env_seeds); seed: the agent seed (seeds every random choice); facts_of: obs -> scene
+    facts, for the nearest / lowest-TTC vehicle removals (left out when None).
     """
     obs = torch.as_tensor(arrays["obs"])
     resamples = cfg.bootstrap_resamples
-    conditions = ablation_conditions(net, arrays, ranking, cfg, seed)
+    conditions = ablation_conditions(net, arrays, ranking, cfg, seed, facts_of)
     edits = []
     brake = rank_one_brake(net, obs, facts, cfg)
     if brake is not None:
@@ -496,8 +508,9 @@ def summarize(tables: Tables, heads: int, neuron_layers: Sequence[str], notebook
     - branch_ablation.<mode>: diffs, action shares and open-loop flip rate of the attention branch;
     - neuron_ablation.<layer>: the top set's and the random sets' mean open-loop flip rate,
       |ΔQ| and closed-loop success / collision diffs, and top_minus_random_abs_dq (paired over steps);
-    - vehicle_removal.{most_attended,random}: closed-loop diffs, open-loop flip rate and |ΔQ|, and
-      most_attended_vs_random: the paired collision difference of the two removals with its CI;
+    - vehicle_removal.{most_attended,random,nearest,lowest_ttc}: closed-loop diffs, open-loop flip rate
+      and |ΔQ| (the last two when the stage ran them), and most_attended_vs_random: the paired
+      collision difference of the two removals with its CI;
     - patching_restored.<kind>: pairs, mean restored fraction per site class (and role), over
       sites whose entity is present, the largest mean over one neuron (neuron_max);
     - path_patching_restored.<kind>: mean restored fraction per head and path (and the sender);
@@ -547,7 +560,7 @@ def summarize(tables: Tables, heads: int, neuron_layers: Sequence[str], notebook
     out["vehicle_removal"] = {
         target: _diffs(closed, f"vehicle_{target}") | {"flip_rate": ol.loc[f"vehicle_{target}", "flip_rate"],
                                                         "abs_dq": ol.loc[f"vehicle_{target}", "abs_dq"]}
-        for target in ("most_attended", "random")}
+        for target in ("most_attended", "random", *VEHICLE_CONTROLS) if f"vehicle_{target}" in ol.index}
     diff, low, high = paired_bootstrap_ci(
         episode_differences(episodes, "vehicle_most_attended", "none", "collision"),
         episode_differences(episodes, "vehicle_random", "none", "collision"), resamples, seed)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
+from egolens.scene import naive_rankings
 from egolens.sites import COMBINED, PATTERN, Z
 from egolens.stats import bootstrap_ci
 from egolens.vocabulary import ACTIONS, present_others
@@ -243,6 +244,30 @@ def random_present_vehicle(obs: torch.Tensor, seed: int) -> torch.Tensor:
             rng = np.random.default_rng([seed, zlib.crc32(data[b].tobytes())])
             out[b] = idx[int(rng.integers(idx.numel()))]
     return out
+
+
+FactsFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+"""obs [B, E, F] -> scene facts {name: [B, E]} with at least distance and ttc (`egolens.scene.scene_facts`
+with the study's env and scene params; NaN for absent vehicles and the ego)."""
+
+
+def first_in_ranking(scores: np.ndarray) -> torch.Tensor:
+    """Per step, the entity with the highest score [B, E] (NaN = not a candidate): [B] long, −1 where none."""
+    scores = np.asarray(scores, dtype=np.float64)
+    valid = np.isfinite(scores)
+    best = np.argmax(np.where(valid, scores, -np.inf), axis=1)
+    return torch.as_tensor(np.where(valid.any(axis=1), best, -1), dtype=torch.long)
+
+
+def remove_first_ranked(facts: FactsFn, ranking: str) -> ObsEdit:
+    """Observation edit: remove the vehicle a naive ranking puts first (`egolens.scene.naive_rankings`:
+    "nearest", or "lowest_ttc", the lowest time-to-collision, ties by distance), the controls of removing
+    the most-attended vehicle."""
+    def edit(obs: torch.Tensor) -> torch.Tensor:
+        found = facts(obs.detach().cpu().numpy())
+        scores = naive_rankings(found["distance"], found["ttc"])[ranking]
+        return remove_vehicle(obs, first_in_ranking(scores))
+    return edit
 
 
 def remove_most_attended(net: nn.Module) -> ObsEdit:

@@ -2,6 +2,11 @@
 attributions (`attention_attribution_agreement`) and with facts about the scene such as distance
 and time-to-collision (`attention_vs_fact`).
 
+Baselines that make such an agreement mean something: the chance level of a top-1 match
+(`top1_chance`: what a random choice among the present vehicles would score on the same steps) and
+naive rankings of the vehicles, nearest first and lowest time-to-collision first
+(`egolens.scene.naive_rankings`), compared with the attributions exactly as attention is (`ranking_agreement`).
+
 Attention is the ego query's pattern over the entities, [B, H, E] (or the cached [B, H, 1, E]);
 only present other vehicles are compared. Pure functions, tidy DataFrames out.
 """
@@ -41,9 +46,10 @@ def attention_attribution_agreement(attention: np.ndarray | torch.Tensor, vehicl
     - spearman: rank correlation of attention with |attr| (NaN with fewer than `min_vehicles`
       vehicles or a constant side);
     - top1_match: 1.0 if the most-attended vehicle has the largest |attr| (ties count as a
-      match), 0.0 if not, NaN without vehicles.
+      match), 0.0 if not, NaN without vehicles;
+    - top1_chance: the step's chance level of top1_match (`top1_chance`).
     labels: constant columns put first (name the model, attribution method and baseline).
-    Returns columns [labels], step, head, n_vehicles, spearman, top1_match.
+    Returns columns [labels], step, head, n_vehicles, spearman, top1_match, top1_chance.
     """
     att = _heads_last_entity(attention)
     importance = np.abs(as_numpy(vehicle_attr).astype(np.float64))
@@ -51,6 +57,7 @@ def attention_attribution_agreement(attention: np.ndarray | torch.Tensor, vehicl
     keep[:, 0] = False
     batch, heads, _ = att.shape
     steps = list(range(batch)) if step_ids is None else list(step_ids)
+    chance = top1_chance(importance, keep)
     out = []
     for b in range(batch):
         idx = np.nonzero(keep[b])[0]
@@ -60,8 +67,44 @@ def attention_attribution_agreement(attention: np.ndarray | torch.Tensor, vehicl
             rho = spearman(a, imp) if idx.size >= min_vehicles else math.nan
             top1 = float(imp[int(np.argmax(a))] == imp.max()) if idx.size else math.nan
             out.append({"step": steps[b], "head": h, "n_vehicles": int(idx.size), "spearman": rho,
-                        "top1_match": top1})
+                        "top1_match": top1, "top1_chance": chance[b]})
     return labelled(pd.DataFrame(out), labels)
+
+
+def top1_chance(vehicle_attr: np.ndarray | torch.Tensor, present: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Per step, the expected top-1 match of a vehicle drawn uniformly among the present non-ego ones:
+    (vehicles sharing the largest |attr|) / (vehicles present), the rule `top1_match` scores with (a tie
+    counts as a match). vehicle_attr [B, E], present [B, E] bool (the ego column ignored).
+    Returns [B] float64, NaN on steps without vehicles.
+    """
+    importance = np.abs(as_numpy(vehicle_attr).astype(np.float64))
+    keep = as_numpy(present).astype(bool).copy()
+    keep[:, 0] = False
+    out = np.full(importance.shape[0], math.nan)
+    for b in range(importance.shape[0]):
+        imp = importance[b, keep[b]]
+        if imp.size:
+            out[b] = float(np.sum(imp == imp.max())) / imp.size
+    return out
+
+
+def ranking_agreement(rankings: Mapping[str, np.ndarray], vehicle_attr: np.ndarray | torch.Tensor,
+                      present: np.ndarray | torch.Tensor, *, min_vehicles: int = 3,
+                      step_ids: Sequence[int] | None = None,
+                      labels: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """A naive ranking's agreement with the attributions, measured as attention's is
+    (`attention_attribution_agreement`: per step Spearman with |attr|, top-1 match and its chance level).
+
+    rankings: {name: scores [B, E]} (`egolens.scene.naive_rankings`; finite for every present vehicle).
+    Returns columns [labels], ranking, step, n_vehicles, spearman, top1_match, top1_chance.
+    """
+    tables = []
+    for name, scores in rankings.items():
+        table = attention_attribution_agreement(np.asarray(scores, dtype=np.float64)[:, None, :], vehicle_attr,
+                                                present, min_vehicles=min_vehicles, step_ids=step_ids)
+        tables.append(table.drop(columns="head").assign(ranking=name))
+    out = pd.concat(tables, ignore_index=True)
+    return labelled(out[["ranking", *(c for c in out.columns if c != "ranking")]], labels)
 
 
 def attention_vs_fact(attention: np.ndarray | torch.Tensor, facts: Mapping[str, np.ndarray | torch.Tensor], *,
