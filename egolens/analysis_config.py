@@ -161,7 +161,7 @@ class InterventionsConfig(Strict):
     """When no recorded step brakes, the rank-one edit sets the target step's Q(SLOWER) to max Q + this."""
     bootstrap_resamples: int = Field(2000, ge=100)
     """Bootstrap resamples of every 95% interval (open-loop rates over steps, closed-loop paired diffs)."""
-    equivalence_margin: float = Field(0.1, gt=0.0, lt=1.0)
+    equivalence_margin: float = Field(0.12, gt=0.0, lt=1.0)
     """Largest closed-loop rate difference counted as "no effect": a no-effect finding holds only when a
     two one-sided test (TOST, 5%) puts the difference inside ± this (a rate, in (0, 1))."""
 
