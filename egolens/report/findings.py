@@ -1,93 +1,18 @@
-"""results/report.md, written from the study's tables and params: every number in it comes from
-`summary.csv` (mean over seeds with its 95% CI, or the largest value over seeds) or `holds.csv`
-(in how many seeds a finding holds), and every setting it names from params.yaml.
-
-Each finding is a function of a `Context` (the tables and the params) that returns a sentence
-template, or None when the run has nothing to say about it (e.g. a second head in a one-head
-run). Wording that depends on the numbers (whether two intervals overlap, how much attention the
-vehicles get) is decided there from the tables. Templates hold placeholders, filled by `fill`:
-- `{m:<metric>}` the mean over seeds with its 95% CI, "0.55 [0.46, 0.63]";
-- `{v:<metric>}` the mean alone; `{pct:<metric>}` the mean as a percentage, "55%";
-- `{max:<metric>}` the largest value over seeds (a worst case stays a worst case);
-- `{h:<finding>}` where a finding holds, "3/3 seeds";
-- `{fig:<name>}` a link to results/figures/<name>.png.
-A metric missing from the table renders as "n/a" and is listed under the report's limits, so a
-template can never print a stale or invented number.
-"""
+"""The report's sentences: one function per finding, from a `Context` to a template (or None when the
+run has nothing to say about it), grouped in `FINDINGS`; the question and the limits."""
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-
-import pandas as pd
 
 from egolens.names import (
-    FINDING,
-    SANITY,
     attention_off_ego,
     evaluate_metric,
     head_role,
-    head_zero,
     neuron_ablation,
-    of_kind,
     scene_metric,
 )
-from egolens.recipes import VERDICTS, dotted, driving_table, holds_comparison, recipe_of, recipe_text
-
-PLACEHOLDER = re.compile(r"\{(m|v|pct|max|h|fig):([^}]+)\}")
-LITTLE_ATTENTION = 0.2
-"""Below this share of attention off the ego, the report does not say a head "points" at vehicles."""
-
-
-@dataclass
-class Context:
-    """What a finding may read: the aggregate tables and params.yaml (as a dict)."""
-
-    summary: pd.DataFrame
-    holds: pd.DataFrame
-    params: Mapping[str, object]
-    table: pd.DataFrame = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.table = self.summary.set_index("metric")
-
-    def param(self, path: str) -> object:
-        return dotted(self.params, path)
-
-    def value(self, metric: str, column: str = "mean") -> float:
-        """A number of summary.csv (NaN when the metric or column is missing)."""
-        if metric not in self.table.index or column not in self.table.columns:
-            return math.nan
-        return float(self.table.loc[metric, column])
-
-    def has(self, metric: str) -> bool:
-        return math.isfinite(self.value(metric))
-
-    def heads(self) -> list[str]:
-        """The head names (head_rank1, ...) this run has, from the closed-loop head ablations."""
-        return [head_role(r) for r in range(1, 17) if self.has(head_zero(r, "success_diff"))]
-
-    def intervals_apart(self, higher: str, lower: str) -> bool | None:
-        """True when `higher`'s CI lies above `lower`'s, False when they overlap, None without CIs."""
-        high_low, low_high = self.value(higher, "ci_low"), self.value(lower, "ci_high")
-        if not (math.isfinite(high_low) and math.isfinite(low_high)):
-            return None
-        return high_low > low_high
-
-
-Sentence = Callable[[Context], str | None]
-
-
-@dataclass(frozen=True)
-class Section:
-    """A findings section: a title and its sentences (one finding each)."""
-
-    title: str
-    sentences: tuple[Sentence, ...]
-
+from egolens.report.context import LITTLE_ATTENTION, Context, Section, join
 
 QUESTION = (
     "What does a DQN agent with an ego-attention Q-network learn to look at when it drives through "
@@ -97,9 +22,6 @@ QUESTION = (
     "network before training."
 )
 
-
-def _join(parts: Sequence[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 # ---------------------------------------------------------------------------------- performance
@@ -181,7 +103,7 @@ def _other_heads(c: Context) -> str | None:
         return None
     parts = [f"{h} changes success by {{m:closed_loop.{h}.resample.success_diff}} resampled and "
              f"{{m:closed_loop.{h}.zero.success_diff}} zeroed" for h in others]
-    return ("On the same held-out half, ablating " + _join(parts) + "; head_rank2's resample ablation lowers success "
+    return ("On the same held-out half, ablating " + join(parts) + "; head_rank2's resample ablation lowers success "
             f"by no more than {c.param('interventions.equivalence_margin')} (one-sided test at 5%) in "
             "{h:other_head_not_needed_for_success}, a test checked only where the half's episodes can resolve the "
             "margin (they rule out no rate below "
@@ -214,7 +136,7 @@ def _attention_share(c: Context) -> str:
     else:
         verdict = ""
     return ("Share of attention on the other vehicles rather than the ego, mean over recorded steps: "
-            + _join(parts) + "." + verdict)
+            + join(parts) + "." + verdict)
 
 
 NAIVE_RANKINGS = {"nearest": "nearest first", "lowest_ttc": "lowest time-to-collision first"}
@@ -231,9 +153,9 @@ def _agreement(c: Context) -> str:
     naive = [f"{name} {{m:attributions.trained.ranking_baselines.shapley.{r}.spearman_mean}}"
              for r, name in NAIVE_RANKINGS.items()]
     return ("Per step, the Spearman correlation between a head's attention over the vehicles and the vehicles' "
-            "|Shapley values| has a mean of " + _join(parts) + "; trained above untrained for every head in "
+            "|Shapley values| has a mean of " + join(parts) + "; trained above untrained for every head in "
             "{h:attention_tracks_shapley}. Against |IG| (others-zeroed baseline) instead of |Shapley| it is "
-            + _join(ig) + ". The naive baselines, ranked against |Shapley| the same way: " + _join(naive)
+            + join(ig) + ". The naive baselines, ranked against |Shapley| the same way: " + join(naive)
             + " ({fig:attention_vs_attribution}).")
 
 
@@ -243,9 +165,9 @@ def _top1(c: Context) -> str:
     naive = [f"{{pct:attributions.trained.ranking_baselines.shapley.{r}.top1_rate}} for the {name} vehicle"
              for r, name in NAIVE_VEHICLES.items()]
     return ("The vehicle a head attends to most is also the one with the largest |Shapley value| on "
-            + _join(parts) + ", against {pct:attributions.trained.ranking_baselines.shapley.nearest.top1_chance} "
+            + join(parts) + ", against {pct:attributions.trained.ranking_baselines.shapley.nearest.top1_chance} "
             "for a vehicle drawn at random among those present on the same steps (the chance level) and "
-            + _join(naive) + " ({fig:attention_vs_attribution}).")
+            + join(naive) + " ({fig:attention_vs_attribution}).")
 
 
 def _removal(c: Context) -> str:
@@ -253,7 +175,7 @@ def _removal(c: Context) -> str:
     controls += [f"the {name} one by {{m:interventions.vehicle_removal.{r}.collision_diff}}"
                  for r, name in NAIVE_VEHICLES.items() if c.has(f"interventions.vehicle_removal.{r}.collision_diff")]
     return ("Removing the most-attended vehicle from the observation changes closed-loop collisions by "
-            "{m:interventions.vehicle_removal.most_attended.collision_diff}, " + _join(controls)
+            "{m:interventions.vehicle_removal.most_attended.collision_diff}, " + join(controls)
             + "; episode by episode most-attended minus random is "
             "{m:interventions.vehicle_removal.most_attended_vs_random.collision_diff} (paired CI above 0 in "
             "{h:most_attended_beats_random_vehicle}) ({fig:ablations}).")
@@ -268,7 +190,7 @@ def _path_patching(c: Context) -> str | None:
               "{m:interventions.path_patching_restored.ego_slower.head_rank1_value}"
               if c.has("interventions.path_patching_restored.ego_slower.head_rank1_value") else "")
     return ("When a vehicle is moved closer, the share of the change in Q(SLOWER) − Q(FASTER) that path patching "
-            "its new key restores is " + _join(closer) + slower + " ({fig:patching}).")
+            "its new key restores is " + join(closer) + slower + " ({fig:patching}).")
 
 
 # --------------------------------------------------------------------------------- attributions
@@ -313,8 +235,8 @@ def _deletion(c: Context) -> str:
 
 def _circuits(c: Context) -> str:
     heads = c.heads() or ["head_rank1"]
-    qk = _join([f"{{m:circuits.rel_diff_trained_vs_untrained.QK.{h}}} ({h})" for h in heads])
-    ov = _join([f"{{m:circuits.rel_diff_trained_vs_untrained.OV.{h}}} ({h})" for h in heads])
+    qk = join([f"{{m:circuits.rel_diff_trained_vs_untrained.QK.{h}}} ({h})" for h in heads])
+    ov = join([f"{{m:circuits.rel_diff_trained_vs_untrained.OV.{h}}} ({h})" for h in heads])
     return ("Relative Frobenius difference between the trained circuits and the same network's at initialisation: "
             f"QK {qk}; OV {ov}; the output composite "
             "{m:circuits.rel_diff_trained_vs_untrained.output_composite} ({fig:qk_circuits}, {fig:ov_circuits}, "
@@ -403,7 +325,7 @@ def _scene_heads(c: Context) -> str | None:
                     f"and flipping {m(f'heads.{h}.mean_over_sweep_flip_rate', 'pct')} of decisions (zeroing it: "
                     f"{m(f'heads.{h}.zero_effect_mean_abs')}, {m(f'heads.{h}.zero_flip_rate', 'pct')})"
                     for h in heads]
-        parts.append(f"on {_sweep_name(route, visible)}: " + _join(per_head))
+        parts.append(f"on {_sweep_name(route, visible)}: " + join(per_head))
     return ("Which head carries the decision in those scenes (each head mean-ablated over its sweep's scenes, "
             "the gap-dependent part of its write removed): " + "; ".join(parts) + " ({fig:designed_scenes}).")
 
@@ -454,161 +376,3 @@ def limits(c: Context, untrained_collisions: str) -> list[str]:
     ]
 
 
-# ------------------------------------------------------------------------------------ filling
-
-def format_number(value: float) -> str:
-    """3 significant digits, plain notation for ordinary sizes, scientific below 1e-3."""
-    if not math.isfinite(value):
-        return "n/a"
-    if value == 0:
-        return "0"
-    if abs(value) < 1e-3 or abs(value) >= 1e5:
-        return f"{value:.2e}"
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-
-
-def fill(template: str, summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[str, str],
-         missing: list[str] | None = None) -> str:
-    """Replace every placeholder of `template` (see the module docstring).
-
-    summary: summary.csv (metric, mean, ci_low, ci_high, ...); holds: holds.csv (finding, holds,
-    n_seeds, n_holds); figures: figure name -> caption. Unknown names render "n/a" and are appended
-    to `missing`.
-    """
-    table = summary.set_index("metric")
-    found = holds.set_index("finding")
-
-    def value(name: str, column: str) -> float:
-        return float(table.loc[name, column]) if name in table.index else math.nan
-
-    def replace(match: re.Match[str]) -> str:
-        kind, name = match.group(1), match.group(2)
-        known = (name in figures if kind == "fig" else name in found.index if kind == "h" else name in table.index)
-        if not known:
-            if missing is not None:
-                missing.append(f"{kind}:{name}")
-            return "n/a"
-        if kind == "fig":
-            return f"[figure `{name}`](figures/{name}.png)"
-        if kind == "h":
-            return f"{found.loc[name, 'holds']} seeds"
-        mean = value(name, "mean")
-        if kind == "v":
-            return format_number(mean)
-        if kind == "max":
-            return format_number(value(name, "max") if "max" in table.columns else mean)
-        if kind == "pct":
-            return "n/a" if not math.isfinite(mean) else f"{100 * mean:.0f}%"
-        low, high = value(name, "ci_low"), value(name, "ci_high")
-        if not (math.isfinite(low) and math.isfinite(high)):
-            return format_number(mean)
-        return f"{format_number(mean)} [{format_number(low)}, {format_number(high)}]"
-
-    return PLACEHOLDER.sub(replace, template)
-
-
-# ------------------------------------------------------------------------------ other recipe
-
-@dataclass(frozen=True)
-class OtherStudy:
-    """Another recipe's study, for the comparison section: its recipe description (name, preset,
-    code, seeds and the `recipes.RECIPE_KEYS` settings), its headline.json and its holds.csv."""
-
-    recipe: Mapping[str, object]
-    headline: Mapping[str, object]
-    holds: pd.DataFrame
-    folder: str = "results/paper"
-
-
-def comparison_lines(params: Mapping[str, object], headline: Mapping[str, object], holds: pd.DataFrame,
-                     other: OtherStudy) -> list[str]:
-    """The "Under both recipes" section: how the two studies' agents drive, side by side, and each
-    finding's verdict (holds under both / neither / one recipe only, by majority of seeds)."""
-    name = str(other.recipe.get("name", "other recipe"))
-    lines = [f"This study: {recipe_text(recipe_of(params))}. Beside it, the {name} "
-             f"(`python -m presets {other.recipe.get('preset')}`: {recipe_text(other.recipe)}), whose aggregate "
-             f"is kept in `{other.folder}/`; it was made by earlier code (commit {other.recipe.get('code')}), so "
-             "its numbers are comparable in kind, not to the last digit. A finding holds in a study when it holds "
-             "in more than half of its seeds.", "",
-             f"| held-out episodes (mean over seeds) | this study | {name} |", "| --- | --- | --- |"]
-    driving = driving_table(headline, other.headline)
-    lines += [f"| {row.measure} | {format_number(row.this)} | {format_number(row.other)} |"
-              for row in driving.itertuples(index=False)]
-    compared = holds_comparison(holds, other.holds)
-    counts = compared["verdict"].value_counts()
-    depends = compared[compared["verdict"].isin(VERDICTS[2:])]
-    summary = (f"{counts.get(VERDICTS[0], 0)} of {len(compared)} findings hold under both recipes and "
-               f"{counts.get(VERDICTS[1], 0)} under neither.")
-    if len(depends):
-        summary += " These depend on the recipe (this study, the other): " + _join(
-            [f"`{row.finding}` ({row.this}, {row.other})" for row in depends.itertuples(index=False)]) + "."
-    else:
-        summary += " No finding depends on the recipe."
-    lines += ["", summary, "", f"| finding | this study | {name} | verdict |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{row.finding}` | {row.this} | {row.other} | {row.verdict} |"
-              for row in compared.itertuples(index=False)]
-    return lines
-
-
-# ------------------------------------------------------------------------------------- report
-
-def setup_lines(params: Mapping[str, object], versions: Mapping[str, str]) -> list[str]:
-    """The setup section: seeds, the knobs a reader needs, package versions."""
-    def get(path: str) -> object:
-        return dotted(params, path)
-
-    knobs = ("seeds", "train.episodes", "train.num_envs", "agent.heads", "agent.feature_size", "agent.gamma",
-             "agent.lr", "agent.target_update", "evaluate.episodes", "rollout.episodes",
-             "attributions.max_steps", "attributions.path_grid", "attributions.path_grid_max",
-             "attributions.segment_points",
-             "interventions.closed_loop_episodes")
-    lines = [f"- `{k}`: {get(k)}" for k in knobs if get(k) is not None]
-    lines.append("- versions: " + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())))
-    return lines
-
-
-def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[str, str],
-                 params: Mapping[str, object], versions: Mapping[str, str],
-                 sections: Sequence[Section] = FINDINGS, headline: Mapping[str, object] | None = None,
-                 other: OtherStudy | None = None) -> str:
-    """The whole report as Markdown. summary/holds: the aggregate stage's tables; figures: name ->
-    caption (`egolens.names.FIGURES`); params: params.yaml as a dict; versions: package -> version;
-    headline: the aggregate's headline.json and other: another recipe's study, which together add
-    the "Under both recipes" section (left out when either is None)."""
-    missing: list[str] = []
-    context = Context(summary, holds, params)
-    heads, width = context.param("agent.heads"), context.param("agent.feature_size")
-    out = ["# egolens: what an ego-attention DQN looks at, and what it uses", "",
-           "_Generated by `dvc repro` (stage `report`) from `results/summary.csv`, `results/holds.csv` and "
-           "params.yaml; do not edit by hand. Numbers are means over seeds with 95% CIs in brackets (see Limits "
-           "for how each interval is made)._", "",
-           "## Question", "", QUESTION, "", "## Setup", "",
-           f"The reference ego-attention network ({heads} head{'s' if heads != 1 else ''}, {width}-wide "
-           f"embeddings, rl-agents layout) trained with DQN on `intersection-v0`, one agent per seed "
-           f"({len(list(context.param('seeds') or []))} seeds), each compared with the same network at "
-           "initialisation.", "", *setup_lines(params, versions), "", "## Findings", ""]
-    for section in sections:
-        sentences = [template for sentence in section.sentences if (template := sentence(context)) is not None]
-        out += [f"### {section.title}", ""]
-        out += [f"- {fill(template, summary, holds, figures, missing)}" for template in sentences]
-        out.append("")
-    out += ["## Findings per seed", "", "| finding | holds | statement |", "| --- | --- | --- |"]
-    out += [f"| `{row.finding}` | {row.holds} | {row.statement} |"
-            for row in of_kind(holds, FINDING).itertuples(index=False)]
-    sanity = of_kind(holds, SANITY)
-    if len(sanity):
-        out += ["", "## Sanity checks per seed", "",
-                "These hold by construction when the code is right; they are not findings and are not counted "
-                "among them.", "", "| check | holds | statement |", "| --- | --- | --- |"]
-        out += [f"| `{row.finding}` | {row.holds} | {row.statement} |" for row in sanity.itertuples(index=False)]
-    if headline is not None and other is not None:
-        out += ["", "## Under both recipes", "", *comparison_lines(params, headline, holds, other)]
-    out += ["", "## Figures", ""]
-    out += [f"- [`{name}`](figures/{name}.png): {caption}" for name, caption in figures.items()]
-    untrained = fill(f"{{m:{evaluate_metric('untrained', 'collision_rate')}}}", summary, holds, figures, missing)
-    notes = limits(context, untrained)
-    if missing:
-        notes.append("Not available in this run (rendered n/a): " + ", ".join(f"`{m}`" for m in sorted(set(missing)))
-                     + ".")
-    out += ["", "## Limits", "", *[f"- {note}" for note in notes], ""]
-    return "\n".join(out)
