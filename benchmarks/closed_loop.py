@@ -17,6 +17,7 @@ import time
 import torch
 
 from egolens import checkpoint
+from egolens.analysis.intervening import closed_loop as closed
 from egolens.analysis.intervening import editing
 from egolens.analysis.intervening import intervention_study as study
 from egolens.analysis.intervening import interventions as iv
@@ -39,7 +40,7 @@ def timed(policy: torch.nn.Module, params: Params, num_envs: int, seeds: list[in
         envs.reset(dict.fromkeys(range(num_envs), 0))   # worker start-up is not part of a condition
         start = time.perf_counter()
         if halves:
-            results = study.play_halves(policy, envs, study.split_halves(seeds)).episodes[study.ALL]
+            results = closed.play_halves(policy, envs, closed.split_halves(seeds)).episodes[study.ALL]
         else:
             with torch.no_grad():
                 results = play(policy, envs, seeds)

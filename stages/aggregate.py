@@ -13,7 +13,7 @@ import json
 
 import pandas as pd
 
-from egolens import aggregate
+from egolens import aggregate, findings
 from egolens.evaluation import paired_versus
 from egolens.names import SUMMARIES, head_ranks
 from stages import RESULTS, seed_results, study_args
@@ -50,13 +50,13 @@ def main() -> None:
     per_seed = {seed: metrics for seed, (metrics, _) in loaded.items()}
     units = pd.concat([u for _, u in loaded.values()], ignore_index=True)
     table = aggregate.with_episode_intervals(aggregate.summary_table(per_seed), units, resamples)
-    holds = aggregate.holds_table(per_seed)
-    summary = {"seeds": params.seeds, **aggregate.summary_tree(table), "holds": aggregate.holds_tree(holds),
-               "sanity_checks": aggregate.holds_tree(holds, aggregate.SANITY)}
+    holds = findings.holds_table(per_seed)
+    summary = {"seeds": params.seeds, **aggregate.summary_tree(table), "holds": findings.holds_tree(holds),
+               "sanity_checks": findings.holds_tree(holds, findings.SANITY)}
     write_csv(RESULTS / "summary.csv", table)
     write_csv(RESULTS / "holds.csv", holds)
     write_json(RESULTS / "summary.json", summary)
-    write_json(RESULTS / "headline.json", aggregate.headline(table, holds))
+    write_json(RESULTS / "headline.json", findings.headline(table, holds))
 
 
 if __name__ == "__main__":

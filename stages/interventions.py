@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from egolens.analysis.intervening import intervention_study as study
+from egolens.analysis.intervening import intervention_summary
 from egolens.env import make_runner
 from egolens.scene import scene_facts
 from egolens.sites import neuron_layers
@@ -41,7 +42,7 @@ def main() -> None:
     out = seed_results(seed) / "interventions"
     for name, table in tables.files().items():
         write_csv(out / name, table)
-    summary = study.summarize(tables, net.attention_layer.heads, neuron_layers(net), cfg.notebook_size,
+    summary = intervention_summary.summarize(tables, net.attention_layer.heads, neuron_layers(net), cfg.notebook_size,
                               cfg.equivalence_margin, cfg.bootstrap_resamples, seed)
     write_json(out / "summary.json", summary)
 

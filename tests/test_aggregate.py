@@ -7,19 +7,16 @@ import math
 import pandas as pd
 import pytest
 
-from egolens import aggregate
+from egolens import aggregate, findings
 from egolens.aggregate import (
-    FINDINGS,
-    Finding,
     flatten,
     head_ranks,
-    holds_table,
-    holds_tree,
     rename_heads,
     seed_metrics,
     summary_table,
     summary_tree,
 )
+from egolens.findings import FINDINGS, Finding, holds_table, holds_tree
 from egolens.stats import nested_bootstrap_ci, t_interval
 
 
@@ -137,15 +134,15 @@ def test_no_effect_findings_need_an_equivalence_test_not_an_interval_that_includ
 
 def test_sanity_checks_are_reported_apart_and_not_counted_among_the_findings():
     kinds = {f.name: f.kind for f in FINDINGS}
-    assert {n for n, k in kinds.items() if k == aggregate.SANITY} == {"ig_complete", "shapley_efficient",
+    assert {n for n, k in kinds.items() if k == findings.SANITY} == {"ig_complete", "shapley_efficient",
                                                                         "rank_one_edit_hits_target"}
     per_seed = {0: {"attributions.trained.shapley_efficiency.max_rel_error": 1e-5,
                     "evaluate.trained_vs_untrained.collision.ci_high": -0.1}}
     holds = holds_table(per_seed).set_index("finding")
-    assert holds.loc["shapley_efficient", "kind"] == aggregate.SANITY
-    assert holds.loc["trained_fewer_collisions", "kind"] == aggregate.FINDING
-    assert set(holds_tree(holds.reset_index())) == {n for n, k in kinds.items() if k == aggregate.FINDING}
-    assert holds_tree(holds.reset_index(), aggregate.SANITY)["shapley_efficient"] == {"n_holds": 1, "n_seeds": 1}
+    assert holds.loc["shapley_efficient", "kind"] == findings.SANITY
+    assert holds.loc["trained_fewer_collisions", "kind"] == findings.FINDING
+    assert set(holds_tree(holds.reset_index())) == {n for n, k in kinds.items() if k == findings.FINDING}
+    assert holds_tree(holds.reset_index(), findings.SANITY)["shapley_efficient"] == {"n_holds": 1, "n_seeds": 1}
 
 
 # ------------------------------------------------------------------------- reference policies
@@ -174,7 +171,7 @@ def test_reference_metrics_compare_with_idle_and_the_ceiling_and_feed_two_findin
     assert out["vs_constant_idle"]["success"]["diff"] == pytest.approx(0.3)
     assert out["constant_idle"] == {"success_rate": {"mean": 0.5}}
     metrics = aggregate.flatten(out, "reference")
-    holds = aggregate.holds_table({0: metrics}).set_index("finding")
+    holds = findings.holds_table({0: metrics}).set_index("finding")
     assert holds.loc["trained_collides_less_than_idle", "seed0"] == 1.0       # 0 vs 5 collisions
     assert holds.loc["trained_beats_idle_on_success", "seed0"] == 0.0         # +0.3 on 10 pairs: CI reaches 0
 
@@ -185,12 +182,12 @@ def test_headline_holds_tens_of_numbers_read_from_the_summary_and_the_findings()
                 1: {"evaluate.trained.success_rate.mean": 0.8, "evaluate.trained.collision_rate.mean": 0.3,
                     "reference.ceiling_fraction": 0.88}}
     table, holds = summary_table(per_seed), holds_table(per_seed)
-    out = aggregate.headline(table, holds)
+    out = findings.headline(table, holds)
     assert out["seeds"] == 2
     assert out["trained"]["success_rate"] == pytest.approx(0.7) and out["trained"]["mean_return"] is None
     assert out["ceiling_fraction"] == pytest.approx(0.77)
-    assert set(out["holds"]) == {f.name for f in FINDINGS if f.kind == aggregate.FINDING}
-    assert set(out["sanity_checks"]) == {f.name for f in FINDINGS if f.kind == aggregate.SANITY}
+    assert set(out["holds"]) == {f.name for f in FINDINGS if f.kind == findings.FINDING}
+    assert set(out["sanity_checks"]) == {f.name for f in FINDINGS if f.kind == findings.SANITY}
     assert len(flatten(out)) <= 40
 
 

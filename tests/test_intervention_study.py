@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from egolens.analysis.intervening import closed_loop
 from egolens.analysis.intervening import intervention_study as study
+from egolens.analysis.intervening import intervention_summary as summary_of
 from egolens.analysis.intervening import interventions as iv
 from egolens.analysis_config import InterventionsConfig
 from egolens.config import EnvConfig
@@ -32,7 +34,7 @@ def closed_rows(condition: str, kind: str, success: float, collision: float, hal
         rows.append({"condition": condition, "kind": kind, "half": half, "metric": metric, "value": value + diff,
                      "control": value, "diff": diff, "diff_ci_low": diff - 0.125, "diff_ci_high": diff + 0.125,
                      "episodes": 4})
-    for metric, share, base in zip(study.ACTION_METRICS, actions, (0.25, 0.5, 0.25)):
+    for metric, share, base in zip(closed_loop.ACTION_METRICS, actions, (0.25, 0.5, 0.25)):
         rows.append({"condition": condition, "kind": kind, "half": half, "metric": metric, "value": share,
                      "control": base, "diff": share - base, "episodes": 4})
     return rows
@@ -136,7 +138,7 @@ def hand_made_tables() -> study.Tables:
 
 
 def test_summary_of_hand_made_tables_matches_a_hand_computation():
-    summary = study.summarize(hand_made_tables(), heads=2, neuron_layers=[LAYER], notebook_size=0.1, margin=0.1,
+    summary = summary_of.summarize(hand_made_tables(), heads=2, neuron_layers=[LAYER], notebook_size=0.1, margin=0.1,
                               resamples=200, seed=0)
 
     def diffs(success, collision):
@@ -207,13 +209,13 @@ def test_summary_of_hand_made_tables_matches_a_hand_computation():
         (1.959964 + 0.841621) * lost.std(ddof=1) / np.sqrt(lost.size))
     # an equivalence the sample cannot resolve fails even with no episode changed: 2 episodes
     # resolve nothing below 1 − 0.05^(1/2) = 0.78
-    few = study.no_effect(np.zeros(2), 0.1, 200, 0)
+    few = summary_of.no_effect(np.zeros(2), 0.1, 200, 0)
     assert few["tost_ci_low"] == few["tost_ci_high"] == 0.0 and (few["equivalent"], few["non_inferior"]) == (0, 0)
     assert few["resolved"] == 0
     assert few["resolution"] == pytest.approx(1 - 0.05 ** 0.5)
-    assert study.no_effect(np.zeros(2), 0.8, 200, 0)["equivalent"] == 1
+    assert summary_of.no_effect(np.zeros(2), 0.8, 200, 0)["equivalent"] == 1
     # another reported perturbation size picks other rows
-    other = study.summarize(hand_made_tables(), heads=2, neuron_layers=[LAYER], notebook_size=0.2, margin=0.1,
+    other = summary_of.summarize(hand_made_tables(), heads=2, neuron_layers=[LAYER], notebook_size=0.2, margin=0.1,
                             resamples=200, seed=0)
     assert other["perturbation_notebook"] == {}
 
@@ -221,8 +223,8 @@ def test_summary_of_hand_made_tables_matches_a_hand_computation():
 def test_most_affecting_head_takes_the_larger_of_both_changes_and_the_lower_head_on_ties():
     closed = pd.DataFrame([r for c in [("head0_zero", "head", 0.0, 0.25), ("head1_zero", "head", -0.25, 0.0),
                                        ("head2_zero", "head", 0.125, -0.5)] for r in closed_rows(*c, half="rank")])
-    assert study.most_affecting_head(closed, 3, "zero")[0] == 2
-    assert study.most_affecting_head(closed, 2, "zero")[0] == 0
+    assert closed_loop.most_affecting_head(closed, 3, "zero")[0] == 2
+    assert closed_loop.most_affecting_head(closed, 2, "zero")[0] == 0
 
 
 def test_the_reported_perturbation_size_must_be_one_of_the_swept_sizes():
@@ -296,14 +298,14 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     none = tables.closed_loop[(tables.closed_loop.condition == "none") & (tables.closed_loop.half == "all")]
     assert (none["diff"] == 0).all() and (none["episodes"] == 3).all()        # the control against itself
     # every condition's action shares on every half add up to 1
-    shares = tables.closed_loop[tables.closed_loop.metric.isin(study.ACTION_METRICS)]
+    shares = tables.closed_loop[tables.closed_loop.metric.isin(closed_loop.ACTION_METRICS)]
     np.testing.assert_allclose(shares.groupby(["condition", "half"])["value"].sum(), 1.0)
     # the whole run equals its halves: the all-episode rows are the rank and measure episodes together
     ep = tables.closed_loop_episodes
     for condition, rows in tables.closed_loop[tables.closed_loop.metric == "success"].groupby("condition"):
         value = rows.set_index("half")["value"]
         assert value["all"] == pytest.approx(ep[ep.condition == condition]["success"].mean())
-    head, _ = study.most_affecting_head(tables.closed_loop, 2, "resample")
+    head, _ = closed_loop.most_affecting_head(tables.closed_loop, 2, "resample")
     assert tables.open_loop.iloc[-1]["target"] == f"head{head}"
     # the head-scaling edit is compared with the unablated agent's episodes, not with itself
     scaled = tables.closed_loop[(tables.closed_loop.condition == "edit_head_scale")
@@ -313,7 +315,7 @@ def test_run_interventions_on_a_tiny_network_and_toy_envs(recorded):
     assert set(tables.editing["edit"]) == {"edit_rank_one", "edit_head_scale"}
     brakes = tables.editing[(tables.editing.edit == "edit_rank_one") & (tables.editing.measure == "target_brakes")]
     assert brakes["value"].tolist() == [1]
-    summary = study.summarize(tables, 2, layers, cfg.notebook_size, cfg.equivalence_margin, 100, 0)
+    summary = summary_of.summarize(tables, 2, layers, cfg.notebook_size, cfg.equivalence_margin, 100, 0)
     assert summary["closed_loop_baseline"]["episodes"] == 3 and summary["head_ablation"]["resample"]["head"] == head
     assert set(summary["perturbation_notebook"]) == {name.replace(".", "_") for name in [*layers, RESID]}
     assert set(summary["vehicle_removal"]) == {"most_attended", "random", "nearest", "lowest_ttc",

@@ -110,7 +110,7 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     names = re.findall(r"`([^`]+)`", missing[0]) if missing else []
     assert all(name.startswith("m:interventions.path_patching_restored.") for name in names), names
     # every metric a finding reads is produced by the library's summaries (a NaN value is allowed)
-    script = ("from egolens.aggregate import FINDINGS\nfrom stages.aggregate import load_seed\n"
+    script = ("from egolens.findings import FINDINGS\nfrom stages.aggregate import load_seed\n"
               "metrics, _ = load_seed(0, 100)\n"
               "print(sorted({n for f in FINDINGS for n in f.test.needs if n not in metrics}))")
     assert run(repo, sys.executable, "-c", script).strip().endswith("[]")
