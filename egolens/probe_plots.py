@@ -48,6 +48,9 @@ def _probe_panel(ax: Axes, rows: pd.DataFrame, target: str) -> None:
         value = part["value"].to_numpy(dtype=float)
         error = np.abs(np.vstack([value - part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float) - value]))
         ax.errorbar(x + offset, value, yerr=np.nan_to_num(error), fmt=marker, color=colour, label=label, capsize=3)
+    if not np.isfinite(rows["value"].to_numpy(dtype=float)).any():
+        note = next((n for n in rows["note"] if isinstance(n, str) and n), "no score")
+        ax.text(0.5, 0.5, _wrap(f"not fitted: {note}"), ha="center", va="center", transform=ax.transAxes, fontsize=8)
     raw = rows[(rows["input"] == "obs") & (rows["task"] == "probe")]["value"]
     if len(raw) and np.isfinite(raw.iloc[0]):
         ax.axhline(float(raw.iloc[0]), color="#55A868", linestyle="--", label="raw observation")
@@ -62,7 +65,7 @@ def probe_scores(primary: pd.DataFrame) -> Figure:
     trained network, and the raw observation (a dashed line).
 
     primary: the probes table's rows on each target's primary metric (`probe_study.primary_rows`):
-    target, site, input, task, metric, value, ci_low, ci_high."""
+    target, site, input, task, metric, value, ci_low, ci_high, note (why a probe was not fitted)."""
     targets = list(pd.unique(primary["target"]))
     columns = min(3, len(targets))
     rows_n = int(np.ceil(len(targets) / columns))
@@ -87,7 +90,7 @@ def steering_dose_response(comparison: pd.DataFrame, metrics: tuple[str, ...] = 
     comparison: the steering table (`steering_study`): site, direction, kind, source, alpha, metric,
     value, value_ci_low, value_ci_high."""
     sites = list(pd.unique(comparison["site"]))
-    fig = Figure(figsize=(5.2 * len(sites), 3.4 * len(metrics) + 0.6), layout="constrained")
+    fig = Figure(figsize=(max(5.2 * len(sites), 7.0), 3.4 * len(metrics) + 0.8), layout="constrained")
     axes = fig.subplots(len(metrics), len(sites), squeeze=False)
     palette = sns.color_palette("deep", 4)
     for column, name in enumerate(sites):
@@ -112,5 +115,6 @@ def steering_dose_response(comparison: pd.DataFrame, metrics: tuple[str, ...] = 
             if row == 0:
                 ax.set_title(_wrap(site_words(name), 45))
     axes[0, 0].legend(fontsize=7, loc="best")
-    fig.suptitle("Steering in closed loop: outcome rate against the steering strength α")
+    fig.suptitle(_wrap("Steering in closed loop: outcome rate against the steering strength α, 95% bootstrap CIs "
+                       "over episodes", 70))
     return fig

@@ -79,3 +79,12 @@ def test_alpha_zero_is_the_unsteered_agent_and_a_strong_alpha_changes_the_episod
 def test_monotone():
     assert ss.monotone([0.1, 0.2, 0.2, 0.5]) and ss.monotone([0.5, 0.1, 0.0])
     assert not ss.monotone([0.1, 0.3, 0.2]) and not ss.monotone([0.2, 0.2, 0.2])
+
+
+def test_an_agent_that_never_slows_down_has_no_mean_difference_direction():
+    net = tiny_net(seed=3)
+    arrays = recorded(net)
+    arrays["action"][:] = 2
+    acts, _ = ss.site_rows(arrays, SITE)
+    probe = fit_probe(acts, (acts[:, 0] > np.median(acts[:, 0])).astype(int), np.arange(60) // 6, "binary", folds=3)
+    assert [d.kind for d in ss.site_directions(arrays, SITE, probe, "ttc", 3, seed=0)] == ["probe"] + ["random"] * 3

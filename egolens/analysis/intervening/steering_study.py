@@ -18,6 +18,8 @@ import pandas as pd
 from torch import nn
 
 from egolens.analysis.intervening.steering import (
+    FASTER,
+    SLOWER,
     activation_scale,
     mean_difference_direction,
     probe_direction,
@@ -31,6 +33,7 @@ from egolens.config import probe_site_level
 from egolens.episodes import episode_table, paired_comparison
 from egolens.play import play
 from egolens.runner import EnvRunner
+from egolens.sites import json_key
 
 METRICS = ("success", "collision", "timeout")
 """The closed-loop outcomes compared with α = 0."""
@@ -63,10 +66,13 @@ def site_rows(arrays: Mapping[str, np.ndarray], site: str) -> tuple[np.ndarray, 
 def site_directions(arrays: Mapping[str, np.ndarray], site: str, probe: ProbeFit, target: str, random_count: int,
                     seed: int) -> list[Direction]:
     """The directions at `site`: the probe's (towards its class 1 / larger values), SLOWER − FASTER
-    over the recorded rows, and `random_count` seeded random ones, each of unit length."""
+    over the recorded rows (left out when the agent never chose one of the two: a tiny run's agent
+    may not), and `random_count` seeded random ones, each of unit length."""
     acts, action = site_rows(arrays, site)
-    directions = [Direction(PROBE, PROBE, target, probe_direction(probe)),
-                  Direction(MEAN_DIFFERENCE, MEAN_DIFFERENCE, "", unit(mean_difference_direction(acts, action)))]
+    directions = [Direction(PROBE, PROBE, target, probe_direction(probe))]
+    if np.any(action == SLOWER) and np.any(action == FASTER):
+        directions.append(Direction(MEAN_DIFFERENCE, MEAN_DIFFERENCE, "",
+                                    unit(mean_difference_direction(acts, action))))
     directions += [Direction(f"{RANDOM}_{i}", RANDOM, "", d)
                    for i, d in enumerate(random_directions(acts.shape[1], random_count, seed))]
     return directions
@@ -140,7 +146,7 @@ def summarize(comparison: pd.DataFrame, scales: Mapping[str, float]) -> dict:
                                                          "ci_low": float(row["diff_ci_low"]),
                                                          "ci_high": float(row["diff_ci_high"])}
             entry[kind] = described
-        sites[site.replace(".", "_")] = entry
+        sites[json_key(site)] = entry
     reference = comparison[comparison["alpha"] == 0.0]
     return {"episodes": int(comparison["episodes"].iloc[0]), "sites": sites,
             "unsteered": {f"{m}_rate": float(reference[reference["metric"] == m]["value"].iloc[0])
