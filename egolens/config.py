@@ -557,15 +557,17 @@ class ProbesConfig(_Strict):
     """Hook sites probed; a target is probed at every site with its number of rows (per vehicle or per step)."""
     held_out: float = Field(0.3, gt=0.0, lt=1.0)
     """Fraction of the rollout's episodes held out for scoring (the same episodes for every probe)."""
-    folds: int = Field(5, ge=2, le=20)
+    folds: int = Field(3, ge=2, le=20)
     """Cross-validation folds (grouped by episode) choosing each probe's regularisation."""
-    logistic_c: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0], min_length=1)
+    logistic_c: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0], min_length=1)
     """Inverse regularisation strengths tried for logistic probes (standardised features)."""
     ridge_alpha: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
                                      min_length=1)
     """Ridge penalties tried for continuous probes (standardised features)."""
     bootstrap_resamples: int = Field(1000, ge=100)
     """Resamples of held-out episodes for every interval."""
+    processes: int = Field(2, gt=0, le=16)
+    """Worker processes fitting the probes (the table does not depend on their number)."""
 
     @field_validator("targets")
     @classmethod

@@ -54,11 +54,11 @@ def study():
     untrained = recording(speed_units_net(False), obs, episode, vehicle_id)
     cfg = ProbesConfig(targets=["comes_close"], sites=[SITE, "output_layer.hook_post.0"], folds=3,
                        bootstrap_resamples=200)
-    return trained, ps.probe_study(trained, untrained, cfg, seed=0), cfg
+    return trained, untrained, ps.probe_study(trained, untrained, cfg, seed=0), cfg
 
 
 def test_the_planted_fact_is_read_above_every_control(study):
-    _, table, _ = study
+    _, _, table, _ = study
     assert set(table["site"]) == {SITE}                                 # the per-step site is not probed
     verdict = ps.site_verdicts(table).iloc[0]
     assert verdict["metric"] == "auc" and verdict["score"] > 0.99
@@ -70,7 +70,7 @@ def test_the_planted_fact_is_read_above_every_control(study):
 
 
 def test_summary_and_steering_choice_follow_the_table(study):
-    trained, table, cfg = study
+    trained, _, table, cfg = study
     summary = ps.summarize(table, held_out=9, episodes=30)
     entry = summary["targets"]["comes_close"]
     verdict = ps.site_verdicts(table).iloc[0]
@@ -89,3 +89,10 @@ def test_config_names_equal_the_targets_library():
     assert tuple(TARGETS) == PROBE_TARGETS
     assert tuple(n for n, t in TARGETS.items() if t.level == "vehicle") == VEHICLE_TARGETS
     assert set(CATEGORICAL_TARGETS) == {n for n, t in TARGETS.items() if t.kind == "categorical"}
+
+
+def test_the_table_does_not_depend_on_the_number_of_processes(study):
+    trained, untrained, table, cfg = study
+    assert cfg.processes == 2
+    one = ps.probe_study(trained, untrained, cfg.model_copy(update={"processes": 1}), seed=0)
+    pd.testing.assert_frame_equal(one, table)

@@ -15,6 +15,7 @@ site (from its own rollout). No file I/O.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -73,31 +74,58 @@ def target_sites(target: str, sites: list[str]) -> list[str]:
     return [s for s in sites if site_level(s) == TARGETS[target].level]
 
 
+_SHARED: dict[str, object] = {}
+"""What `_scored` reads in a worker process: set before the pool forks, so the recordings are not
+pickled for every job."""
+
+
+def _scored(job: tuple[str, str, str]) -> InputScores:
+    """One probe and its control task (`probes.input_scores`): job = (target, "trained" or
+    "untrained", site or `probes.RAW`), on the held-out episodes and draws in `_SHARED`."""
+    target, label, site = job
+    cfg, seed = _SHARED["cfg"], _SHARED["seed"]
+    kind = TARGETS[target].kind
+    penalties = cfg.ridge_alpha if kind == "continuous" else cfg.logistic_c
+    return input_scores(probe_data(_SHARED[label], site, target), kind, _SHARED["test"], _SHARED["draws"],
+                        seed=seed, folds=cfg.folds, penalties=penalties)
+
+
 def probe_study(trained: Recording, untrained: Recording, cfg: ProbesConfig, seed: int,
                 progress: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
     """Every probe of `cfg.targets` at each of its `cfg.sites`, with its controls: one row per
     (target, site, input, task, metric) of `probes.score_table` (input "site" the trained network,
     "obs" the raw observation, "untrained" the untrained network at the site) and the target's kind
     and level. Held-out episodes: `probes.held_out_episodes(trained episodes, cfg.held_out, seed)`;
-    interval draws `episode_draws(..., cfg.bootstrap_resamples, seed)`, shared by every probe."""
+    interval draws `episode_draws(..., cfg.bootstrap_resamples, seed)`, shared by every probe. The
+    probes are fitted on `cfg.processes` worker processes (forked; each probe is independent and
+    deterministic, so the table does not depend on their number)."""
     test = held_out_episodes(np.asarray(trained.arrays["episode"]), cfg.held_out, seed)
     draws = episode_draws(test, cfg.bootstrap_resamples, seed)
-    fit = {"folds": cfg.folds}
+    jobs = []
+    for target in cfg.targets:
+        jobs.append((target, "trained", RAW))
+        for site in target_sites(target, cfg.sites):
+            jobs += [(target, "trained", site), (target, "untrained", site)]
+    _SHARED.update(cfg=cfg, seed=seed, test=test, draws=draws, trained=trained, untrained=untrained)
+    try:
+        if cfg.processes > 1:
+            with multiprocessing.get_context("fork").Pool(cfg.processes) as pool:
+                results = {}
+                for job, result in zip(jobs, pool.imap(_scored, jobs)):
+                    results[job] = result
+                    progress(f"{job[0]} at {job[2]} ({job[1]})")
+        else:
+            results = {job: _scored(job) for job in jobs}
+    finally:
+        _SHARED.clear()
     tables = []
     for target in cfg.targets:
         kind = TARGETS[target].kind
-        penalties = cfg.ridge_alpha if kind == "continuous" else cfg.logistic_c
-
-        def scored(recording: Recording, site: str, kind: str = kind, target: str = target,
-                   penalties: list[float] = penalties) -> InputScores:
-            return input_scores(probe_data(recording, site, target), kind, test, draws, seed=seed,
-                                penalties=penalties, **fit)
-
-        raw = scored(trained, RAW)
         for site in target_sites(target, cfg.sites):
-            progress(f"{target} at {site}")
-            table = score_table({"site": scored(trained, site), RAW: raw, "untrained": scored(untrained, site)}, kind)
-            tables.append(table.assign(target=target, site=site, kind=kind, level=TARGETS[target].level))
+            inputs = {"site": results[(target, "trained", site)], RAW: results[(target, "trained", RAW)],
+                      "untrained": results[(target, "untrained", site)]}
+            tables.append(score_table(inputs, kind).assign(target=target, site=site, kind=kind,
+                                                           level=TARGETS[target].level))
     columns = ["target", "site", "kind", "level", "input", "task", "metric", "value", "ci_low", "ci_high",
                "n_train", "n_test", "penalty", "note"]
     return pd.concat(tables, ignore_index=True)[columns]
