@@ -8,7 +8,7 @@ visualisations), so the same tables give the same bytes.
 A scene (an observation seen from above, in metres with y down the screen as highway-env draws
 it) is drawn by `draw_vehicle` for each present vehicle on axes set up by `scene_axes`; the
 attention figure (`egolens.plots.attention_scene`) and the feature visualisations
-(`egolens.analysis.reading.neurons.scene_picture`) both draw it so.
+(`egolens.analysis.reading.feature_visualisation.scene_picture`) both draw it so.
 """
 
 from __future__ import annotations

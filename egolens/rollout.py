@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from egolens.analysis.reading.probe_targets import step_targets, vehicle_targets
-from egolens.config import EnvConfig, ProbeTargetsConfig, SceneConfig
+from egolens.analysis_config import SceneConfig
+from egolens.config import EnvConfig, ProbeTargetsConfig
 from egolens.env import make_env, make_runner
 from egolens.episodes import ARRIVED, COLLISION, Episode
 from egolens.hooks import run_with_cache

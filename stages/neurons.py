@@ -10,7 +10,7 @@ import matplotlib
 import pandas as pd
 from tqdm import tqdm
 
-from egolens.analysis.reading import neuron_study, neurons
+from egolens.analysis.reading import neuron_stats, neuron_study
 from egolens.figures import FEATURE_VIS_DPI, figure_png
 from stages import NETWORKS, load_rollout, seed_args, seed_results
 from stages.networks import deterministic, load_net
@@ -36,7 +36,7 @@ def main() -> None:
     tables = {name: pd.concat(tables, ignore_index=True) for name, tables in parts.items()}
     for name, table in tables.items():
         write_csv(out / f"{name}.csv", table)
-    write_json(out / "summary.json", neurons.summarize(tables))
+    write_json(out / "summary.json", neuron_stats.summarize(tables))
 
 
 if __name__ == "__main__":

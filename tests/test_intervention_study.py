@@ -10,7 +10,7 @@ import torch
 
 from egolens.analysis.intervening import intervention_study as study
 from egolens.analysis.intervening import interventions as iv
-from egolens.config import InterventionsConfig
+from egolens.analysis_config import InterventionsConfig
 from egolens.hooks import run_with_cache
 from egolens.sites import COMBINED, PATTERN, RESID, Z, neuron_layers
 from egolens.vocabulary import present_others

@@ -11,29 +11,26 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from egolens.analysis.reading.lens import lens_summary, logit_lens
-from egolens.analysis.reading.neurons import (
-    FIRES_FOR,
+from egolens.analysis.reading.feature_visualisation import (
     Objective,
-    activation_stats,
-    activations_over_time,
     advantage,
     advantage_objective,
     attention_objective,
-    neuron_fact_correlations,
     neuron_objective,
     neurons_to_visualise,
     optimise_observation,
     scene_pair,
     scene_picture,
-    semantic_dictionary,
-    significant,
-    step_facts_frame,
-    summarize,
-    top_activations,
     typical_step,
-    vehicle_facts_frame,
-    vehicle_rows,
+)
+from egolens.analysis.reading.lens import lens_summary, logit_lens
+from egolens.analysis.reading.neuron_dictionary import FIRES_FOR, semantic_dictionary, significant, top_activations
+from egolens.analysis.reading.neuron_facts import step_facts_frame, vehicle_facts_frame, vehicle_rows
+from egolens.analysis.reading.neuron_stats import (
+    activation_stats,
+    activations_over_time,
+    neuron_fact_correlations,
+    summarize,
 )
 from egolens.artifacts import json_text
 from egolens.config import EnvConfig

@@ -265,7 +265,7 @@ def draw(name: str) -> Figure:
 
 def test_registry_has_a_caption_for_each_figure_function_and_nothing_else():
     figure_functions = {name for name, fn in inspect.getmembers(plots, inspect.isfunction)
-                        if fn.__module__ == plots.__name__ and not name.startswith("_")
+                        if fn.__module__.startswith(plots.__name__ + ".") and not name.startswith("_")
                         and inspect.signature(fn).return_annotation in ("Figure", Figure)}
     assert set(names.FIGURES) | set(names.OTHER_FIGURES) == figure_functions
     assert set(names.FIGURES) == set(FIGURE_INPUTS)

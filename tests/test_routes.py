@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from egolens.analysis.reading import probe_targets as pt
-from egolens.config import EnvConfig, ProbeTargetsConfig, SceneConfig
+from egolens.analysis_config import SceneConfig
+from egolens.config import EnvConfig, ProbeTargetsConfig
 from egolens.env import make_env
 from egolens.model import EgoAttentionNetwork
 from egolens.play import play

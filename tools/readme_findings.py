@@ -81,7 +81,7 @@ def findings_section(report: str, evaluations: Mapping[int, Mapping], reference:
              "### Per seed: attribution completeness (`results/seeds/seed<N>/attributions/summary.json`)", "",
              "Every path is cut where a ReLU of the network switches (kinks located by root finding on each "
              "unit), each piece integrated with Gauss-Legendre points, and a step still incomplete is redone "
-             "on a finer grid (`egolens/analysis/paths.py`). The trained network's analysed steps:", "",
+             "on a finer grid (`egolens/analysis/attribution/paths.py`). The trained network's analysed steps:", "",
              *completeness_table(attributions), ""]
     return "\n".join(parts) + "\n"
 

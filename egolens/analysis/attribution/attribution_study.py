@@ -54,7 +54,8 @@ from egolens.analysis.attribution.faithfulness import (
 from egolens.analysis.attribution.gradients import integrated_gradients
 from egolens.analysis.attribution.shapley import shapley_vehicles
 from egolens.analysis.reading.attention_agreement import attention_attribution_agreement, attention_vs_fact
-from egolens.config import AttributionsConfig, EnvConfig, SceneConfig
+from egolens.analysis_config import AttributionsConfig, SceneConfig
+from egolens.config import EnvConfig
 from egolens.hooks import activation_names
 from egolens.scene import scene_facts
 from egolens.vocabulary import ACTIONS, absent_mask, present_others

@@ -36,7 +36,7 @@ from egolens.runner import EnvRunner
 from egolens.sites import COMBINED, RESID, Z, json_key, neuron_layers, site
 
 if TYPE_CHECKING:
-    from egolens.config import InterventionsConfig
+    from egolens.analysis_config import InterventionsConfig
 
 @dataclass
 class Condition:

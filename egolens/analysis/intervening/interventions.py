@@ -10,8 +10,8 @@ interventions stage's experiment and its summary in `egolens.analysis.intervenin
 Shapes: B steps (or pairs), E entities (15, row 0 the ego), F features (7: presence, x, y, vx,
 vy, cos_h, sin_h), D feature_size, H heads, d = D / H, A actions (0 SLOWER, 1 IDLE, 2 FASTER).
 Head h's output is z_h (`attention_layer.hook_z` [B, H, 1, d]); it reaches the output-MLP input
-as ½·W_O^h z_h with W_O^h the COLUMNS h·d … (h+1)·d−1 of `attention_combine` (METHODS.md,
-"Weights per head"), so ablating z_h removes exactly that write.
+as ½·W_O^h z_h with W_O^h the COLUMNS h·d … (h+1)·d−1 of `attention_combine` (README, the
+`circuits@<seed>` row of "The pipeline"), so ablating z_h removes exactly that write.
 
 - Ablations return {name: hook} dicts for `run_with_hooks` / `hooks`; `Intervened` applies them
   (and an optional observation edit) on every forward, so an ablated network can drive in

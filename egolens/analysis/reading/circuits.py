@@ -1,6 +1,6 @@
 """Weights per head: QK and OV circuits, their feature-space projections, trained vs untrained.
 
-Conventions (METHODS.md, "Weights per head"): D = feature_size, H heads, d = D / H, F = 7 input
+Conventions (README, the `circuits@<seed>` row of "The pipeline"): D = feature_size, H heads, d = D / H, F = 7 input
 features, A = 3 actions, E entities (row 0 the ego). Linear weights are [out, in]. Head h owns
 ROWS h·d … (h+1)·d−1 of W_Q, W_K, W_V and COLUMNS h·d … (h+1)·d−1 of W_O (`attention_combine`):
 

@@ -1,6 +1,6 @@
 """Logit lens and tuned lens on the input of the output MLP.
 
-Notation (METHODS.md): e = ego embedding, z_h = head h's pattern-weighted value, W_O^h =
+Notation (as in `egolens.analysis.reading.circuits`): e = ego embedding, z_h = head h's pattern-weighted value, W_O^h =
 attention_combine.weight[:, h·d:(h+1)·d], h_in = ½e + ½·combine(concat_h z_h), U = the output
 MLP (h_in -> Q). Because the attention layer is linear given its pattern,
 h_in = ½e + Σ_h ½·W_O^h Σ_j a_hj v_hj exactly, so partial sums of those writes are states of the

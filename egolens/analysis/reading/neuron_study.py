@@ -2,7 +2,7 @@
 tables, and the feature visualisations (targets chosen, observations optimised, figures drawn).
 
 `network_tables` returns the tables (one CSV each, rows labelled by `model`) and the figures
-(keyed by their path relative to the stage's output directory); `neurons.summarize` turns the
+(keyed by their path relative to the stage's output directory); `neuron_stats.summarize` turns the
 tables of every network into summary.json. No file I/O: the stage loads the network and the
 recorded rollout and writes what comes back.
 
@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from egolens.analysis.reading import lens, neurons
-from egolens.config import AgentConfig, NeuronsConfig, Params
+from egolens.analysis.reading import feature_visualisation, lens, neuron_dictionary, neuron_facts, neuron_stats
+from egolens.analysis_config import NeuronsConfig
+from egolens.config import AgentConfig, Params
 from egolens.model import EgoAttentionNetwork
 from egolens.progress import Progress, no_progress
 from egolens.scene import scene_facts
@@ -50,13 +51,13 @@ def layer_names(agent: AgentConfig) -> dict[str, bool]:
 
 def read_layers(params: Params, arrays: dict[str, np.ndarray]) -> dict[str, Layer]:
     """Every layer of `layer_names` from a recording: step-level layers one row per step (with
-    `neurons.step_facts_frame`), the others' embedding one row per present other vehicle (with
-    `neurons.vehicle_facts_frame`)."""
+    `neuron_facts.step_facts_frame`), the others' embedding one row per present other vehicle (with
+    `neuron_facts.vehicle_facts_frame`)."""
     obs, action = arrays["obs"], arrays["action"]
     facts = scene_facts(obs, params.env, params.scene.horizon, params.scene.collision_radius,
                         params.scene.min_ego_speed)
-    step_facts = neurons.step_facts_frame(obs, facts, action, arrays["q"], params.env)
-    vehicle_facts = neurons.vehicle_facts_frame(obs, facts, action)
+    step_facts = neuron_facts.step_facts_frame(obs, facts, action, arrays["q"], params.env)
+    vehicle_facts = neuron_facts.vehicle_facts_frame(obs, facts, action)
     index, row = vehicle_facts["step_index"].to_numpy(), vehicle_facts["row"].to_numpy()
     vehicle_keys = pd.DataFrame({"episode": arrays["episode"][index], "step": arrays["step"][index],
                                  "row": row, "vehicle_id": arrays["vehicle_id"][index, row]})
@@ -66,10 +67,10 @@ def read_layers(params: Params, arrays: dict[str, np.ndarray]) -> dict[str, Laye
     layers = {}
     for name, per_vehicle in layer_names(params.agent).items():
         if per_vehicle:
-            acts, _, _ = neurons.vehicle_rows(arrays[name], obs)
+            acts, _, _ = neuron_facts.vehicle_rows(arrays[name], obs)
             layers[name] = Layer(name, True, acts, vehicle_facts.drop(columns=["step_index", "row"]), vehicle_keys)
         else:
-            layers[name] = Layer(name, False, neurons.step_activations(arrays[name]), step_facts, step_keys)
+            layers[name] = Layer(name, False, neuron_facts.step_activations(arrays[name]), step_facts, step_keys)
     return layers
 
 
@@ -89,22 +90,23 @@ def neuron_tables(model: str, layers: dict[str, Layer], arrays: dict[str, np.nda
     first_episode = int(arrays["episode"][0])
     tables: dict[str, list[pd.DataFrame]] = {"stats": [], "over_time": [], "correlations": [], "dictionary": []}
     for layer in progress(list(layers.values()), f"{model} neurons"):
-        stats = neurons.activation_stats(layer.acts, layer.name)
+        stats = neuron_stats.activation_stats(layer.acts, layer.name)
         stats.insert(2, "rows", len(layer.acts))
         tables["stats"].append(labelled(stats, model))
         if not layer.per_vehicle:
-            over_time = neurons.activations_over_time(layer.acts, arrays["episode"], arrays["step"], first_episode,
+            over_time = neuron_stats.activations_over_time(layer.acts, arrays["episode"], arrays["step"], first_episode,
                                                       cfg.over_time_neurons)
             tables["over_time"].append(labelled(over_time, model, layer=layer.name, episode=first_episode))
-        columns = list(neurons.VEHICLE_FACTS) if layer.per_vehicle else None
-        correlations = neurons.neuron_fact_correlations(layer.acts, layer.facts, cfg.ttc_cap, columns=columns)
+        columns = list(neuron_facts.VEHICLE_FACTS) if layer.per_vehicle else None
+        correlations = neuron_stats.neuron_fact_correlations(layer.acts, layer.facts, cfg.ttc_cap, columns=columns)
         tables["correlations"].append(labelled(correlations, model, layer=layer.name))
-        entries = neurons.semantic_dictionary(layer.acts, layer.facts, cfg.top_k, min_lift=cfg.dictionary_min_lift,
-                                              alpha=cfg.dictionary_alpha, max_clauses=cfg.dictionary_max_clauses)
-        top = neurons.top_activations(layer.acts, layer.keys, 1).set_index("neuron")
+        entries = neuron_dictionary.semantic_dictionary(layer.acts, layer.facts, cfg.top_k,
+                                                        min_lift=cfg.dictionary_min_lift, alpha=cfg.dictionary_alpha,
+                                                        max_clauses=cfg.dictionary_max_clauses)
+        top = neuron_dictionary.top_activations(layer.acts, layer.keys, 1).set_index("neuron")
         for i, key in enumerate(("episode", "step", "row", "vehicle_id")):
             entries.insert(1 + i, f"top_{key}", top.loc[entries["neuron"], key].to_numpy())
-        entries["significant"] = neurons.significant(entries["description"])
+        entries["significant"] = neuron_dictionary.significant(entries["description"])
         tables["dictionary"].append(labelled(entries, model, layer=layer.name))
     return {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
 
@@ -132,7 +134,7 @@ class Target:
 
     layer: str
     neuron: str
-    objective: neurons.Objective
+    objective: feature_visualisation.Objective
     recorded: np.ndarray
     """The objective's value at every recorded step [N]."""
     reason: str
@@ -145,7 +147,7 @@ class Target:
 def targets(model: str, layers: dict[str, Layer], correlations: pd.DataFrame, arrays: dict[str, np.ndarray],
             n: int) -> list[Target]:
     """`n` neurons per output-MLP layer (most active / most correlated with a `CHOICE_FACTS` fact,
-    `neurons.neurons_to_visualise`) and each action's advantage.
+    `feature_visualisation.neurons_to_visualise`) and each action's advantage.
 
     A neuron's objective is its pre-activation (the Linear before the ReLU, `output_layer.layers.i`
     for `output_layer.hook_post.i`): the ReLU is monotone, so both peak together, and the
@@ -157,17 +159,18 @@ def targets(model: str, layers: dict[str, Layer], correlations: pd.DataFrame, ar
         linear = layer.name.replace(".hook_post.", ".layers.")
         scene_correlations = correlations[(correlations["layer"] == layer.name)
                                           & correlations["fact"].isin(CHOICE_FACTS)]
-        for pick in neurons.neurons_to_visualise(layer.acts, scene_correlations, n).itertuples():
+        for pick in feature_visualisation.neurons_to_visualise(layer.acts, scene_correlations, n).itertuples():
             why = pick.reason if pick.reason == "most active" else \
                 f"{pick.reason}: ρ = {pick.spearman:+.2f} with {pick.fact}"
             chosen_targets.append(Target(
-                layer.name, str(pick.neuron), neurons.neuron_objective(linear, int(pick.neuron)),
-                neurons.step_activations(arrays[linear])[:, pick.neuron], pick.reason, pick.fact, pick.spearman,
+                layer.name, str(pick.neuron), feature_visualisation.neuron_objective(linear, int(pick.neuron)),
+                neuron_facts.step_activations(arrays[linear])[:, pick.neuron], pick.reason, pick.fact, pick.spearman,
                 "pre-activation",
                 f"{model} network, {site(layer.name).layer_title}, neuron {pick.neuron} ({why})"))
-    advantages = neurons.advantage(arrays["q"])
+    advantages = feature_visualisation.advantage(arrays["q"])
     for a, name in enumerate(ACTIONS):
-        chosen_targets.append(Target("advantage", name, neurons.advantage_objective(a), advantages[:, a], "action",
+        objective = feature_visualisation.advantage_objective(a)
+        chosen_targets.append(Target("advantage", name, objective, advantages[:, a], "action",
                                      None, np.nan, "advantage",
                                      f"{model} network, advantage of {name}: Q({name}) − mean Q"))
     return chosen_targets
@@ -176,25 +179,25 @@ def targets(model: str, layers: dict[str, Layer], correlations: pd.DataFrame, ar
 def feature_vis(model: str, net: EgoAttentionNetwork, layers: dict[str, Layer], correlations: pd.DataFrame,
                 arrays: dict[str, np.ndarray], params: Params, seed: int,
                 progress: Progress = no_progress) -> tuple[pd.DataFrame, dict[str, Figure]]:
-    """Optimise an observation for each of `targets` (presence of the `neurons.typical_step`, the
+    """Optimise an observation for each of `targets` (presence of the `feature_visualisation.typical_step`, the
     recorded states as the prior) and draw the best restart beside the top recorded step.
 
     Returns (one row per (target, restart), {"feature_vis/<model>_<layer>_<neuron>.png": figure}).
     """
     cfg = params.neurons
     obs, episode, step, action = arrays["obs"], arrays["episode"], arrays["step"], arrays["action"]
-    typical = neurons.typical_step(obs)
+    typical = feature_visualisation.typical_step(obs)
     presence = obs[typical, :, 0]
     n_present = int((presence >= PRESENT_AT).sum())
     rows, figures = [], {}
     for target in progress(targets(model, layers, correlations, arrays, cfg.visualise_neurons),
                            f"{model} feature vis"):
-        optimised, values = neurons.optimise_observation(
+        optimised, values = feature_visualisation.optimise_observation(
             net, target.objective, presence, n_restarts=cfg.restarts, steps=cfg.optimisation_steps, lr=cfg.lr,
             prior_obs=obs, prior_weight=cfg.prior_weight, diversity=cfg.diversity, seed=seed)
         best, top = int(np.argmax(values)), int(np.argmax(target.recorded))
         file = f"feature_vis/{model}_{target.layer}_{target.neuron}.png"
-        figures[file] = neurons.scene_pair(
+        figures[file] = feature_visualisation.scene_pair(
             optimised[best], obs[top], params.env.features_range,
             f"optimised (best of {cfg.restarts} restarts): {target.quantity} {values[best]:.2f}\n"
             f"{n_present} vehicles, rows of episode {episode[typical]}, step {step[typical]} (median count)",
