@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from egolens.analysis_config import (
     AttributionsConfig,
@@ -22,7 +22,8 @@ from egolens.analysis_config import (
     SceneConfig,
     ScenesConfig,
 )
-from egolens.config_base import ParamsError, Strict, held_out_seeds
+from egolens.config_base import ParamsError, Strict, allowed_keys, describe_error, held_out_seeds
+from egolens.probes_config import ProbesConfig, ProbeTargetsConfig, SteeringConfig, check_probe_sites
 from egolens.vocabulary import REFERENCE_FEATURES
 
 KINEMATICS_FEATURES = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "heading", "cos_d", "sin_d",
@@ -323,6 +324,9 @@ class Params(Strict):
     demonstrations: DemonstrationsConfig = DemonstrationsConfig()
     imitation: ImitationConfig = ImitationConfig()
     scenes: ScenesConfig = ScenesConfig()
+    probe_targets: ProbeTargetsConfig = ProbeTargetsConfig()
+    probes: ProbesConfig = ProbesConfig()
+    steering: SteeringConfig = SteeringConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -349,6 +353,7 @@ class Params(Strict):
             raise ValueError(f"scenes.visible = {self.scenes.visible} asks for scenes whose route is observed, which "
                              f"needs {list(INTENTION_FEATURES)} in env.features = {self.env.features}; "
                              "allowed without them: [false]")
+        check_probe_sites(self.probes, self.steering, self.agent, self.interventions)
         smallest = min(self.agent.embedding_layers + self.agent.output_layers)
         if 2 * self.interventions.top_k > smallest:
             raise ValueError(f"interventions.top_k = {self.interventions.top_k} leaves too few units for random "
@@ -375,30 +380,6 @@ class Params(Strict):
                                  f"start at or above {start + count}")
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"{key}: unknown key (value {error['input']!r}); check its spelling"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    message = error["msg"].removeprefix("Value error, ")
-    if kind == "float_type" and isinstance(error["input"], str):
-        message += " (YAML reads a number like 1e-3 as a string: write 1.0e-3 or 0.001)"
-    if kind == "value_error" and isinstance(error["input"], dict):
-        return message  # a check across keys of a section: the message names them
-    return f"{key} = {error['input']!r}: {message}"
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
-
-
 def validate_params(raw: Any) -> Params:
     """Validate a parsed params mapping; raise ParamsError naming every bad key."""
     if not isinstance(raw, dict):
@@ -408,9 +389,9 @@ def validate_params(raw: Any) -> Params:
     except ValidationError as err:
         lines = []
         for error in err.errors():
-            line = _describe(error)
+            line = describe_error(error)
             if error["type"] == "extra_forbidden":
-                line += f"; allowed keys here: {', '.join(_allowed_keys(Params, error['loc']))}"
+                line += f"; allowed keys here: {', '.join(allowed_keys(Params, error['loc']))}"
             lines.append(line)
         raise ParamsError("invalid params:\n  " + "\n  ".join(lines)) from None
 

@@ -12,11 +12,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from egolens.analysis.reading.probe_targets import step_targets, vehicle_targets
+from egolens.analysis_config import SceneConfig
 from egolens.config import EnvConfig
 from egolens.env import make_env, make_runner
 from egolens.episodes import ARRIVED, COLLISION, Episode
 from egolens.hooks import run_with_cache
 from egolens.play import play
+from egolens.probes_config import ProbeTargetsConfig
 from egolens.runner import EnvRunner
 from egolens.scene import denormalize, scene_facts
 from egolens.vocabulary import ACTIONS
@@ -111,3 +114,27 @@ def play_episodes(net: nn.Module, cfg: EnvConfig, env_seeds: Sequence[int], rend
     with make_runner(cfg, min(num_envs, max(len(plain), 1))) as runner:
         episodes += play(net, runner, plain, record="steps", progress=progress)
     return episodes
+
+
+def probe_arrays(episodes: list[Episode], arrays: dict[str, np.ndarray], routes: Sequence[np.ndarray],
+                 cfg: EnvConfig, scene: SceneConfig, targets: ProbeTargetsConfig) -> dict[str, np.ndarray]:
+    """What the probes read besides the activations (`egolens.analysis.reading.probe_targets`):
+    positions [N, E, 2] (world m, the tracker's) and routes [N, E, 2] (entry side, exit side from
+    the simulator, `egolens.routes.replay_routes`; −1 unknown), every per-vehicle target as
+    `vehicle.<column>` [R] (one row per (step, present other vehicle), `vehicle_rows` order, with
+    step_index, row, episode, vehicle_id) and every per-step target as `step.<column>` [N].
+
+    episodes, arrays: a rollout (`play_episodes`, `rollout_arrays`); routes: one [T, E, 2] per episode.
+    """
+    route = np.concatenate(routes).astype(np.int64)
+    positions = np.concatenate([e.positions for e in episodes]).astype(np.float64)
+    facts = {"horizon": scene.horizon, "radius": scene.collision_radius, "min_ego_speed": scene.min_ego_speed}
+    close_steps = int(round(targets.close_seconds * cfg.policy_frequency))
+    vehicles = vehicle_targets(arrays["obs"], arrays["episode"], arrays["vehicle_id"], positions, cfg,
+                               ttc_cap=targets.ttc_cap, close_steps=close_steps, routes=route, **facts)
+    outcome = np.concatenate([np.full(len(e.action), e.outcome) for e in episodes])
+    steps = step_targets(arrays["obs"], arrays["episode"], arrays["step"], arrays["action"], outcome, cfg,
+                         threat_ttc=targets.threat_ttc, **facts)
+    return ({"positions": positions, "routes": route}
+            | {f"vehicle.{name}": vehicles[name].to_numpy() for name in vehicles.columns}
+            | {f"step.{name}": steps[name].to_numpy() for name in steps.columns})

@@ -1,5 +1,6 @@
 """rollout@seed: greedy episodes of the trained and the untrained network on held-out env
-seeds, with every activation, the scene facts per vehicle, frames and attention videos."""
+seeds, with every activation, the scene facts per vehicle, frames and attention videos, and
+(in files of their own) the probe targets, world positions and the vehicles' routes."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from egolens.artifacts import npz_bytes
+from egolens.env import make_runner
 from egolens.numbers import EXACT
-from egolens.rollout import attention_off_ego, play_episodes, rollout_arrays, steps_table, vehicles_table
+from egolens.rollout import attention_off_ego, play_episodes, probe_arrays, rollout_arrays, steps_table, vehicles_table
+from egolens.routes import replay_routes
 from egolens.video import episode_media
 from stages import DATA, NETWORKS, rollout_path, seed_args, seed_results
 from stages.networks import deterministic, load_net
 from stages.outputs import write_bytes, write_csv
+from stages.probe_data import probe_path
 
 
 def main() -> None:
@@ -38,6 +42,10 @@ def main() -> None:
         for path, data in episode_media(label, episodes, arrays, cfg.seconds_per_frame).items():
             write_bytes(out / path, data)
         attention.append(attention_off_ego(arrays).assign(model=label))
+        with make_runner(params.env, min(cfg.num_envs, len(episodes))) as runner:
+            routes = runner.map(replay_routes, [(e.env_seed, e.action, e.obs) for e in episodes])
+        write_bytes(probe_path(seed, label), npz_bytes(probe_arrays(episodes, arrays, routes, params.env, scene,
+                                                                    params.probe_targets)))
         print(f"seed {seed} {label}: {len(arrays['action'])} steps in {len(episodes)} episodes")
     write_csv(seed_results(seed) / "rollout" / "attention_off_ego.csv", pd.concat(attention), EXACT)
 

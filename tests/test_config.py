@@ -228,3 +228,27 @@ def test_the_scene_gap_grid_includes_both_ends_on_exact_values():
     params = default_params()
     params["scenes"].update(gap_start=-0.3, gap_stop=0.6, gap_step=0.3)
     assert validate_params(params).scenes.gaps == [-0.3, 0.0, 0.3, 0.6]
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("probes.targets", ["distance", "intent"], r"probes.targets: unknown \['intent'\]; allowed: \['distance'"),
+    ("probes.sites", ["others_embedding.hook_post.1", "attention_layer.hook_nope"],
+     "probes.sites: no probe site named 'attention_layer.hook_nope'"),
+    ("probes.sites", ["others_embedding.hook_post.1", "output_layer.hook_post.2"],
+     "probes.sites: output_layer.hook_post.2 is not recorded: output_layer has 2 hidden layers"),
+    ("probes.sites", ["output_layer.hook_post.0"], r"probes.targets \['distance'.* have no site"),
+    ("probes.logistic_c", [0.0, 1.0], "probes.logistic_c.*positive"),
+    ("steering.alphas", [-1.0, 1.0], r"steering.alphas = \[-1.0, 1.0\]: the grid must contain 0"),
+    ("steering.alphas", [0.0, 1.0, 1.0], "steering.alphas.*repeated"),
+    ("steering.sites", ["attention_layer.hook_k"], r"steering.sites: \['attention_layer.hook_k'\] cannot be steered"),
+    ("steering.sites", ["output_layer.hook_post.1", "ego_embedding.hook_post.0"],
+     r"steering.sites \['ego_embedding.hook_post.0'\] are not in probes.sites"),
+    ("steering.safety_targets", ["turn"], "steering.safety_targets: .*'turn'.* are categorical"),
+    ("steering.safety_targets", ["crossing_threat"],
+     "steering.sites: others_embedding.hook_post.1 has no probed safety target with one row per vehicle"),
+    ("steering.random_directions", 2, "steering.random_directions"),
+    ("steering.episodes", 51, "steering.episodes = 51 must be <= interventions.closed_loop_episodes = 50"),
+])
+def test_probe_and_steering_params_are_validated(key, value, needle):
+    with pytest.raises(ParamsError, match=needle):
+        validate_params(edit(key, value))

@@ -114,6 +114,9 @@ def test_vehicle_and_step_targets_of_a_hand_made_scene():
     with_routes = pt.vehicle_targets(obs, episode, ids, kin_positions, CFG, horizon=5.0, radius=5.0,
                                      min_ego_speed=4.5, ttc_cap=20.0, close_steps=3, routes=routes)
     np.testing.assert_array_equal(with_routes["route_crosses"][:4], [1.0, 0.0, 1.0, np.nan])
+    # rows 1-4: 2 -> 0 straight, 3 -> 2 right, 1 -> 3 straight, unknown entry; the ego's 0 -> 1 is a left turn
+    np.testing.assert_array_equal(with_routes["turn"][:4], [1.0, 2.0, 1.0, np.nan])
+    assert pt.TURNS[int(pt.turn(0, 1))] == "left" and np.isnan(pt.turn(2, 2))
     steps = pt.step_targets(obs, episode, step, np.array([0, 2]), np.array(["arrived", "arrived"]), CFG,
                             horizon=5.0, radius=5.0, min_ego_speed=4.5, threat_ttc=3.0)
     np.testing.assert_allclose(steps["ego_speed"], 5.0)

@@ -14,8 +14,7 @@ so a random direction and a probe direction at the same α have equal norms.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,24 +24,10 @@ from egolens.analysis.intervening.interventions import Intervened, add_direction
 from egolens.analysis.reading.probes import ProbeFit
 from egolens.episodes import greedy
 from egolens.hooks import activation_names
+from egolens.probes_config import validate_alphas  # noqa: F401  (re-exported: the α grid check params use)
 from egolens.vocabulary import ACTIONS
 
 SLOWER, FASTER = ACTIONS.index("SLOWER"), ACTIONS.index("FASTER")
-ALPHAS_KEY = "steering.alphas"
-"""The params key of the α grid, named by validation errors."""
-
-
-def validate_alphas(alphas: Sequence[float], key: str = ALPHAS_KEY) -> tuple[float, ...]:
-    """The α grid as sorted floats; raises naming `key` unless it is finite, without repeats and
-    contains 0 (the unsteered reference every α is compared with)."""
-    values = [float(a) for a in alphas]
-    if not all(math.isfinite(a) for a in values):
-        raise ValueError(f"{key} = {list(alphas)}: every α must be finite")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{key} = {list(alphas)}: repeated values")
-    if 0.0 not in values:
-        raise ValueError(f"{key} = {list(alphas)}: the grid must contain 0 (the unsteered reference)")
-    return tuple(sorted(values))
 
 
 def _rows(acts: np.ndarray | torch.Tensor) -> np.ndarray:

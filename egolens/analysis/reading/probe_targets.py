@@ -27,6 +27,9 @@ Level = Literal["vehicle", "step"]
 
 OUTCOMES = ("collision", "timeout", "arrived")
 """Episode outcomes (`egolens.episodes.outcome`), in the order of their codes."""
+TURNS = ("left", "straight", "right")
+"""A vehicle's turn at the junction (its true destination relative to where it enters), in the order
+of their codes."""
 SECTORS = ("ahead", "right", "behind", "left")
 """Bearing sectors of 90° around the ego's heading, in the order of their codes."""
 JUNCTION = (0.0, 0.0)
@@ -51,6 +54,7 @@ TARGETS: dict[str, Target] = {
     "bearing_sector": Target("categorical", "vehicle", "where it is around the ego (ahead, right, behind, left)"),
     "comes_close": Target("binary", "vehicle", "comes within the collision radius of the ego in the next seconds"),
     "route_crosses": Target("binary", "vehicle", "its planned route crosses or merges into the ego's"),
+    "turn": Target("categorical", "vehicle", "where it will turn at the junction (left, straight, right)"),
     "ego_speed": Target("continuous", "step", "the ego's speed (m/s)"),
     "junction_distance": Target("continuous", "step", "the ego's distance to the junction centre (m)"),
     "crossing_threat": Target("binary", "step", "a crossing vehicle with a short time to collision"),
@@ -188,6 +192,17 @@ def routes_cross(entry: np.ndarray, exit_: np.ndarray, ego_entry: np.ndarray, eg
     return known & (entry != ego_entry) & ((exit_ == ego_exit) | interleave)
 
 
+def turn(entry: np.ndarray, exit_: np.ndarray) -> np.ndarray:
+    """Codes of `TURNS` from a route's entry and exit sides (ints 0–3, highway-env's o0 … o3 as in
+    `routes_cross`; −1 unknown): (exit − entry) mod 4 is 1 for a left turn (the ego's o0 → o1),
+    2 straight, 3 right. NaN where a side is unknown or the route leaves by its own entry (float
+    codes)."""
+    entry, exit_ = np.broadcast_arrays(np.asarray(entry), np.asarray(exit_))
+    quarter = np.mod(exit_ - entry, 4)
+    known = (entry >= 0) & (exit_ >= 0) & (quarter > 0)
+    return np.where(known, quarter - 1.0, np.nan)
+
+
 def action_ahead(action: np.ndarray, episode: np.ndarray, steps: int) -> np.ndarray:
     """The action taken `steps` steps later in the same episode: [N] floats, NaN where the episode
     ends first. action, episode: [N] in recorded order."""
@@ -234,7 +249,7 @@ def vehicle_targets(obs: np.ndarray, episode: np.ndarray, vehicle_id: np.ndarray
                     close_steps: int, routes: np.ndarray | None = None) -> pd.DataFrame:
     """Per-vehicle targets, one row per (step, present other vehicle) in `vehicle_rows` order:
     step_index (row of the step arrays), row (entity), episode, vehicle_id and every per-vehicle
-    target of `TARGETS` (route_crosses only with `routes`).
+    target of `TARGETS` (route_crosses and turn only with `routes`).
 
     obs [N, E, F]; episode [N]; vehicle_id [N, E]; positions [N, E, 2] (m); horizon, radius,
     min_ego_speed: `egolens.scene.scene_facts`'s; ttc_cap (s); close_steps: the window of
@@ -256,6 +271,7 @@ def vehicle_targets(obs: np.ndarray, episode: np.ndarray, vehicle_id: np.ndarray
         crosses = routes_cross(routes[..., 0], routes[..., 1], routes[:, :1, 0], routes[:, :1, 1])
         known = (routes >= 0).all(axis=-1) & (routes[:, :1] >= 0).all(axis=-1)
         values["route_crosses"] = np.where(known, crosses.astype(np.float64), np.nan)
+        values["turn"] = turn(routes[..., 0], routes[..., 1])
     return pd.DataFrame({"step_index": step_index, "row": row, "episode": np.asarray(episode)[step_index],
                          "vehicle_id": np.asarray(vehicle_id)[step_index, row],
                          **{name: value[step_index, row] for name, value in values.items()}})

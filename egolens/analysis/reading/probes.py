@@ -23,7 +23,6 @@ Shapes: rows R (steps, or (step, vehicle) pairs), units U.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from egolens.analysis.reading.probe_targets import Kind, Level, vehicle_rows
+from egolens.probes_config import probe_site_level
 
 KINDS: tuple[Kind, ...] = ("binary", "categorical", "continuous")
 METRICS: dict[Kind, tuple[str, ...]] = {
@@ -55,8 +55,6 @@ RAW = "obs"
 """The raw observation as a probe input: a vehicle's row [F] for per-vehicle targets, the whole
 observation [E·F] for per-step targets."""
 
-_VEHICLE_SITE = re.compile(r"others_embedding\.hook_post\.\d+|attention_layer\.hook_[kv]")
-_STEP_SITE = re.compile(r"(ego_embedding|output_layer)\.hook_post\.\d+|attention_layer\.hook_(q|z|combined|resid)")
 
 
 class ProbeFitError(ValueError):
@@ -71,14 +69,10 @@ def site_level(site: str) -> Level | None:
     for the raw observation (either). An unknown site raises, naming it."""
     if site == RAW:
         return None
-    if _VEHICLE_SITE.fullmatch(site):
-        return "vehicle"
-    if _STEP_SITE.fullmatch(site):
-        return "step"
-    raise KeyError(f"no probe site named {site!r}; sites: {RAW!r}, others_embedding.hook_post.<i>, "
-                   "attention_layer.hook_k / hook_v (per vehicle), ego_embedding.hook_post.<i>, "
-                   "output_layer.hook_post.<i>, attention_layer.hook_q / hook_z / hook_combined / hook_resid "
-                   "(per step)")
+    try:
+        return probe_site_level(site)
+    except ValueError as error:
+        raise KeyError(f"{error}; or {RAW!r}, the raw observation") from None
 
 
 def site_features(arrays: Mapping[str, np.ndarray], site: str, level: Level) -> np.ndarray:
