@@ -18,14 +18,15 @@ import time
 import numpy as np
 import torch
 
-from egolens.analysis.attribution_study import kink_cut
-from egolens.analysis.attribution_tables import select_steps
-from egolens.analysis.baselines import others_zeroed
-from egolens.analysis.faithfulness import completeness_stats, completeness_table
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.schemes import FixedGrid
+from egolens.analysis.attribution.attribution_study import kink_cut
+from egolens.analysis.attribution.attribution_tables import select_steps
+from egolens.analysis.attribution.baselines import others_zeroed
+from egolens.analysis.attribution.faithfulness import completeness_stats, completeness_table
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.schemes import FixedGrid
 from egolens.config import load_params
-from stages import DATA, load_net
+from stages import DATA
+from stages.networks import load_net
 
 
 def completeness(net: torch.nn.Module, obs: torch.Tensor, base: torch.Tensor, ig: torch.Tensor,

@@ -9,11 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from egolens.analysis_config import (
+    AttributionsConfig,
+    CircuitsConfig,
+    InterventionsConfig,
+    NeuronsConfig,
+    SceneConfig,
+)
+from egolens.config_base import ParamsError, Strict, held_out_seeds
 from egolens.vocabulary import REFERENCE_FEATURES
 
 KINEMATICS_FEATURES = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "heading", "cos_d", "sin_d",
@@ -27,20 +35,7 @@ INTENTION_FEATURES = ("cos_d", "sin_d")
 SEED_STRIDE = 1_000_000
 
 
-class ParamsError(ValueError):
-    """params.yaml is malformed; the message names the key, the value and what is allowed."""
-
-
-def held_out_seeds(env_seed: int, episodes: int) -> list[int]:
-    """The env seeds of `episodes` held-out episodes: env_seed, env_seed + 1, ..."""
-    return list(range(env_seed, env_seed + episodes))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-
-
-class FeaturesRange(_Strict):
+class FeaturesRange(Strict):
     x: list[float] = Field(default_factory=lambda: [-100.0, 100.0], min_length=2, max_length=2)
     y: list[float] = Field(default_factory=lambda: [-100.0, 100.0], min_length=2, max_length=2)
     vx: list[float] = Field(default_factory=lambda: [-20.0, 20.0], min_length=2, max_length=2)
@@ -55,8 +50,8 @@ class FeaturesRange(_Strict):
         return self
 
 
-class EnvConfig(_Strict):
-    """intersection-v0 as the reference used it (REFERENCE.md, 'Environment')."""
+class EnvConfig(Strict):
+    """intersection-v0 as the reference notebook configured it (README, "The network and the DQN")."""
 
     id: Literal["intersection-v0", "intersection-v2"] = "intersection-v0"
     """v0 is the reference (it keeps highway-env's neighbour-search bug); v2 fixes that bug."""
@@ -112,7 +107,7 @@ class EnvConfig(_Strict):
         return self
 
 
-class EpsilonConfig(_Strict):
+class EpsilonConfig(Strict):
     """epsilon(t) = final + (start - final) * exp(-t / tau), t = action steps taken."""
 
     start: float = Field(1.0, ge=0.0, le=1.0)
@@ -126,7 +121,7 @@ class EpsilonConfig(_Strict):
         return self
 
 
-class ExplorationConfig(_Strict):
+class ExplorationConfig(Strict):
     """How long an exploratory action lasts once ε has chosen to explore.
 
     `one`: one step (ε-greedy). `zeta`: temporally-extended ε-greedy (εz-greedy, Dabney, Ostrovski &
@@ -140,7 +135,7 @@ class ExplorationConfig(_Strict):
     """Longest option, in action steps."""
 
 
-class DQfDConfig(_Strict):
+class DQfDConfig(Strict):
     """Deep Q-learning from demonstrations (Hester et al. 2018) on the demonstrations stage's planner
     episodes: they stay in a store of their own (never overwritten), every gradient batch takes a
     fixed share of its rows from it, and the loss is 1-step TD + n-step TD (agent.n_steps) on every
@@ -159,8 +154,8 @@ class DQfDConfig(_Strict):
     gradient steps for the target copies)."""
 
 
-class AgentConfig(_Strict):
-    """The EgoAttentionNetwork and DQN of REFERENCE.md ('Network', 'DQN')."""
+class AgentConfig(Strict):
+    """The EgoAttentionNetwork and DQN of rl-agents' `ego_attention.json` and intersection `baseline.json`."""
 
     heads: int = Field(2, gt=0)
     feature_size: int = Field(64, gt=0)
@@ -224,14 +219,14 @@ class AgentConfig(_Strict):
         return round(self.dqfd.demo_fraction * self.batch_size)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     episodes: int = Field(6000, gt=0, lt=1_000_000)
     num_envs: int = Field(2, gt=0, le=16)
     checkpoint_every: int = Field(50, gt=0)
     """Write the resume state every this many finished episodes."""
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(Strict):
     episodes: int = Field(100, gt=0)
     env_seed: int = Field(900_000_000, ge=0)
     """Held-out env seeds are env_seed, env_seed + 1, ...; disjoint from every training seed."""
@@ -244,7 +239,7 @@ class EvaluateConfig(_Strict):
         return held_out_seeds(self.env_seed, self.episodes)
 
 
-class RolloutConfig(_Strict):
+class RolloutConfig(Strict):
     episodes: int = Field(50, gt=0)
     env_seed: int = Field(950_000_000, ge=0)
     """Held-out env seeds env_seed, env_seed + 1, ... (disjoint from every training seed)."""
@@ -260,177 +255,9 @@ class RolloutConfig(_Strict):
         return held_out_seeds(self.env_seed, self.episodes)
 
 
-class SceneConfig(_Strict):
-    """How scene facts are computed from observations (egolens.scene)."""
-
-    horizon: float = Field(5.0, gt=0.0)
-    """s: look-ahead of the constant-velocity paths for 'crossing'."""
-    collision_radius: float = Field(5.0, gt=0.0)
-    """m: the gap below which two vehicles count as colliding for time-to-collision."""
-    min_ego_speed: float = Field(4.5, ge=0.0)
-    """m/s: the ego's path is drawn at least this fast (it can always speed up to IDLE's target)."""
 
 
-class AttributionsConfig(_Strict):
-    """Attribution analyses on recorded steps (egolens.analysis.attribution_study)."""
-
-    max_steps: int = Field(300, gt=0)
-    """Recorded steps analysed per network (evenly spaced over the rollouts)."""
-    path_grid: int = Field(512, ge=2)
-    """Points each IG / conductance path is first sampled at to find where a ReLU switches (the
-    kinks the path is cut at, `analysis.paths`)."""
-    path_grid_max: int = Field(32768, ge=2)
-    """Finest kink grid: steps whose completeness error is still >= `tolerance` are redone on a 4×
-    finer grid up to this (`paths.refine_until_complete`)."""
-    segment_points: int = Field(2, ge=1, le=32)
-    """Gauss-Legendre points per piece of a path between two kinks."""
-    neuron_steps: int = Field(64, ge=8)
-    """Path points of captum's neuron conductance (the top neurons' breakdown, a fixed grid)."""
-    internal_batch_size: int = Field(2048, gt=0)
-    shapley_samples: int = Field(25, gt=0)
-    top_neurons: int = Field(5, gt=0)
-    """Neurons per layer given a neuron-conductance breakdown."""
-    random_orders: int = Field(5, gt=0)
-    """Random vehicle orders per step for the deletion/insertion control."""
-    sanity_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    """Median trained-vs-untrained rank correlation above which an explanation is flagged."""
-    tolerance: float = Field(0.01, gt=0.0, lt=1.0)
-    """Completeness error, as a fraction of |ΔQ|, below which a step's path attribution counts as
-    complete (`within`); paths are refined until their steps are, up to `path_grid_max`."""
-    min_delta: float = Field(0.001, gt=0.0)
-    """|ΔQ| below which a step has nothing to explain: no completeness error (flagged `tiny`), no refinement."""
-    min_vehicles: int = Field(3, ge=2)
-    """Fewest vehicles a per-step rank correlation of attention (with attributions or scene facts) needs."""
-
-    @model_validator(mode="after")
-    def _max_not_below_start(self) -> AttributionsConfig:
-        if self.path_grid_max < self.path_grid:
-            raise ValueError(f"attributions.path_grid_max = {self.path_grid_max} must be >= attributions.path_grid = "
-                             f"{self.path_grid}; allowed: any integer >= {self.path_grid}")
-        return self
-
-
-class NeuronsConfig(_Strict):
-    """Neuron studies and lenses (egolens.analysis.neurons, egolens.analysis.lens)."""
-
-    top_k: int = Field(10, gt=0)
-    """Top activating steps per neuron in the semantic dictionary."""
-    over_time_neurons: int = Field(16, gt=0)
-    """Most variable neurons per step-level layer shown over the first recorded episode."""
-    visualise_neurons: int = Field(4, ge=0)
-    """Neurons per layer whose preferred observation is optimised and drawn."""
-    restarts: int = Field(4, gt=0)
-    """Random starts per feature-visualisation objective; the best one is drawn."""
-    optimisation_steps: int = Field(200, gt=0)
-    """Adam steps per feature-visualisation restart."""
-    lens_held_out: float = Field(0.3, gt=0.0, lt=1.0)
-    """Fraction of episodes held out when fitting the tuned lens."""
-    lens_ridge: float = Field(1e-4, ge=0.0)
-    """Ridge on the tuned lens's affine probes (relative to the number of training rows)."""
-    lr: float = Field(0.05, gt=0.0)
-    """Adam step size of the feature visualisation's gradient ascent."""
-    prior_weight: float = Field(0.1, ge=0.0)
-    """Weight of the squared distance to the mean recorded state (the prior) in feature visualisation."""
-    diversity: float = Field(0.1, ge=0.0)
-    """Reward for feature-visualisation restarts that end apart (rms distance between restarts)."""
-    ttc_cap: float = Field(20.0, gt=0.0)
-    """s: times to collision above it (inf included) are set to it before neuron-fact rank correlations."""
-    dictionary_min_lift: float = Field(0.25, ge=0.0, le=1.0)
-    """A semantic-dictionary statement must hold for this much larger a fraction of top rows than of all rows."""
-    dictionary_alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    """Family-wise significance level of a neuron's dictionary statements (Bonferroni over those tried)."""
-    dictionary_max_clauses: int = Field(3, gt=0)
-    """Statements (of distinct facts) kept per neuron description, best lift first."""
-
-
-BinEdges = Annotated[list[int | Annotated[float, Field(allow_inf_nan=True)]], Field(min_length=2)]
-"""Bin edges as `pandas.cut` takes them; an integer edge prints as an integer in the bin labels, and
-`.inf` closes an open-ended last bin."""
-
-
-class FactBins(_Strict):
-    """Right-closed bins of the scene facts the recorded attention scores are grouped by."""
-
-    distance: BinEdges = Field(default_factory=lambda: [0, 10, 20, 30, 40, 60, 100, 150])
-    """m: distance of the other vehicle from the ego."""
-    ttc: BinEdges = Field(default_factory=lambda: [0, 1, 2, 3, 5, 8, 13, float("inf")])
-    """s: time to collision with the ego."""
-    bearing_deg: BinEdges = Field(default_factory=lambda: [-180, -135, -90, -45, -15, 15, 45, 90, 135, 180])
-    """deg: bearing of the other vehicle from the ego's heading (positive = the ego's right)."""
-
-    @model_validator(mode="after")
-    def _increasing(self) -> FactBins:
-        for name in FactBins.model_fields:
-            edges = getattr(self, name)
-            if not all(a < b for a, b in zip(edges[:-1], edges[1:])):
-                raise ValueError(f"circuits.fact_bins.{name} = {edges}: edges must be strictly increasing numbers")
-        return self
-
-
-class CircuitsConfig(_Strict):
-    """Weight circuits and recorded attention scores (egolens.analysis.circuits)."""
-
-    fact_bins: FactBins = FactBins()
-
-
-class InterventionsConfig(_Strict):
-    """Ablations, patching, perturbation sweeps and edits (egolens.analysis.intervention_study)."""
-
-    closed_loop_episodes: int = Field(50, gt=0)
-    """Greedy episodes per closed-loop condition (the same env seeds for every condition)."""
-    env_seed: int = Field(970_000_000, ge=0)
-    """Held-out env seeds env_seed, env_seed + 1, ... (disjoint from every training seed)."""
-    num_envs: int = Field(2, gt=0, le=16)
-    """Envs playing a closed-loop condition in parallel (one process each; the results do not depend on it)."""
-    top_k: int = Field(5, gt=0)
-    """Neurons per layer ablated as the top set (the best-ranked by the attributions stage's conductance)."""
-    random_sets: int = Field(3, gt=0)
-    """Random neuron sets of the same size per layer (the control; drawn outside the top set)."""
-    patch_pairs: int = Field(100, gt=0)
-    """Maximum clean/corrupted pairs per kind of pair."""
-    min_metric_change: float = Field(0.05, ge=0.0)
-    """Pairs whose Q(SLOWER) − Q(FASTER) differs by less are dropped (restored fraction divides by it)."""
-    change_factor: float = Field(0.5, gt=0.0, lt=1.0)
-    """A moved vehicle's offset from the ego, and a slowed ego's speed, are multiplied by this."""
-    perturbation_sizes: list[float] = Field(default_factory=lambda: [-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0],
-                                            min_length=1)
-    """Signed perturbation sizes (root-mean-square change per unit)."""
-    random_directions: int = Field(3, ge=0)
-    """Random perturbation directions per layer (besides uniform and the top principal direction)."""
-    notebook_size: float = Field(0.1, gt=0.0)
-    """The perturbation summary.json reports (perturbation_notebook): this size on every unit (uniform
-    direction), the reference notebook's +0.1; must be one of perturbation_sizes."""
-    head_scale: float = Field(2.0, ge=0.0)
-    """Factor applied to the output weights of the head whose ablation changes closed-loop outcomes most."""
-    edit_ridge: float = Field(1e-4, ge=0.0)
-    """Ridge added to C = E[k kᵀ] (relative to its mean eigenvalue) for the rank-one edit."""
-    edit_margin: float = Field(0.1, gt=0.0)
-    """When no recorded step brakes, the rank-one edit sets the target step's Q(SLOWER) to max Q + this."""
-    bootstrap_resamples: int = Field(2000, ge=100)
-    """Bootstrap resamples of every 95% interval (open-loop rates over steps, closed-loop paired diffs)."""
-
-    @field_validator("perturbation_sizes")
-    @classmethod
-    def _nonzero_sizes(cls, sizes: list[float]) -> list[float]:
-        if any(s == 0 for s in sizes):
-            raise ValueError("perturbation sizes must be non-zero")
-        return sizes
-
-    @model_validator(mode="after")
-    def _notebook_size_is_swept(self) -> InterventionsConfig:
-        """The summary picks the size out of the sweep with numpy.isclose's default tolerance."""
-        if not any(abs(s - self.notebook_size) <= 1e-8 + 1e-5 * self.notebook_size for s in self.perturbation_sizes):
-            raise ValueError(f"interventions.notebook_size = {self.notebook_size} is not one of "
-                             f"interventions.perturbation_sizes = {self.perturbation_sizes}")
-        return self
-
-    @property
-    def env_seeds(self) -> list[int]:
-        """The held-out env seeds of every closed-loop condition (the same for each)."""
-        return held_out_seeds(self.env_seed, self.closed_loop_episodes)
-
-
-class DemonstrationsConfig(_Strict):
+class DemonstrationsConfig(Strict):
     """Clairvoyant-planner episodes recorded step by step (egolens.demonstrations): behaviour cloning's
     targets and DQfD's demonstrations. Played with `reference.replan` on `reference.processes` workers."""
 
@@ -445,7 +272,7 @@ class DemonstrationsConfig(_Strict):
         return held_out_seeds(self.env_seed, self.episodes)
 
 
-class ImitationConfig(_Strict):
+class ImitationConfig(Strict):
     """Behaviour cloning of the demonstrations by the reference network (egolens.imitation): the
     representation bound, a diagnostic beside the reference policies, never the study's agent."""
 
@@ -457,7 +284,7 @@ class ImitationConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
 
 
-class ReferenceConfig(_Strict):
+class ReferenceConfig(Strict):
     """Reference policies on evaluate's held-out episodes (egolens.policies): constant actions, a
     rule-based driver (thresholds below) and the clairvoyant planner (the ceiling)."""
 
@@ -479,7 +306,7 @@ class ReferenceConfig(_Strict):
     bootstrap_resamples: int = Field(2000, ge=100)
 
 
-class Params(_Strict):
+class Params(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     env: EnvConfig = EnvConfig()
     agent: AgentConfig = AgentConfig()

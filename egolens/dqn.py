@@ -1,4 +1,4 @@
-"""DQN as rl-agents' `DQNAgent` runs it with the intersection baseline (REFERENCE.md, 'DQN').
+"""DQN as rl-agents' `DQNAgent` runs it with the intersection baseline (README, "The network and the DQN").
 
 In the order the algorithm runs: seeding, epsilon schedule, replay buffer, double-DQN target,
 n-step returns, the agent (act, update, target copy). The training loop over (possibly

@@ -21,11 +21,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from egolens.names import ARRIVED, COLLISION, OUTCOMES, TIMEOUT  # noqa: F401  (re-exported: how an episode ends)
 from egolens.stats import bootstrap_ci, paired_bootstrap_ci
-
-ARRIVED, COLLISION, TIMEOUT = "arrived", "collision", "timeout"
-OUTCOMES = (ARRIVED, COLLISION, TIMEOUT)
-"""How an episode ends; the rate of each is success, collision and timeout."""
 
 
 def outcome(terminated: bool, truncated: bool, crashed: bool) -> str:

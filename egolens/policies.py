@@ -1,6 +1,6 @@
 """Baseline drivers for intersection-v0: constant actions, a rule-based driver and a clairvoyant planner.
 
-They bracket what a learned agent can reach (REFERENCE.md, "What 'driving well' means here"):
+They bracket what a learned agent can reach (README, "Performance"):
 
 - `constant_policy(a)`: always the same meta-action (0 SLOWER, 1 IDLE, 2 FASTER).
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from egolens.names import FINDING, of_kind
+
 RECIPE_KEYS = ("train.episodes", "agent.gamma", "agent.n_steps", "agent.target_update", "agent.epsilon.tau",
                "agent.loss", "agent.timeout_terminal")
 """The settings a recipe is described by (the ones the recipe sweep varied)."""
@@ -83,13 +85,14 @@ def majority(n_holds: float, n_seeds: float) -> bool | None:
 def holds_comparison(this: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """Each finding of `this` study beside the other study's count.
 
-    this, other: holds.csv tables (finding, n_seeds, n_holds, holds). Returns finding, this ("k/n"),
+    this, other: holds.csv tables (finding, n_seeds, n_holds, holds); only their findings are compared,
+    not their sanity checks (`names.of_kind`). Returns finding, this ("k/n"),
     other ("k/n", or "not run" when the other study lacks the finding) and verdict (one of
     `VERDICTS`, or "not comparable" when either study could not check it).
     """
-    other_rows = other.set_index("finding")
+    other_rows = of_kind(other, FINDING).set_index("finding")
     rows = []
-    for row in this.itertuples(index=False):
+    for row in of_kind(this, FINDING).itertuples(index=False):
         here = majority(float(row.n_holds), float(row.n_seeds))
         if row.finding in other_rows.index:
             theirs_row = other_rows.loc[row.finding]

@@ -24,6 +24,16 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from egolens.names import (
+    FINDING,
+    SANITY,
+    attention_off_ego,
+    evaluate_metric,
+    head_role,
+    head_zero,
+    neuron_ablation,
+    of_kind,
+)
 from egolens.recipes import VERDICTS, dotted, driving_table, holds_comparison, recipe_of, recipe_text
 
 PLACEHOLDER = re.compile(r"\{(m|v|pct|max|h|fig):([^}]+)\}")
@@ -57,7 +67,7 @@ class Context:
 
     def heads(self) -> list[str]:
         """The head names (head_rank1, ...) this run has, from the closed-loop head ablations."""
-        return [f"head_rank{r}" for r in range(1, 17) if self.has(f"closed_loop.head_rank{r}.zero.success_diff")]
+        return [head_role(r) for r in range(1, 17) if self.has(head_zero(r, "success_diff"))]
 
     def intervals_apart(self, higher: str, lower: str) -> bool | None:
         """True when `higher`'s CI lies above `lower`'s, False when they overlap, None without CIs."""
@@ -94,7 +104,8 @@ def _join(parts: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------- performance
 
 def _held_out(c: Context) -> str:
-    compared = c.intervals_apart("evaluate.trained.success_rate.mean", "evaluate.untrained.success_rate.mean")
+    compared = c.intervals_apart(evaluate_metric("trained", "success_rate"),
+                                 evaluate_metric("untrained", "success_rate"))
     verdict = {True: " Training raised the success rate (the two intervals do not overlap).",
                False: " The trained and untrained success rates' intervals overlap: training did not measurably "
                       "raise how often the agent arrives.",
@@ -108,9 +119,12 @@ def _held_out(c: Context) -> str:
 
 def _returns(c: Context) -> str:
     return ("The trained agent's mean return is {m:evaluate.trained.mean_return.mean} against "
-            "{m:evaluate.untrained.mean_return.mean} untrained; non-overlapping per-seed CIs on collisions in "
-            "{h:trained_fewer_collisions}, on return in {h:trained_higher_return}, and the reference notebook's "
-            "bar (return >= 5.35, collisions <= 0.4) is met in {h:meets_reference_bar} ({fig:evaluation}).")
+            "{m:evaluate.untrained.mean_return.mean} untrained; episode by episode on the same held-out episodes "
+            "(paired) the trained agent changes the return by {m:evaluate.trained_vs_untrained.return.diff} and "
+            "collisions by {m:evaluate.trained_vs_untrained.collision.diff} against its untrained network; the "
+            "paired CI lies below 0 for collisions in {h:trained_fewer_collisions} and above 0 for return in "
+            "{h:trained_higher_return}, and the reference notebook's bar (return >= 5.35, collisions <= 0.4) is "
+            "met in {h:meets_reference_bar} ({fig:evaluation}).")
 
 
 def _training(c: Context) -> str:
@@ -142,41 +156,54 @@ def _episode_classes(c: Context) -> str:
 # ---------------------------------------------------------------------------------------- heads
 
 def _first_head(c: Context) -> str:
+    stops = ("; its agent chooses SLOWER on {pct:closed_loop.head_rank1.zero.action_slower_rate} of steps against "
+             "{pct:interventions.closed_loop_baseline.action_slower} unablated, and it removes every success in "
+             "{h:critical_head_removes_all_successes} ({fig:ablations}).")
     if len(c.heads()) <= 1:
-        return ("Zero-ablating the network's single head changes the closed-loop success rate by "
-                "{m:closed_loop.head_rank1.zero.success_diff} and the collision rate by "
-                "{m:closed_loop.head_rank1.zero.collision_diff}; it removes every success in "
-                "{h:critical_head_removes_all_successes} ({fig:ablations}).")
-    return ("Zero-ablating the most important head (head_rank1, chosen per seed by this very effect) changes the "
-            "closed-loop success rate by {m:closed_loop.head_rank1.zero.success_diff} and the collision rate by "
-            "{m:closed_loop.head_rank1.zero.collision_diff}; it removes every success in "
-            "{h:critical_head_removes_all_successes} ({fig:ablations}).")
+        return ("Ablating the network's single head changes the closed-loop success rate by "
+                "{m:closed_loop.head_rank1.resample.success_diff} when its output is resampled from another recorded "
+                "step and by {m:closed_loop.head_rank1.zero.success_diff} when it is zeroed (collisions "
+                "{m:closed_loop.head_rank1.zero.collision_diff})" + stops)
+    return ("Heads are ranked on the first half of the closed-loop episodes by the successes that resample-ablating "
+            "them (their output replaced by their output on another recorded step) costs, and measured on the "
+            "second half. There, resample-ablating head_rank1 changes the success rate by "
+            "{m:closed_loop.head_rank1.resample.success_diff} and collisions by "
+            "{m:closed_loop.head_rank1.resample.collision_diff} (paired CI below 0 in {h:one_head_critical}); "
+            "mean-ablating it changes success by {m:closed_loop.head_rank1.mean.success_diff}; zero-ablating it, an "
+            "activation the head never produces, changes success by {m:closed_loop.head_rank1.zero.success_diff}"
+            + stops)
 
 
 def _other_heads(c: Context) -> str | None:
     others = c.heads()[1:]
     if not others:
         return None
-    parts = [f"{h} changes success by {{m:closed_loop.{h}.zero.success_diff}} and collisions by "
-             f"{{m:closed_loop.{h}.zero.collision_diff}}" for h in others]
-    return ("Zero-ablating " + _join(parts) + "; head_rank2 leaves success intact in "
-            "{h:other_head_not_needed_for_success} ({fig:ablations}).")
+    parts = [f"{h} changes success by {{m:closed_loop.{h}.resample.success_diff}} resampled and "
+             f"{{m:closed_loop.{h}.zero.success_diff}} zeroed" for h in others]
+    return ("On the same held-out half, ablating " + _join(parts) + "; head_rank2's resample ablation lowers success "
+            f"by no more than {c.param('interventions.equivalence_margin')} (one-sided test at 5%) in "
+            "{h:other_head_not_needed_for_success}, a test checked only where the half's episodes can resolve the "
+            "margin (they rule out no rate below "
+            "{m:interventions.head_no_effect.head_rank2.resample.resolution}) ({fig:ablations}).")
 
 
 def _branch(c: Context) -> str:
-    return ("Zeroing the whole attention branch changes success by "
+    return ("Ablating the whole attention branch (on all closed-loop episodes) changes success by "
             "{m:interventions.branch_ablation.zero.success_diff} and collisions by "
-            "{m:interventions.branch_ablation.zero.collision_diff}; mean-ablating it changes collisions by "
-            "{m:interventions.branch_ablation.mean.collision_diff} ({fig:ablations}).")
+            "{m:interventions.branch_ablation.zero.collision_diff} zeroed, success by "
+            "{m:interventions.branch_ablation.mean.success_diff} and collisions by "
+            "{m:interventions.branch_ablation.mean.collision_diff} mean-ablated, and success by "
+            "{m:interventions.branch_ablation.resample.success_diff} and collisions by "
+            "{m:interventions.branch_ablation.resample.collision_diff} resample-ablated ({fig:ablations}).")
 
 
 # ------------------------------------------------------------------------------------ attention
 
 def _attention_share(c: Context) -> str:
-    heads = c.heads() or ["head_rank1"]
-    parts = [f"{h} {{m:rollout.trained.attention_off_ego.{h}}} "
-             f"(untrained {{v:rollout.untrained.attention_off_ego.{h}}})" for h in heads]
-    shares = [c.value(f"rollout.trained.attention_off_ego.{h}") for h in heads]
+    heads = c.heads() or [head_role(1)]
+    parts = [f"{h} {{m:{attention_off_ego('trained', h)}}} (untrained {{v:{attention_off_ego('untrained', h)}}})"
+             for h in heads]
+    shares = [c.value(attention_off_ego("trained", h)) for h in heads]
     finite = [s for s in shares if math.isfinite(s)]
     if finite and max(finite) < LITTLE_ATTENTION:
         verdict = (f" Every head leaves less than {LITTLE_ATTENTION:.0%} of its attention to the other vehicles, so "
@@ -207,7 +234,8 @@ def _top1(c: Context) -> str:
 def _removal(c: Context) -> str:
     return ("Removing the most-attended vehicle from the observation changes closed-loop collisions by "
             "{m:interventions.vehicle_removal.most_attended.collision_diff}, removing a random vehicle by "
-            "{m:interventions.vehicle_removal.random.collision_diff} (most-attended above random in "
+            "{m:interventions.vehicle_removal.random.collision_diff}; episode by episode the difference is "
+            "{m:interventions.vehicle_removal.most_attended_vs_random.collision_diff} (paired CI above 0 in "
             "{h:most_attended_beats_random_vehicle}) ({fig:ablations}).")
 
 
@@ -247,7 +275,8 @@ def _conductance(c: Context) -> str:
 def _shapley(c: Context) -> str:
     return (f"Vehicle Shapley values ({c.param('attributions.shapley_samples')} permutations per step) satisfy "
             "efficiency to a largest relative error in any seed of "
-            "{max:attributions.trained.shapley_efficiency.max_rel_error} ({h:shapley_efficient}).")
+            "{max:attributions.trained.shapley_efficiency.max_rel_error} ({h:shapley_efficient}; a sanity check: "
+            "permutation sampling is efficient by construction).")
 
 
 def _deletion(c: Context) -> str:
@@ -275,9 +304,10 @@ def _circuits(c: Context) -> str:
 def _neuron_ablation(c: Context) -> str:
     k = c.param("interventions.top_k")
     return (f"Mean-ablating the {k} top-conductance neurons of the others-embedding's first layer changes Q by a "
-            "mean |ΔQ| of {m:interventions.neuron_ablation.others_embedding_hook_post_0.top_abs_dq} against "
-            f"{{m:interventions.neuron_ablation.others_embedding_hook_post_0.random_abs_dq}} for random {k}-neuron "
-            "sets (top above random in {h:top_conductance_neurons_beat_random}) ({fig:neuron_conductance}).")
+            f"mean |ΔQ| of {{m:{neuron_ablation('top_abs_dq')}}} against "
+            f"{{m:{neuron_ablation('random_abs_dq')}}} for random {k}-neuron sets; on the same steps the difference is "
+            f"{{m:{neuron_ablation('top_minus_random_abs_dq')}}} (paired CI above 0 in "
+            "{h:top_conductance_neurons_beat_random}) ({fig:neuron_conductance}).")
 
 
 def _lens(c: Context) -> str:
@@ -289,11 +319,17 @@ def _lens(c: Context) -> str:
 
 
 def _editing(c: Context) -> str:
+    margin, episodes = c.param("interventions.equivalence_margin"), c.param("interventions.closed_loop_episodes")
     return ("A rank-one edit of the output MLP makes the agent brake at its target step in "
-            "{h:rank_one_edit_hits_target}, flipping {pct:interventions.editing.edit_rank_one.side_flip_rate} of "
-            "other recorded steps, and changes closed-loop collisions by "
-            "{m:interventions.editing.edit_rank_one.closed_collision_diff} (no effect in "
-            "{h:rank_one_edit_no_closed_loop_effect}).")
+            "{h:rank_one_edit_hits_target} (a sanity check: the edit is solved for it), flipping "
+            "{pct:interventions.editing.edit_rank_one.side_flip_rate} of other recorded steps, and changes "
+            "closed-loop collisions by {m:interventions.editing.edit_rank_one.closed_collision_diff}. An equivalence "
+            f"test (TOST at 5%) puts that change inside ±{margin} in {{h:rank_one_edit_no_closed_loop_effect}}; "
+            f"where it does not, no effect is shown, only none detected at n = {episodes} episodes, whose "
+            "smallest change detected with 80% power is "
+            "{m:interventions.editing.edit_rank_one.collision_no_effect.detectable_effect} (and no rate below "
+            "{m:interventions.editing.edit_rank_one.collision_no_effect.resolution} can be ruled out by "
+            f"{episodes} episodes at all).")
 
 
 FINDINGS: tuple[Section, ...] = (
@@ -307,21 +343,32 @@ FINDINGS: tuple[Section, ...] = (
 )
 
 
+def _half(c: Context) -> str:
+    episodes = c.param("interventions.closed_loop_episodes")
+    return f"about {episodes // 2}" if isinstance(episodes, int) else "half the"
+
+
 def limits(c: Context, untrained_collisions: str) -> list[str]:
     """The report's limits, worded for this run's number of seeds."""
     n = len(list(c.param("seeds") or []))                                     # type: ignore[call-overload]
     if n >= 2:
         over_seeds = (f"{n} seeds: a CI over seeds is a Student-t interval with {n - 1} degrees of freedom "
-                      "(wide); held-out rates, returns and attention shares use a bootstrap over seeds and "
-                      "episodes, which stays inside [0, 1] for rates.")
+                      "(wide); held-out rates, returns, paired differences and attention shares use a bootstrap "
+                      "over seeds and episodes, which stays inside [0, 1] for rates.")
     else:
-        over_seeds = ("One seed: no interval over seeds exists; held-out rates, returns and attention shares carry "
-                      "a bootstrap interval over that seed's episodes, other numbers are that seed's values.")
+        over_seeds = ("One seed: no interval over seeds exists; held-out rates, returns, paired differences and "
+                      "attention shares carry a bootstrap interval over that seed's episodes, other numbers are that "
+                      "seed's values.")
     return [
         over_seeds,
-        "Heads are matched across seeds by their closed-loop role (head_rank1 = the head whose zero-ablation "
-        "costs the most successes in that seed), which makes the head_rank1 ablation effect large by "
-        "construction; the other heads' numbers are the comparison.",
+        "Heads are matched across seeds by their closed-loop role (head_rank1 = the head whose resample ablation "
+        "costs the most successes on the first half of the closed-loop episodes in that seed); every head effect "
+        "is reported on the other half, so the choice does not inflate it, but each half has only "
+        f"{_half(c)} episodes.",
+        "Pooled held-out rates, returns, paired differences and attention shares use a crossed bootstrap: every "
+        "agent plays the same held-out episodes, so episodes are resampled once for all seeds (and seeds are "
+        "resampled); findings comparing two conditions on the same episodes use the paired difference's CI, and "
+        "a finding of no effect needs an equivalence test.",
         f"The untrained baseline collides in {untrained_collisions} of held-out episodes and behaves close to a "
         "constant policy, so trained-vs-untrained contrasts are against a near no-op driver.",
         f"Attribution and circuit analyses use at most {c.param('attributions.max_steps')} recorded steps of the "
@@ -447,7 +494,7 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
                  sections: Sequence[Section] = FINDINGS, headline: Mapping[str, object] | None = None,
                  other: OtherStudy | None = None) -> str:
     """The whole report as Markdown. summary/holds: the aggregate stage's tables; figures: name ->
-    caption (`egolens.plots.FIGURES`); params: params.yaml as a dict; versions: package -> version;
+    caption (`egolens.names.FIGURES`); params: params.yaml as a dict; versions: package -> version;
     headline: the aggregate's headline.json and other: another recipe's study, which together add
     the "Under both recipes" section (left out when either is None)."""
     missing: list[str] = []
@@ -468,12 +515,19 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
         out += [f"- {fill(template, summary, holds, figures, missing)}" for template in sentences]
         out.append("")
     out += ["## Findings per seed", "", "| finding | holds | statement |", "| --- | --- | --- |"]
-    out += [f"| `{row.finding}` | {row.holds} | {row.statement} |" for row in holds.itertuples(index=False)]
+    out += [f"| `{row.finding}` | {row.holds} | {row.statement} |"
+            for row in of_kind(holds, FINDING).itertuples(index=False)]
+    sanity = of_kind(holds, SANITY)
+    if len(sanity):
+        out += ["", "## Sanity checks per seed", "",
+                "These hold by construction when the code is right; they are not findings and are not counted "
+                "among them.", "", "| check | holds | statement |", "| --- | --- | --- |"]
+        out += [f"| `{row.finding}` | {row.holds} | {row.statement} |" for row in sanity.itertuples(index=False)]
     if headline is not None and other is not None:
         out += ["", "## Under both recipes", "", *comparison_lines(params, headline, holds, other)]
     out += ["", "## Figures", ""]
     out += [f"- [`{name}`](figures/{name}.png): {caption}" for name, caption in figures.items()]
-    untrained = fill("{m:evaluate.untrained.collision_rate.mean}", summary, holds, figures, missing)
+    untrained = fill(f"{{m:{evaluate_metric('untrained', 'collision_rate')}}}", summary, holds, figures, missing)
     notes = limits(context, untrained)
     if missing:
         notes.append("Not available in this run (rendered n/a): " + ", ".join(f"`{m}`" for m in sorted(set(missing)))

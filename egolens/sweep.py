@@ -6,21 +6,14 @@ Pure functions: `sweeps/run.py` runs DVC and writes the files.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
 import yaml
 
 from egolens.evaluation import EPISODE_CLASSES, paired_versus, success_by_class
-
-ARRIVED = "arrived"
-
-DRIVING = "results/seeds/seed{seed}/driving.json"
-"""A seed's DVC metric: the trained agent's held-out rates and mean return."""
-EVALUATE = "results/seeds/seed{seed}/evaluate.json"
-"""The same with CIs: the metric of experiments run before driving.json existed."""
-RATES = ("success_rate", "collision_rate", "timeout_rate", "mean_return")
+from egolens.names import ARRIVED, DRIVING, DRIVING_METRICS, SUMMARIES
 
 
 def overrides(common: Mapping[str, Any], recipe: Mapping[str, Any]) -> list[str]:
@@ -48,11 +41,14 @@ def experiments(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str,
 
 
 def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[str, Any]],
-                 common: Mapping[str, Any], seeds: list[int]) -> pd.DataFrame:
+                 common: Mapping[str, Any], seeds: list[int], seed_dir: Callable[[int], str]) -> pd.DataFrame:
     """One row per (recipe, seed) that finished: recipe, seed, overrides (the exact `-S` list),
     and the trained agent's held-out success/collision/timeout rates and mean return (with CIs).
 
-    An experiment whose evaluate.json of a seed is missing (failed or still running) gives no row.
+    seed_dir: seed -> the directory of its results as DVC names it (`results/seeds/seed0`), where
+    each seed's `names.DRIVING` (its DVC metric) and evaluate.json (the same with CIs: the metric of
+    experiments run before driving.json existed) are. An experiment whose metrics of a seed are
+    missing (failed or still running) gives no row.
     """
     rows = []
     for name, data in experiments(exp_show):
@@ -60,13 +56,13 @@ def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[s
             continue
         metrics = data.get("metrics") or {}
         for seed in seeds:
-            evaluate = (metrics.get(EVALUATE.format(seed=seed)) or {}).get("data")
-            driving = (metrics.get(DRIVING.format(seed=seed)) or {}).get("data")
+            evaluate = (metrics.get(f"{seed_dir(seed)}/{SUMMARIES['evaluate']}") or {}).get("data")
+            driving = (metrics.get(f"{seed_dir(seed)}/{DRIVING}") or {}).get("data")
             if not evaluate and not driving:
                 continue
             row = {"recipe": name, "seed": seed, "rev": data.get("rev"),
                    "overrides": " ".join(f"-S '{o}'" for o in overrides(common, recipes[name]))}
-            for rate in RATES:
+            for rate in DRIVING_METRICS:
                 values = evaluate["trained"][rate] if evaluate else {"mean": driving[rate]}
                 row[rate] = values["mean"]
                 row[f"{rate}_ci_low"] = values.get("ci_low", float("nan"))

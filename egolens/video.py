@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from egolens.artifacts import png_bytes
-from egolens.episodes import Episode
+from egolens.figures import HEAD_COLOURS
 from egolens.vocabulary import ACTIONS, present
 
-HEAD_COLOURS = [(230, 60, 60), (40, 110, 240), (30, 170, 80), (200, 120, 20), (150, 60, 200), (20, 170, 180)]
 PANEL_WIDTH = 280
 
 
@@ -126,7 +126,20 @@ def episode_images(frames: Sequence[np.ndarray], pixels: Sequence[Callable[[np.n
     return images
 
 
-def episode_media(label: str, episodes: Sequence[Episode], arrays: dict[str, np.ndarray],
+class RenderedEpisode(Protocol):
+    """What a video reads of a recorded episode (`egolens.rollout.Episode` has it): its actions,
+    observations [T, E, F], rendered frames and their pixel maps (T + 1 each, empty when not
+    rendered), vehicle positions [T, E, 2] and outcome."""
+
+    action: np.ndarray
+    obs: np.ndarray
+    frames: Sequence[np.ndarray]
+    pixels: Sequence[Callable[[np.ndarray], np.ndarray]]
+    positions: np.ndarray
+    outcome: str
+
+
+def episode_media(label: str, episodes: Sequence[RenderedEpisode], arrays: dict[str, np.ndarray],
                   seconds_per_frame: float) -> dict[str, bytes]:
     """Every rendered episode's frames (PNG) and attention video (GIF), by path relative to the
     rollout's directory: frames/<label>/episode<k>/step<t>.png and videos/<label>_episode<k>.gif.

@@ -1,13 +1,18 @@
-"""DVC stages: `python -m stages.<name>`; each reads params, calls egolens, writes its outs."""
+"""DVC stages: `python -m stages.<name>`; each reads params, calls egolens, writes its outs.
+
+This package holds what every stage shares and nothing heavier (paths, argument parsing, reading
+a rollout), so that a stage's DVC deps are only the code it uses: `stages.networks` sets up
+determinism and loads networks (torch), `stages.outputs` writes CSV / JSON / PNG atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from egolens import checkpoint
+import numpy as np
+
 from egolens.config import Params, ParamsError, load_params
-from egolens.model import EgoAttentionNetwork
 
 MODELS = Path("models")
 RESULTS = Path("results")
@@ -53,8 +58,12 @@ def seed_args(description: str) -> tuple[Params, int]:
     return params, args.seed
 
 
-def load_net(params: Params, seed: int, label: str) -> EgoAttentionNetwork:
-    """The `label` network ("trained" or "untrained") of agent seed `seed`, in eval mode."""
-    net = EgoAttentionNetwork.from_config(params.agent, len(params.env.features))
-    checkpoint.load_network(MODELS / f"seed{seed}" / NETWORKS[label], net)
-    return net.eval()
+def rollout_path(seed: int, label: str) -> Path:
+    """data/seed<N>/rollouts_<label>.npz: the recorded greedy episodes of the `label` network."""
+    return DATA / f"seed{seed}" / f"rollouts_{label}.npz"
+
+
+def load_rollout(seed: int, label: str, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a recorded rollout (`rollout_path`), every one or only `keys`."""
+    with np.load(rollout_path(seed, label)) as npz:
+        return {key: npz[key] for key in (npz.files if keys is None else keys)}

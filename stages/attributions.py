@@ -1,33 +1,28 @@
 """attributions@seed: integrated gradients, layer and neuron conductance, vehicle Shapley values,
 deletion/insertion curves, attention vs attribution and vs scene facts, and the model-parameter
 randomisation check, on evenly spaced recorded steps of the trained and the untrained network
-(egolens.analysis.attribution_study); summary.json from egolens.analysis.attribution_summary."""
+(egolens.analysis.attribution.attribution_study); summary.json from egolens.analysis.attribution.attribution_summary."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
 import pandas as pd
-import torch
 
-from egolens import checkpoint
-from egolens.analysis.attribution_study import OUTPUTS, NetworkAnalysis, Steps, combine
-from egolens.analysis.attribution_summary import summarize
-from egolens.artifacts import json_text
+from egolens.analysis.attribution.attribution_study import OUTPUTS, NetworkAnalysis, Steps, combine
+from egolens.analysis.attribution.attribution_summary import summarize
 from egolens.config import Params
-from stages import DATA, NETWORKS, load_net, seed_args, seed_results
+from stages import NETWORKS, load_rollout, seed_args, seed_results
+from stages.networks import deterministic, load_net
+from stages.outputs import write_csv, write_json
 
 
 def analyse(params: Params, seed: int, label: str) -> dict[str, list[pd.DataFrame]]:
     """Every table of one network's analysis (the trained one's with the randomisation check)."""
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    deterministic(seed)
     net = load_net(params, seed, label)
-    with np.load(DATA / f"seed{seed}" / f"rollouts_{label}.npz") as arrays:
-        steps = Steps.from_rollouts(arrays, params.attributions.max_steps)
+    steps = Steps.from_rollouts(load_rollout(seed, label), params.attributions.max_steps)
     analysis = NetworkAnalysis(net, steps, params.attributions, params.env, params.scene, seed=seed, label=label)
     analysis.run()
     if label == "trained":
@@ -44,8 +39,8 @@ def main() -> None:
         jobs = {label: pool.submit(analyse, params, seed, label) for label in NETWORKS}
         tables = combine({label: job.result() for label, job in jobs.items()})
     for name in OUTPUTS:
-        checkpoint.atomic_write_text(out / f"{name}.csv", tables[name].to_csv(index=False, float_format="%.6g"))
-    checkpoint.atomic_write_text(out / "summary.json", json_text(summarize(tables, list(NETWORKS))))
+        write_csv(out / f"{name}.csv", tables[name])
+    write_json(out / "summary.json", summarize(tables, list(NETWORKS)))
 
 
 if __name__ == "__main__":

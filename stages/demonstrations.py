@@ -9,12 +9,12 @@ from functools import partial
 
 from tqdm import tqdm
 
-from egolens import checkpoint
-from egolens.artifacts import json_text, npz_bytes
+from egolens.artifacts import npz_bytes
 from egolens.demonstrations import check_arrays, demonstration_arrays
 from egolens.env import make_runner
 from egolens.planner_steps import demonstrate, demonstration_summary
 from stages import DEMONSTRATIONS, RESULTS, study_args
+from stages.outputs import write_bytes, write_json
 
 
 def main() -> None:
@@ -29,9 +29,8 @@ def main() -> None:
     check_arrays(arrays)
     summary = {"env_seed": params.demonstrations.env_seed, **demonstration_summary(planned, steps)}
     print("demonstrations: " + ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, dict)))
-    with checkpoint.atomic_path(DEMONSTRATIONS) as tmp:
-        tmp.write_bytes(npz_bytes(arrays))
-    checkpoint.atomic_write_text(RESULTS / "demonstrations" / "summary.json", json_text(summary))
+    write_bytes(DEMONSTRATIONS, npz_bytes(arrays))
+    write_json(RESULTS / "demonstrations" / "summary.json", summary)
 
 
 if __name__ == "__main__":

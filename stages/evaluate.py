@@ -5,19 +5,20 @@ seeds; success/collision/timeout rates, mean return and length with 95% bootstra
 from __future__ import annotations
 
 import pandas as pd
-import torch
 
-from egolens import checkpoint
-from egolens.artifacts import json_text
 from egolens.env import make_runner
 from egolens.evaluation import driving_metrics, episode_outcomes, summarize_episodes
+from egolens.names import DRIVING, SUMMARIES
+from egolens.numbers import EXACT
 from egolens.play import play
-from stages import NETWORKS, load_net, seed_args, seed_results
+from stages import NETWORKS, seed_args, seed_results
+from stages.networks import deterministic, load_net
+from stages.outputs import write_csv, write_json
 
 
 def main() -> None:
     params, seed = seed_args(__doc__)
-    torch.set_num_threads(1)
+    deterministic(seed)
     env_seeds = params.evaluate.env_seeds
     envs = make_runner(params.env, min(params.evaluate.num_envs, len(env_seeds)))
     metrics, rows = {}, []
@@ -32,15 +33,10 @@ def main() -> None:
     finally:
         envs.close()
     out = seed_results(seed)
-    checkpoint.atomic_write_text(out / "evaluate.json", json_text(metrics))
-    checkpoint.atomic_write_text(out / "driving.json", json_text(driving_metrics(metrics)))
-    checkpoint.atomic_write_text(out / "evaluate_episodes.csv", episodes_csv(rows))
-
-
-def episodes_csv(tables: list[pd.DataFrame]) -> str:
-    """evaluate_episodes.csv: model, episode (index in the env seed list), env_seed, return, length, outcome."""
-    table = pd.concat(tables, ignore_index=True)
-    return table[["model", "episode", "env_seed", "return", "length", "outcome"]].to_csv(index=False)
+    write_json(out / SUMMARIES["evaluate"], metrics)
+    write_json(out / DRIVING, driving_metrics(metrics))
+    columns = ["model", "episode", "env_seed", "return", "length", "outcome"]
+    write_csv(out / "evaluate_episodes.csv", pd.concat(rows, ignore_index=True)[columns], EXACT)
 
 
 if __name__ == "__main__":

@@ -6,23 +6,23 @@ models/seed<N>/imitation.pt and results/seeds/seed<N>/imitation/{metrics.json,ep
 
 from __future__ import annotations
 
-import torch
 from tqdm import tqdm
 
 from egolens import checkpoint
-from egolens.artifacts import json_text
 from egolens.demonstrations import load_demonstrations
 from egolens.env import make_runner
 from egolens.evaluation import episode_outcomes, summarize_episodes
 from egolens.imitation import NETWORK_KEYS, action_accuracy, clone_policy, imitation_network
+from egolens.numbers import EXACT
 from egolens.play import play
 from stages import DEMONSTRATIONS, MODELS, seed_args, seed_results
+from stages.networks import deterministic
+from stages.outputs import write_csv, write_json
 
 
 def main() -> None:
     params, seed = seed_args(__doc__)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    deterministic(seed)
     demos = load_demonstrations(DEMONSTRATIONS)
     net = imitation_network(params.agent, len(params.env.features), seed)
     run, optimizer = clone_policy(net, demos.obs, demos.action, params.imitation, seed,
@@ -46,8 +46,8 @@ def main() -> None:
             "seed": seed, "versions": checkpoint.versions(), "epochs": len(run.epoch_loss)}
     checkpoint.save(MODELS / f"seed{seed}" / "imitation.pt", checkpoint.checkpoint_dict(net, optimizer, meta))
     out = seed_results(seed) / "imitation"
-    checkpoint.atomic_write_text(out / "metrics.json", json_text(metrics))
-    checkpoint.atomic_write_text(out / "episodes.csv", episode_outcomes(results).to_csv(index=False))
+    write_json(out / "metrics.json", metrics)
+    write_csv(out / "episodes.csv", episode_outcomes(results), EXACT)
 
 
 if __name__ == "__main__":

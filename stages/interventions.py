@@ -1,34 +1,30 @@
-"""interventions@seed: what the trained network uses. Ablations of heads, the attention branch,
+"""interventions@seed: what the trained network uses. Ablations (zero, mean, resample) of heads, the attention branch,
 top-conductance (the attributions stage's neuron ranking) vs random neurons, and vehicles (open
-loop on recorded steps, closed loop on held-out env seeds paired with the unablated agent);
+loop on recorded steps, closed loop on held-out env seeds paired with the unablated agent, heads
+chosen on one half of those episodes and measured on the other, with each condition's action shares);
 activation and path patching on clean/corrupted pairs; perturbation sweeps per layer; a rank-one
 edit and a head-scaling edit."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
-from egolens import checkpoint
-from egolens.analysis import intervention_study as study
-from egolens.analysis.interventions import neuron_layers
-from egolens.artifacts import json_text
+from egolens.analysis.intervening import intervention_study as study
 from egolens.env import make_runner
 from egolens.scene import scene_facts
-from stages import DATA, load_net, seed_args, seed_results
+from egolens.sites import neuron_layers
+from stages import load_rollout, seed_args, seed_results
+from stages.networks import deterministic, load_net
+from stages.outputs import write_csv, write_json
 
 
 def main() -> None:
     params, seed = seed_args(__doc__)
     cfg = params.interventions
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    deterministic(seed)
     net = load_net(params, seed, "trained")
-    with np.load(DATA / f"seed{seed}" / "rollouts_trained.npz") as data:
-        arrays = {name: data[name] for name in data.files}
+    arrays = load_rollout(seed, "trained")
     facts = scene_facts(arrays["obs"], params.env, params.scene.horizon, params.scene.collision_radius,
                         params.scene.min_ego_speed)
     ranking = pd.read_csv(seed_results(seed) / "attributions" / "neuron_ranking.csv")
@@ -38,9 +34,10 @@ def main() -> None:
 
     out = seed_results(seed) / "interventions"
     for name, table in tables.files().items():
-        checkpoint.atomic_write_text(out / name, table.to_csv(index=False, float_format="%.6g"))
-    summary = study.summarize(tables, net.attention_layer.heads, neuron_layers(net), cfg.notebook_size)
-    checkpoint.atomic_write_text(out / "summary.json", json_text(summary))
+        write_csv(out / name, table)
+    summary = study.summarize(tables, net.attention_layer.heads, neuron_layers(net), cfg.notebook_size,
+                              cfg.equivalence_margin, cfg.bootstrap_resamples, seed)
+    write_json(out / "summary.json", summary)
 
 
 if __name__ == "__main__":

@@ -7,41 +7,36 @@ from __future__ import annotations
 import shutil
 
 import matplotlib
-import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
-from egolens import checkpoint
-from egolens.analysis import neuron_study, neurons
-from egolens.artifacts import json_text
-from stages import DATA, NETWORKS, load_net, seed_args, seed_results
+from egolens.analysis.reading import neuron_stats, neuron_study
+from egolens.figures import FEATURE_VIS_DPI, figure_png
+from stages import NETWORKS, load_rollout, seed_args, seed_results
+from stages.networks import deterministic, load_net
+from stages.outputs import write_bytes, write_csv, write_json
 
 
 def main() -> None:
     params, seed = seed_args(__doc__)
     matplotlib.use("Agg")
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    deterministic(seed)
     out = seed_results(seed) / "neurons"
     shutil.rmtree(out, ignore_errors=True)
     parts: dict[str, list[pd.DataFrame]] = {}
     for model in NETWORKS:
         net = load_net(params, seed, model)
-        with np.load(DATA / f"seed{seed}" / f"rollouts_{model}.npz") as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = load_rollout(seed, model)
         tables, figures = neuron_study.network_tables(model, net, arrays, params, seed,
                                                       lambda items, desc: tqdm(items, desc=desc))
         for file, fig in figures.items():
-            with checkpoint.atomic_path(out / file) as tmp:
-                tmp.write_bytes(neuron_study.figure_png(fig))
+            write_bytes(out / file, figure_png(fig, FEATURE_VIS_DPI))
         for name, table in tables.items():
             parts.setdefault(name, []).append(table)
     tables = {name: pd.concat(tables, ignore_index=True) for name, tables in parts.items()}
     for name, table in tables.items():
-        checkpoint.atomic_write_text(out / f"{name}.csv", table.to_csv(index=False, float_format="%.6g"))
-    checkpoint.atomic_write_text(out / "summary.json", json_text(neurons.summarize(tables)))
+        write_csv(out / f"{name}.csv", table)
+    write_json(out / "summary.json", neuron_stats.summarize(tables))
 
 
 if __name__ == "__main__":

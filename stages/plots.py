@@ -1,4 +1,4 @@
-"""plots: every figure of the study (egolens.plots.FIGURES) from the per-seed tables and the first
+"""plots: every figure of the study (egolens.names.FIGURES) from the per-seed tables and the first
 seed's trained rollout, written to results/figures/<name>.png (same tables => same bytes)."""
 
 from __future__ import annotations
@@ -8,14 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from egolens import aggregate, checkpoint, plots
+from egolens import names, plots
 from egolens.config import Params
-from stages import DATA, RESULTS, seed_results, study_args
+from egolens.figures import figure_png
+from stages import DATA, RESULTS, load_rollout, seed_results, study_args
+from stages.outputs import write_bytes
 
 FIGURES_DIR = RESULTS / "figures"
 
@@ -27,7 +28,7 @@ def seed_table(params: Params, relative: str, sep: str = ",") -> pd.DataFrame:
 
 
 def evaluation_table(params: Params) -> pd.DataFrame:
-    return plots.evaluation_rows({seed: json.loads((seed_results(seed) / "evaluate.json").read_text())
+    return plots.evaluation_rows({seed: json.loads((seed_results(seed) / names.SUMMARIES["evaluate"]).read_text())
                                   for seed in params.seeds})
 
 
@@ -37,19 +38,18 @@ def reference_table() -> pd.DataFrame:
 
 def scene_figure(params: Params) -> Figure:
     seed = params.seeds[0]
-    with np.load(DATA / f"seed{seed}" / "rollouts_trained.npz") as rollout:
-        arrays = {key: rollout[key] for key in ("episode", "obs", "attention", "action", "q", "vehicle_id")}
+    arrays = load_rollout(seed, "trained", ("episode", "obs", "attention", "action", "q", "vehicle_id"))
     return plots.attention_scene(**plots.first_episode_scene(arrays, params.env, seed))
 
 
 def head_ranks(params: Params) -> dict[int, dict[int, int]]:
     """seed -> head index -> closed-loop rank (the report's head_rank<r> naming)."""
-    return {seed: aggregate.head_ranks(pd.read_csv(seed_results(seed) / "interventions/closed_loop.csv"))
+    return {seed: names.head_ranks(pd.read_csv(seed_results(seed) / "interventions/closed_loop.csv"))
             for seed in params.seeds}
 
 
 def builders(params: Params) -> dict[str, Callable[[], Figure]]:
-    """One figure builder per entry of plots.FIGURES (tables are read when the figure is built)."""
+    """One figure builder per entry of names.FIGURES (tables are read when the figure is built)."""
     first = seed_results(params.seeds[0])
 
     def circuits(draw: Callable[..., Figure]) -> Figure:
@@ -58,7 +58,7 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
 
     def steps_of_first_seed() -> pd.DataFrame:
         return pd.concat([pd.read_csv(DATA / f"seed{params.seeds[0]}" / f"steps_{model}.csv").assign(model=model)
-                          for model in plots.MODELS], ignore_index=True)
+                          for model in names.MODELS], ignore_index=True)
 
     return {
         "qk_circuits": lambda: circuits(plots.qk_circuits),
@@ -89,12 +89,10 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
 def write_figures(params: Params, out: Path = FIGURES_DIR) -> None:
     """Render every figure to out/<name>.png atomically; remove PNGs of figures no longer drawn."""
     figures = builders(params)
-    if set(figures) != set(plots.FIGURES):
-        raise RuntimeError(f"builders and plots.FIGURES disagree: {sorted(set(figures) ^ set(plots.FIGURES))}")
+    if set(figures) != set(names.FIGURES):
+        raise RuntimeError(f"builders and names.FIGURES disagree: {sorted(set(figures) ^ set(names.FIGURES))}")
     for name, build in tqdm(figures.items(), desc="figures", unit="fig"):
-        data = plots.figure_png(build())
-        with checkpoint.atomic_path(out / f"{name}.png") as tmp:
-            tmp.write_bytes(data)
+        write_bytes(out / f"{name}.png", figure_png(build()))
     for stale in sorted(out.glob("*.png")):
         if stale.stem not in figures:
             stale.unlink()

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from egolens import checkpoint
-from egolens.artifacts import json_text
 from egolens.env import make_runner
 from egolens.evaluation import episode_outcomes, summarize_episodes
+from egolens.numbers import EXACT
 from egolens.play import play
 from egolens.policies import FASTER, IDLE, SLOWER, Clairvoyant, RuleBasedDriver, constant_policy
 from stages import RESULTS, study_args
+from stages.outputs import write_csv, write_json
 
 
 def main() -> None:
@@ -43,8 +43,8 @@ def main() -> None:
     out = RESULTS / "reference"
     episodes = pd.concat(tables, ignore_index=True)
     episodes.insert(0, "policy", episodes.pop("policy"))
-    checkpoint.atomic_write_text(out / "episodes.csv", episodes.to_csv(index=False))
-    checkpoint.atomic_write_text(out / "metrics.json", json_text(metrics))
+    write_csv(out / "episodes.csv", episodes, EXACT)
+    write_json(out / "metrics.json", metrics)
 
 
 if __name__ == "__main__":

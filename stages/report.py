@@ -10,7 +10,7 @@ from importlib import metadata
 import pandas as pd
 
 from egolens import checkpoint
-from egolens.plots import FIGURES
+from egolens.names import FIGURES
 from egolens.report import OtherStudy, build_report
 from stages import RESULTS, study_args
 

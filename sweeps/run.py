@@ -18,10 +18,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from egolens import checkpoint, plots
+from egolens import plots
 from egolens.config import EnvConfig, fingerprint, load_params
 from egolens.env import make_runner
 from egolens.evaluation import episode_classes, episode_outcomes
+from egolens.figures import figure_png
+from egolens.numbers import EXACT
 from egolens.play import play
 from egolens.policies import IDLE, constant_policy
 from egolens.sweep import (
@@ -32,6 +34,8 @@ from egolens.sweep import (
     versus_idle,
     with_episode_classes,
 )
+from stages import seed_results
+from stages.outputs import write_bytes, write_csv
 
 RECIPES = Path("sweeps/recipes.yaml")
 OUT = Path("results/sweep")
@@ -58,7 +62,7 @@ def main() -> None:
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "-A", "--json"], check=True, capture_output=True,
                                       text=True).stdout)
     seeds = yaml.safe_load(str(spec["common"]["seeds"]))
-    table = recipe_table(shown, spec["recipes"], spec["common"], seeds)
+    table = recipe_table(shown, spec["recipes"], spec["common"], seeds, lambda seed: seed_results(seed).as_posix())
     if table.empty:
         raise SystemExit("no finished recipe yet")
     episodes = {(row.recipe, row.seed): _episodes_at(row.rev, row.seed) for row in table.itertuples(index=False)}
@@ -74,11 +78,10 @@ def main() -> None:
     if (OUT / "recipes.csv").exists():       # recipes collected before (their experiments may be gone) stay
         kept = pd.read_csv(OUT / "recipes.csv")
         table = pd.concat([kept[~kept["recipe"].isin(table["recipe"])], table], ignore_index=True)
-    checkpoint.atomic_write_text(OUT / "recipes.csv", table.to_csv(index=False, float_format="%.6g"))
+    write_csv(OUT / "recipes.csv", table)
     reference = json.loads(REFERENCE.read_text())
     figure = plots.recipe_sweep(table, reference)
-    with checkpoint.atomic_path(OUT / "recipes.png") as tmp:
-        tmp.write_bytes(plots.figure_png(figure))
+    write_bytes(OUT / "recipes.png", figure_png(figure))
     print(table.groupby("recipe")[["success_rate", "collision_rate", "timeout_rate", "mean_return", "success_go",
                                    "success_timing", "idle_success", "success_vs_idle"]].mean().round(3).to_string())
     print("episode classes of the held-out seeds:", classes.value_counts().to_dict())
@@ -93,13 +96,13 @@ def _constant_idle(changes: dict) -> pd.DataFrame:
     if not path.exists():
         with make_runner(env, 2) as runner:
             results = play(constant_policy(IDLE), runner, params.evaluate.env_seeds)
-        checkpoint.atomic_write_text(path, episode_outcomes(results).to_csv(index=False))
+        write_csv(path, episode_outcomes(results), EXACT)
     return pd.read_csv(path)
 
 
 def _episodes_at(rev: str, seed: int) -> pd.DataFrame | None:
     """An experiment's evaluate_episodes.csv of one seed, read from its commit (None if absent)."""
-    shown = subprocess.run(["git", "show", f"{rev}:results/seeds/seed{seed}/evaluate_episodes.csv"],
+    shown = subprocess.run(["git", "show", f"{rev}:{seed_results(seed).as_posix()}/evaluate_episodes.csv"],
                            capture_output=True, text=True)
     return pd.read_csv(io.StringIO(shown.stdout)) if shown.returncode == 0 else None
 

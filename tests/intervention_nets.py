@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from egolens.analysis import interventions as iv
 from egolens.hooks import run_with_hooks
+from egolens.sites import RESID
 
 D, H = 8, 2
 d = D // H
@@ -14,7 +14,7 @@ d = D // H
 def q_from_resid(net, obs, resid):
     """Q-values with the output-MLP input replaced by `resid` (the rest of the forward is the net's own)."""
     with torch.no_grad():
-        return run_with_hooks(net, obs, {iv.RESID: lambda _: resid})
+        return run_with_hooks(net, obs, {RESID: lambda _: resid})
 
 
 def w_o(net, h):

@@ -20,16 +20,22 @@ from egolens.aggregate import (
     summary_table,
     summary_tree,
 )
+from egolens.stats import nested_bootstrap_ci, t_interval
 
 
-def closed_loop(effects: dict[int, tuple[float, float]]) -> pd.DataFrame:
-    """A closed_loop.csv of head zero-ablations: head -> (success diff, collision diff)."""
-    rows = [{"condition": "none", "kind": "none", "target": None, "mode": None, "metric": m, "diff": 0.0,
-             "diff_ci_low": 0.0, "diff_ci_high": 0.0} for m in ("success", "collision")]
-    for head, (success, collision) in effects.items():
-        for metric, diff in (("success", success), ("collision", collision)):
-            rows.append({"condition": f"head{head}_zero", "kind": "head", "target": f"head{head}", "mode": "zero",
-                         "metric": metric, "diff": diff, "diff_ci_low": diff - 0.1, "diff_ci_high": diff + 0.1})
+def closed_loop(effects: dict[int, tuple[float, float]], measured: dict[int, tuple[float, float]] | None = None,
+                mode: str = "resample") -> pd.DataFrame:
+    """A closed_loop.csv of head ablations (`mode`) on the rank half, head -> (success diff, collision
+    diff), and on the measure half (`measured`, default the same); the control succeeds in 0.5."""
+    rows = [{"condition": "none", "kind": "none", "target": None, "mode": None, "half": half, "metric": m,
+             "value": 0.5, "diff": 0.0, "diff_ci_low": 0.0, "diff_ci_high": 0.0}
+            for m in ("success", "collision") for half in ("rank", "measure")]
+    for half, table in (("rank", effects), ("measure", effects if measured is None else measured)):
+        for head, (success, collision) in table.items():
+            for metric, diff in (("success", success), ("collision", collision)):
+                rows.append({"condition": f"head{head}_{mode}", "kind": "head", "target": f"head{head}",
+                             "mode": mode, "half": half, "metric": metric, "value": 0.5 + diff, "diff": diff,
+                             "diff_ci_low": diff - 0.1, "diff_ci_high": diff + 0.1})
     return pd.DataFrame(rows)
 
 
@@ -47,6 +53,11 @@ def test_heads_are_ranked_by_the_successes_their_ablation_costs_then_by_collisio
     assert head_ranks(closed_loop({0: (-0.1, 0.05), 1: (-0.1, 0.2)})) == {1: 1, 0: 2}
     with pytest.raises(ValueError):
         head_ranks(closed_loop({}))
+    # ranked on the rank half only, by resample ablation only
+    assert head_ranks(closed_loop({0: (-0.5, 0.0), 1: (0.0, 0.0)}, measured={0: (0.0, 0.0), 1: (-0.5, 0.0)})) == \
+        {0: 1, 1: 2}
+    with pytest.raises(ValueError, match="resample"):
+        head_ranks(closed_loop({0: (-0.5, 0.0)}, mode="zero"))
 
 
 def test_every_name_of_a_head_is_renamed_by_its_rank():
@@ -62,19 +73,21 @@ def test_seeds_whose_heads_swapped_roles_are_combined_by_role_not_index():
     # seed 0's critical head is head 0; seed 1's is head 1; both have QK difference 10 on it
     seed0 = seed_metrics({"circuits": {"QK": {"head0": 10.0, "head1": 2.0}},
                           "interventions": {"head_ablation": {"zero": {"head": 0, "success_diff": -0.5}}}},
-                         closed_loop({0: (-0.5, 0.1), 1: (0.0, 0.1)}))
+                         closed_loop({0: (-0.5, 0.1), 1: (0.0, 0.1)}, measured={0: (-0.25, 0.1), 1: (0.0, 0.1)}))
     seed1 = seed_metrics({"circuits": {"QK": {"head0": 4.0, "head1": 10.0}},
                           "interventions": {"head_ablation": {"zero": {"head": 1, "success_diff": -0.5}}}},
                          closed_loop({0: (0.0, 0.1), 1: (-0.5, 0.1)}))
     assert "interventions.head_ablation.zero.head" not in seed0        # an index, not a measurement
-    assert seed0["closed_loop.head_rank1.zero.success_diff"] == -0.5
-    assert seed1["closed_loop.head_rank1.zero.success_diff_ci_low"] == pytest.approx(-0.6)
+    # chosen on the rank half (−0.5), reported on the measure half (−0.25)
+    assert seed0["closed_loop.head_rank1.resample.success_diff"] == -0.25
+    assert seed0["closed_loop.head_rank1.resample.success_rate"] == 0.25
+    assert seed1["closed_loop.head_rank1.resample.success_diff_ci_low"] == pytest.approx(-0.6)
     table = summary_table({0: seed0, 1: seed1}).set_index("metric")
     assert table.loc["circuits.QK.head_rank1", "mean"] == 10.0 and table.loc["circuits.QK.head_rank1", "sd"] == 0.0
     assert table.loc["circuits.QK.head_rank2", "mean"] == 3.0
     assert table.loc["circuits.QK.head_rank2", "seed0"] == 2.0 and table.loc["circuits.QK.head_rank2", "seed1"] == 4.0
     # a seed's own CI bounds feed the findings but are not averaged
-    assert "closed_loop.head_rank1.zero.success_diff_ci_low" not in table.index
+    assert "closed_loop.head_rank1.resample.success_diff_ci_low" not in table.index
 
 
 def test_summary_tree_nests_the_dotted_names_for_a_metrics_file():
@@ -96,16 +109,43 @@ def test_findings_are_checked_per_seed_and_missing_metrics_are_not_counted():
 def test_study_findings_read_the_metrics_they_name():
     by_name = {f.name: f for f in FINDINGS}
     critical = by_name["critical_head_removes_all_successes"].test
-    assert critical({"interventions.closed_loop_baseline.success_rate": 0.5,
-                     "closed_loop.head_rank1.zero.success_diff": -0.5}) is True
-    assert critical({"interventions.closed_loop_baseline.success_rate": 0.5,
-                     "closed_loop.head_rank1.zero.success_diff": -0.4}) is False
+    assert critical({"closed_loop.head_rank1.zero.success_rate": 0.0}) is True
+    assert critical({"closed_loop.head_rank1.zero.success_rate": 0.1}) is False
     assert critical({}) is None
+    # the paired rule: trained minus untrained on the same episodes, its CI on the stated side of 0
     fewer = by_name["trained_fewer_collisions"].test
-    assert fewer({"evaluate.trained.collision_rate.ci_high": 0.2, "evaluate.untrained.collision_rate.ci_low": 0.3})
-    assert not fewer({"evaluate.trained.collision_rate.ci_high": 0.35,
-                      "evaluate.untrained.collision_rate.ci_low": 0.3})
+    assert fewer({"evaluate.trained_vs_untrained.collision.ci_high": -0.01})
+    assert not fewer({"evaluate.trained_vs_untrained.collision.ci_high": 0.0})
+    assert by_name["trained_higher_return"].test({"evaluate.trained_vs_untrained.return.ci_low": 0.82})
     assert len(by_name) == len(FINDINGS)
+
+
+def test_no_effect_findings_need_an_equivalence_test_not_an_interval_that_includes_zero():
+    no_effect = {f.name: f for f in FINDINGS}["rank_one_edit_no_closed_loop_effect"].test
+    section = "interventions.editing.edit_rank_one.collision_no_effect"
+    assert no_effect({f"{section}.equivalent": 1.0, f"{section}.resolved": 1.0}) is True
+    assert no_effect({f"{section}.equivalent": 0.0, f"{section}.resolved": 1.0}) is False
+    # too few episodes to resolve the margin: not checkable, counted neither way
+    assert no_effect({f"{section}.equivalent": 0.0, f"{section}.resolved": 0.0}) is None
+    # an interval that includes 0 is no longer enough
+    assert no_effect({"interventions.editing.edit_rank_one.closed_collision_diff_ci_low": -0.2,
+                      "interventions.editing.edit_rank_one.closed_collision_diff_ci_high": 0.2}) is None
+    other = {f.name: f for f in FINDINGS}["other_head_not_needed_for_success"].test
+    head = "interventions.head_no_effect.head_rank2.resample"
+    assert other({f"{head}.non_inferior": 1.0, f"{head}.resolved": 1.0}) is True
+
+
+def test_sanity_checks_are_reported_apart_and_not_counted_among_the_findings():
+    kinds = {f.name: f.kind for f in FINDINGS}
+    assert {n for n, k in kinds.items() if k == aggregate.SANITY} == {"ig_complete", "shapley_efficient",
+                                                                        "rank_one_edit_hits_target"}
+    per_seed = {0: {"attributions.trained.shapley_efficiency.max_rel_error": 1e-5,
+                    "evaluate.trained_vs_untrained.collision.ci_high": -0.1}}
+    holds = holds_table(per_seed).set_index("finding")
+    assert holds.loc["shapley_efficient", "kind"] == aggregate.SANITY
+    assert holds.loc["trained_fewer_collisions", "kind"] == aggregate.FINDING
+    assert set(holds_tree(holds.reset_index())) == {n for n, k in kinds.items() if k == aggregate.FINDING}
+    assert holds_tree(holds.reset_index(), aggregate.SANITY)["shapley_efficient"] == {"n_holds": 1, "n_seeds": 1}
 
 
 # ------------------------------------------------------------------------- reference policies
@@ -149,14 +189,30 @@ def test_headline_holds_tens_of_numbers_read_from_the_summary_and_the_findings()
     assert out["seeds"] == 2
     assert out["trained"]["success_rate"] == pytest.approx(0.7) and out["trained"]["mean_return"] is None
     assert out["ceiling_fraction"] == pytest.approx(0.77)
-    assert set(out["holds"]) == {f.name for f in FINDINGS}
+    assert set(out["holds"]) == {f.name for f in FINDINGS if f.kind == aggregate.FINDING}
+    assert set(out["sanity_checks"]) == {f.name for f in FINDINGS if f.kind == aggregate.SANITY}
     assert len(flatten(out)) <= 40
+
+
+def test_a_student_t_interval_of_a_rate_is_clipped_to_the_unit_interval_and_of_a_difference_is_not():
+    values = {"interventions.perturbation_notebook.output_layer_hook_post_1.flip_rate": [0.0, 0.02, 0.2],
+              "interventions.editing.edit_rank_one.closed_collision_diff": [0.0, 0.02, 0.2],
+              "evaluate.trained.success_rate.mean": [0.9, 0.99, 1.0]}
+    per_seed = {s: {name: v[s] for name, v in values.items()} for s in range(3)}
+    table = aggregate.summary_table(per_seed).set_index("metric")
+    rate, diff, success = (table.loc[name] for name in values)
+    t_low = t_interval(values["interventions.editing.edit_rank_one.closed_collision_diff"])[1]
+    assert t_low < 0 and diff["ci_low"] == pytest.approx(t_low)                  # a difference may be negative
+    assert rate["ci_low"] == 0.0 and rate["ci_high"] == pytest.approx(diff["ci_high"])
+    assert success["ci_high"] == 1.0 and success["ci_low"] < success["mean"]
+    assert rate["interval"] == aggregate.SEED_T
 
 
 def test_rates_get_a_bootstrap_interval_over_seeds_and_episodes_inside_the_unit_interval():
     outcomes = {0: ["arrived"] * 9 + ["collision"], 1: ["collision"] * 3 + ["arrived"] * 7, 2: ["timeout"] * 10}
-    episodes = pd.DataFrame([{"seed": s, "model": "trained", "outcome": o, "return": 1.0 if o == "arrived" else 0.0}
-                             for s, outs in outcomes.items() for o in outs])
+    episodes = pd.DataFrame([{"seed": s, "model": "trained", "env_seed": 500 + i, "outcome": o,
+                              "return": 1.0 if o == "arrived" else 0.0}
+                             for s, outs in outcomes.items() for i, o in enumerate(outs)])
     per_seed = {s: {"evaluate.trained.collision_rate.mean": outs.count("collision") / 10,
                     "evaluate.trained.success_rate.mean": outs.count("arrived") / 10,
                     "other.number": float(s)} for s, outs in outcomes.items()}
@@ -164,18 +220,56 @@ def test_rates_get_a_bootstrap_interval_over_seeds_and_episodes_inside_the_unit_
     units = aggregate.evaluation_units(episodes)
     assert set(units["metric"]) == {f"evaluate.trained.{m}.mean" for m in
                                     ("success_rate", "collision_rate", "timeout_rate", "mean_return")}
-    nested = aggregate.with_nested_intervals(table, units, 500).set_index("metric")
+    pooled = aggregate.with_episode_intervals(table, units, 500).set_index("metric")
     t_row = table.set_index("metric").loc["evaluate.trained.collision_rate.mean"]
-    assert t_row["ci_low"] < 0                                   # the t interval over 3 seeds leaves [0, 1]
-    row = nested.loc["evaluate.trained.collision_rate.mean"]
+    assert t_row["ci_low"] == 0.0                 # the t interval over 3 seeds would leave [0, 1]: clipped
+    row = pooled.loc["evaluate.trained.collision_rate.mean"]
     assert row["mean"] == pytest.approx(4 / 30) and 0.0 <= row["ci_low"] < row["mean"] < row["ci_high"] <= 1.0
-    assert row["interval"] == aggregate.SEEDS_AND_EPISODES
-    assert nested.loc["other.number", "interval"] == aggregate.SEED_T
-    assert nested.loc["other.number", "ci_low"] == table.set_index("metric").loc["other.number", "ci_low"]
-    assert (nested.loc["other.number", ["min", "max"]] == [0.0, 2.0]).all()
+    assert row["interval"] == aggregate.SEEDS_CROSSED_EPISODES          # every seed played env seeds 500-509
+    assert pooled.loc["other.number", "interval"] == aggregate.SEED_T
+    assert pooled.loc["other.number", "ci_low"] == table.set_index("metric").loc["other.number", "ci_low"]
+    assert (pooled.loc["other.number", ["min", "max"]] == [0.0, 2.0]).all()
+    # seeds that did not play the same episodes fall back to the nested bootstrap
+    apart = aggregate.with_episode_intervals(table, units.assign(episode=units["episode"] + 10 * units["seed"]), 500)
+    assert apart.set_index("metric").loc["evaluate.trained.collision_rate.mean", "interval"] == \
+        aggregate.SEEDS_AND_EPISODES
     # a per-episode table that disagrees with the seeds' summary is an error, not a silent mix
     with pytest.raises(ValueError, match="differs"):
-        aggregate.with_nested_intervals(table, units.assign(value=1.0), 100)
+        aggregate.with_episode_intervals(table, units.assign(value=1.0), 100)
+
+
+def test_five_identical_seeds_on_shared_episodes_get_the_single_seed_interval():
+    # the untrained networks of the issue: identical outcome for outcome in every seed
+    outcomes = ["arrived"] * 11 + ["collision"] * 6 + ["timeout"] * 3
+    one = pd.DataFrame({"model": "untrained", "env_seed": range(900, 920), "outcome": outcomes,
+                        "return": [float(i % 7) for i in range(20)]})
+    metric = "evaluate.untrained.success_rate.mean"
+
+    def pooled(seeds: list[int]) -> pd.Series:
+        episodes = pd.concat([one.assign(seed=s) for s in seeds], ignore_index=True)
+        per_seed = {s: {metric: 11 / 20} for s in seeds}
+        table = aggregate.with_episode_intervals(aggregate.summary_table(per_seed),
+                                                 aggregate.evaluation_units(episodes), 1000)
+        return table.set_index("metric").loc[metric]
+
+    single, five = pooled([0]), pooled([0, 1, 2, 3, 4])
+    assert (five["ci_low"], five["ci_high"]) == (single["ci_low"], single["ci_high"])
+    assert single["ci_high"] - single["ci_low"] > 0.3                    # 20 episodes: a wide interval
+    # the nested bootstrap (episodes drawn per seed) would have been about √5 narrower
+    nested = nested_bootstrap_ci([one["outcome"].eq("arrived").to_numpy(float)] * 5, 1000, 0)
+    assert nested[2] - nested[1] < 0.6 * (single["ci_high"] - single["ci_low"])
+
+
+def test_paired_units_are_per_episode_differences_on_the_same_env_seeds():
+    agent = episodes("aacct").assign(seed=3)
+    control = episodes("cacat", start=100)
+    units = aggregate.paired_units(agent, control, "evaluate.trained_vs_untrained")
+    by_metric = units.groupby("metric")["value"].mean()
+    assert by_metric["evaluate.trained_vs_untrained.success.diff"] == pytest.approx((1 + 0 + 0 - 1 + 0) / 5)
+    assert by_metric["evaluate.trained_vs_untrained.return.diff"] == pytest.approx((14 + 0 + 0 - 14 + 0) / 5)
+    assert set(units["episode"]) == set(range(100, 105)) and set(units["seed"]) == {3}
+    with pytest.raises(ValueError, match="lacks env seeds"):
+        aggregate.paired_units(agent, control.iloc[:3], "x")
 
 
 def test_attention_off_the_ego_is_summarised_per_head_and_named_by_the_heads_rank():

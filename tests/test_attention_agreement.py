@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis.attention_agreement import attention_attribution_agreement, attention_vs_fact
+from egolens.analysis.reading.attention_agreement import attention_attribution_agreement, attention_vs_fact
 from egolens.stats import spearman
 
 

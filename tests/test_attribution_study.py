@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from egolens.analysis.attribution_study import Layers, combine
+from egolens.analysis.attribution.attribution_study import Layers, combine
 from egolens.model import EgoAttentionNetwork
 from tests.conftest import tiny_net
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis.attribution_study import NetworkAnalysis, Steps, combine
-from egolens.analysis.attribution_summary import cut_key, summarize
-from egolens.analysis.baselines import ego_alone
-from egolens.analysis.shapley import shapley_vehicles
-from egolens.config import AttributionsConfig, EnvConfig, SceneConfig
+from egolens.analysis.attribution.attribution_study import NetworkAnalysis, Steps, combine
+from egolens.analysis.attribution.attribution_summary import cut_key, summarize
+from egolens.analysis.attribution.baselines import ego_alone
+from egolens.analysis.attribution.shapley import shapley_vehicles
+from egolens.analysis_config import AttributionsConfig, SceneConfig
+from egolens.config import EnvConfig
 from egolens.scene import scene_facts
 from tests.conftest import random_obs, tiny_net
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from egolens.analysis.attribution_tables import (
+from egolens.analysis.attribution.attribution_tables import (
     attribution_table,
     feature_summary,
     select_steps,
@@ -17,7 +17,7 @@ from egolens.analysis.attribution_tables import (
     vehicle_table,
     with_episode_steps,
 )
-from egolens.analysis.faithfulness import randomisation_check, with_randomisation_flags
+from egolens.analysis.attribution.faithfulness import randomisation_check, with_randomisation_flags
 from egolens.vocabulary import present_others
 from tests.attribution_nets import VX
 from tests.conftest import random_obs

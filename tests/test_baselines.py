@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from egolens.analysis.attribution_tables import chosen
-from egolens.analysis.baselines import changed_entries, others_zeroed, typical_scene
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.schemes import FixedGrid
+from egolens.analysis.attribution.attribution_tables import chosen
+from egolens.analysis.attribution.baselines import changed_entries, others_zeroed, typical_scene
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.schemes import FixedGrid
 from tests.attribution_nets import LinearQ
 from tests.conftest import random_obs
 

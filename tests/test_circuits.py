@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from egolens.analysis.circuits import (
+from egolens.analysis.reading.circuits import (
     circuit_matrix_table,
     compare_circuits,
     composites,

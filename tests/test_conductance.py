@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egolens.analysis.baselines import others_zeroed, typical_scene
-from egolens.analysis.conductance import (
+from egolens.analysis.attribution.baselines import others_zeroed, typical_scene
+from egolens.analysis.attribution.conductance import (
     conductance_table,
     layer_conductance,
     neuron_conductance,
     neuron_ranking,
     neuron_totals,
 )
-from egolens.analysis.faithfulness import completeness_error
-from egolens.analysis.schemes import FixedGrid, KinkCut
+from egolens.analysis.attribution.faithfulness import completeness_error
+from egolens.analysis.attribution.schemes import FixedGrid, KinkCut
 from egolens.vocabulary import absent_mask, present_others
 from tests.conftest import random_obs, tiny_net
 

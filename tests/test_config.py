@@ -166,6 +166,9 @@ def test_params_yaml_sets_every_key_so_no_default_of_the_code_reaches_a_stage():
     ("top_k", 40, "interventions.top_k = 40 leaves too few units"),
     ("perturbation_sizes", [0.1, 0.0], "non-zero"),
     ("closed_loop_episodes", 0, "interventions.closed_loop_episodes = 0"),
+    ("closed_loop_episodes", 1, "interventions.closed_loop_episodes = 1.*greater than or equal to 2"),
+    ("equivalence_margin", 0.0, "interventions.equivalence_margin = 0.0.*greater than 0"),
+    ("equivalence_margin", 1.5, "interventions.equivalence_margin = 1.5.*less than 1"),
 ])
 def test_interventions_params_are_validated(key, value, needle):
     params = default_params()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from egolens.analysis.designed_scenes import (
+from egolens.analysis.intervening.designed_scenes import (
     SceneSpec,
     arrival_times_for_gaps,
     build_scene,

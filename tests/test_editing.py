@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis import editing
-from egolens.analysis import interventions as iv
+from egolens.analysis.intervening import editing
+from egolens.analysis.intervening import interventions as iv
 from egolens.hooks import run_with_cache, run_with_hooks
+from egolens.sites import RESID, Z
 from tests.conftest import random_obs, tiny_net
 from tests.intervention_nets import H, q_from_resid, w_o
 
@@ -54,9 +55,9 @@ def test_an_edit_to_a_known_weight_has_its_predicted_effect(net):
     _, cache = run_with_cache(net, obs)
     for factor in (0.0, 2.5):
         scaled = editing.scale_head_output(net, 0, factor)
-        write = 0.5 * cache[iv.Z][:, 0, 0] @ w_o(net, 0).T
+        write = 0.5 * cache[Z][:, 0, 0] @ w_o(net, 0).T
         with torch.no_grad():
-            torch.testing.assert_close(scaled(obs), q_from_resid(net, obs, cache[iv.RESID] + (factor - 1) * write),
+            torch.testing.assert_close(scaled(obs), q_from_resid(net, obs, cache[RESID] + (factor - 1) * write),
                                        rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(editing.scale_head_output(net, 0, 0.0)(obs),
@@ -90,7 +91,7 @@ def test_brake_edit_makes_the_target_step_brake(net):
         greedy = net(obs).argmax(1)
     assert 0 < int((greedy == iv.SLOWER).sum()) < 30
     edit = editing.brake_edit(net, obs, danger)
-    assert edit.layer == "output_layer.layers.0" and edit.key_name == iv.RESID
+    assert edit.layer == "output_layer.layers.0" and edit.key_name == RESID
     assert greedy[edit.source] == iv.SLOWER and greedy[edit.step] != iv.SLOWER
     assert edit.step == int(torch.nonzero(greedy != iv.SLOWER).max())
     with torch.no_grad():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis.attribution_tables import vehicle_attribution
-from egolens.analysis.baselines import others_zeroed
-from egolens.analysis.faithfulness import (
+from egolens.analysis.attribution.attribution_tables import vehicle_attribution
+from egolens.analysis.attribution.baselines import others_zeroed
+from egolens.analysis.attribution.faithfulness import (
     attribution_order,
     completeness_stats,
     completeness_table,
@@ -19,8 +19,8 @@ from egolens.analysis.faithfulness import (
     random_order,
     randomisation_check,
 )
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.schemes import FixedGrid
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.schemes import FixedGrid
 from egolens.vocabulary import present_others
 from tests.attribution_nets import LinearQ, PlantedVx3, planted_obs
 from tests.conftest import random_obs

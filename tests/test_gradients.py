@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from egolens.analysis.baselines import ego_alone, others_zeroed, typical_scene
-from egolens.analysis.faithfulness import completeness_error
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.schemes import FixedGrid, KinkCut
+from egolens.analysis.attribution.baselines import ego_alone, others_zeroed, typical_scene
+from egolens.analysis.attribution.faithfulness import completeness_error
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.schemes import FixedGrid, KinkCut
 from egolens.vocabulary import absent_mask
 from tests.attribution_nets import VX, LinearQ, planted_obs
 from tests.conftest import random_obs, tiny_net

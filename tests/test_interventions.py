@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis import interventions as iv
+from egolens.analysis.intervening import interventions as iv
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
 from egolens.play import play
+from egolens.sites import COMBINED, PATTERN, RESID, Z
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net, toy_runner
 from tests.intervention_nets import D, H, d, q_from_resid, w_o
@@ -27,34 +28,34 @@ def net():
 def test_zero_ablating_a_head_removes_exactly_its_write(net, head):
     obs = random_obs(7, seed=2)
     _, cache = run_with_cache(net, obs)
-    z = cache[iv.Z][:, head, 0]                                                     # [B, d]
-    expected = q_from_resid(net, obs, cache[iv.RESID] - 0.5 * z @ w_o(net, head).T)
+    z = cache[Z][:, head, 0]                                                     # [B, d]
+    expected = q_from_resid(net, obs, cache[RESID] - 0.5 * z @ w_o(net, head).T)
     with torch.no_grad():
         ablated = run_with_hooks(net, obs, iv.head_ablation(head))
     torch.testing.assert_close(ablated, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(ablated, cache["output_layer.predict"])
     with hooks(net, iv.head_ablation(head)):
-        _, after = run_with_cache(net, obs, [iv.Z, iv.PATTERN])
-    assert torch.equal(after[iv.Z][:, head], torch.zeros_like(after[iv.Z][:, head]))
-    assert torch.equal(after[iv.Z][:, 1 - head], cache[iv.Z][:, 1 - head])          # the other head untouched
-    assert torch.equal(after[iv.PATTERN], cache[iv.PATTERN])                        # where it looks is unchanged
+        _, after = run_with_cache(net, obs, [Z, PATTERN])
+    assert torch.equal(after[Z][:, head], torch.zeros_like(after[Z][:, head]))
+    assert torch.equal(after[Z][:, 1 - head], cache[Z][:, 1 - head])          # the other head untouched
+    assert torch.equal(after[PATTERN], cache[PATTERN])                        # where it looks is unchanged
 
 
 def test_mean_ablation_replaces_a_head_write_by_its_mean(net):
     obs = random_obs(9, seed=3)
     _, cache = run_with_cache(net, obs)
-    mean_z = iv.mean_activation(cache[iv.Z])                                         # [H, 1, d]
+    mean_z = iv.mean_activation(cache[Z])                                         # [H, 1, d]
     assert mean_z.shape == (H, 1, d)
-    delta = (mean_z[1, 0] - cache[iv.Z][:, 1, 0]) @ w_o(net, 1).T
-    expected = q_from_resid(net, obs, cache[iv.RESID] + 0.5 * delta)
+    delta = (mean_z[1, 0] - cache[Z][:, 1, 0]) @ w_o(net, 1).T
+    expected = q_from_resid(net, obs, cache[RESID] + 0.5 * delta)
     with torch.no_grad():
         ablated = run_with_hooks(net, obs, iv.head_ablation(1, "mean", mean_z))
     torch.testing.assert_close(ablated, expected, rtol=1e-5, atol=1e-6)
     # on a batch of one repeated state the mean is the state's own value: nothing changes
     same = obs[:1].repeat(4, 1, 1)
-    _, c1 = run_with_cache(net, same, [iv.Z])
+    _, c1 = run_with_cache(net, same, [Z])
     with torch.no_grad():
-        torch.testing.assert_close(run_with_hooks(net, same, iv.head_ablation(0, "mean", iv.mean_activation(c1[iv.Z]))),
+        torch.testing.assert_close(run_with_hooks(net, same, iv.head_ablation(0, "mean", iv.mean_activation(c1[Z]))),
                                    net(same))
     with pytest.raises(ValueError, match="mean ablation needs"):
         iv.head_ablation(0, "mean")
@@ -67,10 +68,73 @@ def test_branch_ablation_keeps_the_residual(net):
     with torch.no_grad():
         zero = run_with_hooks(net, obs, iv.branch_ablation("zero"))
     torch.testing.assert_close(zero, q_from_resid(net, obs, 0.5 * ego))
-    mean = iv.mean_activation(cache[iv.COMBINED])
+    mean = iv.mean_activation(cache[COMBINED])
     with torch.no_grad():
         meaned = run_with_hooks(net, obs, iv.branch_ablation("mean", mean))
     torch.testing.assert_close(meaned, q_from_resid(net, obs, 0.5 * (ego + mean)))
+
+
+def test_resample_ablation_writes_the_heads_output_on_a_drawn_recorded_step(net):
+    reference_obs, obs = random_obs(30, seed=5), random_obs(8, seed=6)
+    _, ref = run_with_cache(net, reference_obs, [Z, COMBINED])
+    _, cache = run_with_cache(net, obs)
+    with hooks(net, iv.head_ablation(1, "resample", reference_z=ref[Z], seed=3)):
+        q, after = run_with_cache(net, obs, [Z])
+    # each row's head-1 output is one recorded step's head-1 output (found by matching, not by the draw)
+    drawn = [int(torch.nonzero((ref[Z][:, 1, 0] == after[Z][b, 1, 0]).all(dim=1))[0]) for b in range(8)]
+    delta = torch.stack([ref[Z][i, 1, 0] for i in drawn]) - cache[Z][:, 1, 0]
+    torch.testing.assert_close(q, q_from_resid(net, obs, cache[RESID] + 0.5 * delta @ w_o(net, 1).T),
+                               rtol=1e-5, atol=1e-6)
+    assert torch.equal(after[Z][:, 0], cache[Z][:, 0])                        # the other head untouched
+    assert len(set(drawn)) > 1                                                 # rows draw different steps
+    # deterministic given the seed, and another seed draws other steps
+    assert drawn == iv.resample_index(cache[Z], 30, 3, 1).tolist()
+    assert drawn != iv.resample_index(cache[Z], 30, 4, 1).tolist()
+    # the branch: its recorded output replaces the branch, the residual is kept
+    ego = cache["ego_embedding.hook_post.1"][:, 0]
+    pick = iv.resample_index(cache[COMBINED], 30, 3, iv.BRANCH_STREAM)
+    with torch.no_grad():
+        branch = run_with_hooks(net, obs, iv.branch_ablation("resample", reference_combined=ref[COMBINED], seed=3))
+    torch.testing.assert_close(branch, q_from_resid(net, obs, 0.5 * (ego + ref[COMBINED][pick])))
+    with pytest.raises(ValueError, match="resample ablation needs"):
+        iv.head_ablation(0, "resample")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        iv.branch_ablation("scramble")                                         # type: ignore[arg-type]
+
+
+def twin_heads_net() -> torch.nn.Module:
+    """The tiny net with head 1 a copy of head 0 (its query, key, value rows and its W_O columns):
+    the two heads write the same thing on every step, so neither can matter more than the other."""
+    twin = tiny_net(heads=H)
+    layer = twin.attention_layer
+    with torch.no_grad():
+        for linear in (layer.query_ego, layer.key_all, layer.value_all):
+            linear.weight[d:2 * d] = linear.weight[:d]
+        layer.attention_combine.weight[:, d:2 * d] = layer.attention_combine.weight[:, :d]
+    return twin
+
+
+def test_choosing_the_head_on_held_out_steps_removes_the_winners_curse_of_two_identical_heads():
+    twin = twin_heads_net()
+    reference, measure = random_obs(200, seed=30), random_obs(3000, seed=32)
+    _, ref = run_with_cache(twin, reference, [Z])
+    assert torch.equal(ref[Z][:, 0], ref[Z][:, 1])                             # identical heads
+
+    def effect(obs: torch.Tensor, head: int) -> float:
+        fns = iv.head_ablation(head, "resample", reference_z=ref[Z], seed=0)
+        return float(iv.open_loop_effects(twin, obs, fns)["abs_dq"].mean())
+
+    # twenty small selection sets of 6 steps: each picks the head with the larger in-sample effect
+    in_sample = np.array([[effect(random_obs(6, seed=100 + k), h) for h in range(H)] for k in range(20)])
+    best = in_sample.argmax(axis=1)
+    held_out = [effect(measure, h) for h in range(H)]
+    gaps = np.abs(in_sample[:, 0] - in_sample[:, 1])
+    # in sample, noise (each head's own draws) makes now one head, now the other the "best" ...
+    assert set(best.tolist()) == {0, 1} and gaps.min() > 0
+    # ... on held-out steps the two identical heads have the same effect (up to a far smaller noise),
+    assert abs(held_out[0] - held_out[1]) < 0.2 * gaps.mean()
+    # and the chosen head's in-sample effect overstates, on average, what either head does held out
+    assert in_sample.max(axis=1).mean() > max(held_out)
 
 
 def test_neuron_ablation_sets_only_the_chosen_units(net):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from egolens.analysis.lens import (
+from egolens.analysis.reading.lens import (
     decode,
     fit_affine_probe,
     lens_states,

@@ -7,20 +7,21 @@ import pandas as pd
 import pytest
 import torch
 
-from egolens.analysis import neurons
-from egolens.analysis.neuron_study import (
+from egolens.analysis.reading import feature_visualisation, neuron_dictionary, neuron_facts
+from egolens.analysis.reading.neuron_study import (
     CHOICE_FACTS,
-    figure_png,
     layer_names,
     network_tables,
     neuron_tables,
     read_layers,
-    readable,
     targets,
 )
-from egolens.config import InterventionsConfig, NeuronsConfig, Params
+from egolens.analysis_config import InterventionsConfig, NeuronsConfig
+from egolens.config import Params
+from egolens.figures import FEATURE_VIS_DPI, figure_png
 from egolens.hooks import activation_names, run_with_cache
 from egolens.model import EgoAttentionNetwork
+from egolens.sites import site
 from egolens.vocabulary import present
 from tests.conftest import random_obs, tiny_agent
 
@@ -55,8 +56,8 @@ def test_layer_names_are_the_post_relu_neurons_of_every_mlp(params):
         "ego_embedding.hook_post.0": False, "ego_embedding.hook_post.1": False,
         "others_embedding.hook_post.0": True, "others_embedding.hook_post.1": True,
         "output_layer.hook_post.0": False, "output_layer.hook_post.1": False}
-    assert readable("output_layer.hook_post.1") == "output MLP hidden layer 1"
-    assert readable("others_embedding.hook_post.0") == "others' embedding layer 0"
+    assert site("output_layer.hook_post.1").layer_title == "output MLP hidden layer 1"
+    assert site("others_embedding.hook_post.0").layer_title == "others' embedding layer 0"
 
 
 def test_read_layers_gives_one_row_per_step_or_per_present_other_vehicle(params, arrays):
@@ -72,7 +73,7 @@ def test_read_layers_gives_one_row_per_step_or_per_present_other_vehicle(params,
     np.testing.assert_array_equal(others.acts, arrays["others_embedding.hook_post.1"][step_index, other])
     np.testing.assert_array_equal(others.keys["vehicle_id"], step_index * E + other + 1)
     np.testing.assert_array_equal(others.keys["episode"], arrays["episode"][step_index])
-    assert set(neurons.VEHICLE_FACTS) <= set(others.facts.columns)
+    assert set(neuron_facts.VEHICLE_FACTS) <= set(others.facts.columns)
 
 
 def test_neuron_tables_label_each_layer_and_point_the_dictionary_at_the_top_row(params, arrays):
@@ -90,9 +91,9 @@ def test_neuron_tables_label_each_layer_and_point_the_dictionary_at_the_top_row(
     np.testing.assert_array_equal(entries["top_vehicle_id"].to_numpy(dtype=int), others.keys["vehicle_id"][top])
     np.testing.assert_array_equal(entries["top_step"].to_numpy(dtype=int), others.keys["step"][top])
     assert entries.columns[:5].tolist() == ["model", "layer", "top_episode", "top_step", "top_row"]
-    np.testing.assert_array_equal(entries["significant"], neurons.significant(entries["description"]))
+    np.testing.assert_array_equal(entries["significant"], neuron_dictionary.significant(entries["description"]))
     correlations = tables["correlations"]
-    assert set(correlations.loc[correlations["layer"] == others.name, "fact"]) == set(neurons.VEHICLE_FACTS)
+    assert set(correlations.loc[correlations["layer"] == others.name, "fact"]) == set(neuron_facts.VEHICLE_FACTS)
 
 
 def test_targets_are_pre_activations_of_chosen_output_neurons_and_each_actions_advantage(params, arrays):
@@ -108,7 +109,7 @@ def test_targets_are_pre_activations_of_chosen_output_neurons_and_each_actions_a
     second = chosen[1]
     assert second.reason == "most correlated" and second.fact in CHOICE_FACTS
     assert f"with {second.fact}" in second.title
-    np.testing.assert_allclose(chosen[-1].recorded, neurons.advantage(arrays["q"])[:, 2])
+    np.testing.assert_allclose(chosen[-1].recorded, feature_visualisation.advantage(arrays["q"])[:, 2])
     assert chosen[-1].neuron == "FASTER"
 
 
@@ -129,6 +130,8 @@ def test_network_tables_give_every_table_and_one_figure_per_target(params, net, 
 
 def test_figure_png_is_byte_stable_and_carries_no_software_stamp(params, arrays):
     obs = arrays["obs"]
-    first = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"))
-    again = figure_png(neurons.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t"))
+    def drawn():
+        return feature_visualisation.scene_pair(obs[0], obs[1], params.env.features_range, "a", "b", "t")
+    first = figure_png(drawn(), FEATURE_VIS_DPI)
+    again = figure_png(drawn(), FEATURE_VIS_DPI)
     assert first == again and first.startswith(b"\x89PNG") and b"matplotlib" not in first

@@ -11,30 +11,28 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from egolens.analysis.lens import lens_summary, logit_lens
-from egolens.analysis.neurons import (
-    FIRES_FOR,
+from egolens.analysis.reading.feature_visualisation import (
     Objective,
-    activation_stats,
-    activations_over_time,
     advantage,
     advantage_objective,
     attention_objective,
-    neuron_fact_correlations,
     neuron_objective,
     neurons_to_visualise,
     optimise_observation,
     scene_pair,
     scene_picture,
-    semantic_dictionary,
-    significant,
-    step_facts_frame,
-    summarize,
-    top_activations,
     typical_step,
-    vehicle_facts_frame,
-    vehicle_rows,
 )
+from egolens.analysis.reading.lens import lens_summary, logit_lens
+from egolens.analysis.reading.neuron_dictionary import FIRES_FOR, semantic_dictionary, significant, top_activations
+from egolens.analysis.reading.neuron_facts import step_facts_frame, vehicle_facts_frame, vehicle_rows
+from egolens.analysis.reading.neuron_stats import (
+    activation_stats,
+    activations_over_time,
+    neuron_fact_correlations,
+    summarize,
+)
+from egolens.artifacts import json_text
 from egolens.config import EnvConfig
 from egolens.hooks import run_with_cache
 from egolens.model import EgoAttentionNetwork
@@ -412,8 +410,10 @@ def test_summarize_gives_dead_fraction_sparsity_described_neurons_and_lens_agree
     assert untrained["tuned_lens_held_out_agreement"] == {"ego": 0.25, "full": 0.5}
 
 
-def test_summarize_refuses_a_nan_naming_its_key():
+def test_summarize_writes_a_nan_as_missing_under_the_number_policy():
     tables = summary_tables(tiny_net(heads=2), random_obs(6, seed=12))
     tables["tuned_lens"].loc[1, "agreement"] = np.nan
-    with pytest.raises(ValueError, match="summary.trained.tuned_lens_held_out_agreement.ego = nan"):
-        summarize(tables)
+    summary = summarize(tables)
+    assert summary["trained"]["tuned_lens_held_out_agreement"]["ego"] is None
+    assert summary["trained"]["tuned_lens_held_out_agreement"]["full"] == 1.0
+    assert '"ego": null' in json_text(summary)

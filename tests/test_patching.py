@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis import interventions as iv
-from egolens.analysis import patching
+from egolens.analysis.intervening import interventions as iv
+from egolens.analysis.intervening import patching
 from egolens.hooks import hooks, run_with_cache, run_with_hooks
+from egolens.sites import K_SITE, PATTERN, RESID, V_SITE, Z
 from egolens.vocabulary import present_others
 from tests.conftest import random_obs, tiny_net
 
@@ -34,12 +35,12 @@ def pair(seed=1, batch=6):
 def test_patching_the_whole_clean_activation_restores_the_clean_output_exactly(net):
     clean, corr, target = pair()
     q_clean = net(clean).detach()
-    for name in (iv.RESID, "output_layer.hook_post.0"):
+    for name in (RESID, "output_layer.hook_post.0"):
         with torch.no_grad():
             source = run_with_cache(net, clean, [name])[1][name]
             patched = run_with_hooks(net, corr, {name: patching.patch_hook(source)})
         torch.testing.assert_close(patched, q_clean, rtol=0, atol=0)
-    sites = [patching.Site(iv.RESID, (), "resid"), patching.Site("output_layer.hook_post.0", (), "hidden")]
+    sites = [patching.Site(RESID, (), "resid"), patching.Site("output_layer.hook_post.0", (), "hidden")]
     table = patching.activation_patching(net, clean, corr, sites, target)
     np.testing.assert_allclose(table["restored"], 1.0, rtol=0, atol=1e-6)
     np.testing.assert_allclose(table["m_patched"], table["m_clean"], rtol=0, atol=0)
@@ -47,8 +48,8 @@ def test_patching_the_whole_clean_activation_restores_the_clean_output_exactly(n
 
 def test_patching_nothing_restores_nothing(net):
     clean, corr, target = pair(seed=2)
-    nothing = [patching.Site(iv.RESID, (slice(0, 0),), "resid"),                           # an empty slice
-               patching.Site(iv.K_SITE, (0, slice(0, 0)), "key", head=0)]
+    nothing = [patching.Site(RESID, (slice(0, 0),), "resid"),                           # an empty slice
+               patching.Site(K_SITE, (0, slice(0, 0)), "key", head=0)]
     table = patching.activation_patching(net, clean, corr, nothing, target)
     assert (table["restored"] == 0.0).all() and (table["m_patched"] == table["m_corr"]).all()
     # an entity absent in both runs is masked: patching its embedding restores nothing either
@@ -87,24 +88,24 @@ def test_key_only_patch_changes_only_the_pattern_and_value_only_only_what_is_rea
     _, c_clean = run_with_cache(net, clean)
     _, c_corr = run_with_cache(net, corr)
     head = 1
-    key = {iv.K_SITE: patching.patch_hook(c_clean[iv.K_SITE], (head, target))}
+    key = {K_SITE: patching.patch_hook(c_clean[K_SITE], (head, target))}
     with hooks(net, key):
         _, after = run_with_cache(net, corr)
-    assert torch.equal(after[iv.V_SITE], c_corr[iv.V_SITE])                          # values untouched
-    assert torch.equal(after[iv.PATTERN][:, 1 - head], c_corr[iv.PATTERN][:, 1 - head])
-    assert not torch.allclose(after[iv.PATTERN][:, head], c_corr[iv.PATTERN][:, head])   # the pattern moved
+    assert torch.equal(after[V_SITE], c_corr[V_SITE])                          # values untouched
+    assert torch.equal(after[PATTERN][:, 1 - head], c_corr[PATTERN][:, 1 - head])
+    assert not torch.allclose(after[PATTERN][:, head], c_corr[PATTERN][:, head])   # the pattern moved
     b = torch.arange(6)
-    torch.testing.assert_close(after[iv.K_SITE][b, head, target], c_clean[iv.K_SITE][b, head, target])
-    value = {iv.V_SITE: patching.patch_hook(c_clean[iv.V_SITE], (head, target))}
+    torch.testing.assert_close(after[K_SITE][b, head, target], c_clean[K_SITE][b, head, target])
+    value = {V_SITE: patching.patch_hook(c_clean[V_SITE], (head, target))}
     with hooks(net, value):
         _, after = run_with_cache(net, corr)
-    assert torch.equal(after[iv.PATTERN], c_corr[iv.PATTERN])                       # where it looks: unchanged
-    assert torch.equal(after[iv.Z][:, 1 - head], c_corr[iv.Z][:, 1 - head])
-    assert not torch.allclose(after[iv.Z][:, head], c_corr[iv.Z][:, head])           # what it reads: changed
+    assert torch.equal(after[PATTERN], c_corr[PATTERN])                       # where it looks: unchanged
+    assert torch.equal(after[Z][:, 1 - head], c_corr[Z][:, 1 - head])
+    assert not torch.allclose(after[Z][:, head], c_corr[Z][:, head])           # what it reads: changed
     # z moves by exactly the pattern weight times the value difference
-    a = c_corr[iv.PATTERN][b, head, 0, target]
-    dv = c_clean[iv.V_SITE][b, head, target] - c_corr[iv.V_SITE][b, head, target]
-    torch.testing.assert_close(after[iv.Z][:, head, 0] - c_corr[iv.Z][:, head, 0], a[:, None] * dv)
+    a = c_corr[PATTERN][b, head, 0, target]
+    dv = c_clean[V_SITE][b, head, target] - c_corr[V_SITE][b, head, target]
+    torch.testing.assert_close(after[Z][:, head, 0] - c_corr[Z][:, head, 0], a[:, None] * dv)
 
 
 def test_path_patching_table(net):
@@ -130,18 +131,18 @@ def test_path_patching_table(net):
 
 def test_build_pairs_filters_by_the_metric_change(net):
     obs = random_obs(20, seed=10)
-    _, cache = run_with_cache(net, obs, [iv.PATTERN])
+    _, cache = run_with_cache(net, obs, [PATTERN])
     crossing = present_others(obs)
     crossing[:10] = False
-    pairs = patching.build_pairs(net, obs, "vehicle_removed", cache[iv.PATTERN], crossing, max_pairs=100,
+    pairs = patching.build_pairs(net, obs, "vehicle_removed", cache[PATTERN], crossing, max_pairs=100,
                                  min_change=0.0)
     assert (pairs.step >= 10).all() and len(pairs.step) == 10
     assert (pairs.corrupted[torch.arange(10), pairs.target, 0] == 0).all()
     gap = (iv.q_metric(net(obs)) - iv.q_metric(net(iv.slow_ego(obs)))).abs().detach()
     threshold = float(gap.median())
-    pairs = patching.build_pairs(net, obs, "ego_slower", cache[iv.PATTERN], max_pairs=100, min_change=threshold)
+    pairs = patching.build_pairs(net, obs, "ego_slower", cache[PATTERN], max_pairs=100, min_change=threshold)
     assert set(pairs.step.tolist()) == set(torch.nonzero(gap >= threshold).squeeze(1).tolist())
-    few = patching.build_pairs(net, obs, "vehicle_closer", cache[iv.PATTERN], max_pairs=3, min_change=0.0)
+    few = patching.build_pairs(net, obs, "vehicle_closer", cache[PATTERN], max_pairs=3, min_change=0.0)
     assert len(few.step) == 3 and few.step[0] == 0 and few.step[-1] == 19
     with pytest.raises(ValueError, match="kind"):
-        patching.build_pairs(net, obs, "nope", cache[iv.PATTERN])
+        patching.build_pairs(net, obs, "nope", cache[PATTERN])

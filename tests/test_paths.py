@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.paths import (
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.paths import (
     MAX_SEGMENT,
     Crossings,
     PathKinks,
@@ -24,7 +24,7 @@ from egolens.analysis.paths import (
     refine_until_complete,
     relu_input_sites,
 )
-from egolens.analysis.schemes import KinkCut
+from egolens.analysis.attribution.schemes import KinkCut
 from tests.conftest import tiny_net
 
 
@@ -191,7 +191,7 @@ def test_per_step_grids_run_the_steps_of_each_grid_together_smallest_first():
 
 
 def test_path_kinks_are_located_once_per_step_and_grid_and_shared_by_every_job(monkeypatch):
-    import egolens.analysis.paths as paths_module
+    import egolens.analysis.attribution.paths as paths_module
     from egolens.vocabulary import absent_mask
 
     net = tiny_net(seed=1)

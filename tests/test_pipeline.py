@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from egolens.plots import FIGURES
+from egolens.names import FIGURES
 from egolens.report import format_number
 from presets.__main__ import study_copy
 from tests.conftest import tiny_params
@@ -101,7 +101,10 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     assert figures == set(FIGURES)
     report = (repo / "results/report.md").read_text()
     assert "## Findings" in report
-    assert "## Under both recipes" in report and "| `ig_complete` |" in report.split("## Under both recipes")[1]
+    compared = report.split("## Under both recipes")[1] if "## Under both recipes" in report else ""
+    assert "| `attention_tracks_shapley` |" in compared
+    assert "| `ig_complete` |" not in compared                          # a sanity check: reported apart, not compared
+    assert "| `ig_complete` |" in report.split("## Sanity checks per seed")[1]
     # every template is filled, except patching: tiny rollouts have no clean/corrupted pairs
     missing = [line for line in report.splitlines() if line.startswith("- Not available in this run")]
     names = re.findall(r"`([^`]+)`", missing[0]) if missing else []
@@ -133,7 +136,8 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
                           "results/seeds/seed1/driving.json"}
     numbers = [v for data in files.values() for v in pd.json_normalize(data).iloc[0].tolist()]
     assert len(numbers) <= 60                                  # dvc exp show stays readable
-    assert files["results/headline.json"]["holds"]["ig_complete"] in (0, 1, 2)
+    assert files["results/headline.json"]["sanity_checks"]["ig_complete"] in (0, 1, 2)
+    assert "ig_complete" not in files["results/headline.json"]["holds"]          # a sanity check, not a finding
     assert "return.tsv" in run(repo, str(BIN / "dvc"), "plots", "show", "--json")
 
 

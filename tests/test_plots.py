@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -14,8 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from egolens import plots
+from egolens import names, plots
 from egolens.config import EnvConfig
+from egolens.figures import figure_png
 from egolens.scene import denormalize
 
 SEEDS = (0, 1, 2)
@@ -71,7 +73,7 @@ def feature_circuits() -> tuple[pd.DataFrame, dict]:
     for seed in SEEDS:
         for name, row_names in (("QK_features", columns), ("OV_actions", ["SLOWER", "IDLE", "FASTER"])):
             for head in (0, 1):
-                for model in plots.MODELS:
+                for model in names.MODELS:
                     m = rng.normal(0, 1.0 if model == "trained" else 0.2, (len(row_names), len(columns)))
                     mats[name, seed, head, model] = m
                     rows += [{"row": r, "col": c, "value": m[i, j], "matrix": name, "head": head, "model": model,
@@ -95,7 +97,7 @@ def ig_table() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     return pd.DataFrame([{"seed": s, "model": m, "baseline": b, "quantity": "q", "action": a, "entity": e, "feature": f,
                           "n_steps": 10, "mean_attribution": 0.0, "mean_abs_attribution": rng.random()}
-                         for s in SEEDS for m in plots.MODELS for b in ("others_zeroed", "typical_scene")
+                         for s in SEEDS for m in names.MODELS for b in ("others_zeroed", "typical_scene")
                          for a in ("SLOWER", "IDLE", "FASTER") for e in ("ego", "others") for f in FEATURES])
 
 
@@ -103,7 +105,7 @@ def layer_table() -> pd.DataFrame:
     rng = np.random.default_rng(4)
     rows = []
     for s in SEEDS:
-        for m in plots.MODELS:
+        for m in names.MODELS:
             for layer in ("ego_embedding.hook_post.1", "output_layer.hook_post.0"):
                 for a in ("chosen", "SLOWER"):
                     values = rng.random(8)
@@ -117,7 +119,7 @@ def layer_table() -> pd.DataFrame:
 def neuron_table() -> pd.DataFrame:
     rng = np.random.default_rng(5)
     rows = []
-    for m in plots.MODELS:
+    for m in names.MODELS:
         for layer, neurons in (("ego_embedding.hook_post.1", (7, 3)), ("output_layer.hook_post.0", (5, 1))):
             for rank, neuron in enumerate(neurons):
                 rows += [{"model": m, "layer": layer, "neuron": neuron, "rank": rank, "baseline": "b", "quantity": "q",
@@ -134,7 +136,7 @@ def over_time_table() -> tuple[pd.DataFrame, pd.DataFrame]:
                                                                                  "output_layer.hook_post.1")
             for n in (4, 2, 9) for t in range(5)]
     steps = pd.DataFrame([{"model": m, "episode": 0, "step": t, "action": ("SLOWER", "IDLE", "FASTER")[t % 3]}
-                          for m in plots.MODELS for t in range(5)])
+                          for m in names.MODELS for t in range(5)])
     return pd.DataFrame(rows), steps
 
 
@@ -142,7 +144,7 @@ def lens_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(7)
     summary, tuned = [], []
     for s in SEEDS:
-        for m in plots.MODELS:
+        for m in names.MODELS:
             sites = [("ego", np.nan), ("head0", np.nan), ("head1", np.nan), ("full", np.nan)]
             sites += [("added", float(k)) for k in range(4)] + [("head0_added", float(k)) for k in range(4)]
             for site, k in sites:
@@ -164,13 +166,18 @@ def closed_loop_table() -> pd.DataFrame:
                 ("none", "none", None, None, None), ("head0_zero", "head", "head0", "zero", None),
                 ("head1_zero", "head", "head1", "zero", None),
                 ("neurons_x_top", "neurons", "others_embedding.hook_post.0", "top", "3 9")):
-            for metric in ("success", "collision", "return"):
+            for half, metric in itertools.product(("all", "rank", "measure"), ("success", "collision", "return")):
                 diff = 0.0 if kind == "none" else rng.normal(0, 0.2)
                 rows.append({"seed": s, "condition": condition, "kind": kind, "target": target, "mode": mode,
-                             "units": units, "metric": metric, "value": 0.5 + diff,
+                             "units": units, "half": half, "metric": metric, "value": 0.5 + diff,
                              "control": 0.5, "diff": diff, "diff_ci_low": diff - rng.random() * 0.1,
                              "diff_ci_high": diff + rng.random() * 0.1, "episodes": 50})
     return pd.DataFrame(rows)
+
+
+def reported(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows the ablations figure draws: heads on the held-out half, the rest on all episodes."""
+    return table[table["half"] == table["target"].map(lambda t: "measure" if str(t).startswith("head") else "all")]
 
 
 def patching_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -200,7 +207,7 @@ def evaluation_table() -> pd.DataFrame:
     rng = np.random.default_rng(11)
     rows = []
     for s in SEEDS:
-        for m in plots.MODELS:
+        for m in names.MODELS:
             for metric in ("success_rate", "collision_rate", "timeout_rate", "mean_return", "mean_length"):
                 mean = rng.random()
                 rows.append({"seed": s, "model": m, "metric": metric, "mean": mean, "ci_low": mean - 0.05,
@@ -212,12 +219,12 @@ def agreement_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(12)
     agreement = pd.DataFrame([{"seed": s, "model": m, "attribution": a, "baseline": b, "quantity": "q", "step": t,
                                "head": h, "spearman": np.nan if t == 0 else rng.uniform(-1, 1)}
-                              for s in SEEDS for m in plots.MODELS for a, b in (("ig", "others_zeroed"),
+                              for s in SEEDS for m in names.MODELS for a, b in (("ig", "others_zeroed"),
                                                                                 ("shapley", "ego_alone"))
                               for h in (0, 1) for t in range(12)])
     facts = pd.DataFrame([{"seed": s, "model": m, "statistic": stat, "head": h, "fact": f, "n": 40,
                            "spearman": rng.uniform(-1, 1)}
-                          for s in SEEDS for m in plots.MODELS for stat in ("pooled", "step_mean") for h in (0, 1)
+                          for s in SEEDS for m in names.MODELS for stat in ("pooled", "step_mean") for h in (0, 1)
                           for f in ("ttc", "distance", "closing_speed")])
     return agreement, facts
 
@@ -264,11 +271,11 @@ def draw(name: str) -> Figure:
 
 def test_registry_has_a_caption_for_each_figure_function_and_nothing_else():
     figure_functions = {name for name, fn in inspect.getmembers(plots, inspect.isfunction)
-                        if fn.__module__ == plots.__name__ and not name.startswith("_")
+                        if fn.__module__.startswith(plots.__name__ + ".") and not name.startswith("_")
                         and inspect.signature(fn).return_annotation in ("Figure", Figure)}
-    assert set(plots.FIGURES) | set(plots.OTHER_FIGURES) == figure_functions
-    assert set(plots.FIGURES) == set(FIGURE_INPUTS)
-    for name, caption in plots.FIGURES.items():
+    assert set(names.FIGURES) | set(names.OTHER_FIGURES) == figure_functions
+    assert set(names.FIGURES) == set(FIGURE_INPUTS)
+    for name, caption in names.FIGURES.items():
         assert caption.endswith(".") and len(caption) > 40, name
 
 
@@ -290,7 +297,7 @@ def test_every_figure_has_a_title_axis_labels_and_a_legend_when_it_has_several_s
 
 def test_png_bytes_are_identical_when_a_figure_is_rendered_twice():
     for name in ("evaluation", "attention_scene", "qk_circuits"):
-        first, second = plots.figure_png(draw(name)), plots.figure_png(draw(name))
+        first, second = figure_png(draw(name)), figure_png(draw(name))
         assert first[:8] == b"\x89PNG\r\n\x1a\n"
         assert first == second, name
         assert b"Software" not in first
@@ -315,7 +322,7 @@ def test_circuit_figures_show_every_seeds_feature_projection_by_head_role_and_th
     limit = max(np.abs(m).max() for (mat, *_), m in mats.items() if mat == name)
     projected = axes[:len(SEEDS) * 4]
     for i, seed in enumerate(SEEDS):
-        for j, (rank, model) in enumerate((r, m) for r in (1, 2) for m in plots.MODELS):
+        for j, (rank, model) in enumerate((r, m) for r in (1, 2) for m in names.MODELS):
             head = next(h for h, r in ranks[seed].items() if r == rank)
             ax = projected[i * 4 + j]
             assert ax.get_title() == f"seed {seed}, head_rank{rank}, {model}"
@@ -338,7 +345,7 @@ def test_embedding_composites_show_neuron_by_feature_matrices_with_feature_names
                                         for mo in ("trained", "untrained", "difference")):
         np.testing.assert_allclose(axes[i].images[0].get_array(), mats[matrix, model])
         assert [t.get_text() for t in axes[i].get_xticklabels()] == FEATURES
-    limit = max(np.abs(mats["embedding_ego", m]).max() for m in plots.MODELS)
+    limit = max(np.abs(mats["embedding_ego", m]).max() for m in names.MODELS)
     assert axes[0].images[0].get_clim() == axes[1].images[0].get_clim() == pytest.approx((-limit, limit))
 
 
@@ -349,7 +356,7 @@ def test_ig_bars_are_means_over_seeds_with_t_intervals_for_the_chosen_baseline()
     fig = plots.ig_features(table)
     axes = data_axes(fig)
     chosen = table[(table["baseline"] == "others_zeroed")]
-    for r, model in enumerate(plots.MODELS):
+    for r, model in enumerate(names.MODELS):
         for c, action in enumerate(("SLOWER", "IDLE", "FASTER")):
             ax = axes[r * 3 + c]
             for container, entity in zip(ax.containers, ("ego", "others")):
@@ -369,7 +376,7 @@ def test_layer_conductance_draws_each_seeds_neurons_sorted_from_the_largest():
     assert [ax.get_title() for ax in axes] == ["ego emb. 1", "output MLP 0"]
     for ax, layer in zip(axes, ("ego_embedding.hook_post.1", "output_layer.hook_post.0")):
         assert ax.get_yscale() == "log"
-        for model in plots.MODELS:
+        for model in names.MODELS:
             for seed in SEEDS:
                 expected = table[(table["layer"] == layer) & (table["model"] == model) & (table["seed"] == seed)
                                  & (table["action"] == "chosen")]["mean_abs_conductance"].to_numpy()
@@ -381,7 +388,7 @@ def test_layer_conductance_draws_each_seeds_neurons_sorted_from_the_largest():
 def test_neuron_conductance_heatmap_rows_are_the_top_neurons_and_columns_the_inputs():
     table = neuron_table()
     fig = plots.neuron_conductance(table)
-    for ax, model in zip(data_axes(fig), plots.MODELS):
+    for ax, model in zip(data_axes(fig), names.MODELS):
         rows = table[table["model"] == model]
         expected = np.array([[rows[(rows["layer"] == layer) & (rows["neuron"] == n) & (rows["entity"] == e)
                                    & (rows["feature"] == f)]["mean_conductance"].item()
@@ -401,7 +408,7 @@ def test_neuron_activations_heatmaps_are_neuron_by_step_with_a_scale_shared_per_
     table, steps = over_time_table()
     fig = plots.neuron_activations(table, steps)
     axes = data_axes(fig)                                          # rows: models, columns: layers
-    for r, model in enumerate(plots.MODELS):
+    for r, model in enumerate(names.MODELS):
         for c, layer in enumerate(("ego_embedding.hook_post.0", "output_layer.hook_post.1")):
             rows = table[(table["model"] == model) & (table["layer"] == layer)]
             expected = np.array([[rows[(rows["neuron"] == n) & (rows["step"] == t)]["activation"].item()
@@ -467,7 +474,7 @@ def test_logit_lens_bars_and_curves_are_means_over_seeds_without_rows_of_too_few
     axes = data_axes(fig)
     held_out = tuned[tuned["split"] == "held_out"]
     sites = ["ego", "head0", "head1", "full"]
-    for ax, model in zip(axes[:2], plots.MODELS):
+    for ax, model in zip(axes[:2], names.MODELS):
         logit, tuned_bars = ax.containers
         for bar, site in zip(logit.patches, sites):
             values = summary[(summary["model"] == model) & (summary["site"] == site)]["agreement"]
@@ -484,11 +491,12 @@ def test_logit_lens_bars_and_curves_are_means_over_seeds_without_rows_of_too_few
 
 
 def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_seeds():
-    table = closed_loop_table()
-    fig = plots.ablations(table)
+    fig = plots.ablations(closed_loop_table())
+    table = reported(closed_loop_table())
     axes = data_axes(fig)
     assert [t.get_text() for t in axes[0].get_yticklabels()] == [
-        "head 0 zeroed", "head 1 zeroed", "others embedding, layer 1: 2 top-conductance neurons mean-ablated"]
+        "head 0 zeroed (held-out half)", "head 1 zeroed (held-out half)",
+        "others embedding, layer 1: 2 top-conductance neurons mean-ablated"]
     for ax, metric in zip(axes, ("success", "collision")):
         containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
         assert [c.get_label() for c in containers] == [f"seed {s}" for s in SEEDS]
@@ -504,11 +512,12 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
 
 
 def test_ablation_rows_name_heads_by_their_role_in_each_seed():
-    table = closed_loop_table()
+    table = reported(closed_loop_table())
     ranks = {SEEDS[0]: {0: 1, 1: 2}, **{s: {0: 2, 1: 1} for s in SEEDS[1:]}}
-    fig = plots.ablations(table, ranks=ranks)
+    fig = plots.ablations(closed_loop_table(), ranks=ranks)
     ax = data_axes(fig)[0]
-    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["head_rank1 zeroed", "head_rank2 zeroed"]
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["head_rank1 zeroed (held-out half)",
+                                                                "head_rank2 zeroed (held-out half)"]
     # seed 0's head 0 and the other seeds' head 1 share the head_rank1 row
     containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     for container, seed in zip(containers, SEEDS):
@@ -574,7 +583,7 @@ def test_evaluation_bars_are_the_stored_means_with_the_stored_intervals():
     axes = data_axes(fig)
     assert len(axes) == 4                                           # mean_length is not drawn
     for ax, metric in zip(axes, ("success_rate", "collision_rate", "timeout_rate", "mean_return")):
-        for bars, errors, model in zip(ax.containers[0::2], ax.containers[1::2], plots.MODELS):
+        for bars, errors, model in zip(ax.containers[0::2], ax.containers[1::2], names.MODELS):
             rows = table[(table["metric"] == metric) & (table["model"] == model)].sort_values("seed")
             np.testing.assert_allclose([p.get_height() for p in bars.patches], rows["mean"])
             segments = np.array([seg[:, 1] for seg in errors.lines[2][0].get_segments()])
@@ -608,7 +617,7 @@ def test_attention_vs_attribution_shows_per_seed_head_medians_and_pooled_fact_co
     ig = agreement[agreement["attribution"] == "ig"].dropna()
     for (_, _, _), group in ig.groupby(["seed", "head", "model"]):
         assert round(float(group["spearman"].median()), 9) in horizontal
-    for ax, model in zip(axes[2:4], plots.MODELS):
+    for ax, model in zip(axes[2:4], names.MODELS):
         pooled = facts[(facts["statistic"] == "pooled") & (facts["model"] == model)]
         expected = np.array([[pooled[(pooled["seed"] == s) & (pooled["head"] == h) & (pooled["fact"] == f)]
                               ["spearman"].item() for f in ("ttc", "distance", "closing_speed")]

@@ -28,7 +28,7 @@ def test_unknown_keys_and_presets_are_refused():
         presets.apply(default_params(), {"train.episode": 3})
     with pytest.raises(KeyError, match="no section 'trian'"):
         presets.apply(default_params(), {"trian.episodes": 3})
-    with pytest.raises(SystemExit, match="presets: paper, paper_period, tiny"):
+    with pytest.raises(SystemExit, match="presets: faithful, paper, paper_period, tiny"):
         presets.overrides("nope")
 
 

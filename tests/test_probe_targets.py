@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from egolens.analysis import probe_targets as pt
+from egolens.analysis.reading import probe_targets as pt
 from egolens.config import EnvConfig
 from tests.test_scene import SCENE
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn import metrics
 
-from egolens.analysis import probes as pr
+from egolens.analysis.reading import probes as pr
 from egolens.hooks import run_with_cache
 from tests.conftest import tiny_net
 

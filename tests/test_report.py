@@ -120,8 +120,12 @@ def test_another_recipes_study_is_set_beside_this_one_with_a_verdict_per_finding
     from egolens.report import OtherStudy
 
     summary, holds = study_tables(heads=2, off_ego=0.5, seeds=5)
-    holds = pd.DataFrame([{"finding": "works", "statement": "It works.", "n_seeds": 5, "n_holds": 4, "holds": "4/5"},
-                          {"finding": "fails", "statement": "It fails.", "n_seeds": 5, "n_holds": 1, "holds": "1/5"}])
+    holds = pd.DataFrame([{"finding": "works", "kind": "finding", "statement": "It works.", "n_seeds": 5,
+                           "n_holds": 4, "holds": "4/5"},
+                          {"finding": "fails", "kind": "finding", "statement": "It fails.", "n_seeds": 5,
+                           "n_holds": 1, "holds": "1/5"},
+                          {"finding": "adds_up", "kind": "sanity_check", "statement": "It adds up.", "n_seeds": 5,
+                           "n_holds": 5, "holds": "5/5"}])
     other = OtherStudy(recipe={"name": "reference recipe", "preset": "paper", "code": "abc1234", "seeds": [0, 1, 2],
                                "train.episodes": 6000, "agent.gamma": 0.95},
                        headline={"seeds": 3, "trained": {"success_rate": 0.553}},
@@ -137,7 +141,12 @@ def test_another_recipes_study_is_set_beside_this_one_with_a_verdict_per_finding
     assert "| success rate | 0.61 | 0.553 |" in section and "| collision rate | n/a | n/a |" in section
     assert "| `works` | 4/5 | 1/3 | holds only in this study |" in section
     assert "| `fails` | 1/5 | 0/3 | holds under neither |" in section
-    assert "0 of 2 findings hold under both recipes and 1 under neither" in section
+    assert "0 of 2 findings hold under both recipes and 1 under neither" in section   # the sanity check not counted
+    assert "adds_up" not in section
     assert "depend on the recipe (this study, the other): `works` (4/5, 1/3)" in section
+    # sanity checks are listed apart from the findings
+    per_seed = report.split("## Findings per seed")[1].split("## Sanity checks per seed")
+    assert "`works`" in per_seed[0] and "adds_up" not in per_seed[0]
+    assert "| `adds_up` | 5/5 | It adds up. |" in per_seed[1].split("## Under both recipes")[0]
     # without another study the section is left out
     assert "## Under both recipes" not in build_report(summary, holds, {}, params(), {})

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egolens.analysis.baselines import others_zeroed
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.paths import PathKinks
-from egolens.analysis.schemes import FixedGrid, KinkCut
+from egolens.analysis.attribution.baselines import others_zeroed
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.paths import PathKinks
+from egolens.analysis.attribution.schemes import FixedGrid, KinkCut
 from egolens.vocabulary import absent_mask
 from tests.conftest import random_obs, tiny_net
 

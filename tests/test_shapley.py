@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from egolens.analysis.attribution_tables import vehicle_attribution
-from egolens.analysis.baselines import others_zeroed
-from egolens.analysis.gradients import integrated_gradients
-from egolens.analysis.schemes import FixedGrid
-from egolens.analysis.shapley import shapley_vehicles
+from egolens.analysis.attribution.attribution_tables import vehicle_attribution
+from egolens.analysis.attribution.baselines import others_zeroed
+from egolens.analysis.attribution.gradients import integrated_gradients
+from egolens.analysis.attribution.schemes import FixedGrid
+from egolens.analysis.attribution.shapley import shapley_vehicles
 from egolens.vocabulary import present_others
 from tests.attribution_nets import VX, PlantedVx3, planted_obs
 from tests.conftest import random_obs, tiny_net

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from egolens.analysis import probes as pr
-from egolens.analysis import steering as st
+from egolens.analysis.intervening import steering as st
+from egolens.analysis.reading import probes as pr
 from egolens.episodes import greedy
 from egolens.hooks import run_with_cache
 from egolens.play import play

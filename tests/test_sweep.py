@@ -17,6 +17,7 @@ from egolens.sweep import (
 )
 
 COMMON = {"seeds": "[0,1]", "train.episodes": 2000}
+SEED_DIR = "results/seeds/seed{}".format
 RECIPES = {"paper": {"agent.gamma": 0.99, "agent.timeout_terminal": True}, "other": {"agent.n_steps": 3}}
 
 
@@ -42,7 +43,7 @@ def test_recipes_run_after_driving_json_became_the_metric_are_read_from_it():
     metrics = {"results/seeds/seed0/driving.json": {"data": {"success_rate": 0.7, "collision_rate": 0.1,
                                                              "timeout_rate": 0.2, "mean_return": 6.0}}}
     shown = [{"rev": "1", "experiments": [{"name": "other", "revs": [{"data": {"metrics": metrics}}]}]}]
-    table = recipe_table(shown, RECIPES, COMMON, [0, 1])
+    table = recipe_table(shown, RECIPES, COMMON, [0, 1], SEED_DIR)
     assert table[["seed", "success_rate", "mean_return"]].values.tolist() == [[0, 0.7, 6.0]]
 
 
@@ -52,7 +53,7 @@ def test_overrides_are_the_common_keys_then_the_recipes_own_in_dvc_syntax():
 
 
 def test_recipe_table_has_one_row_per_finished_recipe_and_seed():
-    table = recipe_table(shown(), RECIPES, COMMON, [0, 1])
+    table = recipe_table(shown(), RECIPES, COMMON, [0, 1], SEED_DIR)
     assert list(zip(table["recipe"], table["seed"])) == [("paper", 0), ("paper", 1), ("other", 0)]
     assert table.loc[1, "success_rate"] == pytest.approx(0.6) and table.loc[1, "success_rate_ci_low"] == 0.5
     assert table.loc[0, "overrides"] == ("-S 'seeds=[0,1]' -S 'train.episodes=2000' -S 'agent.gamma=0.99' "
@@ -60,7 +61,7 @@ def test_recipe_table_has_one_row_per_finished_recipe_and_seed():
 
 
 def test_sweep_figure_shows_each_seed_and_the_reference_lines():
-    table = recipe_table(shown(), RECIPES, COMMON, [0, 1])
+    table = recipe_table(shown(), RECIPES, COMMON, [0, 1], SEED_DIR)
     reference = {"clairvoyant": {"success_rate": {"mean": 0.9}}, "constant_idle": {"success_rate": {"mean": 0.55}}}
     fig = plots.recipe_sweep(table, reference)
     success = fig.axes[0]
@@ -70,7 +71,7 @@ def test_sweep_figure_shows_each_seed_and_the_reference_lines():
 
 
 def test_each_recipe_seed_gets_its_success_in_each_episode_class():
-    table = recipe_table(shown(), {"paper": {}, "other": {}}, {}, [0, 1])
+    table = recipe_table(shown(), {"paper": {}, "other": {}}, {}, [0, 1], SEED_DIR)
     assert set(table["rev"]) == {"abc"}
     classes = pd.Series(["go", "go", "timing", "unsolved"], index=[10, 11, 12, 13], name="episode_class")
     played = pd.DataFrame({"model": ["trained"] * 4 + ["untrained"], "env_seed": [10, 11, 12, 13, 10],

@@ -81,7 +81,7 @@ def findings_section(report: str, evaluations: Mapping[int, Mapping], reference:
              "### Per seed: attribution completeness (`results/seeds/seed<N>/attributions/summary.json`)", "",
              "Every path is cut where a ReLU of the network switches (kinks located by root finding on each "
              "unit), each piece integrated with Gauss-Legendre points, and a step still incomplete is redone "
-             "on a finer grid (`egolens/analysis/paths.py`). The trained network's analysed steps:", "",
+             "on a finer grid (`egolens/analysis/attribution/paths.py`). The trained network's analysed steps:", "",
              *completeness_table(attributions), ""]
     return "\n".join(parts) + "\n"
 
@@ -101,8 +101,9 @@ def main() -> None:
     reference = json.loads((results / "reference/metrics.json").read_text())
     intro = ["Copied by `python -m tools.readme_findings` from [`results/report.md`](results/report.md), which the "
              "`report` stage wrote from `results/summary.csv`, `results/holds.csv` and params.yaml, and from the "
-             "per-seed summaries named below. Heads are named by role (`head_rank1` = the head whose zero-ablation "
-             "costs the most closed-loop successes in that seed)."]
+             "per-seed summaries named below. Heads are named by role (`head_rank1` = the head whose resample "
+             "ablation costs the most closed-loop successes on the first half of the closed-loop episodes in that "
+             "seed; its effects are measured on the second half)."]
     readme = ROOT / "README.md"
     section = findings_section((results / "report.md").read_text(), evaluations, reference, attributions, intro)
     readme.write_text(replace_section(readme.read_text(), section))
