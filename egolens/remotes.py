@@ -2,8 +2,10 @@
 configure them, and the one message that says what to configure when none is.
 
 DVC 3 cannot be made to say this itself: `dvc pull` without a remote prints its own "No remote
-provided", and a placeholder default remote in `.dvc/config` breaks `dvc plots show` and
-`dvc exp show`, which resolve the default remote too. `python -m presets remote` prints it instead.
+provided", and a placeholder default remote in `.dvc/config` breaks other commands (one that names
+no defined remote fails `dvc plots show` and `dvc exp show`, which resolve the default remote too;
+a local path either takes the pushes or fails every transfer with an OS error). So
+`python -m presets remote` says it instead (README "Before any remote is configured").
 """
 
 from __future__ import annotations
