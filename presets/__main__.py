@@ -1,5 +1,6 @@
 """python -m presets tiny [--dir DIR] | python -m presets <name> [dvc exp run args]
-| python -m presets collect GIT_REF ... (one study from the slices of seeds other machines ran)"""
+| python -m presets collect GIT_REF ... (one study from the slices of seeds other machines ran)
+| python -m presets remote [shared PATH | s3 URL [--endpoint-url URL]] [--local] (the DVC remote)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from egolens import sharing
+from egolens import remotes, sharing
 from presets import ROOT, apply, overrides, set_args
 
 COPIED = ("egolens", "stages", "presets", "sweeps", "dvc.yaml", ".gitignore", ".dvcignore", "results/paper")
@@ -84,6 +85,39 @@ def collect(refs: list[str]) -> None:
     lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
+def _dvc() -> str:
+    """The dvc next to this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else "dvc"
+
+
+def remote(args: list[str]) -> None:
+    """Without arguments: the default DVC remote, or the one message that says what to configure.
+    With a kind and a URL: make it the default remote (`dvc remote add --default`)."""
+    parser = argparse.ArgumentParser(prog="python -m presets remote", description=remote.__doc__)
+    parser.add_argument("kind", nargs="?", choices=sorted(remotes.KINDS))
+    parser.add_argument("url", nargs="?")
+    parser.add_argument("--endpoint-url", help="s3: the endpoint of an S3-compatible service that is not AWS")
+    parser.add_argument("--local", action="store_true", help="write .dvc/config.local (git-ignored)")
+    options = parser.parse_args(args)
+    if options.kind is None:
+        default = subprocess.run([_dvc(), "remote", "default"], capture_output=True, text=True)
+        if default.returncode != 0:
+            raise SystemExit(remotes.what_to_configure())
+        name = default.stdout.strip()
+        listed = subprocess.run([_dvc(), "remote", "list"], capture_output=True, text=True, check=True).stdout
+        print(next((line for line in listed.splitlines() if line.split()[:1] == [name]), name))
+        return
+    if options.url is None:
+        parser.error(f"{options.kind}: give the URL, e.g. {remotes.KINDS[options.kind].example}")
+    try:
+        commands = remotes.configure_commands(options.kind, options.url, options.endpoint_url, options.local)
+    except ValueError as error:
+        parser.error(str(error))
+    for command in commands:
+        subprocess.run([_dvc(), *command[1:]], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help="a preset in presets/ (tiny, paper, ...)")
@@ -91,6 +125,9 @@ def main() -> None:
     args, dvc_args = parser.parse_known_args()
     if args.name == "collect":
         collect(dvc_args)
+        return
+    if args.name == "remote":
+        remote(dvc_args)
         return
     changes = overrides(args.name)
     if args.name != "tiny":

@@ -1,37 +1,41 @@
 """One study across machines: each machine runs a slice of the seeds and pushes it (a git branch for
 the lock entries and git-tracked outputs, the DVC remote for the cached ones); a collector takes the
 slices (`python -m presets collect`), pulls, and `dvc repro` runs only the study-level stages. Also:
-a fresh clone carries the checkpoints, a fresh clone's `dvc pull` says what remote to configure,
-and recipes run on several machines come back through `dvc exp push` / `dvc exp pull`.
+a fresh clone carries the checkpoints and reruns only what is missing, `python -m presets remote`
+says what remote to configure, and recipes run on several machines come back through
+`dvc exp push` / `dvc exp pull`.
 
-The slow tests share one moto S3 server, one bare git repository (the shared git remote) and one
-single-machine study of the same params, which every combined output must equal byte for byte.
+The slow tests share one moto S3 server, one bare git repository (the shared git remote), the two
+machines' slices and the collector (module fixtures, built once). The single-machine study the
+collector must equal is machine 0's workspace carried on to both seeds (`dvc repro` there): seed 1
+and the study-level stages are computed a second time, independently of machine 1 and the collector.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-from egolens import sharing
+import presets
+from egolens import remotes, sharing
 from tests.conftest import tiny_params
 from tests.test_pipeline import BIN, digests, environment, project_copy, run
 from tests.test_remotes import BUCKET, CREDENTIALS, bucket_keys, commit, s3_client, s3_endpoint  # noqa: F401
 
-MULTI_MACHINE = pytest.mark.skipif(
-    not os.environ.get("EGOLENS_MULTI_MACHINE"),
-    reason="multi-machine end-to-end tests (about 15 min): not yet passed as one pytest run, so kept out of "
-           ".ci/run until they have; run them with EGOLENS_MULTI_MACHINE=1")
-
 DVC = str(BIN / "dvc")
 SEEDS = (0, 1)
-PARAMS = tiny_params(seeds=SEEDS, episodes=4, eval_episodes=2)
+SMALLER = {"evaluate.bootstrap_resamples": 100, "reference.bootstrap_resamples": 100, "reference.replan": "never",
+           "demonstrations.episodes": 1, "rollout.episodes": 2}
+"""Below the tiny preset where no assertion needs more: the planner plans once per episode and plays
+one demonstration, the fewest bootstrap resamples. Each value is one the pipeline accepts (the tiny
+preset's 2 closed-loop episodes are already the fewest: one per half)."""
+PARAMS = presets.apply(tiny_params(seeds=SEEDS, episodes=3, eval_episodes=1), SMALLER)
 OUTPUT_DIRS = ("models", "data", "results")
 PREFIX = "store/"
 
@@ -81,6 +85,34 @@ def test_merging_refuses_a_stage_recorded_differently():
         sharing.merge_entries(one, other, "b")
 
 
+# --- the remote kinds: what `python -m presets remote` configures and says ------------------------------
+
+def test_each_kind_becomes_the_default_remote_with_its_own_command():
+    assert remotes.configure_commands("shared", "/srv/egolens-dvc") == [
+        ["dvc", "remote", "add", "--default", "--force", "shared", "/srv/egolens-dvc"]]
+    assert remotes.configure_commands("s3", "s3://b/e", endpoint_url="http://minio:9000", local=True) == [
+        ["dvc", "remote", "add", "--local", "--default", "--force", "s3remote", "s3://b/e"],
+        ["dvc", "remote", "modify", "--local", "s3remote", "endpointurl", "http://minio:9000"]]
+
+
+@pytest.mark.parametrize(("kind", "url", "endpoint", "message"), [
+    ("gdrive", "gdrive://x", None, "the kinds are shared, s3"),
+    ("s3", "/srv/egolens-dvc", None, "starts with s3://"),
+    ("shared", "s3://b/e", None, "use `s3`"),
+    ("shared", "/srv/egolens-dvc", "http://minio:9000", "only an s3 remote"),
+])
+def test_a_wrong_kind_or_url_is_refused_naming_what_is_allowed(kind, url, endpoint, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        remotes.configure_commands(kind, url, endpoint_url=endpoint)
+
+
+def test_the_message_names_every_kind_with_its_command():
+    message = remotes.what_to_configure()
+    for key, kind in remotes.KINDS.items():
+        assert f"python -m presets remote {key} {kind.example}" in message
+    assert "Sharing results" in message and "\n" not in message
+
+
 # --- the real thing on tiny studies ----------------------------------------------------------------------
 
 def ran_stages(output: str) -> list[str]:
@@ -93,13 +125,15 @@ def clone(source: Path | str, dest: Path, *options: str) -> Path:
     return dest
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory) -> Path:
-    """The single-machine study of both seeds, committed: what the combined study must equal."""
-    repo = project_copy(tmp_path_factory.mktemp("single"), PARAMS)
-    run(repo, DVC, "repro")
-    commit(repo, "single-machine study")
-    return repo
+def per_seed_stages() -> tuple[str, ...]:
+    """The per-seed stages of dvc.yaml (the `matrix` ones)."""
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    return tuple(name for name, stage in stages.items() if "matrix" in stage)
+
+
+def upstream_of_seeds() -> set[str]:
+    """The study-level stages a slice runs because its per-seed stages depend on them."""
+    return {"validate", "demonstrations"}
 
 
 @pytest.fixture(scope="module")
@@ -121,72 +155,103 @@ def origin(tmp_path_factory, s3_endpoint, aws) -> Path:  # noqa: F811
     s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
     root = tmp_path_factory.mktemp("shared")
     study = project_copy(root, PARAMS)
-    run(study, DVC, "remote", "add", "-d", "s3remote", f"s3://{BUCKET}/{PREFIX.rstrip('/')}")
-    run(study, DVC, "remote", "modify", "s3remote", "endpointurl", s3_endpoint)
+    run(study, sys.executable, "-m", "presets", "remote", "s3", f"s3://{BUCKET}/{PREFIX.rstrip('/')}",
+        "--endpoint-url", s3_endpoint)
     commit(study, "the study, seeds [0, 1], with its S3 remote")
     return clone(study, root / "origin.git", "--bare")
 
 
-def run_slice(origin: Path, dest: Path, seed: int, *more: str) -> dict[str, str]:
+def run_slice(origin: Path, dest: Path, seed: int, *more: str) -> tuple[Path, dict[str, str]]:
     """Machine `seed`: clone, run its seed's stages, commit them on branch slice-<seed>, push both ways."""
     repo = clone(origin, dest)
-    out = {"repro": run(repo, DVC, "repro", "--glob", f"*@{seed}", *more)}
+    out = {f"dvc repro --glob '*@{seed}' {' '.join(more)}".strip(): run(repo, DVC, "repro", "--glob", f"*@{seed}",
+                                                                         *more)}
     run(repo, "git", "checkout", "-q", "-b", f"slice-{seed}")
     commit(repo, f"seed {seed}")
-    out["git push"] = run(repo, "git", "push", "origin", f"slice-{seed}")
+    out[f"git push origin slice-{seed}"] = run(repo, "git", "push", "origin", f"slice-{seed}")
     out["dvc push"] = run(repo, DVC, "push")
-    return out
+    return repo, out
 
 
 @pytest.fixture(scope="module")
-def machines(origin, tmp_path_factory) -> dict[int, dict[str, str]]:
-    """Two machines, one per seed (machine 0 also runs `reference`, which every seed shares)."""
+def machines(origin, tmp_path_factory) -> dict[int, tuple[Path, dict[str, str]]]:
+    """Two machines, one per seed, side by side (machine 0 also runs `reference`, which every seed
+    shares): each one's workspace and what its commands printed."""
     root = tmp_path_factory.mktemp("machines")
-    return {0: run_slice(origin, root / "machine0", 0, "reference"), 1: run_slice(origin, root / "machine1", 1)}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        work = {0: pool.submit(run_slice, origin, root / "machine0", 0, "reference"),
+                1: pool.submit(run_slice, origin, root / "machine1", 1)}
+        return {seed: future.result() for seed, future in work.items()}
+
+
+@pytest.fixture(scope="module")
+def single(machines) -> Path:
+    """The single-machine study of both seeds: machine 0 carries on (`dvc repro`: seed 1's stages and
+    the study-level ones), committed on branch `single` (machine 0 has pushed its slice before)."""
+    repo, _ = machines[0]
+    out = run(repo, DVC, "repro")
+    assert {f"{stage}@1" for stage in per_seed_stages()} <= set(ran_stages(out))
+    run(repo, "git", "checkout", "-q", "-b", "single")
+    commit(repo, "single-machine study")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def collector(origin, machines, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A third clone takes both slices, pulls, and reproduces; its workspace and what it printed."""
+    repo = clone(origin, tmp_path_factory.mktemp("collector") / "collector")
+    out = {"python -m presets collect origin/slice-0 origin/slice-1":
+           run(repo, sys.executable, "-m", "presets", "collect", "origin/slice-0", "origin/slice-1")}
+    out["dvc pull"] = run(repo, DVC, "pull")
+    out["dvc repro"] = run(repo, DVC, "repro")
+    out["dvc status"] = run(repo, DVC, "status")
+    return repo, out
+
+
+def transcript(outputs: dict[str, str]) -> str:
+    return "\n".join(f"$ {cmd}\n{text.rstrip()}" for cmd, text in outputs.items())
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
-def test_seeds_run_on_two_machines_make_the_single_machine_study(single, origin, machines, s3_endpoint,  # noqa: F811
-                                                                 tmp_path):
-    for seed, out in machines.items():
-        assert set(ran_stages(out["repro"])) == {"validate", *(f"{s}@{seed}" for s in sharing_stages())} | (
-            {"reference"} if seed == 0 else set())
-    print("machine 0:\n" + "\n".join(f"$ {cmd}\n{text}" for cmd, text in machines[0].items()))
-
-    collector = clone(origin, tmp_path / "collector")
-    collected = run(collector, sys.executable, "-m", "presets", "collect", "origin/slice-0", "origin/slice-1")
-    pulled = run(collector, DVC, "pull")
-    repro = run(collector, DVC, "repro")
-    print(f"collector:\n$ python -m presets collect ...\n{collected}\n$ dvc pull\n{pulled}\n$ dvc repro\n{repro}")
-    assert ran_stages(repro) == ["aggregate", "plots", "report"]    # no per-seed stage, no reference, no validate
-    assert "Data and pipelines are up to date" in run(collector, DVC, "status")
-    combined, reference = digests(collector, *OUTPUT_DIRS), digests(single, *OUTPUT_DIRS)
+def test_seeds_run_on_two_machines_make_the_single_machine_study(machines, collector, single):
+    for seed, (_, out) in machines.items():
+        ran = ran_stages(next(iter(out.values())))
+        assert set(ran) == upstream_of_seeds() | {f"{s}@{seed}" for s in per_seed_stages()} | (
+            {"reference"} if seed == 0 else set()), ran
+    print(f"machine 0:\n{transcript(machines[0][1])}\nmachine 1:\n{transcript(machines[1][1])}")
+    repo, out = collector
+    print(f"collector:\n{transcript(out)}")
+    assert ran_stages(out["dvc repro"]) == ["aggregate", "plots", "report"]   # no per-seed stage, nothing upstream
+    assert "Data and pipelines are up to date" in out["dvc status"]
+    combined, reference = digests(repo, *OUTPUT_DIRS), digests(single, *OUTPUT_DIRS)
     assert {"results/report.md", "results/summary.csv", "models/seed1/agent.pt",
             "data/seed1/rollouts_trained.npz"} <= set(reference)
     assert combined == reference
-
-    # pushing again sends nothing: the remote's objects are named by their content
-    client = s3_client(s3_endpoint)
-    before = {key: client.head_object(Bucket=BUCKET, Key=PREFIX + key)["ETag"] for key in bucket_keys(client, PREFIX)}
-    machine0 = clone(origin, tmp_path / "machine0-again", "-b", "slice-0")      # machine 0's task, rerun
-    run(machine0, DVC, "pull", "--allow-missing")                     # its own seed's outputs (none of seed 1)
-    assert ran_stages(run(machine0, DVC, "repro", "--glob", "*@0", "reference")) == []
-    again = run(machine0, DVC, "push")
-    assert "Everything is up to date" in again, again
-    assert "Everything up-to-date" in run(machine0, "git", "push", "origin", "slice-0")
-    after = {key: client.head_object(Bucket=BUCKET, Key=PREFIX + key)["ETag"] for key in bucket_keys(client, PREFIX)}
-    assert after == before
-
-
-def sharing_stages() -> tuple[str, ...]:
-    """The per-seed stages of dvc.yaml (the `matrix` ones)."""
-    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
-    return tuple(name for name, stage in stages.items() if "matrix" in stage)
+    print(f"{len(combined)} files under {', '.join(OUTPUT_DIRS)} equal the single-machine study's")
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
+def test_a_slice_pushed_twice_sends_nothing_new(origin, machines, collector, s3_endpoint, tmp_path):  # noqa: F811
+    """A rerun of machine 0's task (a fresh clone of its branch) runs nothing and pushes nothing: every
+    object in the bucket keeps its bytes (ETag)."""
+    client = s3_client(s3_endpoint)
+    before = {key: client.head_object(Bucket=BUCKET, Key=PREFIX + key)["ETag"] for key in bucket_keys(client, PREFIX)}
+    assert before
+    again = clone(origin, tmp_path / "machine0-again", "-b", "slice-0")
+    out = {"dvc pull --allow-missing": run(again, DVC, "pull", "--allow-missing")}   # seed 1 has no hash here
+    out["dvc repro --glob '*@0' reference"] = run(again, DVC, "repro", "--glob", "*@0", "reference")
+    out["dvc push"] = run(again, DVC, "push")
+    out["git push origin slice-0"] = run(again, "git", "push", "origin", "slice-0")
+    print(f"machine 0's task again:\n{transcript(out)}")
+    assert ran_stages(out["dvc repro --glob '*@0' reference"]) == []
+    assert "Everything is up to date" in out["dvc push"]
+    assert "Everything up-to-date" in out["git push origin slice-0"]
+    after = {key: client.head_object(Bucket=BUCKET, Key=PREFIX + key)["ETag"] for key in bucket_keys(client, PREFIX)}
+    assert after == before
+    print(f"the bucket's {len(after)} objects keep their ETags")
+
+
+@pytest.mark.slow
 def test_a_collector_of_another_recipe_refuses_the_slices_naming_the_key(origin, machines, tmp_path):
     collector = clone(origin, tmp_path / "collector")
     params = yaml.safe_load((collector / "params.yaml").read_text())
@@ -200,15 +265,42 @@ def test_a_collector_of_another_recipe_refuses_the_slices_naming_the_key(origin,
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_a_fresh_clone_has_the_checkpoints_and_reruns_only_what_is_missing(single, tmp_path):
-    fresh = clone(single, tmp_path / "fresh")
-    assert digests(fresh, "models") == digests(single, "models")       # git carries the checkpoints
-    assert not (fresh / "data").exists()
-    out = run(fresh, DVC, "repro", "evaluate@0", "rollout@0")           # no `dvc pull`: the rollouts are missing
-    assert ran_stages(out) == ["validate", "rollout@0"]                # not train@0, not evaluate@0
-    assert digests(fresh, "data") == {k: v for k, v in digests(single, "data").items() if k.startswith("data/seed0/")}
-    assert "up to date" in run(fresh, DVC, "status", "train@0", "evaluate@0", "rollout@0")
+    fresh = clone(single, tmp_path / "fresh", "-b", "single")
+    assert digests(fresh, "models") == {k: v for k, v in digests(single, "models").items()
+                                        if not k.endswith("imitation.pt")}   # git carries the DQN checkpoints
+    assert not (fresh / "data" / "seed0").exists() and not (fresh / "data" / "demonstrations").exists()
+    # no `dvc pull`: the rollouts, the demonstrations and the cached analysis tables are missing
+    out = run(fresh, DVC, "repro", "evaluate@0", "rollout@0", "circuits@0")
+    print(f"fresh clone:\n$ dvc repro evaluate@0 rollout@0 circuits@0\n{out.rstrip()}")
+    assert ran_stages(out) == ["validate", "demonstrations", "rollout@0", "circuits@0"]   # not train@0, evaluate@0
+    original = digests(single, "data", "results/seeds/seed0/circuits")
+    assert digests(fresh, "data", "results/seeds/seed0/circuits") == {
+        k: v for k, v in original.items() if not k.startswith("data/seed1/")}           # the same bytes again
+    assert "up to date" in run(fresh, DVC, "status", "train@0", "evaluate@0", "rollout@0", "circuits@0")
+
+
+@pytest.mark.slow
+def test_without_a_remote_presets_remote_says_what_to_configure_and_dvc_still_works(single, collector, s3_endpoint,  # noqa: F811
+                                                                                      tmp_path):
+    fresh = clone(single, tmp_path / "fresh", "-b", "single")
+    run(fresh, DVC, "remote", "remove", "s3remote")                  # the project as shipped: no remote
+    commit(fresh, "no remote")
+    failed = subprocess.run([DVC, "pull"], cwd=fresh, capture_output=True, text=True, env=environment())
+    assert failed.returncode != 0 and "No remote provided" in failed.stdout + failed.stderr
+    said = subprocess.run([sys.executable, "-m", "presets", "remote"], cwd=fresh, capture_output=True, text=True,
+                          env=environment())
+    print(f"$ python -m presets remote\n{said.stderr}")
+    assert said.returncode != 0 and said.stderr.strip() == remotes.what_to_configure()
+    for command in (("plots", "show", "--json"), ("exp", "show", "--csv"), ("status",), ("metrics", "show")):
+        run(fresh, DVC, *command)                                    # a clone without a remote works otherwise
+    configured = run(fresh, sys.executable, "-m", "presets", "remote", "s3", f"s3://{BUCKET}/{PREFIX.rstrip('/')}",
+                     "--endpoint-url", s3_endpoint, "--local")
+    assert run(fresh, "git", "status", "--porcelain") == ""           # --local: .dvc/config.local, git-ignored
+    assert "s3remote" in run(fresh, sys.executable, "-m", "presets", "remote")
+    run(fresh, DVC, "pull")                                           # the collector pushed nothing; the slices did
+    print(f"$ python -m presets remote s3 ... --local\n{configured}")
+    assert digests(fresh, *OUTPUT_DIRS) == digests(single, *OUTPUT_DIRS)
 
 
 TINY_SWEEP = {"common": {"seeds": "[0]"}, "target": "evaluate", "recipes": {"tiny-gamma": {"agent.gamma": 0.8}}}
@@ -216,7 +308,6 @@ TINY_SWEEP = {"common": {"seeds": "[0]"}, "target": "evaluate", "recipes": {"tin
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_sweep_collect_reads_experiments_pulled_from_the_git_remote_as_local_ones(origin, machines, tmp_path):
     runner = clone(origin, tmp_path / "runner", "-b", "slice-0")          # has the reference policies' episodes
     (runner / "sweeps" / "recipes.yaml").write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
