@@ -41,14 +41,18 @@ def experiments(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str,
 
 
 def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[str, Any]],
-                 common: Mapping[str, Any], seeds: list[int], seed_dir: Callable[[int], str]) -> pd.DataFrame:
+                 common: Mapping[str, Any], seeds: list[int], seed_dir: Callable[[int], str],
+                 driving_of: Mapping[str, Callable[[str, int], Mapping[str, Any] | None]] | None = None
+                 ) -> pd.DataFrame:
     """One row per (recipe, seed) that finished: recipe, seed, overrides (the exact `-S` list),
-    and the trained agent's held-out success/collision/timeout rates and mean return (with CIs).
+    and the held-out success/collision/timeout rates and mean return (with CIs) of its agent.
 
     seed_dir: seed -> the directory of its results as DVC names it (`results/seeds/seed0`), where
     each seed's `names.DRIVING` (its DVC metric) and evaluate.json (the same with CIs: the metric of
     experiments run before driving.json existed) are. An experiment whose metrics of a seed are
-    missing (failed or still running) gives no row.
+    missing (failed or still running) gives no row. driving_of: recipe -> (rev, seed) -> its
+    agent's {rate: {mean, ci_low, ci_high}} for a recipe whose agent is not the DQN's (behaviour
+    cloning runs `imitate`, so the evaluate metrics its workspace shows are the base commit's).
     """
     rows = []
     for name, data in experiments(exp_show):
@@ -56,8 +60,13 @@ def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[s
             continue
         metrics = data.get("metrics") or {}
         for seed in seeds:
-            evaluate = (metrics.get(f"{seed_dir(seed)}/{SUMMARIES['evaluate']}") or {}).get("data")
-            driving = (metrics.get(f"{seed_dir(seed)}/{DRIVING}") or {}).get("data")
+            if driving_of and name in driving_of:
+                own = driving_of[name](data.get("rev"), seed)
+                evaluate = {"trained": own} if own else None
+                driving = None
+            else:
+                evaluate = (metrics.get(f"{seed_dir(seed)}/{SUMMARIES['evaluate']}") or {}).get("data")
+                driving = (metrics.get(f"{seed_dir(seed)}/{DRIVING}") or {}).get("data")
             if not evaluate and not driving:
                 continue
             row = {"recipe": name, "seed": seed, "rev": data.get("rev"),

@@ -62,10 +62,13 @@ def main() -> None:
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "-A", "--json"], check=True, capture_output=True,
                                       text=True).stdout)
     seeds = yaml.safe_load(str(spec["common"]["seeds"]))
-    table = recipe_table(shown, spec["recipes"], spec["common"], seeds, lambda seed: seed_results(seed).as_posix())
+    cloned = {name for name, target in (spec.get("targets") or {}).items() if target == "imitate"}
+    table = recipe_table(shown, spec["recipes"], spec["common"], seeds, lambda seed: seed_results(seed).as_posix(),
+                         dict.fromkeys(cloned, _imitation_driving))
     if table.empty:
         raise SystemExit("no finished recipe yet")
-    episodes = {(row.recipe, row.seed): _episodes_at(row.rev, row.seed) for row in table.itertuples(index=False)}
+    episodes = {(row.recipe, row.seed): _episodes_at(row.rev, row.seed, row.recipe in cloned)
+                for row in table.itertuples(index=False)}
     reference = pd.read_csv(REFERENCE.parent / "episodes.csv")
     classes = episode_classes(reference)
     changes = {name: env_overrides(spec["common"], spec["recipes"][name]) for name in table["recipe"].unique()}
@@ -100,12 +103,26 @@ def _constant_idle(changes: dict) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _episodes_at(rev: str, seed: int) -> pd.DataFrame | None:
-    """An experiment's evaluate_episodes.csv of one seed, read from its commit (None if absent)."""
-    shown = subprocess.run(["git", "show", f"{rev}:{seed_results(seed).as_posix()}/evaluate_episodes.csv"],
-                           capture_output=True, text=True)
-    return pd.read_csv(io.StringIO(shown.stdout)) if shown.returncode == 0 else None
+def _at(rev: str, path: str) -> str | None:
+    """A file of an experiment's commit (None if absent)."""
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else None
 
+
+def _episodes_at(rev: str, seed: int, cloned: bool = False) -> pd.DataFrame | None:
+    """An experiment's held-out episodes of one seed: evaluate_episodes.csv, or for behaviour cloning
+    imitation/episodes.csv (its agent as the "trained" model)."""
+    if cloned:
+        text = _at(rev, f"{seed_results(seed).as_posix()}/imitation/episodes.csv")
+        return pd.read_csv(io.StringIO(text)).assign(model="trained") if text is not None else None
+    text = _at(rev, f"{seed_results(seed).as_posix()}/evaluate_episodes.csv")
+    return pd.read_csv(io.StringIO(text)) if text is not None else None
+
+
+def _imitation_driving(rev: str, seed: int) -> dict | None:
+    """The behaviour-cloned network's held-out rates of one seed (imitation/metrics.json `driving`)."""
+    text = _at(rev, f"{seed_results(seed).as_posix()}/imitation/metrics.json")
+    return json.loads(text)["driving"] if text is not None else None
 
 if __name__ == "__main__":
     main()

@@ -60,6 +60,19 @@ def test_recipe_table_has_one_row_per_finished_recipe_and_seed():
                                          "-S 'agent.timeout_terminal=true'")
 
 
+def test_a_cloned_recipe_reports_its_own_agent_not_the_evaluate_metrics_its_workspace_inherits():
+    own = {0: evaluate(0.3)["trained"]}                    # seed 1 has no imitation metrics: no row
+    seen = []
+
+    def driving_of(rev, seed):
+        seen.append((rev, seed))
+        return own.get(seed)
+    table = recipe_table(shown(), RECIPES, COMMON, [0, 1], SEED_DIR, {"paper": driving_of})
+    paper = table[table["recipe"] == "paper"]
+    assert paper[["seed", "success_rate"]].values.tolist() == [[0, 0.3]] and seen == [("abc", 0), ("abc", 1)]
+    assert table[table["recipe"] == "other"]["success_rate"].tolist() == [0.5]
+
+
 def test_sweep_figure_shows_each_seed_and_the_reference_lines():
     table = recipe_table(shown(), RECIPES, COMMON, [0, 1], SEED_DIR)
     reference = {"clairvoyant": {"success_rate": {"mean": 0.9}}, "constant_idle": {"success_rate": {"mean": 0.55}}}
