@@ -10,6 +10,7 @@ import pytest
 import torch
 from sklearn import metrics
 
+from egolens.analysis.reading import probe_scores as ps
 from egolens.analysis.reading import probes as pr
 from egolens.hooks import run_with_cache
 from tests.conftest import tiny_net
@@ -80,7 +81,7 @@ def test_a_split_by_step_scores_higher_than_the_split_by_episode():
     def held_out_accuracy(groups: np.ndarray) -> float:
         data = pr.ProbeData(features, label, groups, rows)
         _, held = pr.fit_held_out(data, "binary", pr.held_out_episodes(groups, 0.3, seed=0))
-        return pr.accuracy(held.y, held.predicted)
+        return ps.accuracy(held.y, held.predicted)
 
     by_step = held_out_accuracy(rows)          # each step its own group: a split by step
     by_episode = held_out_accuracy(episode)
@@ -93,18 +94,18 @@ def test_metrics_match_scikit_learn():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
     predicted = np.where(rng.uniform(size=200) < 0.6, y, rng.integers(0, 3, 200))
-    assert pr.accuracy(y, predicted) == pytest.approx(metrics.accuracy_score(y, predicted))
-    assert pr.balanced_accuracy(y, predicted) == pytest.approx(metrics.balanced_accuracy_score(y, predicted))
+    assert ps.accuracy(y, predicted) == pytest.approx(metrics.accuracy_score(y, predicted))
+    assert ps.balanced_accuracy(y, predicted) == pytest.approx(metrics.balanced_accuracy_score(y, predicted))
     binary = (y == 1).astype(int)
     score = np.round(rng.uniform(size=200) + 0.3 * binary, 1)           # rounded: ties
-    assert pr.auc(binary, score) == pytest.approx(metrics.roc_auc_score(binary, score))
+    assert ps.auc(binary, score) == pytest.approx(metrics.roc_auc_score(binary, score))
     value = rng.standard_normal(200)
     guess = value + 0.5 * rng.standard_normal(200)
-    assert pr.r2(value, guess) == pytest.approx(metrics.r2_score(value, guess))
+    assert ps.r2(value, guess) == pytest.approx(metrics.r2_score(value, guess))
     probability = rng.dirichlet(np.ones(3), 200)
     assert pr.mean_log_loss(y, probability, np.arange(3)) == pytest.approx(metrics.log_loss(y, probability))
-    assert np.isnan(pr.auc(np.ones(5), np.arange(5.0)))
-    assert np.isnan(pr.r2(np.ones(5), np.arange(5.0)))
+    assert np.isnan(ps.auc(np.ones(5), np.arange(5.0)))
+    assert np.isnan(ps.r2(np.ones(5), np.arange(5.0)))
 
 
 @pytest.mark.parametrize("kind", ["binary", "categorical", "continuous"])
@@ -116,10 +117,10 @@ def test_weighted_scores_count_a_row_as_often_as_its_weight(kind):
         else y + rng.standard_normal(60)
     probability = np.round(rng.uniform(size=60) * 0.7 + 0.3 * (y == 1), 1) if kind == "binary" else None
     weights = rng.integers(0, 3, (4, 60))
-    weighted = pr.weighted_scores(kind, y, predicted, probability, weights)
+    weighted = ps.weighted_scores(kind, y, predicted, probability, weights)
     for d in range(4):
         index = np.repeat(np.arange(60), weights[d])
-        repeated = pr.scores(kind, y[index], predicted[index], None if probability is None else probability[index])
+        repeated = ps.scores(kind, y[index], predicted[index], None if probability is None else probability[index])
         for metric, value in repeated.items():
             assert weighted[metric][d] == pytest.approx(value, rel=1e-9)
 
@@ -170,7 +171,7 @@ def test_probe_direction_is_the_weight_of_the_raw_units():
     ridge = pr.fit_probe(features, value, episode, "continuous")
     np.testing.assert_allclose(ridge.estimator.predict(features), features @ ridge.direction + ridge.intercept[0],
                                rtol=1e-8, atol=1e-8)
-    assert pr.r2(value, ridge.estimator.predict(features)) > 0.99
+    assert ps.r2(value, ridge.estimator.predict(features)) > 0.99
 
 
 def test_a_continuous_fact_beats_the_unrelated_input_with_a_paired_interval():
