@@ -19,15 +19,6 @@ METRICS: dict[Kind, tuple[str, ...]] = {
     "continuous": ("r2",),
 }
 """The held-out scores of each kind of target."""
-LOGISTIC_C = tuple(float(c) for c in np.logspace(-3, 2, 6))
-"""Inverse regularisation strengths tried for logistic probes (on standardised features)."""
-RIDGE_ALPHA = tuple(float(a) for a in np.logspace(-2, 4, 7))
-"""Ridge penalties tried for continuous probes (on standardised features)."""
-MAX_ITER = 1000
-"""lbfgs iterations per logistic fit (separable data with a large C stops here)."""
-RAW = "obs"
-"""The raw observation as a probe input: a vehicle's row [F] for per-vehicle targets, the whole
-observation [E·F] for per-step targets."""
 
 
 def accuracy(y: np.ndarray, predicted: np.ndarray) -> float:

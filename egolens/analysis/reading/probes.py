@@ -35,17 +35,10 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from egolens.analysis.reading.probe_scores import scores, weighted_scores
+from egolens.analysis.reading.probe_scores import KINDS, METRICS, scores, weighted_scores
 from egolens.analysis.reading.probe_targets import Kind, Level, vehicle_rows
 from egolens.probes_config import probe_site_level
 
-KINDS: tuple[Kind, ...] = ("binary", "categorical", "continuous")
-METRICS: dict[Kind, tuple[str, ...]] = {
-    "binary": ("accuracy", "balanced_accuracy", "auc"),
-    "categorical": ("accuracy", "balanced_accuracy"),
-    "continuous": ("r2",),
-}
-"""The held-out scores of each kind of target."""
 LOGISTIC_C = tuple(float(c) for c in np.logspace(-3, 2, 6))
 """Inverse regularisation strengths tried for logistic probes (on standardised features)."""
 RIDGE_ALPHA = tuple(float(a) for a in np.logspace(-2, 4, 7))
