@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-
-if TYPE_CHECKING:
-    pass
 
 from egolens.config_base import Strict, held_out_seeds
 

@@ -13,6 +13,7 @@ from egolens.analysis.reading import probes as pr
 from egolens.episodes import greedy
 from egolens.hooks import run_with_cache
 from egolens.play import play
+from egolens.probes_config import validate_alphas
 from egolens.vocabulary import ACTIONS
 from tests.conftest import random_obs, tiny_net, toy_runner
 
@@ -113,13 +114,13 @@ def test_probe_direction_is_the_unit_weight_vector():
 
 
 def test_bad_alpha_grids_and_sites_fail_naming_them():
-    assert st.validate_alphas([1.0, -2.0, 0.0]) == (-2.0, 0.0, 1.0)
+    assert validate_alphas([1.0, -2.0, 0.0]) == (-2.0, 0.0, 1.0)
     with pytest.raises(ValueError, match=r"steering.alphas = \[-1.0, 1.0\]: the grid must contain 0"):
-        st.validate_alphas([-1.0, 1.0])
+        validate_alphas([-1.0, 1.0])
     with pytest.raises(ValueError, match="steering.alphas.*repeated"):
-        st.validate_alphas([0.0, 1.0, 1.0])
+        validate_alphas([0.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="steering.alphas.*finite"):
-        st.validate_alphas([0.0, float("nan")])
+        validate_alphas([0.0, float("nan")])
     with pytest.raises(KeyError, match="no activation named 'output_layer.hook_post.7'"):
         st.steered_policy(tiny_net(), "output_layer.hook_post.7", np.ones(8), 1.0, 1.0)
     with pytest.raises(ValueError, match="positive norm"):

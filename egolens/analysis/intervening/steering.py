@@ -24,7 +24,6 @@ from egolens.analysis.intervening.interventions import Intervened, add_direction
 from egolens.analysis.reading.probes import ProbeFit
 from egolens.episodes import greedy
 from egolens.hooks import activation_names
-from egolens.probes_config import validate_alphas  # noqa: F401  (re-exported: the α grid check params use)
 from egolens.vocabulary import ACTIONS
 
 SLOWER, FASTER = ACTIONS.index("SLOWER"), ACTIONS.index("FASTER")
