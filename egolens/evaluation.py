@@ -63,20 +63,27 @@ EPISODE_CLASSES = ("go", "timing", "unsolved")
 constant speed arrives: constant FASTER or IDLE does), `timing` (only the clairvoyant planner
 arrives: it takes waiting for the right gap), `unsolved` (not even the clairvoyant planner arrives)."""
 
+WAIT = "wait"
+"""The episodes that are not `go` (timing or unsolved), where the clairvoyant planner was not played to
+split them: an env other than the study's, whose only reference is the constant-speed policies."""
+
 
 def episode_classes(reference: pd.DataFrame) -> pd.Series:
     """env_seed -> its class (`EPISODE_CLASSES`), from results/reference/episodes.csv (policy, env_seed,
-    outcome) with the constant_faster, constant_idle and clairvoyant policies."""
+    outcome) with the constant_faster, constant_idle and clairvoyant policies; without a clairvoyant
+    policy in `reference`, every episode that is not `go` is `WAIT`."""
     outcome = reference.pivot(index="env_seed", columns="policy", values="outcome")
     arrived = outcome.eq(ARRIVED)
     go = arrived["constant_faster"] | arrived["constant_idle"]
-    classes = np.where(go, "go", np.where(arrived["clairvoyant"], "timing", "unsolved"))
-    return pd.Series(classes, index=outcome.index, name="episode_class")
+    rest = (np.where(arrived["clairvoyant"], "timing", "unsolved") if "clairvoyant" in arrived
+            else np.full(len(arrived), WAIT))
+    return pd.Series(np.where(go, "go", rest), index=outcome.index, name="episode_class")
 
 
-def success_by_class(episodes: pd.DataFrame, classes: pd.Series) -> dict[str, float]:
-    """An agent's success rate within each episode class: episodes (env_seed, outcome) on the
-    classified env seeds. A class with no episode of the agent gives NaN."""
+def success_by_class(episodes: pd.DataFrame, classes: pd.Series,
+                     names: Sequence[str] = EPISODE_CLASSES) -> dict[str, float]:
+    """An agent's success rate within each episode class of `names`: episodes (env_seed, outcome) on
+    the classified env seeds. A class with no episode of the agent gives NaN."""
     joined = episodes.set_index("env_seed")["outcome"].to_frame().join(classes, how="inner")
     rates = joined["outcome"].eq(ARRIVED).groupby(joined["episode_class"]).mean()
-    return {name: float(rates.get(name, np.nan)) for name in EPISODE_CLASSES}
+    return {name: float(rates.get(name, np.nan)) for name in names}

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from egolens.evaluation import EPISODE_CLASSES, paired_versus, success_by_class
+from egolens.evaluation import EPISODE_CLASSES, WAIT, paired_versus, success_by_class
 from egolens.names import ARRIVED, DRIVING, DRIVING_METRICS, SUMMARIES
 
 
@@ -81,15 +81,23 @@ def recipe_table(exp_show: list[dict[str, Any]], recipes: Mapping[str, Mapping[s
 
 
 def with_episode_classes(table: pd.DataFrame, episodes: Mapping[tuple[str, int], pd.DataFrame],
-                         classes: pd.Series) -> pd.DataFrame:
-    """`recipe_table` plus success_<class> for every episode class (`evaluation.episode_classes`):
-    how often each (recipe, seed) agent arrives in the episodes driving on solves and in those that
-    need waiting for the right gap. episodes: (recipe, seed) -> its evaluate_episodes.csv."""
+                         classes: pd.Series | Mapping[str, pd.Series]) -> pd.DataFrame:
+    """`recipe_table` plus success_<class> for every episode class (`evaluation.episode_classes`) and
+    success_wait (the episodes that are not `go`): how often each (recipe, seed) agent arrives in the
+    episodes driving on solves and in those that need waiting for the right gap.
+
+    episodes: (recipe, seed) -> its evaluate_episodes.csv. classes: env_seed -> class, one for every
+    recipe, or recipe -> its own (a recipe on another simulation is classified on its own env; without
+    the clairvoyant planner there its non-`go` episodes are `wait`, and timing/unsolved stay NaN)."""
     rows = []
     for row in table.to_dict("records"):
         frame = episodes.get((row["recipe"], row["seed"]))
-        rates = (success_by_class(frame[frame["model"] == "trained"], classes) if frame is not None
-                 else dict.fromkeys(EPISODE_CLASSES, float("nan")))
+        own = classes if isinstance(classes, pd.Series) else classes.get(row["recipe"])
+        rates = dict.fromkeys((*EPISODE_CLASSES, WAIT), float("nan"))
+        if frame is not None and own is not None:
+            trained = frame[frame["model"] == "trained"]
+            rates |= success_by_class(trained, own)
+            rates[WAIT] = success_by_class(trained, own.where(own == "go", WAIT), (WAIT,))[WAIT]
         rows.append(row | {f"success_{name}": rate for name, rate in rates.items()})
     return pd.DataFrame(rows)
 

@@ -25,7 +25,7 @@ from egolens.evaluation import episode_classes, episode_outcomes
 from egolens.figures import figure_png
 from egolens.numbers import EXACT
 from egolens.play import play
-from egolens.policies import IDLE, constant_policy
+from egolens.policies import FASTER, IDLE, constant_policy
 from egolens.sweep import (
     env_overrides,
     overrides,
@@ -70,13 +70,12 @@ def main() -> None:
     episodes = {(row.recipe, row.seed): _episodes_at(row.rev, row.seed, row.recipe in cloned)
                 for row in table.itertuples(index=False)}
     reference = pd.read_csv(REFERENCE.parent / "episodes.csv")
-    classes = episode_classes(reference)
     changes = {name: env_overrides(spec["common"], spec["recipes"][name]) for name in table["recipe"].unique()}
-    # episode classes come from the reference's episodes: only recipes that play those episodes get them
-    table = with_episode_classes(table, {key: frame if same_episodes(changes[key[0]]) else None
-                                         for key, frame in episodes.items()}, classes)
-    idle = {name: (reference[reference["policy"] == "constant_idle"] if same_episodes(env)
-                   else _constant_idle(env)) for name, env in changes.items()}
+    # the reference's episodes classify recipes that play them; a recipe on another simulation is
+    # classified by the constant-speed policies on its own env (go / wait: no clairvoyant planner there)
+    own = {name: (reference if same_episodes(env) else _constant_policies(env)) for name, env in changes.items()}
+    table = with_episode_classes(table, episodes, {name: episode_classes(frame) for name, frame in own.items()})
+    idle = {name: frame[frame["policy"] == "constant_idle"] for name, frame in own.items()}
     table = versus_idle(table, episodes, idle, resamples=2000)
     if (OUT / "recipes.csv").exists():       # recipes collected before (their experiments may be gone) stay
         kept = pd.read_csv(OUT / "recipes.csv")
@@ -85,22 +84,28 @@ def main() -> None:
     reference = json.loads(REFERENCE.read_text())
     figure = plots.recipe_sweep(table, reference)
     write_bytes(OUT / "recipes.png", figure_png(figure))
-    print(table.groupby("recipe")[["success_rate", "collision_rate", "timeout_rate", "mean_return", "success_go",
-                                   "success_timing", "idle_success", "success_vs_idle"]].mean().round(3).to_string())
-    print("episode classes of the held-out seeds:", classes.value_counts().to_dict())
+    columns = ["success_rate", "collision_rate", "timeout_rate", "mean_return", "success_go", "success_wait",
+               "success_timing", "idle_success", "success_vs_idle"]
+    print(table.groupby("recipe")[columns].mean().round(3).to_string())
+    for name, frame in own.items():
+        print(f"episode classes of {name}'s env:", episode_classes(frame).value_counts().to_dict())
 
 
-def _constant_idle(changes: dict) -> pd.DataFrame:
-    """Constant IDLE's held-out episodes on the params.yaml env with `changes` (another simulation than
-    the reference's), computed once per env and kept in results/sweep/idle/<env fingerprint>.csv."""
+def _constant_policies(changes: dict) -> pd.DataFrame:
+    """Constant IDLE's and constant FASTER's held-out episodes (policy, env_seed, return, outcome) on the
+    params.yaml env with `changes` (another simulation than the reference's), each computed once per env
+    and kept in results/sweep/<idle|faster>/<env fingerprint>.csv."""
     params = load_params()
     env = EnvConfig.model_validate({**params.env.model_dump(), **changes})
-    path = OUT / "idle" / f"{fingerprint(env.model_dump(mode='json'))}.csv"
-    if not path.exists():
-        with make_runner(env, 2) as runner:
-            results = play(constant_policy(IDLE), runner, params.evaluate.env_seeds)
-        write_csv(path, episode_outcomes(results), EXACT)
-    return pd.read_csv(path)
+    frames = []
+    for name, action in (("idle", IDLE), ("faster", FASTER)):
+        path = OUT / name / f"{fingerprint(env.model_dump(mode='json'))}.csv"
+        if not path.exists():
+            with make_runner(env, 2) as runner:
+                results = play(constant_policy(action), runner, params.evaluate.env_seeds)
+            write_csv(path, episode_outcomes(results), EXACT)
+        frames.append(pd.read_csv(path).assign(policy=f"constant_{name}"))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _at(rev: str, path: str) -> str | None:

@@ -32,3 +32,11 @@ def test_episodes_are_classed_by_which_reference_policies_arrive():
     assert success_by_class(agent, classes) == {"go": 1.0, "timing": 0.5, "unsolved": 0.0}
     only_go = success_by_class(agent.iloc[:2], classes)
     assert only_go["go"] == 1.0 and math.isnan(only_go["timing"])
+
+
+def test_without_the_clairvoyant_planner_the_episodes_that_are_not_go_are_wait():
+    outcomes = {"constant_faster": "acttc", "constant_idle": "tacct"}
+    reference = pd.concat([episodes(o).assign(policy=p) for p, o in outcomes.items()])
+    classes = episode_classes(reference)
+    assert list(classes) == ["go", "go", "wait", "wait", "wait"]
+    assert success_by_class(episodes("aatat"), classes, ("go", "wait")) == {"go": 1.0, "wait": 1 / 3}

@@ -91,7 +91,21 @@ def test_each_recipe_seed_gets_its_success_in_each_episode_class():
                            "outcome": ["arrived", "collision", "arrived", "timeout", "collision"]})
     out = with_episode_classes(table, {("paper", 0): played}, classes).set_index(["recipe", "seed"])
     assert out.loc[("paper", 0), ["success_go", "success_timing", "success_unsolved"]].tolist() == [0.5, 1.0, 0.0]
+    assert out.loc[("paper", 0), "success_wait"] == 0.5                        # timing and unsolved together
     assert out.loc[("paper", 1), ["success_go", "success_timing"]].isna().all()       # its episodes were not read
+
+
+def test_a_recipe_on_another_simulation_is_classed_on_its_own_env_into_go_and_wait():
+    table = recipe_table(shown(), {"paper": {}, "other": {}}, {}, [0, 1], SEED_DIR)
+    study = pd.Series(["go", "go", "timing", "unsolved"], index=[10, 11, 12, 13], name="episode_class")
+    own = pd.Series(["go", "wait", "wait", "wait"], index=[10, 11, 12, 13], name="episode_class")
+    played = pd.DataFrame({"model": ["trained"] * 4, "env_seed": [10, 11, 12, 13],
+                           "outcome": ["arrived", "collision", "arrived", "timeout"]})
+    out = with_episode_classes(table, {("paper", 0): played, ("other", 0): played},
+                               {"paper": study, "other": own}).set_index(["recipe", "seed"])
+    assert out.loc[("other", 0), ["success_go", "success_wait"]].tolist() == [1.0, 1 / 3]
+    assert out.loc[("other", 0), ["success_timing", "success_unsolved"]].isna().all()   # no planner on its env
+    assert out.loc[("paper", 0), ["success_go", "success_wait", "success_timing"]].tolist() == [0.5, 0.5, 1.0]
 
 
 def test_env_overrides_are_parsed_as_dvc_parses_them():
@@ -122,3 +136,14 @@ def test_a_recipe_without_episodes_gets_no_comparison():
     table = pd.DataFrame([{"recipe": "r", "seed": 0}])
     row = versus_idle(table, {("r", 0): None}, {"r": pd.DataFrame()}, resamples=200).iloc[0]
     assert np.isnan(row["success_vs_idle"])
+
+
+def test_sweep_figure_marks_constant_idle_on_each_recipes_own_env():
+    table = recipe_table(shown(), RECIPES, COMMON, [0, 1], SEED_DIR)
+    table["idle_success"] = table["recipe"].map({"paper": 0.55, "other": 0.4})
+    fig = plots.recipe_sweep(table, {})
+    crosses = [c for c in fig.axes[0].collections if c.get_label() == "constant IDLE on the recipe's env"]
+    recipes = list(dict.fromkeys(table["recipe"]))
+    assert len(crosses) == 1
+    assert sorted(map(tuple, crosses[0].get_offsets().tolist())) == sorted(
+        (0.55 if r == "paper" else 0.4, float(i)) for i, r in enumerate(recipes))

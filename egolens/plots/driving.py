@@ -125,7 +125,7 @@ def evaluation(evaluation_table: pd.DataFrame, reference: pd.DataFrame | None = 
 
 SWEEP_METRICS = {"success_rate": "success", "collision_rate": "collision", "timeout_rate": "timeout",
                  "mean_return": "mean return", "success_go": "success where driving on arrives",
-                 "success_timing": "success where only waiting for a gap arrives"}
+                 "success_wait": "success where no constant speed arrives"}
 
 
 @styled
@@ -134,9 +134,10 @@ def recipe_sweep(table: pd.DataFrame, reference: Mapping[str, Mapping[str, Mappi
     (panels), beside the reference policies on the same episodes (lines).
 
     table: results/sweep/recipes.csv (recipe, seed, success_rate, collision_rate, timeout_rate,
-    mean_return, and success_go / success_timing when present: success within the episodes a
-    constant policy solves / only the clairvoyant planner solves); reference:
-    results/reference/metrics.json (policy -> metric -> {mean, ...}).
+    mean_return, and when present success_go / success_wait: success within the episodes a constant
+    speed solves / does not solve, and idle_success: constant IDLE on the recipe's own env, drawn as a
+    cross on the success panel); reference: results/reference/metrics.json (policy -> metric ->
+    {mean, ...}) of the study's env: a recipe on another simulation is judged against its own cross.
     """
     recipes = list(dict.fromkeys(table["recipe"]))
     metrics = {metric: title for metric, title in SWEEP_METRICS.items() if metric in table}
@@ -147,6 +148,10 @@ def recipe_sweep(table: pd.DataFrame, reference: Mapping[str, Mapping[str, Mappi
         ax.barh(range(len(recipes)), means, color="#4C72B0", alpha=0.45, label="mean over seeds")
         y = [recipes.index(r) for r in table["recipe"]]
         ax.scatter(table[metric], y, color="#4C72B0", s=22, zorder=3, label="one seed")
+        if metric == "success_rate" and "idle_success" in table:
+            idle = table.groupby("recipe", sort=False)["idle_success"].mean().reindex(recipes)
+            ax.scatter(idle, range(len(recipes)), marker="x", color="black", s=30, zorder=4,
+                       label="constant IDLE on the recipe's env")
         for policy in ("constant_idle", "rule_based", "clairvoyant"):
             label, colour, style = REFERENCE_STYLES[policy]
             if policy in reference and metric in reference[policy]:
