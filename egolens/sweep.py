@@ -102,6 +102,22 @@ def with_episode_classes(table: pd.DataFrame, episodes: Mapping[tuple[str, int],
     return pd.DataFrame(rows)
 
 
+CLONING_COLUMNS = ("bc_accuracy", "bc_accuracy_slower", "bc_success_on_demonstrations",
+                   "bc_collision_on_demonstrations")
+"""What a behaviour-cloning rung adds to its rows: how well the network fits the planner's steps (all,
+and SLOWER: the waiting) and how it drives, closed loop, on the very episodes it was cloned from."""
+
+
+def cloning_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """`CLONING_COLUMNS` from a seed's imitation/metrics.json (NaN for what it does not hold)."""
+    metrics = metrics or {}
+    train = metrics.get("train", {})
+    own = metrics.get("driving_on_demonstrations", {})
+    values = (train.get("accuracy"), train.get("accuracy_by_action", {}).get("action0"),
+              own.get("success_rate", {}).get("mean"), own.get("collision_rate", {}).get("mean"))
+    return {name: float("nan") if value is None else float(value) for name, value in zip(CLONING_COLUMNS, values)}
+
+
 # ------------------------------------------------------------------------------ the diagnosis ladder
 
 OBSERVATION_ONLY = ("features", "observe_intentions")

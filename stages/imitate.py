@@ -1,8 +1,11 @@
 """imitate@seed: behaviour cloning, the representation bound (a diagnostic, never the study's agent).
 The reference network, initialised as agent seed N's DQN, is fitted by cross-entropy to the
 clairvoyant planner's actions on the demonstrations, then plays evaluate's held-out episodes
-greedily (the episodes every agent and reference policy plays: paired). Writes
-models/seed<N>/imitation.pt and results/seeds/seed<N>/imitation/{metrics.json,episodes.csv}."""
+greedily (the episodes every agent and reference policy plays: paired), and the demonstration
+episodes themselves (closed loop on the very episodes it was cloned from: a network that fits the
+planner's steps but fails there fails by compounding errors or by what it could not fit, not by
+generalising to new episodes). Writes models/seed<N>/imitation.pt and
+results/seeds/seed<N>/imitation/{metrics.json,episodes.csv}."""
 
 from __future__ import annotations
 
@@ -32,13 +35,18 @@ def main() -> None:
     with make_runner(params.env, min(params.evaluate.num_envs, len(env_seeds))) as runner:
         results = play(net, runner, env_seeds)
     driving = summarize_episodes(results, params.evaluate.bootstrap_resamples, seed)
+    own_seeds = [int(s) for s in demos.env_seed]
+    with make_runner(params.env, min(params.evaluate.num_envs, len(own_seeds))) as runner:
+        on_demonstrations = summarize_episodes(play(net, runner, own_seeds), params.evaluate.bootstrap_resamples,
+                                               seed)
     metrics = {"train": {"accuracy": accuracy["all"],
                          "accuracy_by_action": {k: v for k, v in accuracy.items() if k != "all"},
                          "final_loss": run.epoch_loss[-1], "epochs": len(run.epoch_loss), "adam_steps": run.steps,
                          "demonstration_steps": len(demos), "demonstration_episodes": demos.episodes},
-               "driving": driving}
+               "driving": driving, "driving_on_demonstrations": on_demonstrations}
     print(f"seed {seed} imitation: training accuracy {accuracy['all']:.3f}; held-out " +
-          ", ".join(f"{k} {v['mean']:.3f}" for k, v in driving.items()))
+          ", ".join(f"{k} {v['mean']:.3f}" for k, v in driving.items()) + "; on its demonstration episodes " +
+          ", ".join(f"{k} {v['mean']:.3f}" for k, v in on_demonstrations.items()))
     meta = {"config": {"env": params.env.model_dump(mode="json"),
                        "agent": {k: getattr(params.agent, k) for k in NETWORK_KEYS},
                        "imitation": params.imitation.model_dump(mode="json"),

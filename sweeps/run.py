@@ -27,6 +27,7 @@ from egolens.numbers import EXACT
 from egolens.play import play
 from egolens.policies import FASTER, IDLE, constant_policy
 from egolens.sweep import (
+    cloning_columns,
     env_overrides,
     overrides,
     recipe_table,
@@ -69,6 +70,10 @@ def main() -> None:
         raise SystemExit("no finished recipe yet")
     episodes = {(row.recipe, row.seed): _episodes_at(row.rev, row.seed, row.recipe in cloned)
                 for row in table.itertuples(index=False)}
+    if cloned:
+        fits = [cloning_columns(_imitation_metrics(row.rev, row.seed) if row.recipe in cloned else None)
+                for row in table.itertuples(index=False)]
+        table = pd.concat([table, pd.DataFrame(fits, index=table.index)], axis=1)
     reference = pd.read_csv(REFERENCE.parent / "episodes.csv")
     changes = {name: env_overrides(spec["common"], spec["recipes"][name]) for name in table["recipe"].unique()}
     # the reference's episodes classify recipes that play them; a recipe on another simulation is
@@ -124,10 +129,16 @@ def _episodes_at(rev: str, seed: int, cloned: bool = False) -> pd.DataFrame | No
     return pd.read_csv(io.StringIO(text)) if text is not None else None
 
 
+def _imitation_metrics(rev: str, seed: int) -> dict | None:
+    """An experiment's imitation/metrics.json of one seed (None if absent)."""
+    text = _at(rev, f"{seed_results(seed).as_posix()}/imitation/metrics.json")
+    return json.loads(text) if text is not None else None
+
+
 def _imitation_driving(rev: str, seed: int) -> dict | None:
     """The behaviour-cloned network's held-out rates of one seed (imitation/metrics.json `driving`)."""
-    text = _at(rev, f"{seed_results(seed).as_posix()}/imitation/metrics.json")
-    return json.loads(text)["driving"] if text is not None else None
+    metrics = _imitation_metrics(rev, seed)
+    return metrics["driving"] if metrics is not None else None
 
 if __name__ == "__main__":
     main()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from egolens import plots
 from egolens.sweep import (
+    CLONING_COLUMNS,
+    cloning_columns,
     env_overrides,
     overrides,
     recipe_table,
@@ -147,3 +151,14 @@ def test_sweep_figure_marks_constant_idle_on_each_recipes_own_env():
     assert len(crosses) == 1
     assert sorted(map(tuple, crosses[0].get_offsets().tolist())) == sorted(
         (0.55 if r == "paper" else 0.4, float(i)) for i, r in enumerate(recipes))
+
+
+def test_a_cloning_rung_reports_its_fit_and_its_driving_on_its_own_demonstrations():
+    metrics = {"train": {"accuracy": 0.93, "accuracy_by_action": {"action0": 0.74, "action1": None, "action2": 0.97}},
+               "driving": {}, "driving_on_demonstrations": {"success_rate": {"mean": 0.59},
+                                                            "collision_rate": {"mean": 0.375}}}
+    assert cloning_columns(metrics) == {"bc_accuracy": 0.93, "bc_accuracy_slower": 0.74,
+                                        "bc_success_on_demonstrations": 0.59, "bc_collision_on_demonstrations": 0.375}
+    older = cloning_columns({"train": {"accuracy": 0.9, "accuracy_by_action": {}}})   # before the closed-loop replay
+    assert older["bc_accuracy"] == 0.9 and all(math.isnan(older[k]) for k in CLONING_COLUMNS[1:])
+    assert all(math.isnan(v) for v in cloning_columns(None).values())
