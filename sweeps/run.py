@@ -2,7 +2,7 @@
 
     python -m sweeps.run queue [NAME ...]   # dvc exp run --queue -n <recipe> -S ... <target> (all or NAMEs)
     dvc queue start -j 1            # runs them (each trains with both cores)
-    python -m sweeps.run collect    # results/sweep/recipes.csv + recipes.png from `dvc exp show -A --json`
+    python -m sweeps.run collect    # results/sweep/recipes.csv + recipes.png from `dvc exp show --json`
 
 Recipes live in sweeps/recipes.yaml; the reference policies come from results/reference.
 """
@@ -60,7 +60,11 @@ def main() -> None:
             target = spec.get("targets", {}).get(name, spec["target"])
             subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, *sets, target], check=True)
         return
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "-A", "--json"], check=True, capture_output=True,
+    baselines = _experiment_baselines()
+    if not baselines:
+        raise SystemExit("no experiment yet (no refs/exps/: run or `dvc exp pull` some first)")
+    revs = [arg for rev in baselines for arg in ("--rev", rev)]
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json", *revs], check=True, capture_output=True,
                                       text=True).stdout)
     seeds = yaml.safe_load(str(spec["common"]["seeds"]))
     cloned = {name for name, target in (spec.get("targets") or {}).items() if target == "imitate"}
@@ -111,6 +115,15 @@ def _constant_policies(changes: dict) -> pd.DataFrame:
             write_csv(path, episode_outcomes(results), EXACT)
         frames.append(pd.read_csv(path).assign(policy=f"constant_{name}"))
     return pd.concat(frames, ignore_index=True)
+
+
+def _experiment_baselines() -> list[str]:
+    """The commits experiments (local or pulled: refs/exps/<ab>/<cdef…>/<name>) are based on. `dvc exp
+    show` on just these instead of `-A`, which reads every commit of the history (an hour under load)."""
+    refs = subprocess.run(["git", "for-each-ref", "refs/exps", "--format=%(refname)"], check=True,
+                          capture_output=True, text=True).stdout.split()
+    parts = [ref.split("/") for ref in refs]
+    return sorted({p[2] + p[3] for p in parts if len(p) == 5 and len(p[2] + p[3]) == 40})
 
 
 def _at(rev: str, path: str) -> str | None:
