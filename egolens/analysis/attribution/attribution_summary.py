@@ -11,9 +11,8 @@ against chance, and each deletion order's area against random orders'.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
