@@ -76,7 +76,8 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
         "ablations": lambda: plots.ablations(seed_table(params, "interventions/closed_loop.csv"),
                                              ranks=head_ranks(params)),
         "patching": lambda: plots.patching(seed_table(params, "interventions/patching.csv"),
-                                           seed_table(params, "interventions/path_patching.csv")),
+                                           seed_table(params, "interventions/path_patching.csv"),
+                                           ranks=head_ranks(params)),
         "learning_curves": lambda: plots.learning_curves(
             seed_table(params, "train/plots/metrics/return.tsv", sep="\t"),
             reference=plots.reference_returns(reference_table())),

@@ -517,7 +517,9 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
         "others embedding, layer 1: 2 top-conductance neurons mean-ablated"]
     for ax, metric in zip(axes, ("success", "collision")):
         containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-        assert [c.get_label() for c in containers] == [f"seed {s}" for s in SEEDS]
+        assert [c.get_label() for c in containers] == [*(f"seed {s}" for s in SEEDS),
+                                                       "pooled: mean over seeds (95% t-interval)"]
+        containers, (pooled,) = containers[:-1], containers[-1:]
         for container, seed in zip(containers, SEEDS):
             rows = table[(table["seed"] == seed) & (table["metric"] == metric) & (table["kind"] != "none")]
             data_line, _, (bars,) = container.lines
@@ -527,6 +529,14 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
         head0 = table[(table["condition"] == "head0_zero") & (table["metric"] == metric)]["diff"]
         plotted = np.concatenate([c.lines[0].get_xdata() for c in containers])
         assert not np.isclose(plotted, head0.mean()).any()
+        # the pooled diamond is the mean over seeds, on each condition's row, with its t-interval over seeds
+        np.testing.assert_allclose(pooled.lines[0].get_xdata()[0], head0.mean())
+        (bars,) = pooled.lines[2]
+        np.testing.assert_allclose(bars.get_segments()[0][:, 0], hand_interval(head0.to_numpy()), rtol=1e-5)
+        # the unablated agent's rate (the control row, all episodes) is named in the title
+        control = closed_loop_table()
+        rate = control[(control["kind"] == "none") & (control["half"] == "all") & (control["metric"] == metric)]
+        assert f"unablated agent {rate['value'].mean():.2f}" in ax.get_title()
 
 
 def test_ablation_rows_name_heads_by_their_role_in_each_seed():
@@ -537,7 +547,7 @@ def test_ablation_rows_name_heads_by_their_role_in_each_seed():
     assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["head_rank1 zeroed (held-out half)",
                                                                 "head_rank2 zeroed (held-out half)"]
     # seed 0's head 0 and the other seeds' head 1 share the head_rank1 row
-    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer) and c.get_label().startswith("seed")]
     for container, seed in zip(containers, SEEDS):
         head = 0 if seed == SEEDS[0] else 1
         rows = table[(table["seed"] == seed) & (table["metric"] == "success")]
@@ -555,27 +565,52 @@ def test_ablation_rows_name_heads_by_their_role_in_each_seed():
 
 def test_patching_points_are_each_seeds_mean_restored_fraction_per_site_and_path():
     table, paths = patching_tables()
-    fig = plots.patching(table, paths)
+    ranks = {SEEDS[0]: {0: 2}, **{s: {0: 1} for s in SEEDS[1:]}}
+    fig = plots.patching(table, paths, ranks=ranks)
     axes = data_axes(fig)                                           # rows: sites, paths; columns: kinds
     site_ax = axes[0]
     labels = [t.get_text() for t in site_ax.get_yticklabels()]
-    assert labels == ["ego emb. 0 [ego]", "attention k h0 [target]", "attention resid [all]"]   # no 'other', 'neuron'
+    # heads by role in each seed (seed 0's head 0 is head_rank2, the others' head_rank1); no 'other', 'neuron'
+    assert labels == ["ego emb. 0 [ego]", "attention k head_rank1 [target]", "attention k head_rank2 [target]",
+                      "attention resid [all]"]
     path_labels = [t.get_text() for t in axes[2].get_yticklabels()]
-    assert path_labels == ["head 0: key", "head 0: value", "sender (all heads)"]
-    drawn = [line.get_xdata() for line in site_ax.lines if len(line.get_xdata()) == len(labels)]
-    for seed in SEEDS:
+    assert path_labels == ["head_rank1: key", "head_rank1: value", "head_rank2: key", "head_rank2: value",
+                           "sender (all heads)"]
+    assert "0 = corrupted run, 1 = clean run" in site_ax.get_xlabel()
+    assert "0 = corrupted, 1 = fully restored" in fig._suptitle.get_text()
+    containers = [c for c in site_ax.containers if isinstance(c, ErrorbarContainer)]
+    for container, seed in zip(containers, SEEDS):
         rows = table[(table["seed"] == seed) & (table["kind"] == "vehicle_removed")]
         means = [rows[(rows["site"] == site) & (rows["role"] == role)]["restored"].mean()
                  for site, role in (("ego_embedding.hook_post.0", "ego"), ("attention_layer.hook_k", "target"),
                                     ("attention_layer.hook_resid", "all"))]
-        assert any(np.allclose(x, means) for x in drawn), seed
+        np.testing.assert_allclose(container.lines[0].get_xdata(), means)
+    # the pooled diamond of the head_rank1 key row: the mean over the seeds whose head_rank1 is head 0
+    pooled = containers[-1]
+    assert pooled.get_label().startswith("pooled")
+    rank1 = table[(table["kind"] == "vehicle_removed") & (table["site"] == "attention_layer.hook_k")
+                  & (table["role"] == "target") & (table["seed"] != SEEDS[0])]
+    y = pooled.lines[0].get_ydata()
+    x = pooled.lines[0].get_xdata()
+    assert x[list(np.round(y)).index(1.0)] == pytest.approx(rank1.groupby("seed")["restored"].mean().mean())
+
+
+def test_patching_marks_a_mean_beyond_the_axis_at_its_edge_instead_of_stretching_it():
+    table, paths = patching_tables()
+    table.loc[(table["seed"] == SEEDS[1]) & (table["site"] == "attention_layer.hook_resid"), "restored"] = -3.0
+    fig = plots.patching(table, paths)
+    ax = data_axes(fig)[0]
+    assert ax.get_xlim() == pytest.approx((-0.55, 1.55))
+    edges = [c for c in ax.collections if c.get_label().startswith("mean beyond the axis")]
+    assert len(edges) == 1 and edges[0].get_offsets()[0][0] == pytest.approx(-0.5)
 
 
 def test_patching_of_a_one_seed_study_draws_that_seeds_points():
     table, paths = patching_tables()
     one = SEEDS[0]
     fig = plots.patching(table[table["seed"] == one], paths[paths["seed"] == one])
-    assert any(len(line.get_xdata()) == 3 for line in data_axes(fig)[0].lines)
+    containers = [c for c in data_axes(fig)[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(containers[0].lines[0].get_xdata()) == 3
 
 
 # ------------------------------------------------------------------------------------------ training, attention
