@@ -37,12 +37,13 @@ OTHER_FIGURES: dict[str, str] = {
 """Figure functions drawn outside the plots stage, with their captions."""
 
 FIGURES: dict[str, str] = {
-    "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K (64×64, ego-embedding dimension × vehicle-embedding dimension) "
-                   "for the first seed: trained and untrained on one shared symmetric colour scale, their difference "
-                   "on its own.",
-    "ov_circuits": "Each head's OV circuit ½·W_O·W_V (64×64, attention-output dimension × vehicle-embedding "
-                   "dimension) for the first seed: trained and untrained on one shared symmetric colour scale, their "
-                   "difference on its own.",
+    "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K projected onto the input features through the embeddings' "
+                   "linear parts (ego feature × vehicle feature), per seed and head by role: trained and untrained "
+                   "each on its own symmetric colour scale (the untrained weights are far smaller), and below the "
+                   "first seed's raw 64×64 trained matrices.",
+    "ov_circuits": "Each head's OV circuit ½·W_O·W_V read out as each action's Q-value and projected onto the vehicle "
+                   "features, per seed and head by role: trained and untrained each on its own symmetric colour "
+                   "scale, and below the first seed's raw 64×64 trained matrices.",
     "embedding_composites": "The ego and others embeddings with their ReLUs removed (W1·W0, 64 neurons × 7 input "
                             "features) for the first seed: trained and untrained on a shared scale per embedding, "
                             "their difference on its own.",

@@ -337,15 +337,17 @@ def test_circuit_figures_show_every_seeds_feature_projection_by_head_role_and_th
     fig = (plots.qk_circuits if matrix == "QK" else plots.ov_circuits)(table, raw, ranks)
     axes = [ax for ax in data_axes(fig) if ax.images]
     name = "QK_features" if matrix == "QK" else "OV_actions"
-    limit = max(np.abs(m).max() for (mat, *_), m in mats.items() if mat == name)
+    # each network on its own scale: the untrained panels are not blank at the trained network's scale
+    limit = {model: max(np.abs(m).max() for (mat, _, _, mod), m in mats.items() if mat == name and mod == model)
+             for model in names.MODELS}
     projected = axes[:len(SEEDS) * 4]
     for i, seed in enumerate(SEEDS):
-        for j, (rank, model) in enumerate((r, m) for r in (1, 2) for m in names.MODELS):
+        for j, (rank, model) in enumerate((r, m) for m in names.MODELS for r in (1, 2)):   # trained panels first
             head = next(h for h, r in ranks[seed].items() if r == rank)
             ax = projected[i * 4 + j]
             assert ax.get_title() == f"seed {seed}, head_rank{rank}, {model}"
             np.testing.assert_allclose(ax.images[0].get_array(), mats[name, seed, head, model])
-            assert ax.images[0].get_clim() == pytest.approx((-limit, limit))
+            assert ax.images[0].get_clim() == pytest.approx((-limit[model], limit[model]))
     feature_names = [t.get_text() for t in projected[-1].get_xticklabels()]
     assert feature_names == [*FEATURE_NAMES, "bias"]
     raw_axes = axes[len(SEEDS) * 4:]
