@@ -78,8 +78,11 @@ FIGURES: dict[str, str] = {
                        "trained head (by role) its attention on the vehicle and what mean-ablating it over the sweep "
                        "changes, one line per seed.",
     "attention_vs_attribution": "Does attention point at the vehicles that matter? Per-step Spearman correlation "
-                                "between each head's attention and the vehicles' IG and Shapley attributions, and the "
-                                "pooled correlation of attention with time-to-collision, distance and closing speed.",
+                                "between each head's attention (by role) and the vehicles' |IG| and |Shapley|, beside "
+                                "the nearest-first and lowest-time-to-collision-first rankings scored the same way; "
+                                "how often each head's most-attended vehicle is the top |Shapley| vehicle against the "
+                                "chance level; and the pooled correlation of attention with time-to-collision, "
+                                "distance and closing speed.",
 }
 
 ARRIVED, COLLISION, TIMEOUT = "arrived", "collision", "timeout"

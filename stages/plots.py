@@ -39,7 +39,8 @@ def reference_table() -> pd.DataFrame:
 def scene_figure(params: Params) -> Figure:
     seed = params.seeds[0]
     arrays = load_rollout(seed, "trained", ("episode", "obs", "attention", "action", "q", "vehicle_id"))
-    return plots.attention_scene(**plots.first_episode_scene(arrays, params.env, seed))
+    ranks = names.head_ranks(pd.read_csv(seed_results(seed) / "interventions/closed_loop.csv"))
+    return plots.attention_scene(**plots.first_episode_scene(arrays, params.env, seed), ranks=ranks)
 
 
 def head_ranks(params: Params) -> dict[int, dict[int, int]]:
@@ -85,7 +86,8 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
         "designed_scenes": lambda: plots.designed_scenes(seed_table(params, "scenes/scenes.csv"),
                                                          seed_table(params, "scenes/heads.csv")),
         "attention_vs_attribution": lambda: plots.attention_vs_attribution(
-            seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv")),
+            seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv"),
+            seed_table(params, "attributions/ranking_baselines.csv"), head_ranks(params)),
     }
 
 

@@ -218,7 +218,8 @@ def evaluation_table() -> pd.DataFrame:
 def agreement_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(12)
     agreement = pd.DataFrame([{"seed": s, "model": m, "attribution": a, "baseline": b, "quantity": "q", "step": t,
-                               "head": h, "spearman": np.nan if t == 0 else rng.uniform(-1, 1)}
+                               "head": h, "spearman": np.nan if t == 0 else rng.uniform(-1, 1),
+                               "top1_match": float(rng.random() < 0.6), "top1_chance": 1 / (2 + t % 3)}
                               for s in SEEDS for m in names.MODELS for a, b in (("ig", "others_zeroed"),
                                                                                 ("shapley", "ego_alone"))
                               for h in (0, 1) for t in range(12)])
@@ -227,6 +228,15 @@ def agreement_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
                           for s in SEEDS for m in names.MODELS for stat in ("pooled", "step_mean") for h in (0, 1)
                           for f in ("ttc", "distance", "closing_speed")])
     return agreement, facts
+
+
+def ranking_table(agreement: pd.DataFrame) -> pd.DataFrame:
+    """ranking_baselines.csv of every seed: the naive rankings on the steps of `agreement`."""
+    rng = np.random.default_rng(13)
+    steps = agreement[agreement["head"] == 0].drop(columns="head")
+    return pd.concat([steps.assign(ranking=r, spearman=rng.uniform(-1, 1, len(steps)),
+                                   top1_match=(rng.random(len(steps)) < 0.3).astype(float))
+                      for r in ("nearest", "lowest_ttc")], ignore_index=True)
 
 
 def scene_inputs() -> dict:
@@ -275,7 +285,8 @@ FIGURE_INPUTS: dict[str, Callable[[], dict]] = {
     "patching": lambda: dict(zip(("patching_table", "path_patching"), patching_tables())),
     "learning_curves": lambda: {"returns": returns_table(), "reference": {"constant_idle": 4.97, "clairvoyant": 8.3}},
     "evaluation": lambda: {"evaluation_table": evaluation_table(), "reference": reference_table()},
-    "attention_vs_attribution": lambda: dict(zip(("agreement", "attention_facts"), agreement_tables())),
+    "attention_vs_attribution": lambda: {**dict(zip(("agreement", "attention_facts"), agreement_tables())),
+                                         "ranking_baselines": ranking_table(agreement_tables()[0])},
     "designed_scenes": lambda: dict(zip(("scenes", "heads"), scene_tables())),
 }
 HEATMAPS_ONLY = {"qk_circuits", "ov_circuits", "embedding_composites", "neuron_conductance", "neuron_activations"}
@@ -674,12 +685,36 @@ def test_attention_vs_attribution_shows_per_seed_head_medians_and_pooled_fact_co
     ig = agreement[agreement["attribution"] == "ig"].dropna()
     for (_, _, _), group in ig.groupby(["seed", "head", "model"]):
         assert round(float(group["spearman"].median()), 9) in horizontal
-    for ax, model in zip(axes[2:4], names.MODELS):
+    for ax, model in zip(axes[3:5], names.MODELS):
         pooled = facts[(facts["statistic"] == "pooled") & (facts["model"] == model)]
         expected = np.array([[pooled[(pooled["seed"] == s) & (pooled["head"] == h) & (pooled["fact"] == f)]
                               ["spearman"].item() for f in ("ttc", "distance", "closing_speed")]
                              for s in SEEDS for h in (0, 1)])
         np.testing.assert_allclose(np.asarray(ax.collections[0].get_array()).reshape(expected.shape), expected)
+
+
+def test_attention_is_drawn_beside_the_naive_rankings_and_its_top1_beside_the_chance_level():
+    agreement, facts = agreement_tables()
+    rankings = ranking_table(agreement)
+    ranks = {s: {0: 2, 1: 1} for s in SEEDS}
+    fig = plots.attention_vs_attribution(agreement, facts, rankings, ranks)
+    shapley_ax, top1_ax = data_axes(fig)[1:3]
+    order = [f"s{s} {u}" for s in SEEDS for u in ("head_rank1", "head_rank2", "nearest first", "lowest TTC first")]
+    assert [t.get_text() for t in shapley_ax.get_xticklabels()] == order
+    # the nearest-first ranking's box of the trained network of seed 1 has the median of its own rows
+    horizontal = {round(float(li.get_ydata()[0]), 9) for li in shapley_ax.lines
+                  if len(li.get_ydata()) == 2 and li.get_ydata()[0] == li.get_ydata()[1]}
+    nearest = rankings[(rankings["seed"] == SEEDS[1]) & (rankings["ranking"] == "nearest")
+                       & (rankings["attribution"] == "shapley") & (rankings["model"] == "trained")].dropna()
+    assert round(float(nearest["spearman"].median()), 9) in horizontal
+    # top-1 bars: head_rank1 (head 1) of the first seed, trained network; and each seed's chance level
+    first = agreement[(agreement["seed"] == SEEDS[0]) & (agreement["head"] == 1) & (agreement["model"] == "trained")
+                      & (agreement["attribution"] == "shapley")]
+    trained_bars = top1_ax.containers[0].patches
+    assert trained_bars[0].get_height() == pytest.approx(first["top1_match"].mean())
+    chance = [c for c in top1_ax.collections if c.get_label().startswith("chance level")]
+    levels = sorted(float(seg[0][1]) for c in chance for seg in c.get_segments())
+    assert levels == pytest.approx(sorted(first["top1_chance"].mean() for _ in SEEDS))
 
 
 def test_patching_without_pairs_draws_a_labelled_figure_that_says_why():
@@ -720,3 +755,16 @@ def test_designed_scenes_shade_where_going_now_collides_and_name_heads_by_role()
     labels = {text.get_text() for legend in fig.legends for text in legend.get_texts()}
     assert {"head_rank1", "head_rank2", "going now collides", "clairvoyant planner brakes"} <= labels
     assert len(att_ax.lines) == 2 * 2          # two heads × two seeds, trained only
+
+
+def test_attention_scene_names_and_orders_heads_by_their_role():
+    inputs = scene_inputs()
+    fig = plots.attention_scene(**inputs, ranks={0: 2, 1: 1})
+    bars = data_axes(fig)[1]
+    # head 1 is head_rank1: its bars come first and carry its name; the figure legend names roles too
+    assert [c.get_label() for c in bars.containers] == ["head_rank1", "head_rank2"]
+    np.testing.assert_allclose([p.get_height() for p in bars.containers[0].patches],
+                               inputs["attention"][0, 1, [0, 3, 1]])
+    labels = {text.get_text() for legend in fig.legends for text in legend.get_texts()}
+    assert {"head_rank1 attention", "head_rank2 attention"} <= labels
+    assert not any(label.startswith("head 0") for label in labels)
