@@ -207,3 +207,11 @@ def test_the_sentences_name_their_controls_and_patching_quotes_key_and_value_pat
                     "Control: the same network at initialisation", "Control: the model-parameter randomisation"):
         assert control in report, control
     assert "not what the circuits compute" in report
+
+
+def test_a_statement_with_pipes_keeps_the_holds_table_to_three_columns():
+    summary, _ = tables()
+    holds = pd.DataFrame([{"finding": "ranks", "statement": "Attention ranks like |Shapley|.", "n_seeds": 1,
+                           "n_holds": 1, "holds": "1/1"}])
+    report = build_report(summary, holds, {}, params(), {})
+    assert "| `ranks` | 1/1 | Attention ranks like \\|Shapley\\|. |" in report
