@@ -215,3 +215,16 @@ def test_a_statement_with_pipes_keeps_the_holds_table_to_three_columns():
                            "n_holds": 1, "holds": "1/1"}])
     report = build_report(summary, holds, {}, params(), {})
     assert "| `ranks` | 1/1 | Attention ranks like \\|Shapley\\|. |" in report
+
+
+def test_the_logit_lens_is_read_as_the_ego_term_not_read_alone_only_when_it_is_below_the_tuned_lens():
+    summary, holds = study_tables(heads=2, off_ego=0.5)
+
+    def report(logit: float) -> str:
+        rows = pd.DataFrame([{"metric": "neurons.trained.logit_lens_agreement.ego", "mean": logit, "n_seeds": 3},
+                             {"metric": "neurons.trained.tuned_lens_held_out_agreement.ego", "mean": 0.67,
+                              "n_seeds": 3}])
+        return build_report(pd.concat([summary, rows], ignore_index=True), holds, {}, params(), {})
+
+    assert "the ego term is not read alone" in report(0.38)
+    assert "the ego term is not read alone" not in report(0.9)

@@ -282,6 +282,10 @@ def _neuron_ablation(c: Context) -> str:
 
 def _lens(c: Context) -> str:
     tuned, logit = "neurons.trained.lens_controls.tuned", "neurons.trained.lens_controls.logit"
+    lower = c.value("neurons.trained.logit_lens_agreement.ego") < c.value(
+        "neurons.trained.tuned_lens_held_out_agreement.ego")
+    reading = (": the output MLP was trained on the sum, so that lower number says the ego term is not read alone, "
+               "not that it lacks the information") if lower else ""
     return ("Control: the majority baseline, always the most frequent final action of the same steps. A tuned "
             "affine lens (fitted on other episodes) decodes the final action from the ego's residual alone on "
             "{pct:neurons.trained.tuned_lens_held_out_agreement.ego} of held-out steps and from the full residual on "
@@ -291,10 +295,9 @@ def _lens(c: Context) -> str:
             "{h:ego_alone_decodes_above_majority}) and full minus ego alone "
             f"{{m:{tuned}.full_minus_ego.diff}} (CI above 0 in {{h:attention_adds_to_ego_decoding}}). Through the "
             "output MLP itself (logit lens, nothing fitted) the ego's residual alone picks the final action on "
-            f"{{pct:neurons.trained.logit_lens_agreement.ego}} of recorded steps against {{pct:{logit}.majority_rate}} "
-            f"for the majority action ({{m:{logit}.ego_minus_majority.diff}} paired): the output MLP was trained on "
-            "the sum, so this lower number says the ego term is not read alone, not that it lacks the "
-            "information ({fig:logit_lens}).")
+            "{pct:neurons.trained.logit_lens_agreement.ego} of recorded steps against "
+            f"{{pct:{logit}.majority_rate}} for the majority action ({{m:{logit}.ego_minus_majority.diff}} paired)"
+            + reading + " ({fig:logit_lens}).")
 
 
 def _editing(c: Context) -> str:
