@@ -63,8 +63,9 @@ FIGURES: dict[str, str] = {
                        "head's attention over the present vehicles, with the Q-values and the chosen action.",
     "logit_lens": "How often Q-values decoded from an intermediate representation already pick the network's final "
                   "action (logit lens: the real output MLP; tuned lens: an affine probe, held-out episodes), per site "
-                  "and with vehicles added in attention order; mean over seeds with 95% t-intervals (head k of one "
-                  "seed is not head k of another).",
+                  "(heads by role) and with vehicles added in attention order, against the majority-action baseline "
+                  "(the most frequent final action's share of the same steps, dashed); mean over seeds with 95% "
+                  "t-intervals.",
     "ablations": "Closed-loop ablations: change in success and collision rate against the unablated agent on the "
                  "same episodes, with paired 95% bootstrap CIs, per seed (heads and neuron sets are each seed's own).",
     "patching": "Activation patching (per site) and path patching (per head and path): mean fraction of the clean "

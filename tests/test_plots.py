@@ -521,6 +521,24 @@ def test_logit_lens_bars_and_curves_are_means_over_seeds_without_rows_of_too_few
     assert any(np.allclose(y, curve.to_numpy()) for y in drawn)
 
 
+def test_logit_lens_averages_heads_by_role_and_draws_each_lenses_majority_baseline():
+    summary, tuned = lens_tables()
+    ranks = {SEEDS[0]: {0: 2, 1: 1}, **{s: {0: 1, 1: 2} for s in SEEDS[1:]}}
+    controls = pd.DataFrame([{"seed": s, "model": m, "lens": lens, "quantity": "majority_rate", "value": v}
+                             for s in SEEDS for m in names.MODELS
+                             for lens, v in (("logit", 0.4 + 0.1 * s), ("tuned", 0.3))])
+    fig = plots.logit_lens(summary, tuned, min_steps=20, ranks=ranks, controls=controls)
+    trained = data_axes(fig)[0]
+    assert [t.get_text() for t in trained.get_xticklabels()] == ["ego", "head_rank1", "head_rank2", "full"]
+    # head_rank1 is head 1 in the first seed and head 0 in the others
+    rank1 = summary[(summary["model"] == "trained") & (
+        ((summary["seed"] == SEEDS[0]) & (summary["site"] == "head1"))
+        | ((summary["seed"] != SEEDS[0]) & (summary["site"] == "head0")))]["agreement"]
+    assert trained.containers[0].patches[1].get_height() == pytest.approx(rank1.mean())
+    dashed = sorted(round(float(li.get_ydata()[0]), 9) for li in trained.lines if li.get_linestyle() == "--")
+    assert dashed == [0.3, round(np.mean([0.4 + 0.1 * s for s in SEEDS]), 9)]
+
+
 def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_seeds():
     fig = plots.ablations(closed_loop_table())
     table = reported(closed_loop_table())
