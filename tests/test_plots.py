@@ -325,7 +325,8 @@ def test_every_figure_has_a_title_axis_labels_and_a_legend_when_it_has_several_s
 
 
 def test_png_bytes_are_identical_when_a_figure_is_rendered_twice():
-    for name in ("evaluation", "attention_scene", "qk_circuits"):
+    for name in ("evaluation", "attention_scene", "qk_circuits", "patching", "ablations", "attention_vs_attribution",
+                 "logit_lens"):
         first, second = figure_png(draw(name)), figure_png(draw(name))
         assert first[:8] == b"\x89PNG\r\n\x1a\n"
         assert first == second, name
