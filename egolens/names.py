@@ -67,9 +67,12 @@ FIGURES: dict[str, str] = {
                   "(the most frequent final action's share of the same steps, dashed); mean over seeds with 95% "
                   "t-intervals.",
     "ablations": "Closed-loop ablations: change in success and collision rate against the unablated agent on the "
-                 "same episodes, with paired 95% bootstrap CIs, per seed (heads and neuron sets are each seed's own).",
-    "patching": "Activation patching (per site) and path patching (per head and path): mean fraction of the clean "
-                "Q(SLOWER) − Q(FASTER) restored, per corruption kind and seed, with 95% bootstrap CIs over pairs.",
+                 "same episodes (the 0 line; its rate in each panel's title), with paired 95% bootstrap CIs, per seed "
+                 "(heads by role, neuron sets each seed's own), and pooled over seeds (mean, 95% t-interval).",
+    "patching": "Activation patching (per site) and path patching (per head by role and path): mean fraction of "
+                "Q(SLOWER) − Q(FASTER) restored (0 = the corrupted run, 1 = the clean run), per corruption kind and "
+                "seed with 95% bootstrap CIs over pairs, and pooled over seeds; means beyond −0.5 … 1.5 are marked "
+                "at the axis edge.",
     "learning_curves": "Training return per episode for every seed: raw (faint) and a trailing mean over 100 episodes.",
     "evaluation": "Greedy evaluation on held-out episodes: success, collision and timeout rates and mean return of "
                   "the trained and the untrained network per seed, with 95% bootstrap CIs over episodes.",
