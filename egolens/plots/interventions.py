@@ -129,7 +129,8 @@ def ablations(closed_loop: pd.DataFrame, metrics: Sequence[str] = ("success", "c
         _pooled_points(ax, pooled_over_seeds(rows, "label", "diff"), labels, len(seeds))
         base = control.loc[control["metric"] == metric, "value"].astype(float)
         rate = f"{base.mean():.2f}" if len(base) else "n/a"
-        ax.axvline(0, color="black", lw=1.6, label=f"unablated agent ({metric} rate {rate}, mean over seeds)")
+        ax.axvline(0, color="black", lw=1.6, label="unablated agent (the 0 line; its rate, mean over seeds, in each "
+                                                   "panel's title)")
         ax.set_title(f"{metric} rate: unablated agent {rate} (the 0 line)")
         ax.set_xlabel(f"Δ {metric} rate vs unablated (fraction of episodes)")
     axes[0].set_ylabel("intervention")
