@@ -52,6 +52,9 @@ class AttributionsConfig(Strict):
     """|ΔQ| below which a step has nothing to explain: no completeness error (flagged `tiny`), no refinement."""
     min_vehicles: int = Field(3, ge=2)
     """Fewest vehicles a per-step rank correlation of attention (with attributions or scene facts) needs."""
+    bootstrap_resamples: int = Field(2000, ge=100)
+    """Bootstrap resamples of the paired 95% intervals over analysed steps (attention against the naive
+    rankings, deletion orders against random ones; the steps of one episode are drawn together)."""
 
     @model_validator(mode="after")
     def _max_not_below_start(self) -> AttributionsConfig:
@@ -79,6 +82,8 @@ class NeuronsConfig(Strict):
     """Fraction of episodes held out when fitting the tuned lens."""
     lens_ridge: float = Field(1e-4, ge=0.0)
     """Ridge on the tuned lens's affine probes (relative to the number of training rows)."""
+    bootstrap_resamples: int = Field(2000, ge=100)
+    """Bootstrap resamples of the lens controls' 95% intervals (episodes resampled)."""
     lr: float = Field(0.05, gt=0.0)
     """Adam step size of the feature visualisation's gradient ascent."""
     prior_weight: float = Field(0.1, ge=0.0)

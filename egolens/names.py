@@ -37,12 +37,13 @@ OTHER_FIGURES: dict[str, str] = {
 """Figure functions drawn outside the plots stage, with their captions."""
 
 FIGURES: dict[str, str] = {
-    "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K (64×64, ego-embedding dimension × vehicle-embedding dimension) "
-                   "for the first seed: trained and untrained on one shared symmetric colour scale, their difference "
-                   "on its own.",
-    "ov_circuits": "Each head's OV circuit ½·W_O·W_V (64×64, attention-output dimension × vehicle-embedding "
-                   "dimension) for the first seed: trained and untrained on one shared symmetric colour scale, their "
-                   "difference on its own.",
+    "qk_circuits": "Each head's QK circuit W_Qᵀ·W_K projected onto the input features through the embeddings' "
+                   "linear parts (ego feature × vehicle feature), per seed and head by role: trained and untrained "
+                   "each on its own symmetric colour scale (the untrained weights are far smaller), and below the "
+                   "first seed's raw 64×64 trained matrices.",
+    "ov_circuits": "Each head's OV circuit ½·W_O·W_V read out as each action's Q-value and projected onto the vehicle "
+                   "features, per seed and head by role: trained and untrained each on its own symmetric colour "
+                   "scale, and below the first seed's raw 64×64 trained matrices.",
     "embedding_composites": "The ego and others embeddings with their ReLUs removed (W1·W0, 64 neurons × 7 input "
                             "features) for the first seed: trained and untrained on a shared scale per embedding, "
                             "their difference on its own.",
@@ -62,12 +63,16 @@ FIGURES: dict[str, str] = {
                        "head's attention over the present vehicles, with the Q-values and the chosen action.",
     "logit_lens": "How often Q-values decoded from an intermediate representation already pick the network's final "
                   "action (logit lens: the real output MLP; tuned lens: an affine probe, held-out episodes), per site "
-                  "and with vehicles added in attention order; mean over seeds with 95% t-intervals (head k of one "
-                  "seed is not head k of another).",
+                  "(heads by role) and with vehicles added in attention order, against the majority-action baseline "
+                  "(the most frequent final action's share of the same steps, dashed); mean over seeds with 95% "
+                  "t-intervals.",
     "ablations": "Closed-loop ablations: change in success and collision rate against the unablated agent on the "
-                 "same episodes, with paired 95% bootstrap CIs, per seed (heads and neuron sets are each seed's own).",
-    "patching": "Activation patching (per site) and path patching (per head and path): mean fraction of the clean "
-                "Q(SLOWER) − Q(FASTER) restored, per corruption kind and seed, with 95% bootstrap CIs over pairs.",
+                 "same episodes (the 0 line; its rate in each panel's title), with paired 95% bootstrap CIs, per seed "
+                 "(heads by role, neuron sets each seed's own), and pooled over seeds (mean, 95% t-interval).",
+    "patching": "Activation patching (per site) and path patching (per head by role and path): mean fraction of "
+                "Q(SLOWER) − Q(FASTER) restored (0 = the corrupted run, 1 = the clean run), per corruption kind and "
+                "seed with 95% bootstrap CIs over pairs, and pooled over seeds; means beyond −0.5 … 1.5 are marked "
+                "at the axis edge.",
     "learning_curves": "Training return per episode for every seed: raw (faint) and a trailing mean over 100 episodes.",
     "evaluation": "Greedy evaluation on held-out episodes: success, collision and timeout rates and mean return of "
                   "the trained and the untrained network per seed, with 95% bootstrap CIs over episodes.",
@@ -77,8 +82,11 @@ FIGURES: dict[str, str] = {
                        "trained head (by role) its attention on the vehicle and what mean-ablating it over the sweep "
                        "changes, one line per seed.",
     "attention_vs_attribution": "Does attention point at the vehicles that matter? Per-step Spearman correlation "
-                                "between each head's attention and the vehicles' IG and Shapley attributions, and the "
-                                "pooled correlation of attention with time-to-collision, distance and closing speed.",
+                                "between each head's attention (by role) and the vehicles' |IG| and |Shapley|, beside "
+                                "the nearest-first and lowest-time-to-collision-first rankings scored the same way; "
+                                "how often each head's most-attended vehicle is the top |Shapley| vehicle against the "
+                                "chance level; and the pooled correlation of attention with time-to-collision, "
+                                "distance and closing speed.",
 }
 
 ARRIVED, COLLISION, TIMEOUT = "arrived", "collision", "timeout"

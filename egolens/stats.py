@@ -45,6 +45,30 @@ def paired_bootstrap_ci(treated: np.ndarray, control: np.ndarray, resamples: int
     return bootstrap_ci(treated - control, resamples, seed, level)
 
 
+def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray, resamples: int, seed: int,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of `values` [n] (units, e.g. recorded steps) and its percentile interval when the units
+    come in correlated clusters [n] (e.g. the episode of each step): each resample draws whole
+    clusters with replacement, as many as there are, and takes the mean over the drawn clusters'
+    units. With one unit per cluster it is `bootstrap_ci` (the same draws); a single cluster gives
+    a zero-width interval (nothing to resample). Paired differences: pass treated − control."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    clusters = np.asarray(clusters).reshape(-1)
+    if values.size == 0:
+        raise ValueError("bootstrap of an empty sample")
+    if clusters.shape != values.shape:
+        raise ValueError(f"one cluster per value needed, got {clusters.shape} for {values.shape}")
+    _, cluster_of = np.unique(clusters, return_inverse=True)
+    k = int(cluster_of.max()) + 1
+    sums = np.bincount(cluster_of, weights=values, minlength=k)
+    counts = np.bincount(cluster_of, minlength=k).astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, k, size=(resamples, k))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(values.mean()), float(low), float(high)
+
+
 def nested_bootstrap_ci(groups: Sequence[np.ndarray], resamples: int, seed: int,
                         level: float = 0.95) -> tuple[float, float, float]:
     """Mean over groups of each group's mean, and its two-level percentile-bootstrap interval.

@@ -40,7 +40,7 @@ def main() -> None:
         tables = combine({label: job.result() for label, job in jobs.items()})
     for name in OUTPUTS:
         write_csv(out / f"{name}.csv", tables[name])
-    write_json(out / "summary.json", summarize(tables, list(NETWORKS)))
+    write_json(out / "summary.json", summarize(tables, list(NETWORKS), params.attributions.bootstrap_resamples, seed))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def reference_table() -> pd.DataFrame:
 def scene_figure(params: Params) -> Figure:
     seed = params.seeds[0]
     arrays = load_rollout(seed, "trained", ("episode", "obs", "attention", "action", "q", "vehicle_id"))
-    return plots.attention_scene(**plots.first_episode_scene(arrays, params.env, seed))
+    ranks = names.head_ranks(pd.read_csv(seed_results(seed) / "interventions/closed_loop.csv"))
+    return plots.attention_scene(**plots.first_episode_scene(arrays, params.env, seed), ranks=ranks)
 
 
 def head_ranks(params: Params) -> dict[int, dict[int, int]]:
@@ -72,11 +73,13 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
                                                                steps_of_first_seed()),
         "attention_scene": lambda: scene_figure(params),
         "logit_lens": lambda: plots.logit_lens(seed_table(params, "neurons/lens_summary.csv"),
-                                               seed_table(params, "neurons/tuned_lens.csv")),
+                                               seed_table(params, "neurons/tuned_lens.csv"), ranks=head_ranks(params),
+                                               controls=seed_table(params, "neurons/lens_controls.csv")),
         "ablations": lambda: plots.ablations(seed_table(params, "interventions/closed_loop.csv"),
                                              ranks=head_ranks(params)),
         "patching": lambda: plots.patching(seed_table(params, "interventions/patching.csv"),
-                                           seed_table(params, "interventions/path_patching.csv")),
+                                           seed_table(params, "interventions/path_patching.csv"),
+                                           ranks=head_ranks(params)),
         "learning_curves": lambda: plots.learning_curves(
             seed_table(params, "train/plots/metrics/return.tsv", sep="\t"),
             reference=plots.reference_returns(reference_table())),
@@ -84,7 +87,8 @@ def builders(params: Params) -> dict[str, Callable[[], Figure]]:
         "designed_scenes": lambda: plots.designed_scenes(seed_table(params, "scenes/scenes.csv"),
                                                          seed_table(params, "scenes/heads.csv")),
         "attention_vs_attribution": lambda: plots.attention_vs_attribution(
-            seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv")),
+            seed_table(params, "attributions/agreement.csv"), seed_table(params, "attributions/attention_facts.csv"),
+            seed_table(params, "attributions/ranking_baselines.csv"), head_ranks(params)),
     }
 
 

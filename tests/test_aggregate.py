@@ -117,6 +117,32 @@ def test_study_findings_read_the_metrics_they_name():
     assert len(by_name) == len(FINDINGS)
 
 
+def test_the_attention_lens_and_deletion_findings_need_their_baselines_beaten_on_the_same_steps():
+    by_name = {f.name: f for f in FINDINGS}
+    versus = "attributions.trained.attention_vs_rankings.shapley"
+    lows = {f"{versus}.{h}.{r}.ci_low": 0.1 for h in ("head_rank1", "head_rank2") for r in ("nearest", "lowest_ttc")}
+    rankings = by_name["attention_beats_naive_rankings"].test
+    assert rankings(lows) is True
+    # one head no better than the lowest-TTC ranking on one seed's steps: the finding fails
+    assert rankings({**lows, f"{versus}.head_rank2.lowest_ttc.ci_low": -0.05}) is False
+    assert rankings({k: v for k, v in lows.items() if "head_rank2" not in k}) is None       # one head: not checkable
+    chance = by_name["attention_top1_above_chance"].test
+    assert chance({f"{versus}.head_rank1.chance.ci_low": 0.2, f"{versus}.head_rank2.chance.ci_low": 0.01}) is True
+    assert chance({f"{versus}.head_rank1.chance.ci_low": 0.2, f"{versus}.head_rank2.chance.ci_low": 0.0}) is False
+    # deletion: lower is better, so IG must lie below random
+    deletion = by_name["ig_deletion_beats_random"].test
+    assert deletion({"attributions.trained.deletion_vs_random.ig_others_zeroed.ci_high": -0.01}) is True
+    assert deletion({"attributions.trained.deletion_vs_random.ig_others_zeroed.ci_high": 0.3}) is False
+    # the tuned lens: the ego alone against the majority action, the full residual against the ego alone
+    lens = "neurons.trained.lens_controls.tuned"
+    assert by_name["ego_alone_decodes_above_majority"].test({f"{lens}.ego_minus_majority.ci_low": 0.02}) is True
+    assert by_name["ego_alone_decodes_above_majority"].test({f"{lens}.ego_minus_majority.ci_low": -0.02}) is False
+    assert by_name["attention_adds_to_ego_decoding"].test({f"{lens}.full_minus_ego.ci_low": 0.0}) is False
+    assert all(by_name[n].kind == findings.FINDING for n in (
+        "attention_beats_naive_rankings", "attention_top1_above_chance", "ig_deletion_beats_random",
+        "ego_alone_decodes_above_majority", "attention_adds_to_ego_decoding"))
+
+
 def test_no_effect_findings_need_an_equivalence_test_not_an_interval_that_includes_zero():
     no_effect = {f.name: f for f in FINDINGS}["rank_one_edit_no_closed_loop_effect"].test
     section = "interventions.editing.edit_rank_one.collision_no_effect"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from egolens.analysis.attribution.attribution_study import NetworkAnalysis, Steps, combine
-from egolens.analysis.attribution.attribution_summary import cut_key, summarize
+from egolens.analysis.attribution.attribution_summary import cut_key, paired_over_steps, summarize
 from egolens.analysis.attribution.baselines import ego_alone
 from egolens.analysis.attribution.shapley import shapley_vehicles
 from egolens.analysis_config import AttributionsConfig, SceneConfig
@@ -157,3 +158,49 @@ def test_chance_level_and_naive_rankings_match_a_direct_computation_from_the_sha
         assert summary["trained"]["agreement"]["shapley"][f"head{h}"]["top1_chance"] == pytest.approx(np.mean(chance))
     assert set(summary["trained"]["ranking_baselines"]) == {"ig", "shapley"}
     assert set(summary["untrained"]["ranking_baselines"]["ig"]) == {"nearest", "lowest_ttc"}
+
+
+def test_attention_minus_the_nearest_ranking_is_paired_over_the_same_steps(study):
+    """The per-step Spearman of attention with |φ| minus the nearest-first ranking's, on the steps both
+    are defined, averaged; its top-1 match minus the step's chance level likewise."""
+    nets, steps, summary = study
+    net, s = nets["trained"], steps["trained"]
+    phi = np.abs(shapley_vehicles(net, s.obs, s.action, CFG.shapley_samples, seed=0).double().numpy())
+    scene = SceneConfig()
+    distance = scene_facts(s.obs.numpy(), EnvConfig(), scene.horizon, scene.collision_radius,
+                           scene.min_ego_speed)["distance"]
+    present = s.present.numpy().copy()
+    present[:, 0] = False
+    for h in range(s.attention.shape[1]):
+        diffs, top1 = [], []
+        for b in range(len(s.obs)):
+            idx = np.nonzero(present[b])[0]
+            if len(idx) >= CFG.min_vehicles:
+                diffs.append(rank_correlation(s.attention[b, h, idx], phi[b, idx])
+                             - rank_correlation(-distance[b, idx], phi[b, idx]))
+            top1.append(float(idx[np.argmax(s.attention[b, h, idx])] == idx[np.argmax(phi[b, idx])]) - 1 / len(idx))
+        versus = summary["trained"]["attention_vs_rankings"]["shapley"][f"head{h}"]
+        assert versus["nearest"]["diff"] == pytest.approx(np.mean(diffs), abs=1e-9)
+        assert versus["nearest"]["n_steps"] == len(diffs)
+        assert versus["nearest"]["ci_low"] <= versus["nearest"]["diff"] <= versus["nearest"]["ci_high"]
+        assert versus["chance"]["diff"] == pytest.approx(np.mean(top1), abs=1e-9)
+        assert set(versus) == {"nearest", "lowest_ttc", "chance"}
+    assert set(summary["trained"]["deletion_vs_random"]) == {"ig_others_zeroed", "shapley"}
+
+
+def test_paired_over_steps_on_hand_tables():
+    # three analysed steps of two episodes; the control has two random orders per step, averaged first
+    treated = pd.DataFrame({"record": [0, 1, 2], "episode": [0, 0, 1], "v": [1.0, 2.0, 4.0]})
+    control = pd.DataFrame({"record": [0, 0, 1, 1, 2, 2, 3], "episode": [0, 0, 0, 0, 1, 1, 1],
+                            "v": [0.0, 1.0, 1.0, 1.0, 1.0, 2.0, 9.0]})
+    out = paired_over_steps(treated, control, "v", 400, 0)
+    # differences 0.5, 1, 2.5 (record 3 has no treated row); resampling the two episodes:
+    # episode 0 twice -> 0.75, episode 1 twice -> 2.5, both -> 4/3
+    assert out["diff"] == pytest.approx(4 / 3) and out["n_steps"] == 3
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((0.75, 2.5))
+    # a NaN on either side drops the step; another column of the control can be compared
+    treated.loc[1, "v"] = np.nan
+    control["chance"] = 0.5
+    assert paired_over_steps(treated, control, "v", 100, 0, control_value="chance")["n_steps"] == 2
+    empty = paired_over_steps(treated.iloc[:0], control, "v", 100, 0)
+    assert empty["n_steps"] == 0 and math.isnan(empty["diff"])

@@ -10,14 +10,18 @@ import torch
 from egolens.analysis.reading.lens import (
     decode,
     fit_affine_probe,
+    held_out_agreement,
+    lens_controls,
     lens_states,
     lens_summary,
     logit_lens,
+    majority_action,
     split_rows,
     tuned_lens,
     tuned_lens_for,
 )
 from egolens.hooks import run_with_cache, run_with_hooks
+from egolens.stats import cluster_bootstrap_ci
 from tests.conftest import random_obs, tiny_net
 
 Q = ["q_slower", "q_idle", "q_faster"]
@@ -244,3 +248,48 @@ def test_edits_after_the_pattern_and_values_reach_only_the_full_site(net):
     torch.testing.assert_close(edited.full, edited.ego, rtol=0, atol=0)        # (0 + e) / 2
     torch.testing.assert_close(edited.added, plain.added, rtol=0, atol=0)      # rebuilt from pattern and values
     torch.testing.assert_close(edited.head_added, plain.head_added, rtol=0, atol=0)
+
+
+def test_held_out_agreement_is_the_tuned_lens_agreement_row_by_row():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 4, generator=g)
+    q = x @ torch.randn(3, 4, generator=g).T
+    sites = {("ego", None): x[:, :2], ("full", None): x}
+    groups = np.arange(40) // 4
+    rows = held_out_agreement(sites, q, ridge=1e-8, seed=5, groups=groups)
+    table = tuned_lens(sites, q, ridge=1e-8, seed=5, groups=groups)
+    _, held = split_rows(40, 0.3, 5, groups)
+    for site in ("ego", "full"):
+        part = rows[rows["site"] == site]
+        assert part["index"].tolist() == held.tolist()
+        expected = table[(table["site"] == site) & (table["split"] == "held_out")]["agreement"].item()
+        assert part["agrees"].mean() == pytest.approx(expected)
+    assert rows[rows["site"] == "full"]["agrees"].all()          # q is affine in the full state
+
+
+def test_majority_action_is_the_most_frequent_with_ties_to_the_lowest():
+    assert majority_action(np.array([2, 0, 2, 1])) == 2
+    assert majority_action(np.array([1, 0, 0, 1])) == 0
+
+
+def test_lens_controls_against_a_hand_computation():
+    # six steps of three episodes; final actions 1,1,1,0,2,1 -> majority action 1 on 4/6 steps
+    final = np.array([1, 1, 1, 0, 2, 1])
+    episode = np.array([0, 0, 1, 1, 2, 2])
+    ego = [1, 0, 1, 1, 0, 1]
+    full = [1, 1, 1, 1, 1, 0]
+    agrees = pd.DataFrame({"index": list(range(6)) * 2, "site": ["ego"] * 6 + ["full"] * 6,
+                           "agrees": [bool(a) for a in ego + full]})
+    # a site other than ego and full is ignored
+    agrees = pd.concat([agrees, pd.DataFrame({"index": [0], "site": ["head0"], "agrees": [False]})])
+    table = lens_controls(agrees, final, episode, resamples=500, seed=0).set_index("quantity")
+    assert list(table.index) == ["majority_rate", "ego_minus_majority", "full_minus_ego", "full_minus_majority"]
+    majority = np.array([1, 1, 1, 0, 0, 1])
+    assert table.loc["majority_rate", "value"] == pytest.approx(4 / 6)
+    assert table.loc["ego_minus_majority", "value"] == pytest.approx((np.array(ego) - majority).mean())
+    assert table.loc["full_minus_ego", "value"] == pytest.approx(1 / 6)
+    assert table.loc["full_minus_majority", "value"] == pytest.approx(1 / 6)
+    assert (table["n_steps"] == 6).all() and (table["n_episodes"] == 3).all()
+    # the interval resamples episodes: the same draws as the cluster bootstrap of the differences
+    assert tuple(table.loc["full_minus_ego", ["value", "ci_low", "ci_high"]]) == pytest.approx(
+        cluster_bootstrap_ci(np.array(full) - np.array(ego), episode, 500, 0))

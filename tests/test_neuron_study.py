@@ -116,7 +116,15 @@ def test_targets_are_pre_activations_of_chosen_output_neurons_and_each_actions_a
 def test_network_tables_give_every_table_and_one_figure_per_target(params, net, arrays):
     tables, figures = network_tables("untrained", net, arrays, params, seed=0)
     assert list(tables) == ["stats", "over_time", "correlations", "dictionary", "lens", "lens_summary", "tuned_lens",
-                            "feature_vis"]
+                            "lens_controls", "feature_vis"]
+    controls = tables["lens_controls"]
+    assert list(controls["lens"]) == ["logit"] * 4 + ["tuned"] * 4
+    # the tuned lens's majority baseline is the most frequent final action's share of the held-out steps
+    tuned = controls[controls["lens"] == "tuned"].set_index("quantity")
+    held = tables["tuned_lens"][(tables["tuned_lens"]["split"] == "held_out") & tables["tuned_lens"]["k"].isna()]
+    assert tuned.loc["full_minus_ego", "value"] == pytest.approx(
+        held.set_index("site").loc["full", "agreement"] - held.set_index("site").loc["ego", "agreement"])
+    assert (tuned["n_steps"] == held["n"].iloc[0]).all()
     assert all((table["model"] == "untrained").all() for table in tables.values())
     vis = tables["feature_vis"]
     assert len(vis) == (2 * 1 + 3) * params.neurons.restarts

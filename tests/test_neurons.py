@@ -417,3 +417,19 @@ def test_summarize_writes_a_nan_as_missing_under_the_number_policy():
     assert summary["trained"]["tuned_lens_held_out_agreement"]["ego"] is None
     assert summary["trained"]["tuned_lens_held_out_agreement"]["full"] == 1.0
     assert '"ego": null' in json_text(summary)
+
+
+def test_summarize_nests_the_lens_controls_per_model_and_lens():
+    tables = summary_tables(tiny_net(heads=2), random_obs(6, seed=12))
+    quantities = ["majority_rate", "ego_minus_majority", "full_minus_ego", "full_minus_majority"]
+    tables["lens_controls"] = pd.DataFrame({
+        "model": ["trained"] * 4 + ["untrained"] * 4, "lens": ["tuned"] * 8, "quantity": quantities * 2,
+        "value": [0.5, 0.25, 0.125, 0.375, 0.75, 0.0, 0.0, 0.0], "ci_low": [0.25, 0.1, -0.1, 0.2, 0.5, 0, 0, 0],
+        "ci_high": [0.75, 0.4, 0.3, 0.5, 1.0, 0, 0, 0], "n_steps": 8, "n_episodes": 2})
+    summary = summarize(tables)
+    assert summary["trained"]["lens_controls"] == {"tuned": {
+        "n_steps": 8, "n_episodes": 2, "majority_rate": 0.5,
+        "ego_minus_majority": {"diff": 0.25, "ci_low": 0.1, "ci_high": 0.4},
+        "full_minus_ego": {"diff": 0.125, "ci_low": -0.1, "ci_high": 0.3},
+        "full_minus_majority": {"diff": 0.375, "ci_low": 0.2, "ci_high": 0.5}}}
+    assert summary["untrained"]["lens_controls"]["tuned"]["majority_rate"] == 0.75

@@ -102,7 +102,7 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     report = (repo / "results/report.md").read_text()
     assert "## Findings" in report
     compared = report.split("## Under both recipes")[1] if "## Under both recipes" in report else ""
-    assert "| `attention_tracks_shapley` |" in compared
+    assert "| `top_conductance_neurons_beat_random` |" in compared
     assert "| `ig_complete` |" not in compared                          # a sanity check: reported apart, not compared
     assert "| `ig_complete` |" in report.split("## Sanity checks per seed")[1]
     # every template is filled, except patching: tiny rollouts have no clean/corrupted pairs

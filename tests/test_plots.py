@@ -218,7 +218,8 @@ def evaluation_table() -> pd.DataFrame:
 def agreement_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(12)
     agreement = pd.DataFrame([{"seed": s, "model": m, "attribution": a, "baseline": b, "quantity": "q", "step": t,
-                               "head": h, "spearman": np.nan if t == 0 else rng.uniform(-1, 1)}
+                               "head": h, "spearman": np.nan if t == 0 else rng.uniform(-1, 1),
+                               "top1_match": float(rng.random() < 0.6), "top1_chance": 1 / (2 + t % 3)}
                               for s in SEEDS for m in names.MODELS for a, b in (("ig", "others_zeroed"),
                                                                                 ("shapley", "ego_alone"))
                               for h in (0, 1) for t in range(12)])
@@ -227,6 +228,15 @@ def agreement_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
                           for s in SEEDS for m in names.MODELS for stat in ("pooled", "step_mean") for h in (0, 1)
                           for f in ("ttc", "distance", "closing_speed")])
     return agreement, facts
+
+
+def ranking_table(agreement: pd.DataFrame) -> pd.DataFrame:
+    """ranking_baselines.csv of every seed: the naive rankings on the steps of `agreement`."""
+    rng = np.random.default_rng(13)
+    steps = agreement[agreement["head"] == 0].drop(columns="head")
+    return pd.concat([steps.assign(ranking=r, spearman=rng.uniform(-1, 1, len(steps)),
+                                   top1_match=(rng.random(len(steps)) < 0.3).astype(float))
+                      for r in ("nearest", "lowest_ttc")], ignore_index=True)
 
 
 def scene_inputs() -> dict:
@@ -275,7 +285,8 @@ FIGURE_INPUTS: dict[str, Callable[[], dict]] = {
     "patching": lambda: dict(zip(("patching_table", "path_patching"), patching_tables())),
     "learning_curves": lambda: {"returns": returns_table(), "reference": {"constant_idle": 4.97, "clairvoyant": 8.3}},
     "evaluation": lambda: {"evaluation_table": evaluation_table(), "reference": reference_table()},
-    "attention_vs_attribution": lambda: dict(zip(("agreement", "attention_facts"), agreement_tables())),
+    "attention_vs_attribution": lambda: {**dict(zip(("agreement", "attention_facts"), agreement_tables())),
+                                         "ranking_baselines": ranking_table(agreement_tables()[0])},
     "designed_scenes": lambda: dict(zip(("scenes", "heads"), scene_tables())),
 }
 HEATMAPS_ONLY = {"qk_circuits", "ov_circuits", "embedding_composites", "neuron_conductance", "neuron_activations"}
@@ -314,7 +325,8 @@ def test_every_figure_has_a_title_axis_labels_and_a_legend_when_it_has_several_s
 
 
 def test_png_bytes_are_identical_when_a_figure_is_rendered_twice():
-    for name in ("evaluation", "attention_scene", "qk_circuits"):
+    for name in ("evaluation", "attention_scene", "qk_circuits", "patching", "ablations", "attention_vs_attribution",
+                 "logit_lens"):
         first, second = figure_png(draw(name)), figure_png(draw(name))
         assert first[:8] == b"\x89PNG\r\n\x1a\n"
         assert first == second, name
@@ -337,15 +349,17 @@ def test_circuit_figures_show_every_seeds_feature_projection_by_head_role_and_th
     fig = (plots.qk_circuits if matrix == "QK" else plots.ov_circuits)(table, raw, ranks)
     axes = [ax for ax in data_axes(fig) if ax.images]
     name = "QK_features" if matrix == "QK" else "OV_actions"
-    limit = max(np.abs(m).max() for (mat, *_), m in mats.items() if mat == name)
+    # each network on its own scale: the untrained panels are not blank at the trained network's scale
+    limit = {model: max(np.abs(m).max() for (mat, _, _, mod), m in mats.items() if mat == name and mod == model)
+             for model in names.MODELS}
     projected = axes[:len(SEEDS) * 4]
     for i, seed in enumerate(SEEDS):
-        for j, (rank, model) in enumerate((r, m) for r in (1, 2) for m in names.MODELS):
+        for j, (rank, model) in enumerate((r, m) for m in names.MODELS for r in (1, 2)):   # trained panels first
             head = next(h for h, r in ranks[seed].items() if r == rank)
             ax = projected[i * 4 + j]
             assert ax.get_title() == f"seed {seed}, head_rank{rank}, {model}"
             np.testing.assert_allclose(ax.images[0].get_array(), mats[name, seed, head, model])
-            assert ax.images[0].get_clim() == pytest.approx((-limit, limit))
+            assert ax.images[0].get_clim() == pytest.approx((-limit[model], limit[model]))
     feature_names = [t.get_text() for t in projected[-1].get_xticklabels()]
     assert feature_names == [*FEATURE_NAMES, "bias"]
     raw_axes = axes[len(SEEDS) * 4:]
@@ -508,6 +522,24 @@ def test_logit_lens_bars_and_curves_are_means_over_seeds_without_rows_of_too_few
     assert any(np.allclose(y, curve.to_numpy()) for y in drawn)
 
 
+def test_logit_lens_averages_heads_by_role_and_draws_each_lenses_majority_baseline():
+    summary, tuned = lens_tables()
+    ranks = {SEEDS[0]: {0: 2, 1: 1}, **{s: {0: 1, 1: 2} for s in SEEDS[1:]}}
+    controls = pd.DataFrame([{"seed": s, "model": m, "lens": lens, "quantity": "majority_rate", "value": v}
+                             for s in SEEDS for m in names.MODELS
+                             for lens, v in (("logit", 0.4 + 0.1 * s), ("tuned", 0.3))])
+    fig = plots.logit_lens(summary, tuned, min_steps=20, ranks=ranks, controls=controls)
+    trained = data_axes(fig)[0]
+    assert [t.get_text() for t in trained.get_xticklabels()] == ["ego", "head_rank1", "head_rank2", "full"]
+    # head_rank1 is head 1 in the first seed and head 0 in the others
+    rank1 = summary[(summary["model"] == "trained") & (
+        ((summary["seed"] == SEEDS[0]) & (summary["site"] == "head1"))
+        | ((summary["seed"] != SEEDS[0]) & (summary["site"] == "head0")))]["agreement"]
+    assert trained.containers[0].patches[1].get_height() == pytest.approx(rank1.mean())
+    dashed = sorted(round(float(li.get_ydata()[0]), 9) for li in trained.lines if li.get_linestyle() == "--")
+    assert dashed == [0.3, round(np.mean([0.4 + 0.1 * s for s in SEEDS]), 9)]
+
+
 def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_seeds():
     fig = plots.ablations(closed_loop_table())
     table = reported(closed_loop_table())
@@ -517,7 +549,9 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
         "others embedding, layer 1: 2 top-conductance neurons mean-ablated"]
     for ax, metric in zip(axes, ("success", "collision")):
         containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-        assert [c.get_label() for c in containers] == [f"seed {s}" for s in SEEDS]
+        assert [c.get_label() for c in containers] == [*(f"seed {s}" for s in SEEDS),
+                                                       "pooled: mean over seeds (95% t-interval)"]
+        containers, (pooled,) = containers[:-1], containers[-1:]
         for container, seed in zip(containers, SEEDS):
             rows = table[(table["seed"] == seed) & (table["metric"] == metric) & (table["kind"] != "none")]
             data_line, _, (bars,) = container.lines
@@ -527,6 +561,14 @@ def test_ablations_show_each_seeds_own_difference_and_ci_never_an_average_over_s
         head0 = table[(table["condition"] == "head0_zero") & (table["metric"] == metric)]["diff"]
         plotted = np.concatenate([c.lines[0].get_xdata() for c in containers])
         assert not np.isclose(plotted, head0.mean()).any()
+        # the pooled diamond is the mean over seeds, on each condition's row, with its t-interval over seeds
+        np.testing.assert_allclose(pooled.lines[0].get_xdata()[0], head0.mean())
+        (bars,) = pooled.lines[2]
+        np.testing.assert_allclose(bars.get_segments()[0][:, 0], hand_interval(head0.to_numpy()), rtol=1e-5)
+        # the unablated agent's rate (the control row, all episodes) is named in the title
+        control = closed_loop_table()
+        rate = control[(control["kind"] == "none") & (control["half"] == "all") & (control["metric"] == metric)]
+        assert f"unablated agent {rate['value'].mean():.2f}" in ax.get_title()
 
 
 def test_ablation_rows_name_heads_by_their_role_in_each_seed():
@@ -537,7 +579,7 @@ def test_ablation_rows_name_heads_by_their_role_in_each_seed():
     assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["head_rank1 zeroed (held-out half)",
                                                                 "head_rank2 zeroed (held-out half)"]
     # seed 0's head 0 and the other seeds' head 1 share the head_rank1 row
-    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer) and c.get_label().startswith("seed")]
     for container, seed in zip(containers, SEEDS):
         head = 0 if seed == SEEDS[0] else 1
         rows = table[(table["seed"] == seed) & (table["metric"] == "success")]
@@ -555,27 +597,52 @@ def test_ablation_rows_name_heads_by_their_role_in_each_seed():
 
 def test_patching_points_are_each_seeds_mean_restored_fraction_per_site_and_path():
     table, paths = patching_tables()
-    fig = plots.patching(table, paths)
+    ranks = {SEEDS[0]: {0: 2}, **{s: {0: 1} for s in SEEDS[1:]}}
+    fig = plots.patching(table, paths, ranks=ranks)
     axes = data_axes(fig)                                           # rows: sites, paths; columns: kinds
     site_ax = axes[0]
     labels = [t.get_text() for t in site_ax.get_yticklabels()]
-    assert labels == ["ego emb. 0 [ego]", "attention k h0 [target]", "attention resid [all]"]   # no 'other', 'neuron'
+    # heads by role in each seed (seed 0's head 0 is head_rank2, the others' head_rank1); no 'other', 'neuron'
+    assert labels == ["ego emb. 0 [ego]", "attention k head_rank1 [target]", "attention k head_rank2 [target]",
+                      "attention resid [all]"]
     path_labels = [t.get_text() for t in axes[2].get_yticklabels()]
-    assert path_labels == ["head 0: key", "head 0: value", "sender (all heads)"]
-    drawn = [line.get_xdata() for line in site_ax.lines if len(line.get_xdata()) == len(labels)]
-    for seed in SEEDS:
+    assert path_labels == ["head_rank1: key", "head_rank1: value", "head_rank2: key", "head_rank2: value",
+                           "sender (all heads)"]
+    assert "0 = corrupted run, 1 = clean run" in site_ax.get_xlabel()
+    assert "0 = corrupted, 1 = fully restored" in fig._suptitle.get_text()
+    containers = [c for c in site_ax.containers if isinstance(c, ErrorbarContainer)]
+    for container, seed in zip(containers, SEEDS):
         rows = table[(table["seed"] == seed) & (table["kind"] == "vehicle_removed")]
         means = [rows[(rows["site"] == site) & (rows["role"] == role)]["restored"].mean()
                  for site, role in (("ego_embedding.hook_post.0", "ego"), ("attention_layer.hook_k", "target"),
                                     ("attention_layer.hook_resid", "all"))]
-        assert any(np.allclose(x, means) for x in drawn), seed
+        np.testing.assert_allclose(container.lines[0].get_xdata(), means)
+    # the pooled diamond of the head_rank1 key row: the mean over the seeds whose head_rank1 is head 0
+    pooled = containers[-1]
+    assert pooled.get_label().startswith("pooled")
+    rank1 = table[(table["kind"] == "vehicle_removed") & (table["site"] == "attention_layer.hook_k")
+                  & (table["role"] == "target") & (table["seed"] != SEEDS[0])]
+    y = pooled.lines[0].get_ydata()
+    x = pooled.lines[0].get_xdata()
+    assert x[list(np.round(y)).index(1.0)] == pytest.approx(rank1.groupby("seed")["restored"].mean().mean())
+
+
+def test_patching_marks_a_mean_beyond_the_axis_at_its_edge_instead_of_stretching_it():
+    table, paths = patching_tables()
+    table.loc[(table["seed"] == SEEDS[1]) & (table["site"] == "attention_layer.hook_resid"), "restored"] = -3.0
+    fig = plots.patching(table, paths)
+    ax = data_axes(fig)[0]
+    assert ax.get_xlim() == pytest.approx((-0.55, 1.55))
+    edges = [c for c in ax.collections if c.get_label().startswith("mean beyond the axis")]
+    assert len(edges) == 1 and edges[0].get_offsets()[0][0] == pytest.approx(-0.5)
 
 
 def test_patching_of_a_one_seed_study_draws_that_seeds_points():
     table, paths = patching_tables()
     one = SEEDS[0]
     fig = plots.patching(table[table["seed"] == one], paths[paths["seed"] == one])
-    assert any(len(line.get_xdata()) == 3 for line in data_axes(fig)[0].lines)
+    containers = [c for c in data_axes(fig)[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(containers[0].lines[0].get_xdata()) == 3
 
 
 # ------------------------------------------------------------------------------------------ training, attention
@@ -637,12 +704,36 @@ def test_attention_vs_attribution_shows_per_seed_head_medians_and_pooled_fact_co
     ig = agreement[agreement["attribution"] == "ig"].dropna()
     for (_, _, _), group in ig.groupby(["seed", "head", "model"]):
         assert round(float(group["spearman"].median()), 9) in horizontal
-    for ax, model in zip(axes[2:4], names.MODELS):
+    for ax, model in zip(axes[3:5], names.MODELS):
         pooled = facts[(facts["statistic"] == "pooled") & (facts["model"] == model)]
         expected = np.array([[pooled[(pooled["seed"] == s) & (pooled["head"] == h) & (pooled["fact"] == f)]
                               ["spearman"].item() for f in ("ttc", "distance", "closing_speed")]
                              for s in SEEDS for h in (0, 1)])
         np.testing.assert_allclose(np.asarray(ax.collections[0].get_array()).reshape(expected.shape), expected)
+
+
+def test_attention_is_drawn_beside_the_naive_rankings_and_its_top1_beside_the_chance_level():
+    agreement, facts = agreement_tables()
+    rankings = ranking_table(agreement)
+    ranks = {s: {0: 2, 1: 1} for s in SEEDS}
+    fig = plots.attention_vs_attribution(agreement, facts, rankings, ranks)
+    shapley_ax, top1_ax = data_axes(fig)[1:3]
+    order = [f"s{s} {u}" for s in SEEDS for u in ("head_rank1", "head_rank2", "nearest first", "lowest TTC first")]
+    assert [t.get_text() for t in shapley_ax.get_xticklabels()] == order
+    # the nearest-first ranking's box of the trained network of seed 1 has the median of its own rows
+    horizontal = {round(float(li.get_ydata()[0]), 9) for li in shapley_ax.lines
+                  if len(li.get_ydata()) == 2 and li.get_ydata()[0] == li.get_ydata()[1]}
+    nearest = rankings[(rankings["seed"] == SEEDS[1]) & (rankings["ranking"] == "nearest")
+                       & (rankings["attribution"] == "shapley") & (rankings["model"] == "trained")].dropna()
+    assert round(float(nearest["spearman"].median()), 9) in horizontal
+    # top-1 bars: head_rank1 (head 1) of the first seed, trained network; and each seed's chance level
+    first = agreement[(agreement["seed"] == SEEDS[0]) & (agreement["head"] == 1) & (agreement["model"] == "trained")
+                      & (agreement["attribution"] == "shapley")]
+    trained_bars = top1_ax.containers[0].patches
+    assert trained_bars[0].get_height() == pytest.approx(first["top1_match"].mean())
+    chance = [c for c in top1_ax.collections if c.get_label().startswith("chance level")]
+    levels = sorted(float(seg[0][1]) for c in chance for seg in c.get_segments())
+    assert levels == pytest.approx(sorted(first["top1_chance"].mean() for _ in SEEDS))
 
 
 def test_patching_without_pairs_draws_a_labelled_figure_that_says_why():
@@ -683,3 +774,16 @@ def test_designed_scenes_shade_where_going_now_collides_and_name_heads_by_role()
     labels = {text.get_text() for legend in fig.legends for text in legend.get_texts()}
     assert {"head_rank1", "head_rank2", "going now collides", "clairvoyant planner brakes"} <= labels
     assert len(att_ax.lines) == 2 * 2          # two heads × two seeds, trained only
+
+
+def test_attention_scene_names_and_orders_heads_by_their_role():
+    inputs = scene_inputs()
+    fig = plots.attention_scene(**inputs, ranks={0: 2, 1: 1})
+    bars = data_axes(fig)[1]
+    # head 1 is head_rank1: its bars come first and carry its name; the figure legend names roles too
+    assert [c.get_label() for c in bars.containers] == ["head_rank1", "head_rank2"]
+    np.testing.assert_allclose([p.get_height() for p in bars.containers[0].patches],
+                               inputs["attention"][0, 1, [0, 3, 1]])
+    labels = {text.get_text() for legend in fig.legends for text in legend.get_texts()}
+    assert {"head_rank1 attention", "head_rank2 attention"} <= labels
+    assert not any(label.startswith("head 0") for label in labels)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tools.readme_findings import completeness_table, driving_table, replace_section, report_findings
+from egolens.findings import FINDINGS, Finding
+from egolens.names import SANITY
+from tools.readme_findings import (
+    completeness_table,
+    driving_table,
+    findings_tested,
+    replace_section,
+    report_findings,
+)
 
 REPORT = """# title
 
@@ -58,3 +66,20 @@ def test_per_seed_tables_have_a_row_per_seed_network_and_policy():
     table = completeness_table({0: summary, 1: summary})
     assert table[0].startswith("| explanation | within 1% (seeds 0 / 1)") and len(table) == 2 + 9
     assert table[2] == "| IG of Q, `others_zeroed` | 1.000 / 1.000 | 0.4% | 500 / 500 / 900 |"
+
+
+def test_what_each_finding_tests_comes_from_the_code_and_marks_what_the_committed_study_lacks():
+    findings = [Finding("new_one", "A beats its control (paired 95% CI above 0).", lambda m: None),
+                Finding("old_one", "It adds up.", lambda m: None, SANITY)]
+    lines = findings_tested(findings, ["old_one", "attention_tracks_shapley", "gone"])
+    assert "| `new_one` (*not run yet*) | finding | A beats its control (paired 95% CI above 0). |" in lines
+    assert "| `old_one` | sanity check (holds by construction; not counted) | It adds up. |" in lines
+    dropped = lines[-2]
+    assert "`attention_tracks_shapley` (replaced by `attention_beats_naive_rankings` and " in dropped
+    assert dropped.endswith("`gone`.")
+    # the study's own findings: every one listed, none marked when the committed study has them all
+    rows = [line for line in findings_tested(FINDINGS, [f.name for f in FINDINGS]) if line.startswith("| `")]
+    assert len(rows) == len(FINDINGS) and not any("not run yet" in row for row in rows)
+    # a statement's |x| is escaped so the table keeps three columns
+    piped = findings_tested([Finding("p", "ranks like |Shapley|.", lambda m: None)], ["p"])
+    assert "| `p` | finding | ranks like \\|Shapley\\|. |" in piped

@@ -175,3 +175,56 @@ def test_designed_scenes_are_worded_per_sweep_from_the_tables_and_the_scenes_par
     assert "head_rank1 puts 0.61 of its attention on the vehicle" in report and "flipping 30% of decisions" in report
     assert "route o3-o1" not in report                      # a sweep without numbers is left out, not invented
     assert "In designed scenes" not in build_report(*study_tables(heads=2, off_ego=0.5), {}, params(), {})
+
+
+def test_a_failed_deletion_test_reads_as_failed_and_flagged_explanations_are_not_evidence():
+    summary, _ = study_tables(heads=2, off_ego=0.5)
+    flags = pd.DataFrame([{"metric": "attributions.sanity.ig_others_zeroed.feature.flagged_abs", "mean": 2 / 3,
+                           "n_seeds": 3, "seed0": 1.0, "seed1": 1.0, "seed2": 0.0}])
+    summary = pd.concat([summary, flags], ignore_index=True)
+
+    def report(n_holds: int) -> str:
+        holds = pd.DataFrame([{"finding": "ig_deletion_beats_random", "statement": "s", "n_seeds": 3,
+                               "n_holds": n_holds, "holds": f"{n_holds}/3"}])
+        return build_report(summary, holds, {}, {**params(), "attributions": {
+            **params()["attributions"], "sanity_threshold": 0.5}}, {})
+
+    failed, passed = report(1), report(3)
+    assert "lower area is better" in failed and "IG beats random (paired CI below 0) in 1/3 seeds" in failed
+    assert "The test fails" in failed and "The test fails" not in passed and "passes in most seeds" in passed
+    assert "flags per-feature |IG| (others-zeroed) in 2/3 seeds" in failed
+    assert "does not support a finding" in failed
+
+
+def test_the_sentences_name_their_controls_and_patching_quotes_key_and_value_paths():
+    summary, holds = study_tables(heads=2, off_ego=0.5)
+    rows = [{"metric": f"interventions.path_patching_restored.vehicle_closer.head_rank{h}_{path}", "mean": value,
+             "n_seeds": 3} for h in (1, 2) for path, value in (("key", 0.2 * h), ("key_value", 0.3 * h))]
+    report = build_report(pd.concat([summary, pd.DataFrame(rows)], ignore_index=True), holds, {}, params(), {})
+    assert "head_rank1: key only 0.2, key and value 0.3; head_rank2: key only 0.4, key and value 0.6" in report
+    for control in ("Control: the majority baseline", "Control: the naive rankings", "Control: the chance level",
+                    "Control: random deletion orders", "Control: the corrupted run (0) and the clean run (1)",
+                    "Control: the same network at initialisation", "Control: the model-parameter randomisation"):
+        assert control in report, control
+    assert "not what the circuits compute" in report
+
+
+def test_a_statement_with_pipes_keeps_the_holds_table_to_three_columns():
+    summary, _ = tables()
+    holds = pd.DataFrame([{"finding": "ranks", "statement": "Attention ranks like |Shapley|.", "n_seeds": 1,
+                           "n_holds": 1, "holds": "1/1"}])
+    report = build_report(summary, holds, {}, params(), {})
+    assert "| `ranks` | 1/1 | Attention ranks like \\|Shapley\\|. |" in report
+
+
+def test_the_logit_lens_is_read_as_the_ego_term_not_read_alone_only_when_it_is_below_the_tuned_lens():
+    summary, holds = study_tables(heads=2, off_ego=0.5)
+
+    def report(logit: float) -> str:
+        rows = pd.DataFrame([{"metric": "neurons.trained.logit_lens_agreement.ego", "mean": logit, "n_seeds": 3},
+                             {"metric": "neurons.trained.tuned_lens_held_out_agreement.ego", "mean": 0.67,
+                              "n_seeds": 3}])
+        return build_report(pd.concat([summary, rows], ignore_index=True), holds, {}, params(), {})
+
+    assert "the ego term is not read alone" in report(0.38)
+    assert "the ego term is not read alone" not in report(0.9)

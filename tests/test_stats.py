@@ -9,6 +9,7 @@ import pytest
 
 from egolens.stats import (
     bootstrap_ci,
+    cluster_bootstrap_ci,
     crossed_bootstrap_ci,
     equivalence_test,
     nested_bootstrap_ci,
@@ -143,3 +144,24 @@ def test_an_equivalence_test_that_must_fail_on_too_few_episodes_and_reports_what
 def test_an_equivalence_margin_must_be_positive():
     with pytest.raises(ValueError, match="margin"):
         equivalence_test(np.zeros(10), margin=0.0, resamples=100, seed=0)
+
+
+def test_cluster_bootstrap_with_one_unit_per_cluster_is_the_plain_bootstrap():
+    values = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    assert cluster_bootstrap_ci(values, np.arange(7) * 3, 500, 4) == bootstrap_ci(values, 500, 4)
+
+
+def test_cluster_bootstrap_resamples_whole_clusters():
+    # two episodes of unequal length: a resample is either episode twice or both once, so the
+    # percentile interval's ends are the two episodes' own means (hand computation)
+    values = np.array([1.0, 1.0, 1.0, 0.0])
+    clusters = np.array([7, 7, 7, 9])
+    mean, low, high = cluster_bootstrap_ci(values, clusters, 2000, 0)
+    assert mean == pytest.approx(0.75)
+    assert (low, high) == (0.0, 1.0)
+    # every cluster alike: nothing varies between resamples
+    assert cluster_bootstrap_ci(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0, 0, 1, 1]), 300, 2) == (0.5, 0.5, 0.5)
+    # a single cluster: a zero-width interval at its mean
+    assert cluster_bootstrap_ci(np.array([0.0, 1.0, 1.0]), np.zeros(3), 100, 0) == pytest.approx((2 / 3,) * 3)
+    with pytest.raises(ValueError, match="one cluster per value"):
+        cluster_bootstrap_ci(np.ones(3), np.zeros(2), 100, 0)

@@ -15,6 +15,11 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
+
+from egolens.findings import FINDINGS, Finding
+from egolens.names import FINDING
+
 ROOT = Path(__file__).resolve().parents[1]
 RATES = ("success_rate", "collision_rate", "timeout_rate", "mean_return", "mean_length")
 POLICIES = ("constant_slower", "constant_idle", "constant_faster", "rule_based", "clairvoyant")
@@ -71,10 +76,46 @@ def completeness_table(summaries: Mapping[int, Mapping]) -> list[str]:
     return lines
 
 
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: its pipes (|x|) escaped so they do not split the cell."""
+    return text.replace("|", "\\|")
+
+
+REPLACED = {
+    "attention_tracks_shapley": ("attention_beats_naive_rankings", "attention_top1_above_chance"),
+    "ego_alone_does_not_decide": ("ego_alone_decodes_above_majority", "attention_adds_to_ego_decoding"),
+}
+"""Findings the current code no longer checks -> the findings that replaced them (with the control they lacked)."""
+
+
+def findings_tested(findings: Sequence[Finding], committed: Sequence[str]) -> list[str]:
+    """Markdown: what every finding and sanity check of the current code tests (its statement, which names
+    its control and rule), marked when the committed study (`committed`: the findings of its holds.csv)
+    has not checked it yet, and the committed study's findings the code no longer checks."""
+    lines = ["### What each finding tests", "",
+             "As the current code states them (`egolens/findings.py`); each statement names its control and the "
+             "rule it is checked by. The numbers below are the committed study's (`results/report.md`), made by "
+             "older code: where its wording of a finding differs from this table, this table says what the next "
+             "study checks, and a row marked *not run yet* has no number until the study is rerun.", "",
+             "| finding | kind | what it tests |", "| --- | --- | --- |"]
+    for finding in findings:
+        mark = "" if finding.name in committed else " (*not run yet*)"
+        kind = "finding" if finding.kind == FINDING else "sanity check (holds by construction; not counted)"
+        lines.append(f"| `{finding.name}`{mark} | {kind} | {cell(finding.statement)} |")
+    dropped = [name for name in committed if name not in {f.name for f in findings}]
+    if dropped:
+        replaced = [f"`{name}` (replaced by {' and '.join(f'`{n}`' for n in REPLACED[name])})"
+                    if name in REPLACED else f"`{name}`" for name in dropped]
+        lines += ["", "No longer checked by the current code, though the committed study below reports them: "
+                  + ", ".join(replaced) + "."]
+    return lines + [""]
+
+
 def findings_section(report: str, evaluations: Mapping[int, Mapping], reference: Mapping[str, Mapping],
-                     attributions: Mapping[int, Mapping], intro: Sequence[str]) -> str:
-    """The README's whole Findings section (heading included)."""
-    parts = ["## Findings", *intro, "", report_findings(report),
+                     attributions: Mapping[int, Mapping], intro: Sequence[str],
+                     tested: Sequence[str] = ()) -> str:
+    """The README's whole Findings section (heading included); `tested`: `findings_tested` lines."""
+    parts = ["## Findings", *intro, "", *tested, report_findings(report),
              "### Per seed: held-out driving (`results/seeds/seed<N>/evaluate.json`; reference policies from "
              "`results/reference/metrics.json`, the same episodes; bootstrap 95% CIs)", "",
              *driving_table(evaluations, reference), "",
@@ -105,7 +146,9 @@ def main() -> None:
              "ablation costs the most closed-loop successes on the first half of the closed-loop episodes in that "
              "seed; its effects are measured on the second half)."]
     readme = ROOT / "README.md"
-    section = findings_section((results / "report.md").read_text(), evaluations, reference, attributions, intro)
+    committed = list(pd.read_csv(results / "holds.csv")["finding"])
+    section = findings_section((results / "report.md").read_text(), evaluations, reference, attributions, intro,
+                               findings_tested(FINDINGS, committed))
     readme.write_text(replace_section(readme.read_text(), section))
 
 

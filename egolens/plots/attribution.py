@@ -3,7 +3,7 @@ attention against the attributions and scene facts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -133,45 +133,105 @@ def neuron_conductance(conductance: pd.DataFrame) -> Figure:
     return fig
 
 
+NAIVE_NAMES = {"nearest": "nearest first", "lowest_ttc": "lowest TTC first"}
+"""How the attention figure names the naive rankings of ranking_baselines.csv."""
+
+
+def _ranked_units(agreement: pd.DataFrame, baselines: pd.DataFrame | None,
+                  ranks: Mapping[int, Mapping[int, int]] | None) -> pd.DataFrame:
+    """agreement rows (per step and head) and the naive rankings' rows (per step and ranking) in one
+    table with a `unit` column: "s<seed> head_rank<r>" (by role; "h<i>" without ranks) or
+    "s<seed> <ranking name>"."""
+    def head(seed: object, h: int) -> str:
+        by_head = (ranks or {}).get(seed)
+        return f"head_rank{by_head[h]}" if by_head and h in by_head else f"h{h}"
+
+    heads = agreement.assign(unit=[f"s{seed} {head(seed, int(h))}"
+                                   for seed, h in zip(agreement["seed"], agreement["head"])], naive=False)
+    if baselines is None or baselines.empty:
+        return heads
+    naive = baselines.assign(unit=[f"s{seed} {NAIVE_NAMES.get(r, r)}"
+                                   for seed, r in zip(baselines["seed"], baselines["ranking"])], naive=True)
+    return pd.concat([heads, naive], ignore_index=True)
+
+
+def _unit_order(units: pd.DataFrame) -> list[str]:
+    """Per seed: its heads by role, then the naive rankings in `NAIVE_NAMES` order."""
+    naive_rank = {f" {name}": i for i, name in enumerate(NAIVE_NAMES.values())}
+
+    def key(unit: str) -> tuple[int, int, str]:
+        seed, _, rest = unit.partition(" ")
+        return (int(seed[1:]), naive_rank.get(f" {rest}", -1), rest)
+
+    return sorted(pd.unique(units["unit"]), key=key)
+
+
 @styled
 def attention_vs_attribution(agreement: pd.DataFrame, attention_facts: pd.DataFrame,
+                             ranking_baselines: pd.DataFrame | None = None,
+                             ranks: Mapping[int, Mapping[int, int]] | None = None,
                              explanations: Sequence[tuple[str, str, str]] = (("ig", "others_zeroed", "q"),
                                                                              ("shapley", "ego_alone", "q"))) -> Figure:
-    """Per-step Spearman(attention, attribution) per seed·head (top) and pooled Spearman(attention, fact) (bottom).
+    """Per-step Spearman(attention, attribution) per seed·head beside the naive rankings scored the
+    same way, the top-1 match rate against its chance level (top), and pooled Spearman(attention, fact)
+    (bottom).
 
     agreement: attributions/agreement.csv of every seed plus `seed`: model, attribution, baseline, quantity,
-    head, spearman (per step, over the present vehicles; NaN steps dropped). attention_facts:
-    attributions/attention_facts.csv plus `seed`: model, statistic ('pooled' drawn), head, fact, spearman.
-    Heads are labelled per seed (s0 h1 = seed 0's head 1): heads of different seeds are unrelated.
+    head, spearman (per step, over the present vehicles; NaN steps dropped), top1_match, top1_chance.
+    ranking_baselines: attributions/ranking_baselines.csv plus `seed` (ranking instead of head; the
+    nearest-first and lowest-time-to-collision-first rankings, the baselines attention must beat).
+    attention_facts: attributions/attention_facts.csv plus `seed`: model, statistic ('pooled' drawn),
+    head, fact, spearman. ranks: seed -> head index -> closed-loop rank (heads named by role).
+    The top-1 panel (last explanation) draws each unit's mean match rate and, per seed, the chance level
+    (the mean over steps of 1 / the number of vehicles tied for the largest |attribution|).
     """
-    data = agreement.dropna(subset=["spearman"])
-    data = data.assign(unit="s" + data["seed"].astype(str) + " h" + data["head"].astype(str))
-    units = sorted(pd.unique(data["unit"]))
-    fig = Figure(figsize=(14, 10), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
-    axes = top.subplots(1, len(explanations), sharey=True, squeeze=False)[0]
+    units = _ranked_units(agreement, ranking_baselines, ranks)
+    data = units.dropna(subset=["spearman"])
+    order = _unit_order(units)
+    fig = Figure(figsize=(18, 10.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.2, 1])
+    axes = top.subplots(1, len(explanations) + 1, squeeze=False)[0]
     for ax, (method, baseline, quantity) in zip(axes, explanations):
         rows = data[(data["attribution"] == method) & (data["baseline"] == baseline) & (data["quantity"] == quantity)]
-        sns.boxplot(rows, x="unit", y="spearman", hue="model", order=units, hue_order=list(MODELS),
+        sns.boxplot(rows, x="unit", y="spearman", hue="model", order=order, hue_order=list(MODELS),
                     palette=MODEL_COLOURS, fliersize=2, ax=ax, legend=False)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_title(f"{method} ({baseline}, {quantity}) vs attention")
-        ax.set_xlabel("agent seed · head")
-        ax.set_ylabel("per-step Spearman ρ (attention, attribution)")
-    top.legend(handles=[Patch(facecolor=MODEL_COLOURS[m], edgecolor="#444444", label=m) for m in MODELS],
-               title="network", loc="outside right upper")
+        ax.set_title(f"|{method}| ({baseline}, {quantity}): attention and the naive rankings")
+        ax.set_xlabel("agent seed · head (by role) or naive ranking")
+        ax.set_ylabel("per-step Spearman ρ with |attribution|")
+        ax.tick_params(axis="x", rotation=60)
+    method, baseline, quantity = explanations[-1]
+    rows = units[(units["attribution"] == method) & (units["baseline"] == baseline) & (units["quantity"] == quantity)]
+    ax = axes[-1]
+    rates = rows.groupby(["unit", "model"])["top1_match"].mean().reset_index()
+    sns.barplot(rates, x="unit", y="top1_match", hue="model", order=order, hue_order=list(MODELS),
+                palette=MODEL_COLOURS, ax=ax, legend=False, errorbar=None)
+    chance = rows[rows["model"] == MODELS[0]].groupby("seed")["top1_chance"].mean()
+    for seed, level in chance.items():
+        span = [i for i, unit in enumerate(order) if unit.startswith(f"s{seed} ")]
+        ax.hlines(level, min(span) - 0.45, max(span) + 0.45, color="black", lw=2, ls="--",
+                  label="chance level (a present vehicle at random)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"top-1 match with |{method}| against chance")
+    ax.set_xlabel("agent seed · head (by role) or naive ranking")
+    ax.set_ylabel("share of steps whose top vehicle is the top |attribution|")
+    ax.tick_params(axis="x", rotation=60)
+    handles = [Patch(facecolor=MODEL_COLOURS[m], edgecolor="#444444", label=m) for m in MODELS]
+    handles.append(Line2D([], [], color="black", lw=2, ls="--", label="chance level (trained network's steps)"))
+    top.legend(handles=handles, title="network", loc="outside right upper")
     facts = attention_facts[attention_facts["statistic"] == "pooled"]
-    facts = facts.assign(unit="s" + facts["seed"].astype(str) + " h" + facts["head"].astype(str))
+    facts = _ranked_units(facts, None, ranks)
     fact_order = list(pd.unique(facts["fact"]))
     fact_axes = bottom.subplots(1, len(MODELS), squeeze=False)[0]
     for ax, model in zip(fact_axes, MODELS):
         mat = (facts[facts["model"] == model].pivot(index="unit", columns="fact", values="spearman")
-               .reindex(index=sorted(pd.unique(facts["unit"])), columns=fact_order))
+               .reindex(index=_unit_order(facts), columns=fact_order))
         sns.heatmap(mat, vmin=-1, vmax=1, cmap=DIVERGING, annot=True, fmt=".2f", ax=ax, cbar=ax is fact_axes[-1],
                     cbar_kws={"label": "pooled Spearman ρ (attention, fact)"})
         ax.set_title(f"{model}: attention vs scene facts (pooled over steps and vehicles)")
         ax.set_xlabel("scene fact (time-to-collision s, distance m, closing speed m/s)")
-        ax.set_ylabel("agent seed · head")
+        ax.set_ylabel("agent seed · head (by role)")
         ax.tick_params(axis="y", rotation=0)
-    fig.suptitle("Attention vs attribution and scene facts, per seed and head")
+    fig.suptitle("Does attention rank the vehicles like their attributions, and better than distance or "
+                 "time-to-collision would? Per seed, heads by role")
     return fig

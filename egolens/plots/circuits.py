@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from egolens.names import MODELS
 from egolens.plots.style import (
@@ -27,7 +28,8 @@ def _projected_circuits(features: pd.DataFrame, raw: pd.DataFrame, matrix: str, 
                         ranks: Mapping | None, title: str, ylabel: str, xlabel: str, raw_labels: tuple[str, str],
                         ) -> Figure:
     """Top: per seed (rows) and head (by role) the trained and untrained circuit projected onto the
-    input features, one shared symmetric scale. Bottom: the first seed's raw trained matrices."""
+    input features, each network on its own symmetric scale (shared by its panels, one colour bar each).
+    Bottom: the first seed's raw trained matrices."""
     table = features[features["matrix"] == matrix]
     seeds = sorted(table["seed"].unique())
     heads = sorted(table["head"].unique())
@@ -41,19 +43,20 @@ def _projected_circuits(features: pd.DataFrame, raw: pd.DataFrame, matrix: str, 
                                                                           columns=cols_order).to_numpy()
 
     mats = {(seed, h, m): panel(seed, h, m) for seed in seeds for h in heads for m in MODELS}
-    limit = symmetric_limit(*mats.values())
+    # one colour scale per network: at a shared scale the untrained panels (weights ~100x smaller) are blank
+    limits = {m: symmetric_limit(*(mat for (_, _, model), mat in mats.items() if model == m)) for m in MODELS}
     cell = 0.42
     width = max(len(cols_order) * cell * len(heads) * 2 + 2.5, 9.0)
     top_height = len(seeds) * (len(rows_order) * cell + 1.0)
     fig = Figure(figsize=(width, top_height + 4.2), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[top_height, 4.2])
     axes = top.subplots(len(seeds), 2 * len(heads), squeeze=False)
-    image = None
+    images: dict[str, AxesImage] = {}
     for r, seed in enumerate(seeds):
-        for c, (h, model) in enumerate((h, m) for h in order[seed] for m in MODELS):
+        for c, (h, model) in enumerate((h, m) for m in MODELS for h in order[seed]):
             ax = axes[r, c]
-            image = ax.imshow(mats[seed, h, model], cmap=DIVERGING, vmin=-limit, vmax=limit, interpolation="nearest",
-                              aspect="auto")
+            images[model] = ax.imshow(mats[seed, h, model], cmap=DIVERGING, vmin=-limits[model], vmax=limits[model],
+                                      interpolation="nearest", aspect="auto")
             ax.set_title(f"seed {seed}, {_rank_name(seed, h, ranks)}, {model}", fontsize=9)
             ax.set_yticks(range(len(rows_order)), rows_order if c == 0 else [""] * len(rows_order), fontsize=8)
             ax.set_xticks(range(len(cols_order)), cols_order if r == len(seeds) - 1 else [""] * len(cols_order),
@@ -61,7 +64,10 @@ def _projected_circuits(features: pd.DataFrame, raw: pd.DataFrame, matrix: str, 
             ax.set_ylabel(ylabel if c == 0 else ylabel.split(" (")[0], fontsize=8)
             ax.set_xlabel(xlabel if r == len(seeds) - 1 else xlabel.split(" (")[0], fontsize=8)
             ax.grid(False)
-    top.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"entry (shared scale ±{limit:.3g})")
+    for m, model in enumerate(MODELS):
+        columns = list(range(m * len(heads), (m + 1) * len(heads)))
+        top.colorbar(images[model], ax=axes[:, columns].ravel().tolist(), shrink=0.8, pad=0.01,
+                     label=f"{model} entry (own scale ±{limits[model]:.3g})")
     first = seeds[0]
     raw_table = raw[(raw["matrix"] == raw_matrix) & (raw["model"] == "trained")]
     raw_heads = order[first]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -9,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from egolens.names import MODELS
+from egolens.names import HEAD, MODELS
 from egolens.plots.style import (
     styled,
     t_interval,
@@ -55,22 +57,40 @@ def neuron_activations(over_time: pd.DataFrame, steps: pd.DataFrame | None = Non
     return fig
 
 
+def _sites_by_role(table: pd.DataFrame, ranks: Mapping[int, Mapping[int, int]] | None) -> pd.DataFrame:
+    """`table` with each site `head<i>` of a seed renamed `head_rank<r>` (its closed-loop role in that seed)."""
+    if not ranks:
+        return table
+
+    def rename(seed: object, name: str) -> str:
+        by_head = ranks.get(seed)  # type: ignore[call-overload]
+        return HEAD.sub(lambda m: f"head_rank{by_head[int(m.group(1))]}" if by_head else m.group(0), name)
+
+    return table.assign(site=[rename(seed, str(site)) for seed, site in zip(table["seed"], table["site"])])
+
+
 @styled
-def logit_lens(lens_summary: pd.DataFrame, tuned_lens: pd.DataFrame, min_steps: int = 20) -> Figure:
+def logit_lens(lens_summary: pd.DataFrame, tuned_lens: pd.DataFrame, min_steps: int = 20,
+               ranks: Mapping[int, Mapping[int, int]] | None = None,
+               controls: pd.DataFrame | None = None) -> Figure:
     """Agreement of decoded Q with the final action per site (bars) and with k vehicles added (lines).
 
     lens_summary: neurons/lens_summary.csv of every seed plus `seed`: model, site, k (vehicles added,
     NaN for fixed sites), agreement (fraction of steps), n (steps). tuned_lens: neurons/tuned_lens.csv
     likewise plus split (train, held_out; only held_out is drawn). Rows with n < `min_steps` are dropped.
-    Means over seeds with 95% t-intervals.
+    Means over seeds with 95% t-intervals. ranks: seed -> head index -> closed-loop rank, so that a
+    head's site is averaged over seeds by role (head_rank<r>), never by index. controls:
+    neurons/lens_controls.csv plus `seed` (model, lens, quantity, value): each lens's majority baseline
+    (the most frequent final action's share of the same steps), mean over seeds, drawn as a dashed line.
     """
-    lenses = {"logit lens": lens_summary,
-              "tuned lens (held out)": tuned_lens[tuned_lens["split"] == "held_out"]}
+    lenses = {"logit lens": _sites_by_role(lens_summary, ranks),
+              "tuned lens (held out)": _sites_by_role(tuned_lens[tuned_lens["split"] == "held_out"], ranks)}
     data = pd.concat([t[["seed", "model", "site", "k", "agreement", "n"]].assign(lens=name)
                       for name, t in lenses.items()], ignore_index=True)
     data = data[data["n"] >= min_steps]
     fixed = data[data["k"].isna() & ~data["site"].str.endswith("_added")]
-    sites = [s for s in pd.unique(lens_summary["site"]) if s in set(fixed["site"])]
+    sites = sorted((s for s in pd.unique(lenses["logit lens"]["site"]) if s in set(fixed["site"])),
+                   key=lambda s: (s != "ego", s == "full", s))
     added = data[data["site"] == "added"]
     palette = dict(zip(lenses, sns.color_palette("deep", 4)[2:4]))
     fig = Figure(figsize=(15, 5), layout="constrained")
@@ -78,8 +98,14 @@ def logit_lens(lens_summary: pd.DataFrame, tuned_lens: pd.DataFrame, min_steps: 
     for ax, model in zip(axes[:2], MODELS):
         sns.barplot(fixed[fixed["model"] == model], x="site", y="agreement", hue="lens", order=sites,
                     hue_order=list(lenses), errorbar=t_interval, palette=palette, capsize=0.15, ax=ax, legend=False)
+        if controls is not None and not controls.empty:
+            majority = controls[(controls["model"] == model) & (controls["quantity"] == "majority_rate")]
+            for name, lens in (("logit lens", "logit"), ("tuned lens (held out)", "tuned")):
+                level = majority.loc[majority["lens"] == lens, "value"].mean()
+                ax.axhline(level, color=palette[name], lw=1.8, ls="--",
+                           label=f"majority action, {name} steps (mean over seeds)")
         ax.set_title(f"{model}: fixed sites")
-        ax.set_xlabel("site (ego alone, one head's write, full network)")
+        ax.set_xlabel("site (ego alone, ego + one head's write, full network)")
         ax.set_ylabel("fraction of steps where decoded argmax = final action")
     sns.lineplot(added, x="k", y="agreement", hue="lens", style="model", hue_order=list(lenses), style_order=MODELS,
                  errorbar=t_interval, palette=palette, markers=True, ax=axes[2], legend=False)
@@ -88,10 +114,12 @@ def logit_lens(lens_summary: pd.DataFrame, tuned_lens: pd.DataFrame, min_steps: 
     axes[2].set_ylabel("fraction of steps where decoded argmax = final action")
     axes[0].set_ylim(0, 1.05)
     markers = dict(zip(MODELS, ("o", "X")))
-    fig.legend(handles=[*[Patch(color=palette[name], label=name) for name in lenses],
+    majority = ([Line2D([], [], color="0.3", ls="--", lw=1.8, label="majority-action baseline (same steps, per lens)")]
+                if controls is not None and not controls.empty else [])
+    fig.legend(handles=[*[Patch(color=palette[name], label=name) for name in lenses], *majority,
                         *[Line2D([], [], color="black", marker=markers[m], ls="-" if m == "trained" else "--",
                                  label=f"{m} (right panel)") for m in MODELS]],
                loc="outside lower center", ncols=4)
-    fig.suptitle(f"Logit lens vs tuned lens: mean over {data['seed'].nunique()} seeds with 95% t-intervals "
-                 "(head k of one seed is not head k of another)")
+    fig.suptitle(f"Logit lens vs tuned lens: mean over {data['seed'].nunique()} seeds with 95% t-intervals, "
+                 "heads by role, against always choosing the most frequent action")
     return fig

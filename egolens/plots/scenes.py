@@ -65,16 +65,22 @@ def label_offsets(centres: np.ndarray, names: Sequence[str], metres_per_point: f
 
 @styled
 def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, q: np.ndarray,
-                    vehicle_id: np.ndarray, steps: Sequence[int], env: EnvConfig, title: str) -> Figure:
+                    vehicle_id: np.ndarray, steps: Sequence[int], env: EnvConfig, title: str,
+                    ranks: Mapping[int, int] | None = None) -> Figure:
     """For each of `steps` (rows): the scene (left) and each head's attention over the present vehicles (right).
 
     obs: [T, E, F] normalised observations of one episode (row 0 the ego); attention: [T, heads, E];
     action: [T] action indices; q: [T, actions]; vehicle_id: [T, E] simulator id of each row (−1 empty);
-    steps: indices into T; env: the env config whose features_range denormalises the observation.
+    steps: indices into T; env: the env config whose features_range denormalises the observation;
+    ranks: head index -> closed-loop rank in this seed, so heads are named (head_rank<r>) and coloured by
+    role as in the report and the designed-scenes figure (by index without it).
     Positions are in metres with y down the screen, as highway-env draws them.
     """
     kin = denormalize(obs, env)
     heads = attention.shape[1]
+    role = {h: (ranks[h] - 1 if ranks and h in ranks else h) for h in range(heads)}
+    head_name = {h: f"head_rank{ranks[h]}" if ranks and h in ranks else f"head {h}" for h in range(heads)}
+    by_role = sorted(range(heads), key=role.__getitem__)
     shown = np.asarray(steps)
     present = kin.present[shown]
     half = min(float(np.max(np.abs(np.concatenate([kin.x[shown][present], kin.y[shown][present]])))) + 12.0, 110.0)
@@ -91,7 +97,7 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
             for j in rows[1:]:
                 weight = float(attention[t, h, j])
                 if weight >= 0.01:
-                    scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=head_colour(h),
+                    scene.plot([ego[0], kin.x[t, j]], [ego[1], kin.y[t, j]], color=head_colour(role[h]),
                                lw=0.5 + 5 * weight, alpha=0.25 + 0.6 * weight, zorder=1)
         for j in rows:
             centre = np.array([kin.x[t, j], kin.y[t, j]])
@@ -111,9 +117,9 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
         scene_axes(scene, 0.0, 0.0, half, f"step {t}: chose {ACTIONS[int(action[t])]}")
         order = sorted(rows, key=lambda j: (j != 0, vehicle_id[t, j]))
         width = 0.8 / heads
-        for h in range(heads):
-            drawn = bars.bar(np.arange(len(order)) + (h - (heads - 1) / 2) * width, attention[t, h, order],
-                             width=width, color=head_colour(h), label=f"head {h}")
+        for i, h in enumerate(by_role):
+            drawn = bars.bar(np.arange(len(order)) + (i - (heads - 1) / 2) * width, attention[t, h, order],
+                             width=width, color=head_colour(role[h]), label=head_name[h])
             bars.bar_label(drawn, labels=[f"{w:.2f}" if w >= 0.01 else "" for w in attention[t, h, order]],
                            fontsize=7, padding=1)
         bars.set_xticks(range(len(order)), [names[j] for j in order], rotation=45, ha="right")
@@ -126,8 +132,8 @@ def attention_scene(obs: np.ndarray, attention: np.ndarray, action: np.ndarray, 
     fig.legend(handles=[Patch(facecolor=EGO_COLOUR, edgecolor="black", label="ego"),
                         Patch(facecolor=OTHER_COLOUR, edgecolor="black", label="other vehicle"),
                         Line2D([], [], color="black", marker=">", label="1 s of travel"),
-                        *[Line2D([], [], color=head_colour(h), lw=3, label=f"head {h} attention")
-                          for h in range(heads)]],
+                        *[Line2D([], [], color=head_colour(role[h]), lw=3, label=f"{head_name[h]} attention")
+                          for h in by_role]],
                loc="outside lower center", ncols=3 + heads)
     fig.suptitle(title)
     return fig

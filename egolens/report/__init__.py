@@ -47,6 +47,11 @@ def setup_lines(params: Mapping[str, object], versions: Mapping[str, str]) -> li
     return lines
 
 
+def table_cell(text: object) -> str:
+    """Text for a Markdown table cell: its pipes (|Shapley|) escaped so they do not split the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[str, str],
                  params: Mapping[str, object], versions: Mapping[str, str],
                  sections: Sequence[Section] = FINDINGS, headline: Mapping[str, object] | None = None,
@@ -73,14 +78,15 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
         out += [f"- {fill(template, summary, holds, figures, missing)}" for template in sentences]
         out.append("")
     out += ["## Findings per seed", "", "| finding | holds | statement |", "| --- | --- | --- |"]
-    out += [f"| `{row.finding}` | {row.holds} | {row.statement} |"
+    out += [f"| `{row.finding}` | {row.holds} | {table_cell(row.statement)} |"
             for row in of_kind(holds, FINDING).itertuples(index=False)]
     sanity = of_kind(holds, SANITY)
     if len(sanity):
         out += ["", "## Sanity checks per seed", "",
                 "These hold by construction when the code is right; they are not findings and are not counted "
                 "among them.", "", "| check | holds | statement |", "| --- | --- | --- |"]
-        out += [f"| `{row.finding}` | {row.holds} | {row.statement} |" for row in sanity.itertuples(index=False)]
+        out += [f"| `{row.finding}` | {row.holds} | {table_cell(row.statement)} |"
+                for row in sanity.itertuples(index=False)]
     if headline is not None and other is not None:
         out += ["", "## Under both recipes", "", *comparison_lines(params, headline, holds, other)]
     out += ["", "## Figures", ""]

@@ -46,6 +46,21 @@ class Context:
     def has(self, metric: str) -> bool:
         return math.isfinite(self.value(metric))
 
+    def seeds_with(self, metric: str) -> str:
+        """"k/n seeds": in how many of the seeds with a value the 0/1 `metric` is 1 ("n/a" without one)."""
+        if metric not in self.table.index:
+            return "n/a"
+        values = [float(self.table.loc[metric, c]) for c in self.table.columns if re.fullmatch(r"seed\d+", str(c))]
+        finite = [v for v in values if math.isfinite(v)]
+        return f"{sum(v == 1 for v in finite)}/{len(finite)} seeds" if finite else "n/a"
+
+    def holds_in_most(self, finding: str) -> bool | None:
+        """Whether `finding` holds in more than half of the seeds it could be checked in (None: in none)."""
+        rows = self.holds[self.holds["finding"] == finding]
+        if rows.empty or int(rows["n_seeds"].iloc[0]) == 0:
+            return None
+        return int(rows["n_holds"].iloc[0]) > int(rows["n_seeds"].iloc[0]) / 2
+
     def heads(self) -> list[str]:
         """The head names (head_rank1, ...) this run has, from the closed-loop head ablations."""
         return [head_role(r) for r in range(1, 17) if self.has(head_zero(r, "success_diff"))]

@@ -147,27 +147,33 @@ NAIVE_VEHICLES = {"nearest": "nearest", "lowest_ttc": "lowest-time-to-collision"
 
 def _agreement(c: Context) -> str:
     heads = c.heads() or ["head_rank1"]
-    parts = [f"{h} {{m:attributions.trained.agreement.shapley.{h}.spearman_mean}} (untrained "
-             f"{{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}})" for h in heads]
-    ig = [f"{h} {{m:attributions.trained.agreement.ig.{h}.spearman_mean}}" for h in heads]
+    versus = "attributions.trained.attention_vs_rankings.shapley"
+    parts = [f"{h} {{m:attributions.trained.agreement.shapley.{h}.spearman_mean}}" for h in heads]
     naive = [f"{name} {{m:attributions.trained.ranking_baselines.shapley.{r}.spearman_mean}}"
              for r, name in NAIVE_RANKINGS.items()]
-    return ("Per step, the Spearman correlation between a head's attention over the vehicles and the vehicles' "
-            "|Shapley values| has a mean of " + join(parts) + "; trained above untrained for every head in "
-            "{h:attention_tracks_shapley}. Against |IG| (others-zeroed baseline) instead of |Shapley| it is "
-            + join(ig) + ". The naive baselines, ranked against |Shapley| the same way: " + join(naive)
-            + " ({fig:attention_vs_attribution}).")
+    paired = [f"{h} minus {name} {{m:{versus}.{h}.{r}.diff}}" for h in heads for r, name in NAIVE_RANKINGS.items()]
+    untrained = [f"{h} {{m:attributions.untrained.agreement.shapley.{h}.spearman_mean}}" for h in heads]
+    ig = [f"{h} {{m:attributions.trained.agreement.ig.{h}.spearman_mean}}" for h in heads]
+    return ("Control: the naive rankings of the same vehicles on the same steps. Per step, the Spearman correlation "
+            "between a head's attention over the vehicles and the vehicles' |Shapley values| has a mean of "
+            + join(parts) + ", against " + join(naive) + " for the naive rankings scored the same way; paired over "
+            "the same steps (episodes resampled) the differences are " + join(paired) + ", above 0 for both heads "
+            "and both rankings in {h:attention_beats_naive_rankings}. The untrained network's attention reaches "
+            + join(untrained) + " (close to uniform attention, so it is no control). Attention against |IG| "
+            "(others-zeroed baseline) instead of |Shapley|: " + join(ig) + " ({fig:attention_vs_attribution}).")
 
 
 def _top1(c: Context) -> str:
-    parts = [f"{{pct:attributions.trained.agreement.shapley.{h}.top1_rate}} of steps for {h}"
-             for h in c.heads() or ["head_rank1"]]
+    heads = c.heads() or ["head_rank1"]
+    parts = [f"{{pct:attributions.trained.agreement.shapley.{h}.top1_rate}} of steps for {h}" for h in heads]
     naive = [f"{{pct:attributions.trained.ranking_baselines.shapley.{r}.top1_rate}} for the {name} vehicle"
              for r, name in NAIVE_VEHICLES.items()]
-    return ("The vehicle a head attends to most is also the one with the largest |Shapley value| on "
-            + join(parts) + ", against {pct:attributions.trained.ranking_baselines.shapley.nearest.top1_chance} "
-            "for a vehicle drawn at random among those present on the same steps (the chance level) and "
-            + join(naive) + " ({fig:attention_vs_attribution}).")
+    above = [f"{h} {{m:attributions.trained.attention_vs_rankings.shapley.{h}.chance.diff}}" for h in heads]
+    return ("Control: the chance level, a vehicle drawn at random among those present on the same steps. The vehicle "
+            "a head attends to most is also the one with the largest |Shapley value| on " + join(parts)
+            + ", against {pct:attributions.trained.ranking_baselines.shapley.nearest.top1_chance} by chance and "
+            + join(naive) + "; above chance on the same steps by " + join(above) + " (paired CI above 0 for every "
+            "head in {h:attention_top1_above_chance}) ({fig:attention_vs_attribution}).")
 
 
 def _removal(c: Context) -> str:
@@ -182,15 +188,18 @@ def _removal(c: Context) -> str:
 
 
 def _path_patching(c: Context) -> str | None:
-    closer = [f"{{m:interventions.path_patching_restored.vehicle_closer.{h}_key}} through {h} alone"
+    closer = [f"{h}: key only {{m:interventions.path_patching_restored.vehicle_closer.{h}_key}}, key and value "
+              f"{{m:interventions.path_patching_restored.vehicle_closer.{h}_key_value}}"
               for h in c.heads() if c.has(f"interventions.path_patching_restored.vehicle_closer.{h}_key")]
     if not closer:
         return None
-    slower = ("; when the ego slows down, head_rank1's value path restores "
-              "{m:interventions.path_patching_restored.ego_slower.head_rank1_value}"
-              if c.has("interventions.path_patching_restored.ego_slower.head_rank1_value") else "")
-    return ("When a vehicle is moved closer, the share of the change in Q(SLOWER) − Q(FASTER) that path patching "
-            "its new key restores is " + join(closer) + slower + " ({fig:patching}).")
+    slower = [f"{h}'s value path {{m:interventions.path_patching_restored.ego_slower.{h}_value}} (key and value "
+              f"{{m:interventions.path_patching_restored.ego_slower.{h}_key_value}})"
+              for h in c.heads() if c.has(f"interventions.path_patching_restored.ego_slower.{h}_value")]
+    tail = ("; when the ego slows down, " + join(slower)) if slower else ""
+    return ("Control: the corrupted run (0) and the clean run (1). When a vehicle is moved closer, the share of the "
+            "change in Q(SLOWER) − Q(FASTER) that path patching one head's paths from the clean run restores is "
+            + "; ".join(closer) + tail + " ({fig:patching}).")
 
 
 # --------------------------------------------------------------------------------- attributions
@@ -204,8 +213,8 @@ def _ig(c: Context) -> str:
             "{pct:attributions.trained.ig_completeness.others_zeroed.q.fraction_within} of the trained network's "
             "analysed steps (largest relative error in any seed "
             "{max:attributions.trained.ig_completeness.others_zeroed.q.max_rel_error}). Every IG and the "
-            "conductance at the output MLP's input are complete on every step in {h:ig_complete} "
-            "({fig:ig_features}).")
+            "conductance at the output MLP's input are complete on every step in {h:ig_complete} (a sanity check: "
+            "completeness says the numbers add up, not that they explain the decision).")
 
 
 def _conductance(c: Context) -> str:
@@ -222,13 +231,31 @@ def _shapley(c: Context) -> str:
 
 
 def _deletion(c: Context) -> str:
-    verdict = c.intervals_apart("attributions.trained.deletion_auc_q.random",
-                                "attributions.trained.deletion_auc_q.ig_others_zeroed")
-    tail = {True: " (IG orders lower it faster: the intervals do not overlap).",
-            False: " (the intervals overlap).", None: "."}[verdict]
-    return ("Deleting vehicles in IG order lowers Q(chosen) with an area under the deletion curve of "
-            "{m:attributions.trained.deletion_auc_q.ig_others_zeroed} against "
-            "{m:attributions.trained.deletion_auc_q.random} for random orders" + tail)
+    verdict = {True: " The test passes in most seeds.",
+               False: " The test fails: in most seeds IG orders do not lower Q(chosen) faster than random orders, so "
+                      "the deletion curve gives no evidence that |IG| ranks the vehicles by what Q depends on.",
+               None: ""}[c.holds_in_most("ig_deletion_beats_random")]
+    return ("Control: random deletion orders on the same steps (lower area is better: Q falls faster). Deleting "
+            "vehicles in |IG| order lowers Q(chosen) with an area under the deletion curve of "
+            "{m:attributions.trained.deletion_auc_q.ig_others_zeroed}, in |Shapley| order "
+            "{m:attributions.trained.deletion_auc_q.shapley}, against {m:attributions.trained.deletion_auc_q.random} "
+            "for random orders; paired per step, IG minus random is "
+            "{m:attributions.trained.deletion_vs_random.ig_others_zeroed.diff} and Shapley minus random "
+            "{m:attributions.trained.deletion_vs_random.shapley.diff}; IG beats random (paired CI below 0) in "
+            "{h:ig_deletion_beats_random}." + verdict)
+
+
+def _randomisation(c: Context) -> str:
+    sanity = "attributions.sanity"
+    flagged = c.seeds_with(f"{sanity}.ig_others_zeroed.feature.flagged_abs")
+    return ("Control: the model-parameter randomisation check (an explanation that barely changes when the trained "
+            "weights are replaced by the untrained ones cannot be explaining what training taught; flagged when the "
+            f"median rank correlation exceeds {c.param('attributions.sanity_threshold')}). It flags per-feature |IG| "
+            f"(others-zeroed) in {flagged}, per-vehicle |IG| in "
+            f"{c.seeds_with(f'{sanity}.ig_others_zeroed.vehicle.flagged_abs')} and per-vehicle |Shapley| in "
+            f"{c.seeds_with(f'{sanity}.shapley_ego_alone.vehicle.flagged_abs')}; a flagged explanation is not "
+            "evidence of what the network uses, so the per-feature IG figure ({fig:ig_features}) describes the "
+            "attributions, it does not support a finding.")
 
 
 # ----------------------------------------------------------------------------- circuits, neurons
@@ -237,10 +264,11 @@ def _circuits(c: Context) -> str:
     heads = c.heads() or ["head_rank1"]
     qk = join([f"{{m:circuits.rel_diff_trained_vs_untrained.QK.{h}}} ({h})" for h in heads])
     ov = join([f"{{m:circuits.rel_diff_trained_vs_untrained.OV.{h}}} ({h})" for h in heads])
-    return ("Relative Frobenius difference between the trained circuits and the same network's at initialisation: "
-            f"QK {qk}; OV {ov}; the output composite "
-            "{m:circuits.rel_diff_trained_vs_untrained.output_composite} ({fig:qk_circuits}, {fig:ov_circuits}, "
-            "{fig:embedding_composites}).")
+    return ("Control: the same network at initialisation. The relative Frobenius difference between the trained "
+            f"circuits and the initial ones is QK {qk}; OV {ov}; the output composite "
+            "{m:circuits.rel_diff_trained_vs_untrained.output_composite}. These numbers measure how far training "
+            "moved (mostly grew) the weights, not what the circuits compute; no finding rests on them "
+            "({fig:qk_circuits}, {fig:ov_circuits}, {fig:embedding_composites}).")
 
 
 def _neuron_ablation(c: Context) -> str:
@@ -253,11 +281,23 @@ def _neuron_ablation(c: Context) -> str:
 
 
 def _lens(c: Context) -> str:
-    return ("Decoded through the output MLP, the ego's residual alone already picks the final action on "
-            "{pct:neurons.trained.logit_lens_agreement.ego} of steps, adding head_rank1's write "
-            "{pct:neurons.trained.logit_lens_agreement.head_rank1}; a tuned affine lens reaches "
-            "{pct:neurons.trained.tuned_lens_held_out_agreement.ego} on held-out steps from the ego alone "
-            "({fig:logit_lens}).")
+    tuned, logit = "neurons.trained.lens_controls.tuned", "neurons.trained.lens_controls.logit"
+    lower = c.value("neurons.trained.logit_lens_agreement.ego") < c.value(
+        "neurons.trained.tuned_lens_held_out_agreement.ego")
+    reading = (": the output MLP was trained on the sum, so that lower number says the ego term is not read alone, "
+               "not that it lacks the information") if lower else ""
+    return ("Control: the majority baseline, always the most frequent final action of the same steps. A tuned "
+            "affine lens (fitted on other episodes) decodes the final action from the ego's residual alone on "
+            "{pct:neurons.trained.tuned_lens_held_out_agreement.ego} of held-out steps and from the full residual on "
+            "{pct:neurons.trained.tuned_lens_held_out_agreement.full}, against "
+            f"{{pct:{tuned}.majority_rate}} for the majority action; paired over the same steps (episodes "
+            f"resampled), ego alone minus majority is {{m:{tuned}.ego_minus_majority.diff}} (CI above 0 in "
+            "{h:ego_alone_decodes_above_majority}) and full minus ego alone "
+            f"{{m:{tuned}.full_minus_ego.diff}} (CI above 0 in {{h:attention_adds_to_ego_decoding}}). Through the "
+            "output MLP itself (logit lens, nothing fitted) the ego's residual alone picks the final action on "
+            "{pct:neurons.trained.logit_lens_agreement.ego} of recorded steps against "
+            f"{{pct:{logit}.majority_rate}} for the majority action ({{m:{logit}.ego_minus_majority.diff}} paired)"
+            + reading + " ({fig:logit_lens}).")
 
 
 def _editing(c: Context) -> str:
@@ -335,7 +375,7 @@ FINDINGS: tuple[Section, ...] = (
     Section("Which head carries the policy", (_first_head, _other_heads, _branch)),
     Section("How much attention the vehicles get, and how it ranks them",
             (_attention_share, _agreement, _top1, _removal, _path_patching)),
-    Section("Attributions are checked, not assumed", (_ig, _conductance, _shapley, _deletion)),
+    Section("Attributions are checked, not assumed", (_ig, _conductance, _shapley, _deletion, _randomisation)),
     Section("Circuits and neurons", (_circuits, _neuron_ablation, _lens)),
     Section("Editing", (_editing,)),
     Section("Designed scenes: does the braking follow the gap, and through which head?",

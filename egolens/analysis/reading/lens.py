@@ -32,6 +32,7 @@ import torch
 from egolens.hooks import HookFn, hooks, run_with_cache, run_with_hooks
 from egolens.model import EgoAttentionNetwork
 from egolens.sites import EGO_EMBEDDING, PATTERN, RESID, V_SITE, mlp_posts
+from egolens.stats import cluster_bootstrap_ci
 from egolens.vocabulary import ACTIONS
 
 EGO, FULL, ADDED = "ego", "full", "added"
@@ -218,6 +219,31 @@ def split_rows(n: int, held_out_fraction: float = 0.3, seed: int = 0,
     return train, held
 
 
+def _tuned_predictions(sites: dict[tuple[str, int | None], torch.Tensor], q: torch.Tensor, train: np.ndarray,
+                       ridge: float) -> dict[tuple[str, int | None], torch.Tensor]:
+    """{(site, k): the affine probe's Q [N, A] (float64) for every row}, each probe fitted on the rows `train`."""
+    out = {}
+    for key, state in sites.items():
+        weight, bias = fit_affine_probe(state[train], q[train], ridge)
+        out[key] = state.double() @ weight.T + bias
+    return out
+
+
+def held_out_agreement(sites: dict[tuple[str, int | None], torch.Tensor], q: torch.Tensor,
+                       held_out_fraction: float = 0.3, ridge: float = 1e-4, seed: int = 0,
+                       groups: np.ndarray | None = None) -> pd.DataFrame:
+    """Per held-out row and site, whether the tuned lens (the probes and split of `tuned_lens` with
+    the same arguments) picks the final action: rows (index, site, k, agrees), index into q's rows."""
+    train, held = split_rows(len(q), held_out_fraction, seed, groups)
+    final = q.argmax(dim=1)[torch.as_tensor(held)]
+    parts = [pd.DataFrame({"index": held, "site": site, "k": k,
+                           "agrees": (predicted[torch.as_tensor(held)].argmax(dim=1) == final).numpy()})
+             for (site, k), predicted in _tuned_predictions(sites, q, train, ridge).items()]
+    table = pd.concat(parts, ignore_index=True)
+    table["k"] = table["k"].astype("Int64")
+    return table
+
+
 def tuned_lens(sites: dict[tuple[str, int | None], torch.Tensor], q: torch.Tensor, held_out_fraction: float = 0.3,
                ridge: float = 1e-4, seed: int = 0, groups: np.ndarray | None = None) -> pd.DataFrame:
     """Per site an affine probe from its state [N, D] to the final Q [N, A], fitted on the
@@ -230,9 +256,7 @@ def tuned_lens(sites: dict[tuple[str, int | None], torch.Tensor], q: torch.Tenso
     train, held = split_rows(len(q), held_out_fraction, seed, groups)
     final = q.argmax(dim=1)
     rows = []
-    for (site, k), state in sites.items():
-        weight, bias = fit_affine_probe(state[train], q[train], ridge)
-        predicted = state.double() @ weight.T + bias
+    for (site, k), predicted in _tuned_predictions(sites, q, train, ridge).items():
         for split, index in (("train", train), ("held_out", held)):
             index_t = torch.as_tensor(index)
             rows.append({"site": site, "k": k, "split": split, "n": len(index),
@@ -253,3 +277,45 @@ def tuned_lens_for(net: EgoAttentionNetwork, obs: torch.Tensor, mask: torch.Tens
              if key[0] in (EGO, FULL) or (key[0].startswith("head") and key[1] is None)
              or (key[0] == ADDED and (ks is None or key[1] in ks))}
     return tuned_lens(sites, states.q, held_out_fraction, ridge, seed, groups)
+
+
+# --------------------------------------------------------------------------------------------
+# Controls: what a lens's agreement is worth
+
+
+LENS_CONTROLS = ("majority_rate", "ego_minus_majority", "full_minus_ego", "full_minus_majority")
+"""The quantities `lens_controls` reports per lens."""
+
+
+def majority_action(actions: np.ndarray) -> int:
+    """The most frequent action of actions [n] (ties: the lowest action index)."""
+    return int(np.bincount(np.asarray(actions, dtype=np.int64)).argmax())
+
+
+def lens_controls(agrees: pd.DataFrame, final_action: np.ndarray, episode: np.ndarray, resamples: int,
+                  seed: int) -> pd.DataFrame:
+    """What a lens's agreement from the ego alone and from the full residual is worth, on the same steps.
+
+    agrees: rows (index, site, agrees) of a lens (`logit_lens` or `held_out_agreement`; the "ego" and
+    "full" sites are read, on the rows both have); final_action and episode: [N] per index. The
+    majority baseline always picks the most frequent final action of those steps (`majority_action`):
+    its agreement is that action's share. Rows (quantity, value, ci_low, ci_high, n_steps, n_episodes)
+    for `LENS_CONTROLS`: majority_rate, and the paired differences ego − majority, full − ego and
+    full − majority of the per-step agreements, each with a 95% bootstrap interval over episodes
+    (`stats.cluster_bootstrap_ci`: steps of one episode are drawn together).
+    """
+    sites = agrees[agrees["site"].isin([EGO, FULL])]
+    table = sites.pivot_table(index="index", columns="site", values="agrees", aggfunc="first").dropna()
+    index = table.index.to_numpy(dtype=np.int64)
+    final = np.asarray(final_action)[index]
+    majority = (final == majority_action(final)).astype(np.float64)
+    ego, full = table[EGO].to_numpy(dtype=np.float64), table[FULL].to_numpy(dtype=np.float64)
+    clusters = np.asarray(episode)[index]
+    values = {"majority_rate": majority, "ego_minus_majority": ego - majority, "full_minus_ego": full - ego,
+              "full_minus_majority": full - majority}
+    rows = []
+    for quantity in LENS_CONTROLS:
+        value, low, high = cluster_bootstrap_ci(values[quantity], clusters, resamples, seed)
+        rows.append({"quantity": quantity, "value": value, "ci_low": low, "ci_high": high,
+                     "n_steps": len(index), "n_episodes": len(np.unique(clusters))})
+    return pd.DataFrame(rows)

@@ -93,7 +93,8 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
     of first appearance in `stats`): per model, per layer (dots as underscores) the dead fraction,
     the mean sparsity (1 − mean fraction active) and the described neurons (`significant`
     dictionary entries); the model's described neurons; the logit-lens agreement and the tuned
-    lens's held-out agreement per site without k.
+    lens's held-out agreement per site without k; with a "lens_controls" table, per lens the majority
+    baseline and the paired differences of `lens.lens_controls`.
 
     tables: "stats" (`activation_stats` rows), "dictionary" (`semantic_dictionary` rows with a
     layer and a boolean `significant` column), "lens_summary" (`lens.lens_summary`), "tuned_lens"
@@ -117,7 +118,20 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict:
             "logit_lens_agreement": dict(zip(logit["site"], logit["agreement"].astype(float))),
             "tuned_lens_held_out_agreement": dict(zip(held["site"], held["agreement"].astype(float))),
         }
+        if "lens_controls" in tables:
+            out[model]["lens_controls"] = _controls(tables["lens_controls"], model)
     return _rounded(out)
+
+
+def _controls(table: pd.DataFrame, model: str) -> dict:
+    """{lens: {majority_rate, <difference>: {diff, ci_low, ci_high}, n_steps, n_episodes}} of one model's
+    `lens.lens_controls` rows (with `model` and `lens` columns)."""
+    out: dict = {}
+    for row in table[table["model"] == model].itertuples(index=False):
+        node = out.setdefault(str(row.lens), {"n_steps": int(row.n_steps), "n_episodes": int(row.n_episodes)})
+        node[row.quantity] = float(row.value) if row.quantity == "majority_rate" else \
+            {"diff": float(row.value), "ci_low": float(row.ci_low), "ci_high": float(row.ci_high)}
+    return out
 
 
 def _rounded(value: object) -> object:

@@ -120,8 +120,16 @@ def lens_tables(model: str, net: EgoAttentionNetwork, arrays: dict[str, np.ndarr
     table = lens.logit_lens(net, obs, labels=labels)
     tuned = lens.tuned_lens_for(net, obs, held_out_fraction=cfg.lens_held_out, ridge=cfg.lens_ridge, seed=seed,
                                 groups=arrays["episode"])
+    states = lens.lens_states(net, obs)
+    held = lens.held_out_agreement({key: states.sites()[key] for key in ((lens.EGO, None), (lens.FULL, None))},
+                                   states.q, cfg.lens_held_out, cfg.lens_ridge, seed, arrays["episode"])
+    final = states.q.argmax(dim=1).numpy()
+    controls = pd.concat([labelled(lens.lens_controls(rows, final, arrays["episode"], cfg.bootstrap_resamples, seed),
+                                   model, lens=name)
+                          for name, rows in (("logit", table[table["k"].isna()]), ("tuned", held))],
+                         ignore_index=True)
     return {"lens": labelled(table, model), "lens_summary": labelled(lens.lens_summary(table), model),
-            "tuned_lens": labelled(tuned, model)}
+            "tuned_lens": labelled(tuned, model), "lens_controls": controls}
 
 
 # --------------------------------------------------------------------------------------------
