@@ -8,6 +8,7 @@ per seed, `headline` picks the few numbers `dvc exp show` lists."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -171,6 +172,66 @@ FINDINGS: tuple[Finding, ...] = (
             f"held-out steps above 0; {_STEPS}).",
             above_zero("neurons.trained.lens_controls.tuned.full_minus_ego.ci_low")),
 )
+
+
+# ------------------------------------------------------------------ probes and steering (issue 23)
+# Kept in one block (PROBE_FINDINGS, appended to FINDINGS) so that it merges apart from the rest.
+
+OBSERVED_VEHICLE_FACTS = ("distance", "ttc", "crossing", "bearing_sector")
+"""Per-vehicle probe targets the observation implies (non-linearly)."""
+ROUTE_FACTS = ("route_crosses", "turn")
+"""Per-vehicle probe targets the observation does not contain: the route the simulator gave the vehicle."""
+NEXT_ACTION = "action"
+"""The probe target of the action the agent takes at the step (what its output is about to pick)."""
+STEERING_SITE_FLAG = re.compile(r"^steering\.sites\.[^.]+\.safety_steers_collisions$")
+
+
+def some_target(field: str, targets: Sequence[str]) -> Callable[[Metrics], bool | None]:
+    """Holds when the probes summary's 0/1 `field` is 1 for one of `targets`; a target counts only
+    where its probe was fitted (a finite score) and the field is finite; None when none counts."""
+    def test(m: Metrics) -> bool | None:
+        values = [m.get(f"probes.targets.{t}.{field}", math.nan) for t in targets
+                  if math.isfinite(m.get(f"probes.targets.{t}.score", math.nan))]
+        checked = [v for v in values if math.isfinite(v)]
+        return None if not checked else any(v == 1 for v in checked)
+    test.needs = tuple(f"probes.targets.{t}.{field}" for t in targets)       # type: ignore[attr-defined]
+    return test
+
+
+def some_steered_site(m: Metrics) -> bool | None:
+    """Holds when the steering summary's safety_steers_collisions is 1 at some steered site; None
+    when no site has it (no steering run, or an α grid without both signs)."""
+    checked = [v for name, v in m.items() if STEERING_SITE_FLAG.match(name) and math.isfinite(v)]
+    return None if not checked else any(v == 1 for v in checked)
+
+
+_EPISODE_CI = "paired 95% CI over held-out episodes"
+PROBE_FINDINGS: tuple[Finding, ...] = (
+    Finding("probe_vehicle_fact_above_controls",
+            "A fact the observation implies about another vehicle (distance, time to collision, crossing, bearing "
+            "sector) is read by a linear probe at some per-vehicle site of the trained network above all three "
+            f"controls: the vehicle's raw observation row and the untrained network at the same site ({_EPISODE_CI} "
+            "of each difference above 0) and the control task (selectivity's CI above 0).",
+            some_target("above_controls", OBSERVED_VEHICLE_FACTS)),
+    Finding("probe_route_fact_above_obs",
+            "A fact the observation does not contain, the vehicle's route (where it turns, whether its route crosses "
+            "the ego's), is read at some per-vehicle site of the trained network better than from the vehicle's raw "
+            f"observation row ({_EPISODE_CI} of site − observation above 0): the network infers intentions.",
+            some_target("above_obs", ROUTE_FACTS)),
+    Finding("probe_action_before_output",
+            "The action the agent takes at a step is read by a linear probe before the output MLP (a per-step site "
+            "that is not output_layer.*) better than the majority-action predictor fitted on the same training "
+            f"episodes (balanced accuracy, {_EPISODE_CI} of probe − predictor above 0).",
+            some_target("above_baseline_before_output", (NEXT_ACTION,))),
+    Finding("safety_direction_steers_collisions",
+            "At some steered site, adding α × the most selective safety probe's direction moves the closed-loop "
+            "collision rate to opposite sides of α = 0's at the most negative and at the largest α (paired 95% CIs "
+            "against α = 0 on the same env seeds, one below 0, the other above), while none of the random directions "
+            "of equal norm changes it at any α (every paired CI includes 0).",
+            some_steered_site),
+)
+FINDINGS = FINDINGS + PROBE_FINDINGS
+# ------------------------------------------------------------------ end of probes and steering
 
 
 def holds_table(per_seed: Mapping[int, Metrics], findings: Sequence[Finding] = FINDINGS) -> pd.DataFrame:

@@ -25,7 +25,8 @@ MODELS = ("trained", "untrained")
 
 SUMMARIES = {"evaluate": "evaluate.json", "train": "train/metrics.json", "circuits": "circuits/summary.json",
              "attributions": "attributions/summary.json", "neurons": "neurons/summary.json",
-             "interventions": "interventions/summary.json", "scenes": "scenes/summary.json"}
+             "interventions": "interventions/summary.json", "scenes": "scenes/summary.json",
+             "probes": "probes/summary.json", "steering": "steering/summary.json"}
 """Stage name -> its summary JSON inside results/seeds/seed<N>/ (the stage name prefixes its metrics)."""
 DRIVING = "driving.json"
 """A seed's DVC metric inside results/seeds/seed<N>/: the trained agent's held-out rates and mean return."""

@@ -304,3 +304,33 @@ def test_attention_off_the_ego_is_summarised_per_head_and_named_by_the_heads_ran
     by_metric = units.groupby("metric")["value"].mean()
     assert by_metric["rollout.trained.attention_off_ego.head_rank1"] == pytest.approx(0.6)
     assert by_metric["rollout.trained.attention_off_ego.head_rank2"] == pytest.approx(0.2)
+
+
+def test_probe_findings_read_the_probes_summary_and_count_only_fitted_targets():
+    by_name = {f.name: f for f in FINDINGS}
+    fact = by_name["probe_vehicle_fact_above_controls"].test
+    fitted = {"probes.targets.distance.score": 0.4, "probes.targets.distance.above_controls": 0.0,
+              "probes.targets.crossing.score": 0.8, "probes.targets.crossing.above_controls": 1.0}
+    assert fact(fitted) is True
+    assert fact({**fitted, "probes.targets.crossing.above_controls": 0.0}) is False
+    # a target whose probe could not be fitted (NaN score) is no evidence either way
+    assert fact({"probes.targets.crossing.score": math.nan, "probes.targets.crossing.above_controls": 0.0}) is None
+    assert fact({}) is None
+    route = by_name["probe_route_fact_above_obs"].test
+    assert route({"probes.targets.turn.score": 0.5, "probes.targets.turn.above_obs": 0.0,
+                  "probes.targets.route_crosses.score": 0.7, "probes.targets.route_crosses.above_obs": 1.0}) is True
+    assert route({"probes.targets.turn.score": 0.5, "probes.targets.turn.above_obs": math.nan}) is None
+    # the route of a vehicle is not an observed fact: above_controls of a route target does not count for (a)
+    assert fact({"probes.targets.turn.score": 0.9, "probes.targets.turn.above_controls": 1.0}) is None
+    action = by_name["probe_action_before_output"].test
+    assert action({"probes.targets.action.score": 0.6, "probes.targets.action.above_baseline_before_output": 1.0})
+    assert action({"probes.targets.action.score": 0.6,
+                   "probes.targets.action.above_baseline_before_output": 0.0}) is False
+
+
+def test_the_steering_finding_holds_when_some_site_steers_collisions():
+    steer = {f.name: f for f in FINDINGS}["safety_direction_steers_collisions"].test
+    site = "steering.sites.{}.safety_steers_collisions"
+    assert steer({site.format("a"): 0.0, site.format("b"): 1.0}) is True
+    assert steer({site.format("a"): 0.0, site.format("b"): math.nan}) is False
+    assert steer({site.format("a"): math.nan, "steering.sites.a.probe.collision_ends_opposite": 1.0}) is None

@@ -76,6 +76,9 @@ def test_summary_and_steering_choice_follow_the_table(study):
     verdict = ps.site_verdicts(table).iloc[0]
     assert entry["best_site"] == "others_embedding_hook_post_0" and entry["above_controls"]
     assert entry["sites_above_controls"] == 1
+    assert entry["above_obs"] is True and entry["above_baseline_before_output"] is True
+    assert entry["baseline"] == pytest.approx(0.5)                      # a constant score: AUC 0.5
+    assert entry["minus_baseline"] == pytest.approx(verdict["score"] - 0.5)
     assert entry["selectivity"] == pytest.approx(verdict["selectivity"])
     assert ps.steering_choice(ps.site_verdicts(table), SITE, ["crossing", "comes_close"]) == "comes_close"
     with pytest.raises(ValueError, match="no safety target"):
@@ -96,3 +99,12 @@ def test_the_table_does_not_depend_on_the_number_of_processes(study):
     assert cfg.processes == 2
     one = ps.probe_study(trained, untrained, cfg.model_copy(update={"processes": 1}), seed=0)
     pd.testing.assert_frame_equal(one, table)
+
+
+def test_the_summary_answers_only_what_its_sites_can():
+    rows = pd.DataFrame({"target": ["action"] * 2, "site": ["attention_layer.hook_resid", "output_layer.hook_post.0"],
+                         "minus_obs_ci_low": [-0.1, np.nan], "minus_baseline_ci_low": [-0.02, 0.2]})
+    assert ps._some_site(rows, "minus_obs_ci_low") is False
+    assert ps._some_site(rows[rows["site"].map(ps.before_output_mlp)], "minus_baseline_ci_low") is False
+    assert ps._some_site(rows, "minus_baseline_ci_low") is True         # only after the output MLP
+    assert ps._some_site(rows.assign(minus_obs_ci_low=np.nan), "minus_obs_ci_low") is None

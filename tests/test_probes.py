@@ -275,3 +275,40 @@ def test_bad_site_and_kind_names_fail_naming_them():
         pr.site_features(arrays, "others_embedding.hook_post.0", "step")
     with pytest.raises(ValueError, match="unknown target kind 'ordinal'"):
         pr.fit_probe(np.zeros((4, 2)), np.zeros(4), np.arange(4), "ordinal")
+
+
+def test_the_constant_baseline_is_the_training_majority_or_mean_by_hand():
+    episode = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    classes = np.array([2.0, 2.0, 1.0, 2.0, 1.0, np.nan, 1.0, 0.0])   # training episodes 0-2: 2, 2, 1, 2, 1
+    data = pr.ProbeData(np.zeros((8, 1)), classes, episode, episode)
+    held = pr.baseline_held_out(data, "categorical", np.array([3]))
+    np.testing.assert_array_equal(held.predicted, [2, 2])
+    np.testing.assert_array_equal(held.y, [1, 0])
+    assert held.probability is None
+    binary = pr.baseline_held_out(pr.ProbeData(np.zeros((8, 1)), (classes == 1).astype(float), episode, episode),
+                                  "binary", np.array([3]))
+    np.testing.assert_array_equal(binary.predicted, [0, 0])             # 2 of 6 training rows are class 1
+    np.testing.assert_allclose(binary.probability, [2 / 6, 2 / 6])
+    values = np.array([1.0, 3.0, 2.0, 6.0, 0.0, 0.0, 5.0, 7.0])
+    mean = pr.baseline_held_out(pr.ProbeData(np.zeros((8, 1)), values, episode, episode), "continuous",
+                                np.array([3]))
+    np.testing.assert_allclose(mean.predicted, [2.0, 2.0])              # mean of 1, 3, 2, 6, 0, 0
+
+
+def test_the_table_scores_the_probe_against_the_constant_baseline_on_the_same_draws():
+    obs, episode, vehicle_id = vehicle_episodes(episodes=30, steps=6, entities=5, seed=2)
+    step_index, row = pr.vehicle_rows(obs)
+    features = obs[step_index, row].astype(np.float64)
+    fact = (features[:, VX] > 0.5).astype(float)                       # a minority class, linear in vx
+    data = pr.ProbeData(features, fact, episode[step_index], vehicle_id[step_index, row])
+    test = pr.held_out_episodes(episode, 0.3, seed=0)
+    table = pr.probe_table({"site": data}, "binary", test, seed=0, resamples=200).set_index(["task", "metric"])
+    y = fact[np.isin(episode[step_index], test)]
+    majority = float(np.mean(fact[~np.isin(episode[step_index], test)]) > 0.5)
+    assert table.loc[("baseline", "accuracy"), "value"] == pytest.approx(np.mean(y == majority))
+    assert table.loc[("baseline", "auc"), "value"] == pytest.approx(0.5)
+    assert table.loc[("baseline", "balanced_accuracy"), "value"] == pytest.approx(0.5)
+    for metric in ("accuracy", "auc"):
+        assert table.loc[("probe_minus_baseline", metric), "value"] == pytest.approx(
+            table.loc[("probe", metric), "value"] - table.loc[("baseline", metric), "value"])
+    assert table.loc[("probe_minus_baseline", "auc"), "ci_low"] > 0.3

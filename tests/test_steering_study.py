@@ -1,11 +1,12 @@
 """The steering stage's study on a tiny network and toy envs: α = 0 plays the unsteered episodes
 byte for byte and is compared with itself at zero difference; a direction that changes the
 actions changes the episodes; directions are unit vectors of the kinds asked for; the summary
-reads the table; monotone means what it says."""
+reads the table; monotone and "the ends on opposite sides of 0" mean what they say."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -88,3 +89,47 @@ def test_an_agent_that_never_slows_down_has_no_mean_difference_direction():
     acts, _ = ss.site_rows(arrays, SITE)
     probe = fit_probe(acts, (acts[:, 0] > np.median(acts[:, 0])).astype(int), np.arange(60) // 6, "binary", folds=3)
     assert [d.kind for d in ss.site_directions(arrays, SITE, probe, "ttc", 3, seed=0)] == ["probe"] + ["random"] * 3
+
+
+def collision_rows(direction: str, kind: str, cis: dict[float, tuple[float, float]]) -> pd.DataFrame:
+    """Collision comparisons of one direction with α = 0: alpha -> (diff_ci_low, diff_ci_high)."""
+    source = "ttc" if kind == "probe" else ""
+    return pd.DataFrame([{"site": SITE, "direction": direction, "kind": kind, "source": source,
+                          "alpha": a, "metric": "collision", "value": 0.2 + (low + high) / 2, "diff": (low + high) / 2,
+                          "diff_ci_low": low, "diff_ci_high": high, "episodes": 20} for a, (low, high) in cis.items()])
+
+
+def test_ends_opposite_and_changes_somewhere_by_hand():
+    turning = collision_rows("probe", "probe", {-2.0: (-0.3, -0.1), 0.0: (0.0, 0.0), 2.0: (0.05, 0.4)})
+    assert ss.ends_opposite(turning) is True
+    reversed_ = collision_rows("probe", "probe", {-2.0: (0.1, 0.3), 0.0: (0.0, 0.0), 2.0: (-0.4, -0.05)})
+    assert ss.ends_opposite(reversed_) is True
+    one_end = collision_rows("probe", "probe", {-2.0: (-0.1, 0.1), 0.0: (0.0, 0.0), 2.0: (0.05, 0.4)})
+    assert ss.ends_opposite(one_end) is False                           # the negative end's CI includes 0
+    same_side = collision_rows("probe", "probe", {-2.0: (0.1, 0.3), 0.0: (0.0, 0.0), 2.0: (0.05, 0.4)})
+    assert ss.ends_opposite(same_side) is False
+    positive_only = collision_rows("probe", "probe", {0.0: (0.0, 0.0), 1.0: (-0.3, -0.1), 2.0: (0.05, 0.4)})
+    assert ss.ends_opposite(positive_only) is None
+    assert ss.changes_somewhere(one_end) and not ss.changes_somewhere(
+        collision_rows("random_0", "random", {-2.0: (-0.1, 0.1), 0.0: (0.0, 0.0), 2.0: (0.0, 0.2)}))
+
+
+def with_success(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The collision comparisons with success comparisons at zero difference beside them."""
+    collision = pd.concat(tables, ignore_index=True)
+    success = collision.assign(metric="success", value=1.0, diff=0.0, diff_ci_low=0.0, diff_ci_high=0.0)
+    return pd.concat([collision, success], ignore_index=True)
+
+
+def test_summary_says_whether_the_safety_direction_steers_collisions_and_the_random_ones_do_not():
+    flat = {-2.0: (-0.1, 0.1), 0.0: (0.0, 0.0), 2.0: (-0.05, 0.15)}
+    probe = collision_rows("probe", "probe", {-2.0: (-0.3, -0.1), 0.0: (0.0, 0.0), 2.0: (0.05, 0.4)})
+    randoms = [collision_rows(f"random_{i}", "random", flat) for i in range(3)]
+    summary = ss.summarize(with_success([probe, *randoms]), {SITE: 1.0})
+    site = summary["sites"]["output_layer_hook_post_0"]
+    assert site["probe"]["collision_ends_opposite"] is True
+    assert site["random"]["changing_collision"] == 0 and site["safety_steers_collisions"] is True
+    randoms[1] = collision_rows("random_1", "random", {-2.0: (-0.1, 0.1), 0.0: (0.0, 0.0), 2.0: (0.02, 0.2)})
+    summary = ss.summarize(with_success([probe, *randoms]), {SITE: 1.0})
+    site = summary["sites"]["output_layer_hook_post_0"]
+    assert site["random"]["changing_collision"] == 1 and site["safety_steers_collisions"] is False

@@ -26,6 +26,7 @@ from egolens.recipes import dotted
 from egolens.report.comparison import OtherStudy, comparison_lines
 from egolens.report.context import PLACEHOLDER, Context, Section, fill, format_number
 from egolens.report.findings import FINDINGS, QUESTION, limits
+from egolens.report.probing import PROBE_SECTIONS
 
 __all__ = ["FINDINGS", "PLACEHOLDER", "Context", "OtherStudy", "Section", "build_report", "fill", "format_number",
            "setup_lines"]
@@ -54,8 +55,8 @@ def table_cell(text: object) -> str:
 
 def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[str, str],
                  params: Mapping[str, object], versions: Mapping[str, str],
-                 sections: Sequence[Section] = FINDINGS, headline: Mapping[str, object] | None = None,
-                 other: OtherStudy | None = None) -> str:
+                 sections: Sequence[Section] = (*FINDINGS, *PROBE_SECTIONS),
+                 headline: Mapping[str, object] | None = None, other: OtherStudy | None = None) -> str:
     """The whole report as Markdown. summary/holds: the aggregate stage's tables; figures: name ->
     caption (`egolens.names.FIGURES`); params: params.yaml as a dict; versions: package -> version;
     headline: the aggregate's headline.json and other: another recipe's study, which together add

@@ -121,12 +121,36 @@ def monotone(values: Sequence[float]) -> bool:
     return bool(np.any(steps != 0) and (np.all(steps >= 0) or np.all(steps <= 0)))
 
 
+def ends_opposite(rows: pd.DataFrame) -> bool | None:
+    """Whether one direction's effect on a metric turns with the sign of α: rows are its
+    comparisons with α = 0 (alpha, diff_ci_low, diff_ci_high; one metric) and the paired CI at the
+    most negative α lies below 0 while the one at the largest α lies above 0, or the reverse.
+    None when the grid has no α of one of the two signs."""
+    by_alpha = rows.sort_values("alpha")
+    low, high = by_alpha.iloc[0], by_alpha.iloc[-1]
+    if not (low["alpha"] < 0 < high["alpha"]):
+        return None
+    return bool((low["diff_ci_high"] < 0 < high["diff_ci_low"]) or (low["diff_ci_low"] > 0 > high["diff_ci_high"]))
+
+
+def changes_somewhere(rows: pd.DataFrame) -> bool:
+    """Whether some α ≠ 0 of one direction's comparisons (rows as in `ends_opposite`) has a paired
+    CI that excludes 0."""
+    steered = rows[rows["alpha"] != 0.0]
+    return bool(((steered["diff_ci_low"] > 0) | (steered["diff_ci_high"] < 0)).any())
+
+
 def summarize(comparison: pd.DataFrame, scales: Mapping[str, float]) -> dict:
     """summary.json of the steering stage, per site (JSON key of the site name): the activation
     scale, the probe's target, and for the probe and the mean-difference directions the collision
-    and success differences from α = 0 at the smallest and largest α (with CIs) and whether the
-    collision rate is monotone in α; for the random directions how many are monotone and the
-    largest |collision difference| any reaches. Plus the unsteered collision and success rates."""
+    and success differences from α = 0 at the smallest and largest α (with CIs), whether the
+    collision rate is monotone in α (point values) and whether its paired CIs at the two ends lie
+    on opposite sides of 0 (collision_ends_opposite, `ends_opposite`; None without α of both
+    signs); for the random directions how many are monotone, how many change the collision rate at
+    some α (changing_collision: a paired CI excluding 0, `changes_somewhere`) and the largest
+    |collision difference| any reaches; and safety_steers_collisions: the probe direction's
+    collision_ends_opposite holds and no random direction changes the collision rate. Plus the
+    unsteered collision and success rates."""
     sites = {}
     for site, group in comparison.groupby("site", sort=False):
         entry: dict[str, object] = {"scale": float(scales[site])}
@@ -135,10 +159,13 @@ def summarize(comparison: pd.DataFrame, scales: Mapping[str, float]) -> dict:
             if kind == RANDOM:
                 curves = [g.sort_values("alpha")["value"].to_numpy() for _, g in collision.groupby("direction")]
                 entry[RANDOM] = {"directions": len(curves), "monotone_collision": sum(monotone(c) for c in curves),
+                                 "changing_collision": sum(changes_somewhere(g) for _, g in
+                                                           collision.groupby("direction")),
                                  "largest_abs_collision_diff": float(collision["diff"].abs().max())}
                 continue
             described: dict[str, object] = {"source": str(rows["source"].iloc[0]),
-                                            "monotone_collision": monotone(collision.sort_values("alpha")["value"])}
+                                            "monotone_collision": monotone(collision.sort_values("alpha")["value"]),
+                                            "collision_ends_opposite": ends_opposite(collision)}
             for metric in ("collision", "success"):
                 by_alpha = rows[rows["metric"] == metric].sort_values("alpha")
                 for end, row in (("lowest_alpha", by_alpha.iloc[0]), ("highest_alpha", by_alpha.iloc[-1])):
@@ -146,6 +173,11 @@ def summarize(comparison: pd.DataFrame, scales: Mapping[str, float]) -> dict:
                                                          "ci_low": float(row["diff_ci_low"]),
                                                          "ci_high": float(row["diff_ci_high"])}
             entry[kind] = described
+        probe, random = entry.get(PROBE), entry.get(RANDOM)
+        if isinstance(probe, dict) and isinstance(random, dict):
+            opposite = probe["collision_ends_opposite"]
+            entry["safety_steers_collisions"] = None if opposite is None else bool(
+                opposite and random["changing_collision"] == 0)
         sites[json_key(site)] = entry
     reference = comparison[comparison["alpha"] == 0.0]
     return {"episodes": int(comparison["episodes"].iloc[0]), "sites": sites,

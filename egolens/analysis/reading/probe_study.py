@@ -24,6 +24,7 @@ import pandas as pd
 
 from egolens.analysis.reading.probe_targets import TARGETS
 from egolens.analysis.reading.probes import (
+    BASELINE,
     RAW,
     InputScores,
     ProbeData,
@@ -143,8 +144,9 @@ def _row(table: pd.DataFrame, input_: str, task: str) -> pd.Series:
 def site_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (target, site) on the primary metric: the trained probe's score with its CI,
     the control task's, selectivity, the raw observation's and the untrained network's scores, the
-    paired differences (site − obs, site − untrained) with their CIs, and above_controls: every
-    one of selectivity, site − obs and site − untrained has a CI above 0."""
+    paired differences (site − obs, site − untrained) with their CIs, the constant predictor's
+    score (`probes.BASELINE`: majority class or training mean) and probe − baseline with its CI,
+    and above_controls: every one of selectivity, site − obs and site − untrained has a CI above 0."""
     rows = []
     for (target, site), group in primary_rows(table).groupby(["target", "site"], sort=False):
         probe, control = _row(group, "site", "probe"), _row(group, "site", "control")
@@ -158,29 +160,52 @@ def site_verdicts(table: pd.DataFrame) -> pd.DataFrame:
             "obs": _row(group, RAW, "probe")["value"], "untrained": _row(group, "untrained", "probe")["value"],
             "minus_obs": minus[RAW]["value"], "minus_obs_ci_low": minus[RAW]["ci_low"],
             "minus_untrained": minus["untrained"]["value"], "minus_untrained_ci_low": minus["untrained"]["ci_low"],
+            "baseline": _row(group, "site", BASELINE)["value"],
+            "minus_baseline": _row(group, "site", "probe_minus_baseline")["value"],
+            "minus_baseline_ci_low": _row(group, "site", "probe_minus_baseline")["ci_low"],
             "above_controls": bool(selectivity["ci_low"] > 0 and minus[RAW]["ci_low"] > 0
                                    and minus["untrained"]["ci_low"] > 0),
         })
     return pd.DataFrame(rows)
 
 
+def before_output_mlp(site: str) -> bool:
+    """Whether a site's activation is computed before the output MLP (not output_layer.*)."""
+    return not site.startswith("output_layer.")
+
+
+def _some_site(group: pd.DataFrame, ci_low: str) -> bool | None:
+    """Whether some site's `ci_low` column lies above 0; None when no site has a finite one (no
+    probe could be fitted: the question cannot be answered, which is not a no)."""
+    lows = group[ci_low].to_numpy(dtype=np.float64)
+    return bool(np.any(lows > 0)) if np.isfinite(lows).any() else None
+
+
 def summarize(table: pd.DataFrame, held_out: int, episodes: int) -> dict:
     """summary.json of the probes stage: per target its metric, the site with the highest
-    selectivity and there the score, selectivity and the differences from the raw observation and
-    the untrained network; per target whether some site reads it above all three controls (and
-    how many sites do); and the held-out / recorded episode counts."""
+    selectivity and there the score, selectivity, the differences from the raw observation and
+    the untrained network, and the constant predictor's score (`probes.BASELINE`) and the
+    probe's margin over it; per target whether some site reads it above all three controls (and
+    how many sites do); whether some site beats the raw observation alone (above_obs: paired CI
+    of site − obs above 0) and whether some site before the output MLP beats the constant
+    predictor (above_baseline_before_output: paired CI of probe − baseline above 0), each None
+    when no probe of the target could be fitted; and the held-out / recorded episode counts."""
     verdicts = site_verdicts(table)
     targets = {}
     for target, group in verdicts.groupby("target", sort=False):
         finite = group[np.isfinite(group["selectivity"])]
         best = finite.loc[finite["selectivity"].idxmax()] if len(finite) else group.iloc[0]
+        before = group[[before_output_mlp(str(site)) for site in group["site"]]]
         targets[target] = {
             "metric": best["metric"], "best_site": json_key(str(best["site"])), "score": float(best["score"]),
             "selectivity": float(best["selectivity"]), "minus_obs": float(best["minus_obs"]),
             "minus_untrained": float(best["minus_untrained"]), "obs": float(best["obs"]),
             "untrained": float(best["untrained"]),
+            "baseline": float(best["baseline"]), "minus_baseline": float(best["minus_baseline"]),
             "sites_above_controls": int(group["above_controls"].sum()),
             "above_controls": bool(group["above_controls"].any()),
+            "above_obs": _some_site(group, "minus_obs_ci_low"),
+            "above_baseline_before_output": _some_site(before, "minus_baseline_ci_low") if len(before) else None,
         }
     return {"held_out_episodes": held_out, "episodes": episodes, "targets": targets}
 

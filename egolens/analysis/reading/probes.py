@@ -281,7 +281,8 @@ def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class InputScores:
-    """One input's probe and control task: point[task][metric] on all held-out rows,
+    """One input's probe, control task and constant predictor (tasks `TASKS` and `BASELINE`):
+    point[task][metric] on all held-out rows,
     samples[task][metric] [resamples] on the episode draws, penalty[task], n_train / n_test rows
     with a target, and note: why it could not be fitted (all scores NaN), else empty."""
 
@@ -294,12 +295,36 @@ class InputScores:
 
 
 TASKS = ("probe", "control")
+BASELINE = "baseline"
+"""The constant predictor's task in `InputScores` and `score_table` (`baseline_held_out`)."""
+
+
+def baseline_held_out(data: ProbeData, kind: Kind, test_episodes: np.ndarray) -> HeldOut:
+    """The constant predictor fitted on the training episodes' rows (finite targets), applied to
+    the held-out ones: the majority class (the smallest on a tie) for a binary or categorical
+    target, with probability of class 1 its training share (a constant: AUC 0.5) for a binary
+    one; the training mean for a continuous target. What a probe must beat to read anything."""
+    target = np.asarray(data.target, dtype=np.float64)
+    keep = np.isfinite(target)
+    test = np.isin(data.episode, test_episodes) & keep
+    train = ~np.isin(data.episode, test_episodes) & keep
+    if not train.any() or not test.any():
+        raise ProbeFitError("the episode split left no training or no held-out rows with a target")
+    episode = np.asarray(data.episode)[test]
+    if kind == "continuous":
+        return HeldOut(target[test], np.full(int(test.sum()), target[train].mean()), None, episode)
+    classes, counts = np.unique(target[train].astype(np.int64), return_counts=True)
+    y = target[test].astype(np.int64)
+    predicted = np.full(len(y), classes[int(np.argmax(counts))])
+    probability = np.full(len(y), float(np.mean(target[train] == 1))) if kind == "binary" else None
+    return HeldOut(y, predicted, probability, episode)
 
 
 def input_scores(data: ProbeData, kind: Kind, test_episodes: np.ndarray, draws: np.ndarray, *, seed: int,
                  folds: int = 5, penalties: Sequence[float] | None = None) -> InputScores:
-    """Fit and score the probe of `data` and its control task (labels by `control_labels` seeded
-    by `seed`) on the held-out episodes and each draw of them (`episode_draws`)."""
+    """Fit and score the probe of `data`, its control task (labels by `control_labels` seeded
+    by `seed`) and the constant predictor (`baseline_held_out`) on the held-out episodes and each
+    draw of them (`episode_draws`)."""
     target = np.asarray(data.target, dtype=np.float64)
     test = np.isin(data.episode, test_episodes)
     n_train, n_test = int(np.sum(~test & np.isfinite(target))), int(np.sum(test & np.isfinite(target)))
@@ -309,13 +334,14 @@ def input_scores(data: ProbeData, kind: Kind, test_episodes: np.ndarray, draws: 
                   for task, d in zip(TASKS, (data, control))}
     except ProbeFitError as error:
         nan = np.full(len(draws), np.nan)
-        return InputScores({task: dict.fromkeys(METRICS[kind], math.nan) for task in TASKS},
-                           {task: dict.fromkeys(METRICS[kind], nan) for task in TASKS},
-                           dict.fromkeys(TASKS, math.nan), n_train, n_test, str(error))
-    held = {task: h for task, (_, h) in fitted.items()}
+        return InputScores({task: dict.fromkeys(METRICS[kind], math.nan) for task in (*TASKS, BASELINE)},
+                           {task: dict.fromkeys(METRICS[kind], nan) for task in (*TASKS, BASELINE)},
+                           dict.fromkeys((*TASKS, BASELINE), math.nan), n_train, n_test, str(error))
+    held = {task: h for task, (_, h) in fitted.items()} | {BASELINE: baseline_held_out(data, kind, test_episodes)}
     return InputScores({task: scores(kind, h.y, h.predicted, h.probability) for task, h in held.items()},
                        {task: resampled_scores(kind, h, draws) for task, h in held.items()},
-                       {task: fit.penalty for task, (fit, _) in fitted.items()}, n_train, n_test, "")
+                       {task: fit.penalty for task, (fit, _) in fitted.items()} | {BASELINE: math.nan},
+                       n_train, n_test, "")
 
 
 def probe_table(inputs: Mapping[str, ProbeData], kind: Kind, test_episodes: np.ndarray, *, seed: int,
@@ -340,7 +366,9 @@ def score_table(results: Mapping[str, InputScores], kind: Kind, level: float = 0
 
     One row per (input, task, metric), task:
     - "probe": the real target; "control": the control task; "selectivity": probe − control;
-    - "site_minus_input" (inputs after the first): the first input's probe score − this one's.
+    - "site_minus_input" (inputs after the first): the first input's probe score − this one's;
+    - "baseline": the constant predictor (`baseline_held_out`: the majority class, or the training
+      mean); "probe_minus_baseline": probe − baseline.
     value on all held-out rows; ci_low / ci_high: percentile interval at `level` over the draws,
     paired across inputs and tasks; n_train / n_test: rows with a target; penalty: the chosen C
     or alpha (NaN for differences); note: why a probe could not be fitted (`ProbeFitError`; its
@@ -357,6 +385,9 @@ def score_table(results: Mapping[str, InputScores], kind: Kind, level: float = 0
             if position:
                 values["site_minus_input"] = (site.point["probe"][metric] - point["probe"][metric],
                                               site.samples["probe"][metric] - samples["probe"][metric], math.nan)
+            values[BASELINE] = (point[BASELINE][metric], samples[BASELINE][metric], math.nan)
+            values["probe_minus_baseline"] = (point["probe"][metric] - point[BASELINE][metric],
+                                              samples["probe"][metric] - samples[BASELINE][metric], math.nan)
             for task, (value, sample, penalty) in values.items():
                 low, high = _interval(sample, level)
                 rows.append({"input": name, "task": task, "metric": metric, "value": value, "ci_low": low,
