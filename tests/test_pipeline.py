@@ -132,8 +132,9 @@ def one_seed_baseline(study, dest: Path) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["seeds"] = [0]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "git", "rm", "-r", "-q", "models/seed1", "results/seeds/seed1", "data/seed1")
-    shutil.rmtree(repo / "data" / "seed1", ignore_errors=True)
+    run(repo, "git", "rm", "-r", "-q", "models/seed1", "results/seeds/seed1")
+    for outputs in ("models/seed1", "results/seeds/seed1", "data/seed1"):     # and the DVC-cached ones
+        shutil.rmtree(repo / outputs)
     ran = re.findall(r"Running stage '([^']+)'", run(repo, str(BIN / "dvc"), "repro"))
     assert not [stage for stage in ran if stage.endswith("@0")], ran
     commit(repo, "baseline: seed 0")
