@@ -115,7 +115,7 @@ class TinyStudy:
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> TinyStudy:
     """The tiny study of two seeds, built once per test session for the tests that read it (or a
-    copy of it): a full `dvc repro` costs minutes, a copy a fraction of a second."""
+    copy of it): a full `dvc repro` costs minutes, a copy seconds."""
     repo = study_copy(tmp_path_factory.mktemp("tiny-study") / "repo", TINY_STUDY_PARAMS)
     first = run(repo, str(BIN / "dvc"), "repro")
     commit(repo, "the tiny study, seeds [0, 1]")
@@ -123,7 +123,7 @@ def tiny_study(tmp_path_factory) -> TinyStudy:
 
 
 def copy_study(study: TinyStudy, dest: Path) -> Path:
-    """A copy of the study at `dest` (git history, DVC cache, workspace): changes to it leave the
+    """A copy of the study at `dest` (git history, DVC cache, workspace; 34 MB): changes to it leave the
     study alone, and DVC finds every stage up to date as in the study."""
     shutil.copytree(study.repo, dest, symlinks=True)
     return dest
