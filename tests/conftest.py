@@ -1,9 +1,16 @@
-"""Shared fixtures: tiny configs, a toy vector env, an independent reference forward pass."""
+"""Shared fixtures: tiny configs, a toy vector env, an independent reference forward pass, and the
+session's tiny study (the real pipeline, built once for every test that reads it)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import shutil
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -16,8 +23,10 @@ import presets
 from egolens.config import AgentConfig
 from egolens.model import EgoAttentionNetwork
 from egolens.runner import EnvRunner
+from presets.__main__ import study_copy
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +60,73 @@ def tiny_params(seeds=(0,), episodes=8, eval_episodes=4) -> dict:
     params["train"]["episodes"] = episodes
     params["evaluate"]["episodes"] = eval_episodes
     return params
+
+
+# --- the real pipeline: commands in a study's repository, and the session's tiny study ---------------------
+
+def environment() -> dict:
+    """os.environ with this venv's bin first (the stages' `python`, `dvc`) and no PYTHONPATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = ""
+    return env
+
+
+def run(repo: Path, *cmd: str) -> str:
+    """Run `cmd` in `repo`; fail the test with its output unless it succeeds; what it printed."""
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=environment())
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def digests(repo: Path, *dirs: str) -> dict[str, str]:
+    """sha256 of every file under the given directories of `repo`, by path relative to it."""
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in dirs for p in sorted((repo / d).rglob("*")) if p.is_file()}
+
+
+def commit(repo: Path, message: str) -> None:
+    """Stage everything git does not ignore and commit it."""
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
+
+
+SMALLER = {"evaluate.bootstrap_resamples": 100, "reference.bootstrap_resamples": 100, "reference.replan": "never",
+           "demonstrations.episodes": 1}
+"""Below the tiny preset where no assertion needs more: the planner plans once per episode and plays
+one demonstration, the fewest bootstrap resamples. Each value is one the pipeline accepts (the tiny
+preset's 2 closed-loop episodes are already the fewest: one per half; its 3 rollouts too: with 2, the
+probes hold out one episode and have nothing left to fit at some sites, and steering stops)."""
+TINY_STUDY_PARAMS = presets.apply(tiny_params(seeds=(0, 1), episodes=3, eval_episodes=1), SMALLER)
+"""The session's tiny study: the tiny preset on seeds [0, 1], 3 training episodes, 1 evaluation
+episode per agent, and SMALLER. tests/test_sharing.py's machines run the same params, so that this
+study is their single-machine reference."""
+
+
+@dataclass(frozen=True)
+class TinyStudy:
+    repo: Path
+    """A git + DVC repository (the repository's code, TINY_STUDY_PARAMS) with every stage reproduced
+    and committed. Read it, clone it, or copy it (`copy_study`): never change it."""
+    first_repro: str
+    """What its one `dvc repro`, which computed every stage, printed."""
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> TinyStudy:
+    """The tiny study of two seeds, built once per test session for the tests that read it (or a
+    copy of it): a full `dvc repro` costs minutes, a copy seconds."""
+    repo = study_copy(tmp_path_factory.mktemp("tiny-study") / "repo", TINY_STUDY_PARAMS)
+    first = run(repo, str(BIN / "dvc"), "repro")
+    commit(repo, "the tiny study, seeds [0, 1]")
+    return TinyStudy(repo, first)
+
+
+def copy_study(study: TinyStudy, dest: Path) -> Path:
+    """A copy of the study at `dest` (git history, DVC cache, workspace; 34 MB): changes to it leave the
+    study alone, and DVC finds every stage up to date as in the study."""
+    shutil.copytree(study.repo, dest, symlinks=True)
+    return dest
 
 
 class ToyEnv:

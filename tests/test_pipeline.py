@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -21,33 +19,14 @@ import yaml
 from egolens.names import FIGURES
 from egolens.report import format_number
 from presets.__main__ import study_copy
-from tests.conftest import tiny_params
+from tests.conftest import BIN, commit, copy_study, digests, environment, run, tiny_params
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 
 
 def project_copy(tmp_path: Path, params: dict) -> Path:
     """The repository's code and pipeline in a fresh git + DVC repo, with `params` (as the tiny preset builds it)."""
     return study_copy(tmp_path / "repo", params)
-
-
-def environment() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = ""
-    return env
-
-
-def run(repo: Path, *cmd: str) -> str:
-    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=environment())
-    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
-
-
-def digests(repo: Path, *dirs: str) -> dict[str, str]:
-    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for d in dirs for p in sorted((repo / d).rglob("*")) if p.is_file()}
 
 
 def train(repo: Path) -> str:
@@ -82,9 +61,8 @@ def test_training_twice_gives_identical_bytes_and_a_killed_run_resumes_to_them(t
     assert not resume.exists()
 
 
-def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
-    repo = project_copy(tmp_path, tiny_params(seeds=(0, 1), episodes=6, eval_episodes=3))
-    first = run(repo, str(BIN / "dvc"), "repro")
+def test_dvc_repro_runs_every_stage_once_then_nothing(tiny_study, tmp_path):
+    repo, first = tiny_study.repo, tiny_study.first_repro           # the session's study: read, never changed
     for stage in ("train", "evaluate", "rollout", "circuits", "attributions", "neurons", "interventions"):
         for seed in (0, 1):
             assert f"Running stage '{stage}@{seed}'" in first
@@ -127,9 +105,10 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tmp_path):
     second = run(repo, str(BIN / "dvc"), "repro")
     assert "Running stage" not in second
     assert "up to date" in second
-    run(repo, str(BIN / "dvc"), "repro", "--force", "--single-item", "rollout@0")
-    assert digests(repo, "data") == rollouts                     # a rerun writes the same bytes
-    assert "up to date" in run(repo, str(BIN / "dvc"), "status")
+    rerun = copy_study(tiny_study, tmp_path / "rerun")
+    run(rerun, str(BIN / "dvc"), "repro", "--force", "--single-item", "rollout@0")
+    assert digests(rerun, "data") == rollouts                    # a rerun writes the same bytes
+    assert "up to date" in run(rerun, str(BIN / "dvc"), "status")
     metrics = json.loads(run(repo, str(BIN / "dvc"), "metrics", "show", "--json"))
     files = {path: body["data"] for rev in metrics.values() for path, body in rev["data"].items()}
     assert set(files) == {"results/headline.json", "results/seeds/seed0/driving.json",
@@ -146,12 +125,25 @@ EVERYDAY_DROP = "^(models|data|results)(/[^:]*)?$"
 """The README's everyday `dvc exp show --only-changed --drop` pattern: no output-file hash columns."""
 
 
-def test_experiments_change_a_param_and_compare_with_the_baseline(tmp_path):
-    repo = project_copy(tmp_path, tiny_params(episodes=5, eval_episodes=2))
+def one_seed_baseline(study, dest: Path) -> Path:
+    """A copy of the session's study cut down to seed 0 and committed: seed 1's outputs removed, and
+    `dvc repro` reruns only the stages whose params or inputs the cut changes (nothing of seed 0's)."""
+    repo = copy_study(study, dest)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["seeds"] = [0]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "rm", "-r", "-q", "models/seed1", "results/seeds/seed1")
+    for outputs in ("models/seed1", "results/seeds/seed1", "data/seed1"):     # and the DVC-cached ones
+        shutil.rmtree(repo / outputs)
+    ran = re.findall(r"Running stage '([^']+)'", run(repo, str(BIN / "dvc"), "repro"))
+    assert not [stage for stage in ran if stage.endswith("@0")], ran
+    commit(repo, "baseline: seed 0")
+    return repo
+
+
+def test_experiments_change_a_param_and_compare_with_the_baseline(tiny_study, tmp_path):
+    repo = one_seed_baseline(tiny_study, tmp_path / "repo")
     dvc = str(BIN / "dvc")
-    run(repo, dvc, "repro")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline")
     assert "Ran experiment" in run(repo, dvc, "exp", "run", "-n", "heads1", "-S", "agent.heads=1")
     shown = pd.read_csv(io.StringIO(run(repo, dvc, "exp", "show", "--csv")))
     assert set(shown["agent.heads"]) == {1, 2}
@@ -171,14 +163,14 @@ def test_experiments_change_a_param_and_compare_with_the_baseline(tmp_path):
 
 
 def check_report_states_the_run(repo: Path) -> None:
-    """The report of a non-default run (1 seed, 1 head, interventions.top_k 2, 5 training episodes)
+    """The report of a non-default run (1 seed, 1 head, interventions.top_k 2, 3 training episodes)
     states those settings, and every "mean [low, high]" it prints is a row of summary.csv."""
     report = (repo / "results/report.md").read_text()
     findings = report.split("## Findings per seed")[0]
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["agent"]["heads"] == 1 and params["seeds"] == [0] and params["train"]["episodes"] == 5
+    assert params["agent"]["heads"] == 1 and params["seeds"] == [0] and params["train"]["episodes"] == 3
     assert "(1 head, 64-wide" in findings and "head_rank2" not in findings
-    assert "last 5 of 5 training episodes" in findings and "One seed: no interval over seeds" in report
+    assert "last 3 of 3 training episodes" in findings and "One seed: no interval over seeds" in report
     k = params["interventions"]["top_k"]
     assert f"the {k} top-conductance neurons" in findings and f"random {k}-neuron sets" in findings
     summary = pd.read_csv(repo / "results/summary.csv")
@@ -192,16 +184,9 @@ def check_report_states_the_run(repo: Path) -> None:
         assert count in set(holds["holds"]), count
 
 
-def commit_all(repo: Path, message: str) -> None:
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
-
-
-def test_bad_params_stop_dvc_repro_before_any_output_is_touched(tmp_path):
-    repo = project_copy(tmp_path, tiny_params(episodes=4, eval_episodes=2))
+def test_bad_params_stop_dvc_repro_before_any_output_is_touched(tiny_study, tmp_path):
+    repo = copy_study(tiny_study, tmp_path / "repo")               # every stage run and committed
     dvc = str(BIN / "dvc")
-    run(repo, dvc, "repro", "train@0", "evaluate@0")
-    commit_all(repo, "trained")
     marker = "results/params_valid.txt"      # validate's own output: the only file DVC may remove
     before = {k: v for k, v in digests(repo, "models", "results").items() if k != marker}
     good = (repo / "params.yaml").read_text()
@@ -216,15 +201,16 @@ def test_bad_params_stop_dvc_repro_before_any_output_is_touched(tmp_path):
         assert status.strip() == "M params.yaml", status
 
 
-def test_adding_a_seed_leaves_every_existing_seeds_stages_up_to_date(tmp_path):
-    params = tiny_params(seeds=(0,), episodes=4, eval_episodes=2)
-    repo = project_copy(tmp_path, params)
+def test_adding_a_seed_leaves_every_existing_seeds_stages_up_to_date(tiny_study, tmp_path):
+    repo = copy_study(tiny_study, tmp_path / "repo")               # seeds [0, 1], every stage run
     dvc = str(BIN / "dvc")
-    run(repo, dvc, "repro", "train@0", "evaluate@0")
-    params["seeds"] = [0, 1]
-    params["attributions"]["max_steps"] = 13                  # not a train param: no checkpoint changes
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["seeds"] == [0, 1]
+    params["seeds"] = [0, 1, 2]
+    params["attributions"]["max_steps"] += 1                  # not a train param: no checkpoint changes
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = json.loads(run(repo, dvc, "status", "--json", "train@0", "evaluate@0"))
+    existing = ("train@0", "evaluate@0", "train@1", "evaluate@1")
+    status = json.loads(run(repo, dvc, "status", "--json", *existing))
     assert status == {}, status
-    out = run(repo, dvc, "repro", "train@0", "evaluate@0", "train@1")
-    assert "Running stage 'train@1'" in out and "Running stage 'train@0'" not in out
+    out = run(repo, dvc, "repro", *existing, "train@2")
+    assert "Running stage 'train@2'" in out and not any(f"Running stage '{s}'" in out for s in existing), out

@@ -1,4 +1,5 @@
-"""Real DVC remote round trips: push a tiny study, clone it fresh, pull, and find nothing left to run.
+"""Real DVC remote round trips: push a tiny study (a copy of the session's), clone it fresh, pull, and
+find nothing left to run.
 
 Two remotes are exercised: a shared local directory and an S3 bucket served by moto's standalone
 server on 127.0.0.1 (no network, fake credentials).
@@ -17,24 +18,17 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import tiny_params
-from tests.test_pipeline import BIN, digests, environment, project_copy, run
+from tests.conftest import BIN, commit, copy_study, digests, environment, run
 
 pytestmark = pytest.mark.slow
 DVC = str(BIN / "dvc")
 TARGETS: tuple[str, ...] = ()
 """Stages `dvc repro`/`dvc status` are given: none, i.e. the whole pipeline."""
 OUTPUT_DIRS = ("models", "data", "results")
-PUSHED_OUTPUTS = ("data/seed0",)
+PUSHED_OUTPUTS = ("data/seed0", "data/seed1")
 """Cached outputs the remote must hold (the checkpoints are `cache: false`: git carries them)."""
 BUCKET = "egolens-dvc"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def commit(repo: Path, message: str) -> None:
-    """Stage everything git does not ignore and commit it."""
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
 
 
 def cached_files(root: Path) -> set[str]:
@@ -59,12 +53,10 @@ def assert_pushed(study: Path, remote_keys: set[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """A committed git + DVC repo in which the tiny one-seed study has been reproduced once."""
-    repo = project_copy(tmp_path_factory.mktemp("study"), tiny_params(seeds=(0,), episodes=5, eval_episodes=2))
-    run(repo, DVC, "repro", *TARGETS)
-    commit(repo, "tiny study")
-    return repo
+def study(tiny_study, tmp_path_factory) -> Path:
+    """A committed git + DVC repo in which the tiny study of seeds [0, 1] has been reproduced once: a
+    copy of the session's, which these tests change (they add remotes)."""
+    return copy_study(tiny_study, tmp_path_factory.mktemp("study") / "repo")
 
 
 def add_remote(repo: Path, name: str, url: str, *settings: tuple[str, str], default: bool = False) -> None:

@@ -7,13 +7,15 @@ says what remote to configure, and recipes run on several machines come back thr
 
 The slow tests share one moto S3 server, one bare git repository (the shared git remote), the two
 machines' slices and the collector (module fixtures, built once). The single-machine study the
-collector must equal is machine 0's workspace carried on to both seeds (`dvc repro` there): seed 1
-and the study-level stages are computed a second time, independently of machine 1 and the collector.
+collector must equal is the session's tiny study (tests/conftest.py: the same code and params, every
+stage computed in one repository of its own). The machines do not reuse its work: their clones start
+with empty DVC caches and an empty bucket, so each one computes its seed's stages itself (restoring
+them from the study's run-cache would leave "seeds run on two machines" proving nothing), and the
+collector restores them from what the machines pushed.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -23,26 +25,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-import presets
 from egolens import remotes, sharing
-from tests.conftest import tiny_params
-from tests.test_pipeline import BIN, digests, environment, project_copy, run
-from tests.test_remotes import BUCKET, CREDENTIALS, bucket_keys, commit, s3_client, s3_endpoint  # noqa: F401
+from presets.__main__ import study_copy
+from tests.conftest import BIN, TINY_STUDY_PARAMS, commit, digests, environment, run
+from tests.test_remotes import BUCKET, CREDENTIALS, bucket_keys, s3_client, s3_endpoint  # noqa: F401
 
 DVC = str(BIN / "dvc")
 SEEDS = (0, 1)
-SMALLER = {"evaluate.bootstrap_resamples": 100, "reference.bootstrap_resamples": 100, "reference.replan": "never",
-           "demonstrations.episodes": 1}
-"""Below the tiny preset where no assertion needs more: the planner plans once per episode and plays
-one demonstration, the fewest bootstrap resamples. Each value is one the pipeline accepts (the tiny
-preset's 2 closed-loop episodes are already the fewest: one per half; its 3 rollouts too: with 2, the
-probes hold out one episode and have nothing left to fit at some sites, and steering stops)."""
-MULTI_MACHINE = pytest.mark.skipif(
-    not os.environ.get("EGOLENS_MULTI_MACHINE"),
-    reason="multi-machine end-to-end tests: about 7-9 min more on two cores, which the CI budget (30 min) no "
-           "longer has now that the tiny pipeline runs probes, steering and scenes; run them with "
-           "EGOLENS_MULTI_MACHINE=1")
-PARAMS = presets.apply(tiny_params(seeds=SEEDS, episodes=3, eval_episodes=1), SMALLER)
+PARAMS = TINY_STUDY_PARAMS
+"""The machines' and the collector's params: the session's tiny study's, whose seeds are SEEDS."""
 OUTPUT_DIRS = ("models", "data", "results")
 PREFIX = "store/"
 
@@ -161,7 +152,7 @@ def origin(tmp_path_factory, s3_endpoint, aws) -> Path:  # noqa: F811
     default DVC remote is the moto bucket."""
     s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
     root = tmp_path_factory.mktemp("shared")
-    study = project_copy(root, PARAMS)
+    study = study_copy(root / "repo", PARAMS)
     run(study, sys.executable, "-m", "presets", "remote", "s3", f"s3://{BUCKET}/{PREFIX.rstrip('/')}",
         "--endpoint-url", s3_endpoint)
     commit(study, "the study, seeds [0, 1], with its S3 remote")
@@ -192,15 +183,14 @@ def machines(origin, tmp_path_factory) -> dict[int, tuple[Path, dict[str, str]]]
 
 
 @pytest.fixture(scope="module")
-def single(machines) -> Path:
-    """The single-machine study of both seeds: machine 0 carries on (`dvc repro`: seed 1's stages and
-    the study-level ones), committed on branch `single` (machine 0 has pushed its slice before)."""
-    repo, _ = machines[0]
-    out = run(repo, DVC, "repro")
-    assert {f"{stage}@1" for stage in per_seed_stages()} <= set(ran_stages(out))
-    run(repo, "git", "checkout", "-q", "-b", "single")
-    commit(repo, "single-machine study")
-    return repo
+def single(tiny_study) -> Path:
+    """The single-machine study of both seeds: the session's tiny study, committed (read and cloned
+    here, never changed). Its one `dvc repro` ran every per-seed stage of both seeds itself."""
+    assert PARAMS["seeds"] == list(SEEDS)
+    assert yaml.safe_load((tiny_study.repo / "params.yaml").read_text()) == PARAMS
+    assert {f"{stage}@{seed}" for stage in per_seed_stages() for seed in SEEDS} <= set(
+        ran_stages(tiny_study.first_repro))
+    return tiny_study.repo
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +210,6 @@ def transcript(outputs: dict[str, str]) -> str:
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_seeds_run_on_two_machines_make_the_single_machine_study(machines, collector, single):
     for seed, (_, out) in machines.items():
         ran = ran_stages(next(iter(out.values())))
@@ -239,7 +228,6 @@ def test_seeds_run_on_two_machines_make_the_single_machine_study(machines, colle
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_a_slice_pushed_twice_sends_nothing_new(origin, machines, collector, s3_endpoint, tmp_path):  # noqa: F811
     """A rerun of machine 0's task (a fresh clone of its branch) runs nothing and pushes nothing: every
     object in the bucket keeps its bytes (ETag)."""
@@ -261,7 +249,6 @@ def test_a_slice_pushed_twice_sends_nothing_new(origin, machines, collector, s3_
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_a_collector_of_another_recipe_refuses_the_slices_naming_the_key(origin, machines, tmp_path):
     collector = clone(origin, tmp_path / "collector")
     params = yaml.safe_load((collector / "params.yaml").read_text())
@@ -275,9 +262,8 @@ def test_a_collector_of_another_recipe_refuses_the_slices_naming_the_key(origin,
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_a_fresh_clone_has_the_checkpoints_and_reruns_only_what_is_missing(single, tmp_path):
-    fresh = clone(single, tmp_path / "fresh", "-b", "single")
+    fresh = clone(single, tmp_path / "fresh")
     assert digests(fresh, "models") == {k: v for k, v in digests(single, "models").items()
                                         if not k.endswith("imitation.pt")}   # git carries the DQN checkpoints
     assert not (fresh / "data" / "seed0").exists() and not (fresh / "data" / "demonstrations").exists()
@@ -292,12 +278,10 @@ def test_a_fresh_clone_has_the_checkpoints_and_reruns_only_what_is_missing(singl
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_without_a_remote_presets_remote_says_what_to_configure_and_dvc_still_works(single, collector, s3_endpoint,  # noqa: F811
                                                                                       tmp_path):
-    fresh = clone(single, tmp_path / "fresh", "-b", "single")
-    run(fresh, DVC, "remote", "remove", "s3remote")                  # the project as shipped: no remote
-    commit(fresh, "no remote")
+    fresh = clone(single, tmp_path / "fresh")
+    assert run(fresh, DVC, "remote", "list").strip() == ""          # the project as shipped: no remote
     failed = subprocess.run([DVC, "pull"], cwd=fresh, capture_output=True, text=True, env=environment())
     assert failed.returncode != 0 and "No remote provided" in failed.stdout + failed.stderr
     said = subprocess.run([sys.executable, "-m", "presets", "remote"], cwd=fresh, capture_output=True, text=True,
@@ -320,7 +304,6 @@ TINY_SWEEP = {"common": {"seeds": "[0]"}, "target": "evaluate", "recipes": {"tin
 
 
 @pytest.mark.slow
-@MULTI_MACHINE
 def test_sweep_collect_reads_experiments_pulled_from_the_git_remote_as_local_ones(origin, machines, tmp_path):
     runner = clone(origin, tmp_path / "runner", "-b", "slice-0")          # has the reference policies' episodes
     (runner / "sweeps" / "recipes.yaml").write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
