@@ -205,6 +205,10 @@ def some_steered_site(m: Metrics) -> bool | None:
     return None if not checked else any(v == 1 for v in checked)
 
 
+some_steered_site.needs = ()                                                  # type: ignore[attr-defined]
+some_steered_site.needs_pattern = STEERING_SITE_FLAG                          # type: ignore[attr-defined]
+
+
 _EPISODE_CI = "paired 95% CI over held-out episodes"
 PROBE_FINDINGS: tuple[Finding, ...] = (
     Finding("probe_vehicle_fact_above_controls",
@@ -232,6 +236,15 @@ PROBE_FINDINGS: tuple[Finding, ...] = (
 )
 FINDINGS = FINDINGS + PROBE_FINDINGS
 # ------------------------------------------------------------------ end of probes and steering
+
+
+def missing_metrics(metrics: Metrics, findings: Sequence[Finding] = FINDINGS) -> list[str]:
+    """The metric names the findings read (`test.needs`) that `metrics` lacks, and the patterns
+    (`test.needs_pattern`: metrics named by params, e.g. per steered site) no metric matches."""
+    names = {n for f in findings for n in f.test.needs if n not in metrics}               # type: ignore[attr-defined]
+    patterns = {p.pattern for f in findings if (p := getattr(f.test, "needs_pattern", None)) is not None
+                and not any(p.match(name) for name in metrics)}
+    return sorted(names | patterns)
 
 
 def holds_table(per_seed: Mapping[int, Metrics], findings: Sequence[Finding] = FINDINGS) -> pd.DataFrame:

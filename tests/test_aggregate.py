@@ -16,7 +16,7 @@ from egolens.aggregate import (
     summary_table,
     summary_tree,
 )
-from egolens.findings import FINDINGS, Finding, holds_table, holds_tree
+from egolens.findings import FINDINGS, Finding, flag, holds_table, holds_tree, missing_metrics, some_steered_site
 from egolens.stats import nested_bootstrap_ci, t_interval
 
 
@@ -334,3 +334,13 @@ def test_the_steering_finding_holds_when_some_site_steers_collisions():
     assert steer({site.format("a"): 0.0, site.format("b"): 1.0}) is True
     assert steer({site.format("a"): 0.0, site.format("b"): math.nan}) is False
     assert steer({site.format("a"): math.nan, "steering.sites.a.probe.collision_ends_opposite": 1.0}) is None
+
+
+def test_missing_metrics_names_what_a_finding_reads_and_patterns_no_metric_matches():
+    findings = (Finding("a", "", flag("x.ok")), Finding("steer", "", some_steered_site))
+    flag_name = "steering.sites.attention_layer_hook_resid.safety_steers_collisions"
+    assert missing_metrics({"x.ok": 1.0, flag_name: 0.0}, findings) == []
+    assert missing_metrics({flag_name: 1.0}, findings) == ["x.ok"]
+    assert missing_metrics({"x.ok": 1.0, "steering.sites.a.other": 1.0}, findings) == [
+        r"^steering\.sites\.[^.]+\.safety_steers_collisions$"]
+    assert some_steered_site({flag_name: 1.0}) is True and some_steered_site({}) is None
