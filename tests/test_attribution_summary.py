@@ -132,9 +132,9 @@ def test_attention_facts_and_the_randomisation_check_match_a_direct_computation(
     assert not math.isnan(summary["trained"]["ig_completeness"]["others_zeroed"]["q"]["fraction_within"])
 
 
-def test_chance_level_and_naive_rankings_match_a_direct_computation_from_the_shapley_values(study):
-    """The chance level of a top-1 match is 1 / (vehicles present) with continuous values; the nearest-first
-    ranking's agreement is Spearman(−distance, |φ|) per step, averaged like attention's."""
+def trained_shapley_and_distance(study):
+    """The trained network's summary and steps, |Shapley| per vehicle [B, E] computed directly, each
+    vehicle's distance [B, E] and the other vehicles present [B, E] (the ego's column False)."""
     nets, steps, summary = study
     net, s = nets["trained"], steps["trained"]
     phi = np.abs(shapley_vehicles(net, s.obs, s.action, CFG.shapley_samples, seed=0).double().numpy())
@@ -143,6 +143,13 @@ def test_chance_level_and_naive_rankings_match_a_direct_computation_from_the_sha
                            scene.min_ego_speed)["distance"]
     present = s.present.numpy().copy()
     present[:, 0] = False
+    return summary, s, phi, distance, present
+
+
+def test_chance_level_and_naive_rankings_match_a_direct_computation_from_the_shapley_values(study):
+    """The chance level of a top-1 match is 1 / (vehicles present) with continuous values; the nearest-first
+    ranking's agreement is Spearman(−distance, |φ|) per step, averaged like attention's."""
+    summary, s, phi, distance, present = trained_shapley_and_distance(study)
     rhos, top1, chance = [], [], []
     for b in range(len(s.obs)):
         idx = np.nonzero(present[b])[0]
@@ -163,14 +170,7 @@ def test_chance_level_and_naive_rankings_match_a_direct_computation_from_the_sha
 def test_attention_minus_the_nearest_ranking_is_paired_over_the_same_steps(study):
     """The per-step Spearman of attention with |φ| minus the nearest-first ranking's, on the steps both
     are defined, averaged; its top-1 match minus the step's chance level likewise."""
-    nets, steps, summary = study
-    net, s = nets["trained"], steps["trained"]
-    phi = np.abs(shapley_vehicles(net, s.obs, s.action, CFG.shapley_samples, seed=0).double().numpy())
-    scene = SceneConfig()
-    distance = scene_facts(s.obs.numpy(), EnvConfig(), scene.horizon, scene.collision_radius,
-                           scene.min_ego_speed)["distance"]
-    present = s.present.numpy().copy()
-    present[:, 0] = False
+    summary, s, phi, distance, present = trained_shapley_and_distance(study)
     for h in range(s.attention.shape[1]):
         diffs, top1 = [], []
         for b in range(len(s.obs)):

@@ -238,17 +238,24 @@ class HeldOut:
     episode: np.ndarray
 
 
-def fit_held_out(data: ProbeData, kind: Kind, test_episodes: np.ndarray, *, folds: int = 5,
-                 penalties: Sequence[float] | None = None) -> tuple[ProbeFit, HeldOut]:
-    """Fit on the rows of the episodes not in `test_episodes` (finite targets only), predict the
-    held-out ones."""
+def episode_split(data: ProbeData, test_episodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The target as float [R], and the rows [R] bool of the training and of the held-out episodes
+    that have a finite target; refuses a split that leaves either side empty."""
     target = np.asarray(data.target, dtype=np.float64)
     keep = np.isfinite(target)
     test = np.isin(data.episode, test_episodes) & keep
     train = ~np.isin(data.episode, test_episodes) & keep
     if not train.any() or not test.any():
         raise ProbeFitError("the episode split left no training or no held-out rows with a target")
-    y = target if kind == "continuous" else np.where(keep, target, -1).astype(np.int64)
+    return target, train, test
+
+
+def fit_held_out(data: ProbeData, kind: Kind, test_episodes: np.ndarray, *, folds: int = 5,
+                 penalties: Sequence[float] | None = None) -> tuple[ProbeFit, HeldOut]:
+    """Fit on the rows of the episodes not in `test_episodes` (finite targets only), predict the
+    held-out ones."""
+    target, train, test = episode_split(data, test_episodes)
+    y = target if kind == "continuous" else np.where(np.isfinite(target), target, -1).astype(np.int64)
     fit = fit_probe(data.features[train], y[train], data.episode[train], kind, folds=folds, penalties=penalties)
     predicted, probability = predictions(fit, data.features[test])
     return fit, HeldOut(y[test], predicted, probability, np.asarray(data.episode)[test])
@@ -304,12 +311,7 @@ def baseline_held_out(data: ProbeData, kind: Kind, test_episodes: np.ndarray) ->
     the held-out ones: the majority class (the smallest on a tie) for a binary or categorical
     target, with probability of class 1 its training share (a constant: AUC 0.5) for a binary
     one; the training mean for a continuous target. What a probe must beat to read anything."""
-    target = np.asarray(data.target, dtype=np.float64)
-    keep = np.isfinite(target)
-    test = np.isin(data.episode, test_episodes) & keep
-    train = ~np.isin(data.episode, test_episodes) & keep
-    if not train.any() or not test.any():
-        raise ProbeFitError("the episode split left no training or no held-out rows with a target")
+    target, train, test = episode_split(data, test_episodes)
     episode = np.asarray(data.episode)[test]
     if kind == "continuous":
         return HeldOut(target[test], np.full(int(test.sum()), target[train].mean()), None, episode)
