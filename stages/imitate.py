@@ -32,13 +32,12 @@ def main() -> None:
                                   progress=lambda items, desc: tqdm(items, desc=f"{desc} seed {seed}", unit="epoch"))
     accuracy = action_accuracy(net, demos.obs, demos.action)
     env_seeds = params.evaluate.env_seeds
-    with make_runner(params.env, min(params.evaluate.num_envs, len(env_seeds))) as runner:
-        results = play(net, runner, env_seeds)
-    driving = summarize_episodes(results, params.evaluate.bootstrap_resamples, seed)
     own_seeds = [int(s) for s in demos.env_seed]
-    with make_runner(params.env, min(params.evaluate.num_envs, len(own_seeds))) as runner:
-        on_demonstrations = summarize_episodes(play(net, runner, own_seeds), params.evaluate.bootstrap_resamples,
-                                               seed)
+    with make_runner(params.env, min(params.evaluate.num_envs, len(env_seeds), len(own_seeds))) as runner:
+        results = play(net, runner, env_seeds)
+        own = play(net, runner, own_seeds)
+    driving = summarize_episodes(results, params.evaluate.bootstrap_resamples, seed)
+    on_demonstrations = summarize_episodes(own, params.evaluate.bootstrap_resamples, seed)
     metrics = {"train": {"accuracy": accuracy["all"],
                          "accuracy_by_action": {k: v for k, v in accuracy.items() if k != "all"},
                          "final_loss": run.epoch_loss[-1], "epochs": len(run.epoch_loss), "adam_steps": run.steps,
