@@ -34,6 +34,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from egolens.analysis.reading.probe_scores import KINDS, METRICS, scores, weighted_scores
 from egolens.analysis.reading.probe_targets import Kind, Level, vehicle_rows
@@ -176,7 +177,8 @@ def fit_probe(features: np.ndarray, target: np.ndarray, episode: np.ndarray, kin
     `LOGISTIC_C` / `RIDGE_ALPHA`) by `GroupKFold` with up to `folds` folds grouped by episode [R]:
     validation log-loss for classification (`_choose_c`), R² for regression; then refitted on all
     rows. Features are standardised with the mean and sd of all these rows (before the folds: no
-    label enters them). Deterministic (lbfgs, closed-form ridge, unshuffled folds)."""
+    label enters them). Deterministic (lbfgs, closed-form ridge, unshuffled folds, one BLAS thread
+    whatever the machine)."""
     _check_kind(kind)
     features, target, episode = np.asarray(features, dtype=np.float64), np.asarray(target), np.asarray(episode)
     groups = len(np.unique(episode))
@@ -185,7 +187,9 @@ def fit_probe(features: np.ndarray, target: np.ndarray, episode: np.ndarray, kin
     splits = list(GroupKFold(n_splits=min(folds, groups)).split(features, target, episode))
     scaler = StandardScaler().fit(features)
     scaled = scaler.transform(features)
-    with warnings.catch_warnings():
+    # One BLAS thread: lbfgs's many tiny BLAS calls spin-wait with more threads than free cores (8x
+    # slower under load, benchmarks/probe_stages.py), and the probes already run one per process
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         if kind == "continuous":
             search = GridSearchCV(Ridge(), {"alpha": list(penalties or RIDGE_ALPHA)}, scoring="r2", cv=splits)
