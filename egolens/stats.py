@@ -1,7 +1,10 @@
 """The study's statistics: bootstrap and Student-t intervals, and rank correlations.
 
 NaN policy: a statistic that is undefined (too few values, a constant side) is NaN here; JSON
-outputs turn NaN into null (`egolens.artifacts.json_text`).
+outputs turn NaN into null (`egolens.artifacts.json_text`). A bootstrap interval over a single unit
+(one episode, one cluster) is undefined too: it would have zero width and make any comparison with
+it "significant", so its bounds are NaN (the mean stays), and a finding that reads it cannot be
+checked rather than holding by default.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import pandas as pd
 def bootstrap_ci(values: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of `values` [n] and its percentile-bootstrap interval at `level`.
 
-    Resamples n values with replacement `resamples` times with a generator seeded by `seed`.
+    Resamples n values with replacement `resamples` times with a generator seeded by `seed`. One
+    value: the bounds are NaN (nothing to resample; see the module's NaN policy).
     """
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("bootstrap of an empty sample")
+    if values.size < 2:
+        return float(values.mean()), math.nan, math.nan
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, values.size, size=(resamples, values.size))
     means = values[idx].mean(axis=1)
@@ -51,7 +57,7 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray, resamples: in
     come in correlated clusters [n] (e.g. the episode of each step): each resample draws whole
     clusters with replacement, as many as there are, and takes the mean over the drawn clusters'
     units. With one unit per cluster it is `bootstrap_ci` (the same draws); a single cluster gives
-    a zero-width interval (nothing to resample). Paired differences: pass treated − control."""
+    NaN bounds (nothing to resample). Paired differences: pass treated − control."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     clusters = np.asarray(clusters).reshape(-1)
     if values.size == 0:
@@ -60,6 +66,8 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray, resamples: in
         raise ValueError(f"one cluster per value needed, got {clusters.shape} for {values.shape}")
     _, cluster_of = np.unique(clusters, return_inverse=True)
     k = int(cluster_of.max()) + 1
+    if k < 2:
+        return float(values.mean()), math.nan, math.nan
     sums = np.bincount(cluster_of, weights=values, minlength=k)
     counts = np.bincount(cluster_of, minlength=k).astype(np.float64)
     idx = np.random.default_rng(seed).integers(0, k, size=(resamples, k))
@@ -76,12 +84,15 @@ def nested_bootstrap_ci(groups: Sequence[np.ndarray], resamples: int, seed: int,
     groups: one array of unit values per group (e.g. per seed, its episodes' outcomes as 0/1).
     Each resample draws the groups with replacement, then within every drawn group its units with
     replacement, so the interval carries both the seed-to-seed and the episode-to-episode spread.
-    A mean of values in [0, 1] gets an interval inside [0, 1]. Empty groups are left out.
+    A mean of values in [0, 1] gets an interval inside [0, 1]. Empty groups are left out. One group
+    of one unit: NaN bounds (nothing to resample).
     """
     arrays = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]
     arrays = [a for a in arrays if a.size]
     if not arrays:
         raise ValueError("bootstrap of an empty sample")
+    if len(arrays) == 1 and arrays[0].size == 1:
+        return float(arrays[0][0]), math.nan, math.nan
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     for r in range(resamples):
@@ -183,12 +194,15 @@ def crossed_bootstrap_ci(values: np.ndarray, resamples: int, seed: int,
     Each resample draws the episodes once, for all seeds (the same env seeds for every agent), and
     the seeds with replacement; the resample's statistic is the mean of the drawn cells. Episode
     draws come from the generator `bootstrap_ci` uses with this seed, seed draws from another, so
-    with one seed, or several identical ones, the interval is exactly the single seed's.
+    with one seed, or several identical ones, the interval is exactly the single seed's. One
+    episode: NaN bounds (the episodes, the unit every seed shares, cannot be resampled).
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"crossed bootstrap needs values [seeds, episodes], got shape {values.shape}")
     n_seeds, n_episodes = values.shape
+    if n_episodes < 2:
+        return float(values.mean()), math.nan, math.nan
     episodes = np.random.default_rng(seed).integers(0, n_episodes, size=(resamples, n_episodes))
     seeds = np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(resamples, n_seeds))
     # cell means over drawn episodes per seed: [resamples, seeds], then over the drawn seeds

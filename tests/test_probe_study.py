@@ -108,3 +108,15 @@ def test_the_summary_answers_only_what_its_sites_can():
     assert ps._some_site(rows[rows["site"].map(ps.before_output_mlp)], "minus_baseline_ci_low") is False
     assert ps._some_site(rows, "minus_baseline_ci_low") is True         # only after the output MLP
     assert ps._some_site(rows.assign(minus_obs_ci_low=np.nan), "minus_obs_ci_low") is None
+
+
+def test_without_intervals_the_summary_cannot_say_a_fact_is_read_above_the_controls(study):
+    # a single held-out episode leaves every interval NaN (probes.resampled_scores): the scores
+    # stay, but "above the controls" is unanswered (None), not a no and not a yes
+    _, _, table, _ = study
+    no_intervals = table.assign(ci_low=np.nan, ci_high=np.nan)
+    verdict = ps.site_verdicts(no_intervals).iloc[0]
+    assert not verdict["controls_checked"] and verdict["score"] > 0.99
+    entry = ps.summarize(no_intervals, held_out=1, episodes=3)["targets"]["comes_close"]
+    assert entry["above_controls"] is None and entry["above_obs"] is None
+    assert ps.summarize(table, held_out=9, episodes=30)["targets"]["comes_close"]["above_controls"] is True

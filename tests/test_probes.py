@@ -312,3 +312,15 @@ def test_the_table_scores_the_probe_against_the_constant_baseline_on_the_same_dr
         assert table.loc[("probe_minus_baseline", metric), "value"] == pytest.approx(
             table.loc[("probe", metric), "value"] - table.loc[("baseline", metric), "value"])
     assert table.loc[("probe_minus_baseline", "auc"), "ci_low"] > 0.3
+
+
+def test_one_held_out_episode_gives_scores_but_no_interval():
+    # a tiny run holds out one episode: every draw is that episode, so a zero-width interval would
+    # put any nonzero difference "above 0"; the scores stay, the intervals are NaN
+    rng = np.random.default_rng(8)
+    episode = np.repeat(np.arange(4), 6)
+    features = rng.standard_normal((24, 4))
+    data = pr.ProbeData(features, (features[:, 0] > 0).astype(float), episode, np.tile(np.arange(6), 4))
+    table = pr.probe_table({"site": data}, "binary", np.array([3]), seed=0, resamples=50, **FAST)
+    assert table["value"].notna().any()
+    assert table["ci_low"].isna().all() and table["ci_high"].isna().all()

@@ -161,7 +161,24 @@ def test_cluster_bootstrap_resamples_whole_clusters():
     assert (low, high) == (0.0, 1.0)
     # every cluster alike: nothing varies between resamples
     assert cluster_bootstrap_ci(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0, 0, 1, 1]), 300, 2) == (0.5, 0.5, 0.5)
-    # a single cluster: a zero-width interval at its mean
-    assert cluster_bootstrap_ci(np.array([0.0, 1.0, 1.0]), np.zeros(3), 100, 0) == pytest.approx((2 / 3,) * 3)
+    # a single cluster: its mean, and no interval (nothing to resample)
+    mean, low, high = cluster_bootstrap_ci(np.array([0.0, 1.0, 1.0]), np.zeros(3), 100, 0)
+    assert mean == pytest.approx(2 / 3) and math.isnan(low) and math.isnan(high)
     with pytest.raises(ValueError, match="one cluster per value"):
         cluster_bootstrap_ci(np.ones(3), np.zeros(2), 100, 0)
+
+
+def test_an_interval_over_one_unit_is_undefined_so_nothing_is_significant_by_default():
+    # one episode (or one cluster, one group of one) cannot be resampled: a zero-width interval
+    # there would put any nonzero mean "above 0"; the mean stays, the bounds are NaN
+    for expected, (mean, low, high) in ((0.7, bootstrap_ci(np.array([0.7]), 100, 0)),
+                                        (1.0, paired_bootstrap_ci(np.array([1.0]), np.array([0.0]), 100, 0)),
+                                        (0.7, cluster_bootstrap_ci(np.array([0.7, 0.7]), np.array([3, 3]), 100, 0)),
+                                        (0.7, nested_bootstrap_ci([np.array([0.7])], 100, 0)),
+                                        (0.7, crossed_bootstrap_ci(np.full((5, 1), 0.7), 100, 0))):
+        assert mean == pytest.approx(expected)
+        assert math.isnan(low) and math.isnan(high)
+    # two units are enough for an interval, even one of zero width (both alike)
+    assert bootstrap_ci(np.array([0.7, 0.7]), 100, 0) == pytest.approx((0.7, 0.7, 0.7))
+    # and a test of "no effect" on one episode cannot pass
+    assert not equivalence_test(np.array([0.0]), 0.1, 100, 0)["equivalent"]

@@ -16,7 +16,8 @@ def verdict(c: Context, finding: str) -> str:
     """Where `finding` holds, in words: every seed, only some, none, or not checkable."""
     rows = c.holds[c.holds["finding"] == finding]
     if rows.empty or int(rows["n_seeds"].iloc[0]) == 0:
-        return "could not be checked in any seed (the numbers it needs are missing: no probe could be fitted)"
+        return ("could not be checked in any seed (the numbers it needs are missing: no probe could be fitted, "
+                "or too few held-out episodes for an interval)")
     n, k = int(rows["n_seeds"].iloc[0]), int(rows["n_holds"].iloc[0])
     if k == n:
         return f"holds in {'the one seed' if n == 1 else f'all {n} seeds'}"

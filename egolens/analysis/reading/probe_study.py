@@ -146,7 +146,9 @@ def site_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     the control task's, selectivity, the raw observation's and the untrained network's scores, the
     paired differences (site − obs, site − untrained) with their CIs, the constant predictor's
     score (`probes.BASELINE`: majority class or training mean) and probe − baseline with its CI,
-    and above_controls: every one of selectivity, site − obs and site − untrained has a CI above 0."""
+    above_controls: every one of selectivity, site − obs and site − untrained has a CI above 0, and
+    controls_checked: all three CIs exist (a probe that could not be fitted, or a single held-out
+    episode, leaves them NaN)."""
     rows = []
     for (target, site), group in primary_rows(table).groupby(["target", "site"], sort=False):
         probe, control = _row(group, "site", "probe"), _row(group, "site", "control")
@@ -165,6 +167,8 @@ def site_verdicts(table: pd.DataFrame) -> pd.DataFrame:
             "minus_baseline_ci_low": _row(group, "site", "probe_minus_baseline")["ci_low"],
             "above_controls": bool(selectivity["ci_low"] > 0 and minus[RAW]["ci_low"] > 0
                                    and minus["untrained"]["ci_low"] > 0),
+            "controls_checked": bool(np.isfinite([selectivity["ci_low"], minus[RAW]["ci_low"],
+                                                  minus["untrained"]["ci_low"]]).all()),
         })
     return pd.DataFrame(rows)
 
@@ -189,7 +193,8 @@ def summarize(table: pd.DataFrame, held_out: int, episodes: int) -> dict:
     how many sites do); whether some site beats the raw observation alone (above_obs: paired CI
     of site − obs above 0) and whether some site before the output MLP beats the constant
     predictor (above_baseline_before_output: paired CI of probe − baseline above 0), each None
-    when no probe of the target could be fitted; and the held-out / recorded episode counts."""
+    when no site of the target has the intervals it needs (no probe could be fitted, or a single
+    held-out episode); and the held-out / recorded episode counts."""
     verdicts = site_verdicts(table)
     targets = {}
     for target, group in verdicts.groupby("target", sort=False):
@@ -203,7 +208,7 @@ def summarize(table: pd.DataFrame, held_out: int, episodes: int) -> dict:
             "untrained": float(best["untrained"]),
             "baseline": float(best["baseline"]), "minus_baseline": float(best["minus_baseline"]),
             "sites_above_controls": int(group["above_controls"].sum()),
-            "above_controls": bool(group["above_controls"].any()),
+            "above_controls": bool(group["above_controls"].any()) if group["controls_checked"].any() else None,
             "above_obs": _some_site(group, "minus_obs_ci_low"),
             "above_baseline_before_output": _some_site(before, "minus_baseline_ci_low") if len(before) else None,
         }

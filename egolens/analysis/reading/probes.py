@@ -274,7 +274,11 @@ def episode_draws(test_episodes: np.ndarray, resamples: int, seed: int) -> np.nd
 
 def resampled_scores(kind: Kind, held: HeldOut, draws: np.ndarray) -> dict[str, np.ndarray]:
     """Each metric on each draw of episodes [resamples, n_test]: an episode drawn k times adds its
-    rows k times (`weighted_scores`). {metric: [resamples]}."""
+    rows k times (`weighted_scores`). {metric: [resamples]}. Draws of a single episode are all NaN:
+    every draw is that episode, and a zero-width interval would make any difference "significant"
+    (`egolens.stats`' NaN policy)."""
+    if len(np.unique(draws)) < 2:
+        return {metric: np.full(len(draws), np.nan) for metric in METRICS[kind]}
     ids = np.union1d(draws, held.episode)
     counts = np.stack([np.bincount(np.searchsorted(ids, draw), minlength=len(ids)) for draw in draws])
     weights = counts[:, np.searchsorted(ids, held.episode)]                  # [resamples, R_test]
@@ -282,6 +286,7 @@ def resampled_scores(kind: Kind, held: HeldOut, draws: np.ndarray) -> dict[str, 
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite draws; NaN when there are none."""
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
         return math.nan, math.nan
