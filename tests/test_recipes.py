@@ -96,10 +96,16 @@ def test_a_kept_recipe_lacking_the_newer_settings_names_only_the_ones_it_has():
         "1 seeds × 8 episodes, 40 s"
 
 
-def test_the_kept_faithful_study_has_the_faithful_presets_settings():
-    preset = yaml.safe_load((ROOT / "presets/faithful.yaml").read_text())
-    recipe = json.loads((ROOT / "results/faithful/recipe.json").read_text())
+@pytest.mark.parametrize("folder", ["paper", "faithful"])
+def test_a_kept_study_has_its_presets_settings(folder):
+    recipe = json.loads((ROOT / "results" / folder / "recipe.json").read_text())
+    preset = yaml.safe_load((ROOT / "presets" / f"{recipe['preset']}.yaml").read_text())
     shared = set(preset) & set(recipe)
-    assert {"seeds", "env.id", "env.policy_frequency", "agent.dqfd.enabled"} <= shared
+    assert {"seeds", "train.episodes", "agent.gamma", "agent.epsilon.tau"} <= shared
     assert {key: recipe[key] for key in shared} == {key: preset[key] for key in shared}
-    assert recipe["preset"] == "faithful"
+
+
+def test_the_kept_faithful_study_names_every_recipe_setting_of_the_faithful_preset():
+    recipe = json.loads((ROOT / "results/faithful/recipe.json").read_text())
+    preset = yaml.safe_load((ROOT / "presets/faithful.yaml").read_text())
+    assert recipe["preset"] == "faithful" and set(RECIPE_KEYS) <= set(recipe) and set(RECIPE_KEYS) <= set(preset)
