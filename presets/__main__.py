@@ -129,6 +129,8 @@ def keep(args: list[str]) -> None:
     parser.add_argument("--ref", default="HEAD", help="a commit, branch or DVC experiment ref (refs/exps/...)")
     parser.add_argument("--force", action="store_true", help="replace results/NAME/ if it exists")
     options = parser.parse_args(args)
+    if not options.name.replace("_", "").replace("-", "").isalnum():
+        parser.error(f"{options.name!r}: a kept study's name is letters, digits, '-' and '_' (a folder of results/)")
     folder, ref = Path("results") / options.name, options.ref
     missing = [path for path in (*(f"results/{name}" for name in kept.KEPT_FILES), "params.yaml")
                if not _tracked(ref, path)]

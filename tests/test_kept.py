@@ -86,6 +86,8 @@ def test_keep_writes_a_revisions_aggregate_with_its_recipe_and_readme(tmp_path):
     assert keep(repo, "faithful", "--ref", made_by, "--force").returncode == 0
     assert f"at git revision commit {made_by}" in (kept / "README.md").read_text()
 
+    outside = keep(repo, "../elsewhere")
+    assert outside.returncode != 0 and "a kept study's name is letters" in outside.stderr
     lacking = keep(repo, "older", "--ref", "HEAD~2")
     assert lacking.returncode != 0 and "has no results/headline.json" in lacking.stderr
     assert not (repo / "results" / "older").exists()
