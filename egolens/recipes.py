@@ -1,8 +1,8 @@
-"""This study beside another recipe's study: how each drives, and which findings hold under both.
+"""This study beside the kept studies of other recipes: how each drives, and which findings hold in which.
 
 Pure functions over what the aggregate stage writes (`headline.json`, `holds.csv`) and a recipe
-description (the settings that differ between studies). `results/paper/` keeps the reference
-recipe's 3-seed study for this comparison; the report stage reads it.
+description (the settings that differ between studies). `results/<name>/` keeps another study's
+aggregate for this comparison (`python -m presets keep NAME`); the report stage reads them.
 
 A finding "holds" in a study when it holds in a majority of the seeds where it could be checked
 (more than half), so one seed in three does not make a finding hold and one in three does not
@@ -18,9 +18,12 @@ import pandas as pd
 
 from egolens.names import FINDING, of_kind
 
-RECIPE_KEYS = ("train.episodes", "agent.gamma", "agent.n_steps", "agent.target_update", "agent.epsilon.tau",
-               "agent.loss", "agent.timeout_terminal")
-"""The settings a recipe is described by (the ones the recipe sweep varied)."""
+RECIPE_KEYS = ("train.episodes", "env.id", "env.policy_frequency", "env.duration", "env.observe_intentions",
+               "agent.gamma", "agent.n_steps", "agent.target_update", "agent.epsilon.start", "agent.epsilon.tau",
+               "agent.loss", "agent.timeout_terminal", "agent.memory_capacity", "agent.exploration.duration",
+               "agent.dqfd.enabled")
+"""The settings a recipe is described by (the ones the recipe sweep and the studies since varied), in
+the order `recipe_text` names them."""
 
 DRIVING = (("seeds", "seeds"),
            ("success rate", "trained.success_rate"),
@@ -34,7 +37,12 @@ DRIVING = (("seeds", "seeds"),
            ("clairvoyant planner's success", "clairvoyant_success"))
 """(row label, dotted key of headline.json) of the driving comparison."""
 
-VERDICTS = ("holds under both", "holds under neither", "holds only in this study", "holds only under the other")
+HOLDS_IN_ALL, HOLDS_IN_NONE, HOLDS_ONLY_IN, NOT_COMPARABLE = ("holds in all", "holds in none", "holds only in: ",
+                                                              "not comparable")
+"""The verdicts of a finding across studies; `HOLDS_ONLY_IN` is followed by the names of the studies
+where it holds."""
+NOT_RUN = "not run"
+"""The count shown for a study whose holds.csv lacks the finding."""
 
 
 def dotted(tree: Mapping[str, object], path: str) -> object:
@@ -46,19 +54,44 @@ def dotted(tree: Mapping[str, object], path: str) -> object:
 
 
 def recipe_of(params: Mapping[str, object]) -> dict[str, object]:
-    """The recipe settings (`RECIPE_KEYS`) and seeds of a params.yaml dict, as a recipe description."""
-    return {"seeds": dotted(params, "seeds"), **{key: dotted(params, key) for key in RECIPE_KEYS}}
+    """The recipe description of a params.yaml dict: "seeds" and each `RECIPE_KEYS` setting params has
+    (a key params lacks is left out, as a kept recipe.json from before the setting existed lacks it)."""
+    settings = {key: dotted(params, key) for key in ("seeds", *RECIPE_KEYS)}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def _shown(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def setting_text(key: str, value: object) -> str:
+    """One `RECIPE_KEYS` setting in words: "at 1 Hz", "13 s", "gamma 0.9", "DQfD off", ...
+    (a setting with no wording of its own: the last part of its key and its value)."""
+    value = _shown(value)
+    words = {"env.id": f"{value}", "env.policy_frequency": f"at {value} Hz", "env.duration": f"{value} s",
+             "env.observe_intentions": f"intentions {'observed' if value else 'not observed'}",
+             "agent.epsilon.start": f"epsilon start {value}", "agent.memory_capacity": f"memory {value}",
+             "agent.exploration.duration": f"exploration {value}",
+             "agent.dqfd.enabled": f"DQfD {'on' if value else 'off'}"}
+    return words.get(key, f"{key.split('.')[-1]} {value}")
 
 
 def recipe_text(recipe: Mapping[str, object]) -> str:
-    """'3 seeds x 6000 episodes, gamma 0.95, n_steps 1, ...' from a recipe description."""
+    """'5 seeds × 2000 episodes, intersection-v0 at 1 Hz, 13 s, gamma 0.9, ...' from a recipe description
+    (`recipe_of`, or a kept study's recipe.json). A setting the description lacks (or holds as None) is
+    left out, not guessed: a recipe.json kept before `RECIPE_KEYS` named it says nothing of it."""
     seeds = recipe.get("seeds")
     count = len(seeds) if isinstance(seeds, list | tuple) else seeds
-    def shown(value: object) -> object:
-        return int(value) if isinstance(value, float) and value.is_integer() else value
-
-    settings = ", ".join(f"{key.split('.')[-1]} {shown(recipe[key])}" for key in RECIPE_KEYS[1:] if key in recipe)
-    return f"{count} seeds × {recipe.get('train.episodes')} episodes, {settings}"
+    parts: list[str] = []
+    for key in RECIPE_KEYS[1:]:
+        if recipe.get(key) is None:
+            continue
+        text = setting_text(key, recipe[key])
+        if key == "env.policy_frequency" and recipe.get("env.id") is not None:
+            parts[-1] += f" {text}"                      # "intersection-v0 at 1 Hz"
+        else:
+            parts.append(text)
+    return ", ".join([f"{count} seeds × {_shown(recipe.get('train.episodes'))} episodes", *parts])
 
 
 def _lookup(tree: Mapping[str, object], path: str) -> float:
@@ -68,11 +101,12 @@ def _lookup(tree: Mapping[str, object], path: str) -> float:
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else math.nan
 
 
-def driving_table(this: Mapping[str, object], other: Mapping[str, object]) -> pd.DataFrame:
-    """How the two studies' agents drive: one row per `DRIVING` label, columns this / other
-    (means over seeds from each headline.json; NaN where a study lacks the number)."""
-    return pd.DataFrame([{"measure": label, "this": _lookup(this, key), "other": _lookup(other, key)}
-                         for label, key in DRIVING])
+def driving_table(headlines: Mapping[str, Mapping[str, object]]) -> pd.DataFrame:
+    """How the studies' agents drive: one row per `DRIVING` label, column "measure" then one column per
+    study (`headlines`: study name -> its headline.json, in column order; means over seeds; NaN where a
+    study lacks the number)."""
+    return pd.DataFrame([{"measure": label, **{name: _lookup(headline, key) for name, headline in headlines.items()}}
+                         for label, key in DRIVING], columns=["measure", *headlines])
 
 
 def majority(n_holds: float, n_seeds: float) -> bool | None:
@@ -82,28 +116,38 @@ def majority(n_holds: float, n_seeds: float) -> bool | None:
     return 2 * n_holds > n_seeds
 
 
-def holds_comparison(this: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
-    """Each finding of `this` study beside the other study's count.
+def verdict(holds: Mapping[str, bool | None]) -> str:
+    """A finding's verdict across studies from whether it holds in each (study name -> `majority`, None
+    where the study did not run or could not check it): `HOLDS_IN_ALL`, `HOLDS_IN_NONE`, `HOLDS_ONLY_IN`
+    with the names where it holds ("holds only in: this study, faithful"), or `NOT_COMPARABLE` when any
+    study is None."""
+    if any(held is None for held in holds.values()):
+        return NOT_COMPARABLE
+    if all(holds.values()):
+        return HOLDS_IN_ALL
+    if not any(holds.values()):
+        return HOLDS_IN_NONE
+    return HOLDS_ONLY_IN + ", ".join(name for name, held in holds.items() if held)
 
-    this, other: holds.csv tables (finding, n_seeds, n_holds, holds); only their findings are compared,
-    not their sanity checks (`names.of_kind`). Returns finding, this ("k/n"),
-    other ("k/n", or "not run" when the other study lacks the finding) and verdict (one of
-    `VERDICTS`, or "not comparable" when either study could not check it).
+
+def holds_across(studies: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each finding of the first study beside its count in every study.
+
+    studies: study name -> its holds.csv table (finding, n_seeds, n_holds, ...), the first being this
+    study, whose findings (not its sanity checks: `names.of_kind`; a table without a kind column holds
+    findings only) are the rows. Returns column "finding", one column per study with "k/n" (k of n
+    seeds hold; `NOT_RUN` when that study lacks the finding) and "verdict" (`verdict`).
     """
-    other_rows = of_kind(other, FINDING).set_index("finding")
+    tables = {name: of_kind(table, FINDING).set_index("finding") for name, table in studies.items()}
     rows = []
-    for row in of_kind(this, FINDING).itertuples(index=False):
-        here = majority(float(row.n_holds), float(row.n_seeds))
-        if row.finding in other_rows.index:
-            theirs_row = other_rows.loc[row.finding]
-            theirs = majority(float(theirs_row["n_holds"]), float(theirs_row["n_seeds"]))
-            other_text = f"{int(theirs_row['n_holds'])}/{int(theirs_row['n_seeds'])}"
-        else:
-            theirs, other_text = None, "not run"
-        if here is None or theirs is None:
-            verdict = "not comparable"
-        else:
-            verdict = VERDICTS[{(True, True): 0, (False, False): 1, (True, False): 2, (False, True): 3}[here, theirs]]
-        rows.append({"finding": row.finding, "this": f"{int(row.n_holds)}/{int(row.n_seeds)}", "other": other_text,
-                     "verdict": verdict})
-    return pd.DataFrame(rows, columns=["finding", "this", "other", "verdict"])
+    for finding in next(iter(tables.values())).index:
+        row: dict[str, object] = {"finding": finding}
+        held: dict[str, bool | None] = {}
+        for name, table in tables.items():
+            if finding in table.index:
+                n_holds, n_seeds = float(table.loc[finding, "n_holds"]), float(table.loc[finding, "n_seeds"])
+                row[name], held[name] = f"{int(n_holds)}/{int(n_seeds)}", majority(n_holds, n_seeds)
+            else:
+                row[name], held[name] = NOT_RUN, None
+        rows.append({**row, "verdict": verdict(held)})
+    return pd.DataFrame(rows, columns=["finding", *studies, "verdict"])

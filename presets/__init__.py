@@ -3,6 +3,7 @@
     python -m presets tiny [--dir DIR]   # the whole pipeline on the tiny preset, in a fresh copy
     python -m presets paper [DVC ARGS]   # dvc exp run -n paper -S ... (e.g. --queue, --temp)
     python -m presets collect REF ...    # one study from other machines' slices of seeds (git refs)
+    python -m presets keep NAME [--ref REF]  # results/NAME/: a revision's aggregate kept for the report
 """
 
 from __future__ import annotations

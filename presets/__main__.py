@@ -1,6 +1,7 @@
 """python -m presets tiny [--dir DIR] | python -m presets <name> [dvc exp run args]
 | python -m presets collect GIT_REF ... (one study from the slices of seeds other machines ran)
-| python -m presets remote [shared PATH | s3 URL [--endpoint-url URL]] [--local] (the DVC remote)"""
+| python -m presets remote [shared PATH | s3 URL [--endpoint-url URL]] [--local] (the DVC remote)
+| python -m presets keep NAME [--ref REF] [--force] (results/NAME/: REF's aggregate, kept for the report)"""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from egolens import remotes, sharing
+from egolens import checkpoint, kept, remotes, sharing
+from egolens.recipes import recipe_text
 from presets import ROOT, apply, overrides, set_args
 
-COPIED = ("egolens", "stages", "presets", "sweeps", "dvc.yaml", ".gitignore", ".dvcignore", "results/paper")
+COPIED = ("egolens", "stages", "presets", "sweeps", "dvc.yaml", ".gitignore", ".dvcignore", "results/paper",
+          "results/faithful")
 SHIPPED_DVC_CONFIG = ROOT / ".dvc" / "config"
 """Copied over `dvc init`'s (the project's DVC settings: no analytics)."""
 
@@ -118,6 +121,35 @@ def remote(args: list[str]) -> None:
         subprocess.run([_dvc(), *command[1:]], check=True)
 
 
+def keep(args: list[str]) -> None:
+    """Write results/NAME/: the aggregate (headline.json, holds.csv, summary.csv) of git revision REF's
+    results/, its recipe.json (from REF's params.yaml) and a README saying where it came from."""
+    parser = argparse.ArgumentParser(prog="python -m presets keep", description=keep.__doc__)
+    parser.add_argument("name", help="results/NAME/ (its preset too, if presets/NAME.yaml exists)")
+    parser.add_argument("--ref", default="HEAD", help="a commit, branch or DVC experiment ref (refs/exps/...)")
+    parser.add_argument("--force", action="store_true", help="replace results/NAME/ if it exists")
+    options = parser.parse_args(args)
+    if not options.name.replace("_", "").replace("-", "").isalnum():
+        parser.error(f"{options.name!r}: a kept study's name is letters, digits, '-' and '_' (a folder of results/)")
+    folder, ref = Path("results") / options.name, options.ref
+    missing = [path for path in (*(f"results/{name}" for name in kept.KEPT_FILES), "params.yaml")
+               if not _tracked(ref, path)]
+    if missing:
+        raise SystemExit(f"keep: {ref} has no {', '.join(missing)} (not a revision with a study's aggregate?)")
+    if folder.exists() and not options.force:
+        raise SystemExit(f"keep: {folder} exists; pass --force to replace it")
+    params = yaml.safe_load(_git("show", f"{ref}:params.yaml"))
+    code = _git("log", "-1", "--format=%h", ref, "--", "results/headline.json").strip()
+    preset = options.name if (ROOT / "presets" / f"{options.name}.yaml").exists() else None
+    recipe = kept.kept_recipe(options.name, params, code, preset)
+    for name in kept.KEPT_FILES:
+        checkpoint.atomic_write_text(folder / name, _git("show", f"{ref}:results/{name}"))
+    checkpoint.atomic_write_text(folder / "recipe.json", kept.recipe_json(recipe))
+    commit = _git("rev-parse", "--short", f"{ref}^{{commit}}").strip()
+    checkpoint.atomic_write_text(folder / "README.md", kept.kept_readme(recipe, ref, commit))
+    print(f"{folder}/: {ref}'s aggregate (code {code}), {recipe_text(recipe)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help="a preset in presets/ (tiny, paper, ...)")
@@ -128,6 +160,9 @@ def main() -> None:
         return
     if args.name == "remote":
         remote(dvc_args)
+        return
+    if args.name == "keep":
+        keep(dvc_args)
         return
     changes = overrides(args.name)
     if args.name != "tiny":

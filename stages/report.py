@@ -1,21 +1,23 @@
 """report: results/report.md from the aggregate tables, the figure captions and the params, with the
-reference recipe's kept study (results/paper/) beside this one."""
+kept studies (results/paper/, results/faithful/) beside this one."""
 
 from __future__ import annotations
 
 import json
 import platform
 from importlib import metadata
+from pathlib import Path
 
 import pandas as pd
 
 from egolens import checkpoint
 from egolens.names import FIGURES
-from egolens.report import OtherStudy, build_report
+from egolens.report import KeptStudy, build_report
 from stages import RESULTS, study_args
 
-OTHER = RESULTS / "paper"
-"""The reference recipe's 3-seed study (headline.json, holds.csv, recipe.json), kept for comparison."""
+KEPT = (RESULTS / "paper", RESULTS / "faithful")
+"""The kept studies set beside this one, in column order (each with headline.json, holds.csv, recipe.json):
+the reference recipe's 3-seed study and the faithful recipe's 5-seed study."""
 PACKAGES = ("torch", "gymnasium", "highway-env", "captum", "dvc", "dvclive", "pandas", "seaborn", "numpy")
 
 
@@ -23,13 +25,17 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: metadata.version(name) for name in PACKAGES}}
 
 
+def kept_study(folder: Path) -> KeptStudy:
+    return KeptStudy(json.loads((folder / "recipe.json").read_text()),
+                     json.loads((folder / "headline.json").read_text()), pd.read_csv(folder / "holds.csv"),
+                     folder.as_posix())
+
+
 def main() -> None:
     params = study_args(__doc__)
-    other = OtherStudy(json.loads((OTHER / "recipe.json").read_text()),
-                       json.loads((OTHER / "headline.json").read_text()), pd.read_csv(OTHER / "holds.csv"))
     report = build_report(pd.read_csv(RESULTS / "summary.csv"), pd.read_csv(RESULTS / "holds.csv"), FIGURES,
                           params.model_dump(), versions(), headline=json.loads((RESULTS / "headline.json").read_text()),
-                          other=other)
+                          kept=[kept_study(folder) for folder in KEPT])
     checkpoint.atomic_write_text(RESULTS / "report.md", report)
 
 

@@ -79,7 +79,7 @@ def test_dvc_repro_runs_every_stage_once_then_nothing(tiny_study, tmp_path):
     assert figures == set(FIGURES)
     report = (repo / "results/report.md").read_text()
     assert "## Findings" in report
-    compared = report.split("## Under both recipes")[1] if "## Under both recipes" in report else ""
+    compared = report.split("## Beside the kept studies")[1] if "## Beside the kept studies" in report else ""
     assert "| `top_conductance_neurons_beat_random` |" in compared
     assert "| `ig_complete` |" not in compared                          # a sanity check: reported apart, not compared
     assert "| `ig_complete` |" in report.split("## Sanity checks per seed")[1]

@@ -24,7 +24,7 @@ REPORT = """# title
 
 - It drives ([figure `evaluation`](figures/evaluation.png)).
 
-## Under both recipes
+## Beside the kept studies
 
 | a | b |
 
@@ -42,7 +42,7 @@ def test_the_report_findings_move_one_heading_level_down_with_links_from_the_roo
     body = report_findings(REPORT)
     assert body.startswith("### Performance")
     assert "(results/figures/evaluation.png)" in body and "](figures/" not in body
-    assert "### Under both recipes" in body and "## Figures" not in body and "Setup" not in body
+    assert "### Beside the kept studies" in body and "## Figures" not in body and "Setup" not in body
 
 
 def test_only_the_findings_section_is_replaced():

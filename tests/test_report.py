@@ -116,40 +116,72 @@ def test_the_study_sentences_only_use_known_placeholder_kinds():
                 assert "{" not in stripped and "}" not in stripped, template
 
 
-def test_another_recipes_study_is_set_beside_this_one_with_a_verdict_per_finding():
-    from egolens.report import OtherStudy
+def test_the_kept_studies_are_set_beside_this_one_with_a_verdict_per_finding():
+    from egolens.report import KeptStudy
 
     summary, holds = study_tables(heads=2, off_ego=0.5, seeds=5)
     holds = pd.DataFrame([{"finding": "works", "kind": "finding", "statement": "It works.", "n_seeds": 5,
                            "n_holds": 4, "holds": "4/5"},
                           {"finding": "fails", "kind": "finding", "statement": "It fails.", "n_seeds": 5,
                            "n_holds": 1, "holds": "1/5"},
+                          {"finding": "always", "kind": "finding", "statement": "It always does.", "n_seeds": 5,
+                           "n_holds": 5, "holds": "5/5"},
                           {"finding": "adds_up", "kind": "sanity_check", "statement": "It adds up.", "n_seeds": 5,
                            "n_holds": 5, "holds": "5/5"}])
-    other = OtherStudy(recipe={"name": "reference recipe", "preset": "paper", "code": "abc1234", "seeds": [0, 1, 2],
-                               "train.episodes": 6000, "agent.gamma": 0.95},
-                       headline={"seeds": 3, "trained": {"success_rate": 0.553}},
-                       holds=pd.DataFrame([{"finding": "works", "n_seeds": 3, "n_holds": 1, "holds": "1/3"},
-                                           {"finding": "fails", "n_seeds": 3, "n_holds": 0, "holds": "0/3"}]))
+    paper = KeptStudy(recipe={"name": "reference recipe", "preset": "paper", "code": "abc1234", "seeds": [0, 1, 2],
+                              "train.episodes": 6000, "agent.gamma": 0.95},
+                      headline={"seeds": 3, "trained": {"success_rate": 0.553}},
+                      holds=pd.DataFrame([{"finding": "works", "n_seeds": 3, "n_holds": 1, "holds": "1/3"},
+                                          {"finding": "fails", "n_seeds": 3, "n_holds": 0, "holds": "0/3"},
+                                          {"finding": "always", "n_seeds": 3, "n_holds": 3, "holds": "3/3"}]),
+                      folder="results/paper")
+    faithful = KeptStudy(recipe={"name": "faithful", "preset": "faithful", "code": "def5678", "seeds": [0, 1, 2, 3, 4],
+                                 "train.episodes": 2000, "env.id": "intersection-v0", "env.policy_frequency": 1},
+                         headline={"seeds": 5, "trained": {"success_rate": 0.58, "collision_rate": 0.166}},
+                         holds=pd.DataFrame([{"finding": "works", "kind": "finding", "n_seeds": 5, "n_holds": 3,
+                                              "holds": "3/5"},
+                                             {"finding": "always", "kind": "finding", "n_seeds": 5, "n_holds": 5,
+                                              "holds": "5/5"}]),
+                         folder="results/faithful")
     this_headline = {"seeds": 5, "trained": {"success_rate": 0.61}}
     report = build_report(summary, holds, {}, {**params(seeds=range(5), episodes=2000),
                                                "agent": {"heads": 2, "feature_size": 64, "gamma": 0.9}},
-                          {}, headline=this_headline, other=other)
-    section = report.split("## Under both recipes")[1].split("## Figures")[0]
-    assert "This study: 5 seeds × 2000 episodes, gamma 0.9" in section
-    assert "`python -m presets paper`: 3 seeds × 6000 episodes, gamma 0.95" in section and "abc1234" in section
-    assert "| success rate | 0.61 | 0.553 |" in section and "| collision rate | n/a | n/a |" in section
-    assert "| `works` | 4/5 | 1/3 | holds only in this study |" in section
-    assert "| `fails` | 1/5 | 0/3 | holds under neither |" in section
-    assert "0 of 2 findings hold under both recipes and 1 under neither" in section   # the sanity check not counted
+                          {}, headline=this_headline, kept=[paper, faithful])
+    section = report.split("## Beside the kept studies")[1].split("## Figures")[0]
+    assert "This study: 5 seeds × 2000 episodes, gamma 0.9." in section
+    assert ("- reference recipe (`python -m presets paper`, kept in `results/paper/`): 3 seeds × 6000 episodes, "
+            "gamma 0.95; made by earlier code (commit abc1234): comparable in kind, not to the last digit.") in section
+    assert ("- faithful (`python -m presets faithful`, kept in `results/faithful/`): 5 seeds × 2000 episodes, "
+            "intersection-v0 at 1 Hz; made by earlier code (commit def5678)") in section
+    assert "| held-out episodes (mean over seeds) | this study | reference recipe | faithful |" in section
+    assert "| success rate | 0.61 | 0.553 | 0.58 |" in section and "| collision rate | n/a | n/a | 0.166 |" in section
+    assert "| finding | this study | reference recipe | faithful | verdict |" in section
+    # by hand: works 4/5 yes, 1/3 no, 3/5 yes; fails 1/5 no, 0/3 no, not run; always 5/5, 3/3, 5/5 all yes
+    assert "| `works` | 4/5 | 1/3 | 3/5 | holds only in: this study, faithful |" in section
+    assert "| `fails` | 1/5 | 0/3 | not run | not comparable |" in section
+    assert "| `always` | 5/5 | 3/3 | 5/5 | holds in all |" in section
+    assert ("Of 3 findings, 1 hold in all 3 studies, 0 in none, 1 in some only and 1 cannot be compared "
+            "(a study did not run or check it).") in section                  # the sanity check not counted
+    assert "(this study, reference recipe, faithful): `works` (4/5, 1/3, 3/5)." in section
     assert "adds_up" not in section
-    assert "depend on the recipe (this study, the other): `works` (4/5, 1/3)" in section
     # sanity checks are listed apart from the findings
     per_seed = report.split("## Findings per seed")[1].split("## Sanity checks per seed")
     assert "`works`" in per_seed[0] and "adds_up" not in per_seed[0]
-    assert "| `adds_up` | 5/5 | It adds up. |" in per_seed[1].split("## Under both recipes")[0]
-    # without another study the section is left out
-    assert "## Under both recipes" not in build_report(summary, holds, {}, params(), {})
+    assert "| `adds_up` | 5/5 | It adds up. |" in per_seed[1].split("## Beside the kept studies")[0]
+    # without kept studies the section is left out
+    assert "## Beside the kept studies" not in build_report(summary, holds, {}, params(), {})
+
+
+def test_a_kept_study_made_by_this_studys_code_is_not_called_earlier_code():
+    from egolens.report.comparison import KeptStudy, comparison_lines
+
+    kept = KeptStudy({"name": "same", "code": "abc1234", "seeds": [0], "train.episodes": 8}, {},
+                     pd.DataFrame(columns=["finding", "n_seeds", "n_holds"]), "results/same")
+    empty = pd.DataFrame(columns=["finding", "n_seeds", "n_holds"])
+    lines = comparison_lines(params(), {}, empty, [kept], code="abc1234")
+    assert "- same (kept in `results/same/`): 1 seeds × 8 episodes." in lines
+    assert not any("earlier code" in line for line in lines)
+    assert any("earlier code (commit abc1234)" in line for line in comparison_lines(params(), {}, empty, [kept]))
 
 
 def test_designed_scenes_are_worded_per_sweep_from_the_tables_and_the_scenes_params():

@@ -1,7 +1,7 @@
 """Regenerate the README's Findings section from the committed study: `python -m tools.readme_findings`.
 
 The section is the report's findings (`results/report.md`, from "## Findings" up to its figure list,
-the "Under both recipes" comparison included) with figure links made relative to the repository
+the "Beside the kept studies" comparison included) with figure links made relative to the repository
 root, then two per-seed tables: held-out driving of every seed's trained and untrained network
 beside the reference policies (`results/seeds/seed<N>/evaluate.json`, `results/reference/metrics.json`)
 and the attribution completeness of every seed (`results/seeds/seed<N>/attributions/summary.json`).

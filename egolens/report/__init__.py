@@ -23,12 +23,12 @@ import pandas as pd
 
 from egolens.names import FINDING, SANITY, evaluate_metric, of_kind
 from egolens.recipes import dotted
-from egolens.report.comparison import OtherStudy, comparison_lines
+from egolens.report.comparison import KeptStudy, comparison_lines
 from egolens.report.context import PLACEHOLDER, Context, Section, fill, format_number
 from egolens.report.findings import FINDINGS, QUESTION, limits
 from egolens.report.probing import PROBE_SECTIONS
 
-__all__ = ["FINDINGS", "PLACEHOLDER", "Context", "OtherStudy", "Section", "build_report", "fill", "format_number",
+__all__ = ["FINDINGS", "PLACEHOLDER", "Context", "KeptStudy", "Section", "build_report", "fill", "format_number",
            "setup_lines"]
 
 
@@ -56,11 +56,11 @@ def table_cell(text: object) -> str:
 def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[str, str],
                  params: Mapping[str, object], versions: Mapping[str, str],
                  sections: Sequence[Section] = (*FINDINGS, *PROBE_SECTIONS),
-                 headline: Mapping[str, object] | None = None, other: OtherStudy | None = None) -> str:
+                 headline: Mapping[str, object] | None = None, kept: Sequence[KeptStudy] = ()) -> str:
     """The whole report as Markdown. summary/holds: the aggregate stage's tables; figures: name ->
     caption (`egolens.names.FIGURES`); params: params.yaml as a dict; versions: package -> version;
-    headline: the aggregate's headline.json and other: another recipe's study, which together add
-    the "Under both recipes" section (left out when either is None)."""
+    headline: the aggregate's headline.json and kept: the kept studies of other recipes, which together
+    add the "Beside the kept studies" section (left out when headline is None or kept is empty)."""
     missing: list[str] = []
     context = Context(summary, holds, params)
     heads, width = context.param("agent.heads"), context.param("agent.feature_size")
@@ -88,8 +88,8 @@ def build_report(summary: pd.DataFrame, holds: pd.DataFrame, figures: Mapping[st
                 "among them.", "", "| check | holds | statement |", "| --- | --- | --- |"]
         out += [f"| `{row.finding}` | {row.holds} | {table_cell(row.statement)} |"
                 for row in sanity.itertuples(index=False)]
-    if headline is not None and other is not None:
-        out += ["", "## Under both recipes", "", *comparison_lines(params, headline, holds, other)]
+    if headline is not None and kept:
+        out += ["", "## Beside the kept studies", "", *comparison_lines(params, headline, holds, kept)]
     out += ["", "## Figures", ""]
     out += [f"- [`{name}`](figures/{name}.png): {caption}" for name, caption in figures.items()]
     untrained = fill(f"{{m:{evaluate_metric('untrained', 'collision_rate')}}}", summary, holds, figures, missing)
