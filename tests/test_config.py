@@ -19,7 +19,12 @@ def test_the_default_params_file_is_valid_and_matches_the_reference():
     assert params.env.features == ["presence", "x", "y", "vx", "vy", "cos_h", "sin_h"]
     assert params.env.target_speeds == [0, 4.5, 9]
     assert (params.agent.heads, params.agent.feature_size, params.agent.embedding_layers) == (2, 64, [64, 64])
-    assert (params.agent.gamma, params.agent.n_steps, params.agent.target_update) == (0.9, 3, 50)
+    # the ladder's dg-2hz: the swept recipe's time scales kept in seconds at 2 Hz decisions
+    assert params.env.policy_frequency == 2 and params.agent.n_steps == 3
+    assert params.agent.gamma ** params.env.policy_frequency == pytest.approx(0.9, abs=1e-5)
+    assert params.agent.target_update == 50 * params.env.policy_frequency
+    assert params.agent.epsilon.tau == 5000 * params.env.policy_frequency
+    assert params.agent.memory_capacity == 15000 * params.env.policy_frequency
     assert len(params.seeds) >= 5 and params.evaluate.episodes == 100
 
 
