@@ -141,7 +141,11 @@ def keep(args: list[str]) -> None:
     params = yaml.safe_load(_git("show", f"{ref}:params.yaml"))
     code = _git("log", "-1", "--format=%h", ref, "--", "results/headline.json").strip()
     preset = options.name if (ROOT / "presets" / f"{options.name}.yaml").exists() else None
-    recipe = kept.kept_recipe(options.name, params, code, preset)
+    try:
+        files = kept.code_files(yaml.safe_load(_git("show", f"{ref}:dvc.lock")) if _tracked(ref, "dvc.lock") else {})
+    except ValueError as error:
+        raise SystemExit(f"keep: {ref}: {error}") from error
+    recipe = kept.kept_recipe(options.name, params, code, preset, files or None)
     for name in kept.KEPT_FILES:
         checkpoint.atomic_write_text(folder / name, _git("show", f"{ref}:results/{name}"))
     checkpoint.atomic_write_text(folder / "recipe.json", kept.recipe_json(recipe))

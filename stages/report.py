@@ -3,6 +3,7 @@ kept studies (results/paper/, results/faithful/) beside this one."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from importlib import metadata
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from egolens import checkpoint
+from egolens import checkpoint, kept
 from egolens.names import FIGURES
 from egolens.report import KeptStudy, build_report
 from stages import RESULTS, study_args
@@ -25,10 +26,18 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: metadata.version(name) for name in PACKAGES}}
 
 
+def file_md5s(paths: list[str]) -> dict[str, str]:
+    """{path: md5} of those of `paths` that exist in this checkout (the hash dvc.lock records)."""
+    return {path: hashlib.md5(Path(path).read_bytes()).hexdigest() for path in paths if Path(path).is_file()}
+
+
 def kept_study(folder: Path) -> KeptStudy:
-    return KeptStudy(json.loads((folder / "recipe.json").read_text()),
-                     json.loads((folder / "headline.json").read_text()), pd.read_csv(folder / "holds.csv"),
-                     folder.as_posix())
+    """A kept study from its folder; its code files (recipe.json's `code_files`) are compared with this
+    checkout's, so that a study re-run by the same code is not called earlier code's."""
+    recipe = json.loads((folder / "recipe.json").read_text())
+    files = recipe.get("code_files") or {}
+    return KeptStudy(recipe, json.loads((folder / "headline.json").read_text()), pd.read_csv(folder / "holds.csv"),
+                     folder.as_posix(), same_code=kept.same_code(files, file_md5s(list(files))))
 
 
 def main() -> None:

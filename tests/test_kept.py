@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
-from egolens.kept import kept_readme, kept_recipe, recipe_json
+from egolens.kept import code_files, kept_readme, kept_recipe, recipe_json, same_code
 from tests.conftest import ROOT
 
 PARAMS = {"seeds": [0, 1, 2], "train": {"episodes": 6000, "num_envs": 2},
@@ -25,6 +26,35 @@ def test_a_kept_recipe_names_the_study_its_preset_its_code_and_the_settings_its_
                       "agent.gamma": 0.95, "agent.n_steps": 1, "agent.dqfd.enabled": False}
     assert '"agent.dqfd.enabled": false' in recipe_json(recipe)          # a setting stays a boolean
     assert json.loads(recipe_json(recipe)) == recipe
+
+
+LOCK = {"schema": "2.0", "stages": {
+    "train@0": {"cmd": "python -m stages.train --seed 0",
+                "deps": [{"path": "egolens/model.py", "hash": "md5", "md5": "aa", "size": 3},
+                         {"path": "stages/train.py", "hash": "md5", "md5": "bb", "size": 4},
+                         {"path": "results/params_valid.txt", "hash": "md5", "md5": "cc", "size": 5}],
+                "params": {"params.yaml": {"seeds": [0]}}},
+    "evaluate@0": {"cmd": "python -m stages.evaluate --seed 0",
+                   "deps": [{"path": "egolens/model.py", "hash": "md5", "md5": "aa", "size": 3},
+                            {"path": "models/seed0/agent.pt", "hash": "md5", "md5": "dd", "size": 6}]}}}
+
+
+def test_a_studys_code_files_are_its_stages_code_dependencies_with_their_md5s():
+    assert code_files(LOCK) == {"egolens/model.py": "aa", "stages/train.py": "bb"}     # data deps left out
+    assert code_files({"schema": "2.0"}) == {}
+    stale = {"stages": {**LOCK["stages"], "evaluate@0": {"deps": [{"path": "egolens/model.py", "md5": "ee"}]}}}
+    with pytest.raises(ValueError, match="egolens/model.py: the study's stages ran different versions of it"):
+        code_files(stale)
+
+
+def test_a_kept_study_is_made_by_the_same_code_only_when_every_code_file_matches():
+    kept = {"egolens/model.py": "aa", "stages/train.py": "bb"}
+    assert same_code(kept, {"egolens/model.py": "aa", "stages/train.py": "bb", "egolens/other.py": "ff"})
+    assert not same_code(kept, {"egolens/model.py": "aa", "stages/train.py": "b2"})
+    assert not same_code(kept, {"egolens/model.py": "aa"})                  # a file gone from this checkout
+    assert not same_code({}, {"egolens/model.py": "aa"})                     # kept without its code files
+    assert kept_recipe("old", PARAMS, "abc1234", None, kept)["code_files"] == kept
+    assert "code_files" not in kept_recipe("old", PARAMS, "abc1234", None)
 
 
 def test_a_kept_readme_says_where_the_study_came_from_and_how_to_rerun_it():
@@ -86,9 +116,23 @@ def test_keep_writes_a_revisions_aggregate_with_its_recipe_and_readme(tmp_path):
     assert keep(repo, "faithful", "--ref", made_by, "--force").returncode == 0
     assert f"at git revision commit {made_by}" in (kept / "README.md").read_text()
 
+    (repo / "dvc.lock").write_text(yaml.safe_dump(LOCK))                # a study with its stages' lock
+    git(repo, "add", "dvc.lock", "results/headline.json")
+    git(repo, "commit", "-q", "-m", "a study with a dvc.lock")
+    assert keep(repo, "locked").returncode == 0
+    locked = json.loads((repo / "results" / "locked" / "recipe.json").read_text())
+    assert locked["code_files"] == {"egolens/model.py": "aa", "stages/train.py": "bb"}
+    stale = {"stages": {**LOCK["stages"], "evaluate@0": {"deps": [{"path": "egolens/model.py", "md5": "ee"}]}}}
+    (repo / "dvc.lock").write_text(yaml.safe_dump(stale))
+    git(repo, "add", "dvc.lock")
+    git(repo, "commit", "-q", "-m", "a stale study")
+    refused = keep(repo, "stale")
+    assert refused.returncode != 0 and "egolens/model.py: the study's stages ran different versions" in refused.stderr
+    assert not (repo / "results" / "stale").exists()
+
     outside = keep(repo, "../elsewhere")
     assert outside.returncode != 0 and "a kept study's name is letters" in outside.stderr
-    lacking = keep(repo, "older", "--ref", "HEAD~2")
+    lacking = keep(repo, "older", "--ref", "HEAD~4")                 # before the study
     assert lacking.returncode != 0 and "has no results/headline.json" in lacking.stderr
     assert not (repo / "results" / "older").exists()
 

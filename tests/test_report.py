@@ -182,6 +182,36 @@ def test_a_kept_study_made_by_this_studys_code_is_not_called_earlier_code():
     assert "- same (kept in `results/same/`): 1 seeds × 8 episodes." in lines
     assert not any("earlier code" in line for line in lines)
     assert any("earlier code (commit abc1234)" in line for line in comparison_lines(params(), {}, empty, [kept]))
+    rerun = KeptStudy({**kept.recipe, "code_files": {"egolens/model.py": "aa", "stages/train.py": "bb"}}, {}, empty,
+                      "results/same", same_code=True)
+    lines = comparison_lines(params(), {}, empty, [rerun])                # this study's commit unknown
+    assert ("- same (kept in `results/same/`): 1 seeds × 8 episodes; made by the same code as this study (commit "
+            "abc1234: the 2 code files its stages ran are byte-identical here), so each finding is defined the same "
+            "way in both.") in lines
+    assert not any("earlier code" in line for line in lines)
+
+
+def test_the_report_stage_compares_a_kept_studys_code_files_with_this_checkouts(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from stages.report import kept_study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "egolens").mkdir()
+    (tmp_path / "egolens" / "model.py").write_text("weights = 1\n")
+    folder = tmp_path / "results" / "faithful"
+    folder.mkdir(parents=True)
+    (folder / "headline.json").write_text("{}")
+    (folder / "holds.csv").write_text("finding,n_seeds,n_holds\n")
+    md5 = hashlib.md5(b"weights = 1\n").hexdigest()
+    recipe = {"name": "faithful", "code": "abc1234", "code_files": {"egolens/model.py": md5}}
+    (folder / "recipe.json").write_text(json.dumps(recipe))
+    assert kept_study(folder).same_code
+    (tmp_path / "egolens" / "model.py").write_text("weights = 2\n")          # the code moved on
+    assert not kept_study(folder).same_code
+    (folder / "recipe.json").write_text(json.dumps({"name": "paper", "code": "abc1234"}))
+    assert not kept_study(folder).same_code                                  # kept without its code files
 
 
 def test_designed_scenes_are_worded_per_sweep_from_the_tables_and_the_scenes_params():

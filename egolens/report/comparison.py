@@ -27,12 +27,14 @@ THIS = "this study"
 class KeptStudy:
     """A study kept for comparison (`python -m presets keep NAME`): its recipe description (name,
     preset, code, seeds and the `recipes.RECIPE_KEYS` settings of recipe.json), its headline.json, its
-    holds.csv and the folder they are kept in."""
+    holds.csv, the folder they are kept in and whether every code file its stages ran is byte-identical
+    to this study's (`kept.same_code`)."""
 
     recipe: Mapping[str, object]
     headline: Mapping[str, object]
     holds: pd.DataFrame
     folder: str
+    same_code: bool = False
 
     @property
     def name(self) -> str:
@@ -41,13 +43,19 @@ class KeptStudy:
 
 def kept_line(study: KeptStudy, code: str | None = None) -> str:
     """A bullet naming a kept study: its name, the command that re-runs its recipe (when it has a
-    preset), its folder and its recipe; and, when its code commit is not `code` (this study's, None
-    when unknown), that it was made by earlier code."""
+    preset), its folder and its recipe; then that it was made by the same code as this study (its code
+    files byte-identical here) or, when its code commit is not `code` (this study's, None when
+    unknown), that it was made by earlier code."""
     preset = study.recipe.get("preset")
     rerun = f"`python -m presets {preset}`, " if preset else ""
     line = f"- {study.name} ({rerun}kept in `{study.folder}/`): {recipe_text(study.recipe)}"
     made_by = study.recipe.get("code")
-    if made_by is not None and made_by != code:
+    if study.same_code:
+        files = study.recipe.get("code_files")
+        count = len(files) if isinstance(files, Mapping) else 0
+        line += (f"; made by the same code as this study (commit {made_by}: the {count} code files its stages ran "
+                 "are byte-identical here), so each finding is defined the same way in both")
+    elif made_by is not None and made_by != code:
         line += f"; made by earlier code (commit {made_by}): comparable in kind, not to the last digit"
     return line + "."
 
