@@ -22,7 +22,7 @@ def kept_recipe(name: str, params: Mapping[str, object], code: str, preset: str 
     """recipe.json of a kept study: its name, the preset that re-runs it (None: no preset of that
     name), the commit of the code that made its aggregate, then `recipes.recipe_of(params)` (seeds and
     each `recipes.RECIPE_KEYS` setting params has; a setting params lacks is left out), and last, when
-    given, `code_files` ({path: md5} of the code its stages ran, `code_files`)."""
+    given, `code_files` ({path: md5} of the code its stages ran, from `code_files`)."""
     recipe = {"name": name, "preset": preset, "code": code, **recipe_of(params)}
     return recipe if code_files is None else {**recipe, "code_files": dict(code_files)}
 

@@ -3,7 +3,6 @@ kept studies (results/paper/, results/faithful/) beside this one."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from importlib import metadata
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from egolens import checkpoint, kept
+from egolens import checkpoint, kept, sharing
 from egolens.names import FIGURES
 from egolens.report import KeptStudy, build_report
 from stages import RESULTS, study_args
@@ -28,7 +27,7 @@ def versions() -> dict[str, str]:
 
 def file_md5s(paths: list[str]) -> dict[str, str]:
     """{path: md5} of those of `paths` that exist in this checkout (the hash dvc.lock records)."""
-    return {path: hashlib.md5(Path(path).read_bytes()).hexdigest() for path in paths if Path(path).is_file()}
+    return {path: sharing.file_md5(Path(path)) for path in paths if Path(path).is_file()}
 
 
 def kept_study(folder: Path) -> KeptStudy:
