@@ -220,7 +220,8 @@ PROBE_FINDINGS: tuple[Finding, ...] = (
     Finding("probe_route_fact_above_obs",
             "A fact the observation does not contain, the vehicle's route (where it turns, whether its route crosses "
             "the ego's), is read at some per-vehicle site of the trained network better than from the vehicle's raw "
-            f"observation row ({_EPISODE_CI} of site − observation above 0): the network infers intentions.",
+            f"observation row ({_EPISODE_CI} of site − observation above 0). Beating the observation alone does not "
+            "say that training taught it: the untrained network at the same site is that control, reported beside.",
             some_target("above_obs", ROUTE_FACTS)),
     Finding("probe_action_before_output",
             "The action the agent takes at a step is read by a linear probe before the output MLP (a per-step site "

@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from egolens.report import FINDINGS, PLACEHOLDER, Context, build_report, fill, format_number
+from egolens.report import FINDINGS, PLACEHOLDER, Context, build_report, fill, format_number, setup_lines
+from egolens.report.findings import _incomplete
 
 
 def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -53,6 +54,7 @@ def study_tables(heads: int, off_ego: float, seeds: int = 3) -> tuple[pd.DataFra
                  {"metric": f"rollout.trained.attention_off_ego.head_rank{h}", "mean": off_ego}]
     rows += [{"metric": "evaluate.trained.success_rate.mean", "mean": 0.6, "ci_low": 0.5, "ci_high": 0.7},
              {"metric": "evaluate.untrained.success_rate.mean", "mean": 0.55, "ci_low": 0.45, "ci_high": 0.65},
+             {"metric": "evaluate.trained_vs_untrained.success.diff", "mean": 0.05, "ci_low": 0.01, "ci_high": 0.09},
              {"metric": "attributions.trained.shapley_efficiency.max_rel_error", "mean": 1e-6, "max": 3e-6}]
     summary = pd.DataFrame(rows).assign(n_seeds=seeds)
     for column in ("ci_low", "ci_high", "max"):
@@ -93,9 +95,22 @@ def test_settings_and_head_counts_come_from_the_params_and_tables():
     assert "One seed: no interval over seeds" in one and "0 degrees of freedom" not in one
     # a worst case is the largest value over seeds, not a mean of per-seed maxima
     assert "largest relative error in any seed of 3.00e-06" in two
-    # trained and untrained success are stated side by side, with what their intervals say
+    # trained and untrained success side by side, judged by the paired difference, not the intervals' overlap
     assert "succeeds in 0.6 [0.5, 0.7]" in two and "untrained network succeeds in 0.55 [0.45, 0.65]" in two
-    assert "intervals overlap" in two
+    assert "changes the success rate by 0.05 [0.01, 0.09] against its untrained network: training raised" in two
+    assert "overlap" not in two
+
+
+def test_training_is_judged_by_the_paired_success_difference_whatever_the_intervals_do():
+    summary, holds = study_tables(heads=2, off_ego=0.5)
+    row = summary["metric"] == "evaluate.trained_vs_untrained.success.diff"
+    across = build_report(summary.assign(ci_low=summary["ci_low"].mask(row, -0.02)), holds, {}, params(), {})
+    assert "no change in how often the agent arrives is detected (the paired CI includes 0)" in across
+    lower = summary.assign(mean=summary["mean"].mask(row, -0.05), ci_low=summary["ci_low"].mask(row, -0.09),
+                           ci_high=summary["ci_high"].mask(row, -0.01))
+    assert "training lowered how often the agent arrives" in build_report(lower, holds, {}, params(), {})
+    missing = build_report(summary[~row], holds, {}, params(), {})
+    assert "Episode by episode on the same held-out episodes the trained agent changes the success" not in missing
 
 
 def test_attention_is_not_called_pointing_when_the_vehicles_get_little_of_it():
@@ -237,6 +252,16 @@ def test_designed_scenes_are_worded_per_sweep_from_the_tables_and_the_scenes_par
     assert "head_rank1 puts 0.61 of its attention on the vehicle" in report and "flipping 30% of decisions" in report
     assert "route o3-o1" not in report                      # a sweep without numbers is left out, not invented
     assert "In designed scenes" not in build_report(*study_tables(heads=2, off_ego=0.5), {}, params(), {})
+    assert "tests no timing" not in report                  # the planner brakes first at small gaps here
+    # a planner whose first action is "go" at every gap: agreeing with it is not braking, and is said to be so
+    goes = summary.assign(mean=summary["mean"].mask(summary["metric"] == "scenes.trained.o1-o3.planner_goes_from_gap",
+                                                    -4.0))
+    goes = pd.concat([goes, pd.DataFrame([{"metric": f"scenes.{model}.o1-o3.brake_rate", "mean": rate, "n_seeds": 3}
+                                          for model, rate in (("trained", 0.1), ("untrained", 0.0))])])
+    caveat = build_report(goes, holds, {"designed_scenes": "Scenes."}, params() | {"scenes": scenes}, {})
+    assert ("the planner's first action is to go at every gap (it waits later in the episode, if at all), so agreeing "
+            "with its first action only means not braking now and tests no timing; the trained agent brakes in 10% of "
+            "the scenes and the untrained network in 0%") in caveat
 
 
 def test_a_failed_deletion_test_reads_as_failed_and_flagged_explanations_are_not_evidence():
@@ -290,3 +315,26 @@ def test_the_logit_lens_is_read_as_the_ego_term_not_read_alone_only_when_it_is_b
 
     assert "the ego term is not read alone" in report(0.38)
     assert "the ego term is not read alone" not in report(0.9)
+
+
+def test_a_failed_completeness_check_names_the_part_the_seed_and_the_error():
+    prefix = "attributions.trained.ig_completeness.typical_scene.advantage"
+    rows = [{"metric": f"{prefix}.fraction_within", "mean": 0.995, "seed0": 1.0, "seed1": 0.99},
+            {"metric": f"{prefix}.max_rel_error", "mean": 0.02, "seed0": 0.001, "seed1": 0.039},
+            {"metric": f"{prefix}.max_abs_error", "mean": 1e-3, "seed0": 1e-4, "seed1": 2e-3},
+            {"metric": "attributions.trained.conductance_completeness.hook_resid.fraction_within", "mean": 1.0,
+             "seed0": 1.0, "seed1": 1.0}]
+    context = Context(pd.DataFrame(rows), pd.DataFrame(columns=["finding"]), params())
+    assert _incomplete(context) == (" Where it fails: IG of the advantage from the typical-scene baseline in seed 1 "
+                                    "(complete on 99.0% of the steps; largest error 3.9% of ΔQ, 0.002 in Q).")
+    complete = pd.DataFrame(rows).assign(seed1=lambda t: t["seed1"].where(~t["metric"].str.endswith("within"), 1.0))
+    assert _incomplete(Context(complete, pd.DataFrame(columns=["finding"]), params())) == ""
+
+
+def test_the_setup_names_the_env_and_the_recipe_a_reader_needs_to_compare_studies():
+    lines = setup_lines({"seeds": [0], "env": {"id": "intersection-v0", "policy_frequency": 2, "duration": 13},
+                         "agent": {"n_steps": 3, "exploration": {"duration": "one"}, "dqfd": {"enabled": False}}},
+                        {"torch": "2.13.0"})
+    assert lines[:3] == ["- `seeds`: [0]", "- `env.id`: intersection-v0", "- `env.policy_frequency`: 2"]
+    assert "- `agent.n_steps`: 3" in lines and "- `agent.exploration.duration`: one" in lines
+    assert "- `agent.dqfd.enabled`: False" in lines and "- `env.observe_intentions`: None" not in lines

@@ -68,3 +68,15 @@ def test_the_section_uses_only_known_placeholders_and_says_nothing_without_probe
             assert "{" not in stripped and "}" not in stripped, template
     bare = Context(summary(), holds(), {"seeds": [0]})
     assert all(sentence(bare) is None for section in PROBE_SECTIONS for sentence in section.sentences)
+
+
+def test_a_route_the_untrained_network_reads_as_well_is_not_called_inferred_by_training():
+    found = holds(probe_route_fact_above_obs=(3, 3))
+
+    def section(above_controls: float) -> str:
+        table = pd.concat([summary(), pd.DataFrame([{"metric": "probes.targets.route_crosses.above_controls",
+                                                     "mean": above_controls, "n_seeds": 3}])], ignore_index=True)
+        return build_report(table, found, {}, params(), {}).split("Whether the network infers")[1]
+
+    assert "no evidence that training taught the network to infer intentions" in section(1 / 3)
+    assert "training taught" not in section(2 / 3)

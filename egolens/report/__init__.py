@@ -38,8 +38,10 @@ def setup_lines(params: Mapping[str, object], versions: Mapping[str, str]) -> li
     def get(path: str) -> object:
         return dotted(params, path)
 
-    knobs = ("seeds", "train.episodes", "train.num_envs", "agent.heads", "agent.feature_size", "agent.gamma",
-             "agent.lr", "agent.target_update", "evaluate.episodes", "rollout.episodes",
+    knobs = ("seeds", "env.id", "env.policy_frequency", "env.duration", "env.observe_intentions",
+             "train.episodes", "train.num_envs", "agent.heads", "agent.feature_size", "agent.gamma", "agent.n_steps",
+             "agent.lr", "agent.target_update", "agent.exploration.duration", "agent.dqfd.enabled",
+             "evaluate.episodes", "rollout.episodes",
              "attributions.max_steps", "attributions.path_grid", "attributions.path_grid_max",
              "attributions.segment_points",
              "interventions.closed_loop_episodes")

@@ -54,6 +54,14 @@ class Context:
         finite = [v for v in values if math.isfinite(v)]
         return f"{sum(v == 1 for v in finite)}/{len(finite)} seeds" if finite else "n/a"
 
+    def seed_values(self, metric: str) -> dict[int, float]:
+        """`metric`'s finite value in each seed that has one ({} when the metric is missing)."""
+        if metric not in self.table.index:
+            return {}
+        values = {int(str(c)[4:]): float(self.table.loc[metric, c]) for c in self.table.columns
+                  if re.fullmatch(r"seed\d+", str(c))}
+        return {seed: v for seed, v in values.items() if math.isfinite(v)}
+
     def holds_in_most(self, finding: str) -> bool | None:
         """Whether `finding` holds in more than half of the seeds it could be checked in (None: in none)."""
         rows = self.holds[self.holds["finding"] == finding]
@@ -65,12 +73,12 @@ class Context:
         """The head names (head_rank1, ...) this run has, from the closed-loop head ablations."""
         return [head_role(r) for r in range(1, 17) if self.has(head_zero(r, "success_diff"))]
 
-    def intervals_apart(self, higher: str, lower: str) -> bool | None:
-        """True when `higher`'s CI lies above `lower`'s, False when they overlap, None without CIs."""
-        high_low, low_high = self.value(higher, "ci_low"), self.value(lower, "ci_high")
-        if not (math.isfinite(high_low) and math.isfinite(low_high)):
+    def ci_side(self, metric: str) -> int | None:
+        """Where `metric`'s CI lies: 1 above 0, -1 below 0, 0 across it, None without a CI."""
+        low, high = self.value(metric, "ci_low"), self.value(metric, "ci_high")
+        if not (math.isfinite(low) and math.isfinite(high)):
             return None
-        return high_low > low_high
+        return 1 if low > 0 else -1 if high < 0 else 0
 
 
 Sentence = Callable[[Context], str | None]
