@@ -262,6 +262,9 @@ def test_designed_scenes_are_worded_per_sweep_from_the_tables_and_the_scenes_par
     assert ("the planner's first action is to go at every gap (it waits later in the episode, if at all), so agreeing "
             "with its first action only means not braking now and tests no timing; the trained agent brakes in 10% of "
             "the scenes and the untrained network in 0%") in caveat
+    never = goes[goes["metric"] != "scenes.trained.o1-o3.planner_goes_from_gap"]       # the planner never goes
+    assert "tests no timing" not in build_report(never, holds, {"designed_scenes": "S."}, params() | {"scenes": scenes},
+                                                 {})
 
 
 def test_a_failed_deletion_test_reads_as_failed_and_flagged_explanations_are_not_evidence():

@@ -357,7 +357,8 @@ def _sweep_name(route: str, visible: bool) -> str:
 
 def _first_action_caveat(c: Context, route: str, visible: bool, gap_start: float) -> str:
     """Where the planner's first action is "go" at every gap, agreeing with it only means not braking now."""
-    if c.value(scene_metric("trained", route, visible, "planner_goes_from_gap")) > gap_start:
+    goes_from = c.value(scene_metric("trained", route, visible, "planner_goes_from_gap"))
+    if not goes_from <= gap_start:                                            # NaN: the planner never goes
         return ""
     def brakes(model: str) -> str:
         return f"{{pct:{scene_metric(model, route, visible, 'brake_rate')}}}"
