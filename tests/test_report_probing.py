@@ -70,13 +70,17 @@ def test_the_section_uses_only_known_placeholders_and_says_nothing_without_probe
     assert all(sentence(bare) is None for section in PROBE_SECTIONS for sentence in section.sentences)
 
 
-def test_a_route_the_untrained_network_reads_as_well_is_not_called_inferred_by_training():
+def test_whether_training_added_to_the_route_reading_is_judged_by_the_trained_minus_untrained_ci():
     found = holds(probe_route_fact_above_obs=(3, 3))
 
-    def section(above_controls: float) -> str:
-        table = pd.concat([summary(), pd.DataFrame([{"metric": "probes.targets.route_crosses.above_controls",
-                                                     "mean": above_controls, "n_seeds": 3}])], ignore_index=True)
+    def section(low: float, high: float) -> str:
+        table = pd.concat([summary(), pd.DataFrame([{"metric": "probes.targets.route_crosses.minus_untrained",
+                                                     "mean": (low + high) / 2, "ci_low": low, "ci_high": high,
+                                                     "n_seeds": 3}])], ignore_index=True)
         return build_report(table, found, {}, params(), {}).split("Whether the network infers")[1]
 
-    assert "no evidence that training taught the network to infer intentions" in section(1 / 3)
-    assert "training taught" not in section(2 / 3)
+    assert ("`route_crosses` 0.01 [-0.02, 0.04]: the untrained network reads it as well, so this is no evidence that "
+            "training taught it") in section(-0.02, 0.04)
+    assert "`route_crosses` 0.04 [0.02, 0.06]: training added to it" in section(0.02, 0.06)
+    assert "the untrained network reads it better" in section(-0.06, -0.02)
+    assert "trained − untrained" not in build_report(summary(), found, {}, params(), {})

@@ -66,13 +66,13 @@ def _route_facts(c: Context) -> str | None:
 
 
 def _untrained_reads_routes(c: Context, targets: list[str]) -> str:
-    """Said when no route target beats the untrained network in most seeds: then training did not teach it."""
-    shares = [c.value(f"probes.targets.{t}.above_controls") for t in targets]
-    if not all(math.isfinite(s) for s in shares) or max(shares) > 0.5:
-        return ""
-    return (", so in most seeds a random network's features read the route as well as the trained ones: reading it "
-            "beyond the raw row comes from the architecture's non-linear features of the observation, and is no "
-            "evidence that training taught the network to infer intentions")
+    """Whether training added to each route target's reading: the trained − untrained difference at the
+    target's most selective site (mean over seeds), read by which side of 0 its CI lies on."""
+    said = {1: "training added to it", 0: "the untrained network reads it as well, so this is no evidence that "
+            "training taught it", -1: "the untrained network reads it better"}
+    parts = [f"`{t}` {{m:probes.targets.{t}.minus_untrained}}: {said[side]}" for t in targets
+             if (side := c.ci_side(f"probes.targets.{t}.minus_untrained")) is not None]
+    return "; trained − untrained at the most selective site: " + "; ".join(parts) if parts else ""
 
 
 def _next_action(c: Context) -> str | None:
