@@ -50,8 +50,7 @@ class Context:
         """"k/n seeds": in how many of the seeds with a value the 0/1 `metric` is 1 ("n/a" without one)."""
         if metric not in self.table.index:
             return "n/a"
-        values = [float(self.table.loc[metric, c]) for c in self.table.columns if re.fullmatch(r"seed\d+", str(c))]
-        finite = [v for v in values if math.isfinite(v)]
+        finite = list(self.seed_values(metric).values())
         return f"{sum(v == 1 for v in finite)}/{len(finite)} seeds" if finite else "n/a"
 
     def seed_values(self, metric: str) -> dict[int, float]:
